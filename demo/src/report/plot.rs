@@ -300,7 +300,10 @@ mod tests {
             linear_ticks(0.0, 1.0),
             vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]
         );
-        assert_eq!(log_ticks(0.001, 100.0), vec![0.001, 0.01, 0.1, 1.0, 10.0, 100.0]);
+        assert_eq!(
+            log_ticks(0.001, 100.0),
+            vec![0.001, 0.01, 0.1, 1.0, 10.0, 100.0]
+        );
         assert_eq!(log_ticks(0.15, 0.6), vec![0.2, 0.5]);
         assert_eq!(tick_label(0.05), "0.05");
         assert_eq!(tick_label(250.0), "250");
