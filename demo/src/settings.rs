@@ -199,13 +199,14 @@ impl Settings {
             (Split::AnswerTrain, size(0, 0, 120, 0)),
             (Split::AnswerEval, size(0, 0, 40, 0)),
         ];
-        // Mostly image-generation points, which learn fastest: enough for the test to see
-        // a judge that learnt, in a minute.
-        s.judge_train = counts([(80, 1040), (8, 8), (16, 48), (8, 8)]);
+        // Mostly points of image generation (which learn fastest) and of image
+        // understanding (which the answer model's DPO pairs are sifted by): enough for the
+        // test to see a judge that learnt, in a minute or two.
+        s.judge_train = counts([(80, 1040), (8, 8), (16, 400), (8, 8)]);
         s.judge_eval_loss = counts([(8, 4), (4, 4), (4, 4), (4, 4)]);
         s.judge_heldout = counts([(40, 40), (4, 4), (8, 4), (4, 4)]);
         s.controls = 8;
-        s.judge_training.steps = 152;
+        s.judge_training.steps = 196;
         s.answer_training.steps = 100;
         s.dpo.train.steps = 20;
         s
