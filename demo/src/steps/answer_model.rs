@@ -1,7 +1,7 @@
 //! `demo answer-model` and `demo dpo`: the model that answers questions about images.
 //!
 //! It is first fine-tuned (`trainer reward`, LLaVA format) on answers written by a sloppy
-//! annotator, who gets a share of them wrong; then aligned with `trainer dpo --kind vlm` on
+//! annotator, who often leaves attributes out; then aligned with `trainer dpo --kind vlm` on
 //! the preference pairs `engine pairs` built with the judge. Its accuracy is measured the
 //! same way before and after: for each held-out question, `engine logprob` scores every
 //! candidate answer, and the model's answer is the most probable one.
@@ -38,7 +38,8 @@ fn user_text(question: &str) -> String {
 }
 
 /// The sloppy annotator's answers: right, except for a share of questions where one to
-/// three attributes are left out or stated wrongly.
+/// three attributes are left out ("There are some red shapes."). What is stated is right:
+/// the annotator is lazy, not blind.
 fn annotated(dir: &RunDir, settings: &Settings) -> Result<Vec<Value>> {
     let world = load(&dir.root, Split::AnswerTrain)?;
     let mut rng = Rng::stream(settings.world.seed, "annotator");
@@ -52,7 +53,7 @@ fn annotated(dir: &RunDir, settings: &Settings) -> Result<Vec<Value>> {
             } else {
                 SLOTS
             };
-            let said = said_variant(&p.truth, quality, settings.world.omit_share, &mut rng);
+            let said = said_variant(&p.truth, quality, 1.0, &mut rng);
             json!({
                 "id": p.id,
                 "image": [dir.root.join(&p.media).display().to_string()],
