@@ -18,7 +18,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use unireward_models::judge::{
-    answer_prefix, pair_verdicts, user_turn, Family, Media, Mode, Task, Verdict,
+    answer_prefix, pair_verdicts, user_turn, verdict_lead, Family, Media, Mode, Task, Verdict,
 };
 
 use crate::error::Result;
@@ -109,7 +109,11 @@ impl Shown {
             ),
             Mode::Pair => {
                 let first_better = self.qualities[0] > self.qualities[1];
-                format!("{prefix}{}", verdict_sentence(self.task, first_better))
+                format!(
+                    "{prefix}{}{}",
+                    verdict_lead(self.task),
+                    verdict_sentence(self.task, first_better)
+                )
             }
         }
     }

@@ -7,7 +7,7 @@ use unireward_engine::backend::{Backend, CandleBackend};
 use unireward_engine::judge::{Judge, JudgeMode, Outcome, PromptStyle};
 use unireward_engine::media::{encode_media, MediaLoader, MediaRequest};
 use unireward_models::config::LlavaConfig;
-use unireward_models::judge::{pair_verdicts, Family, Media, Mode, Task};
+use unireward_models::judge::{pair_verdicts, verdict_lead, Family, Media, Mode, Task};
 use unireward_models::tokenize::PromptTokenizer;
 use unireward_models::MediaFeatures;
 use unireward_tests::{golden_cases_dir, golden_model_dir};
@@ -104,7 +104,15 @@ fn fast_pair_probabilities_are_normalised_logprobs() -> Result<()> {
         JudgeMode::Fast,
         64,
     )?;
-    for task in [Task::ImageGeneration, Task::ImageUnderstanding] {
+    // LLaVA's prompts take a video's frames as images, so the golden images serve the video
+    // tasks too; what differs is the prompt and, for video understanding, the forced
+    // "Overall Judgment:" before the verdict.
+    for task in [
+        Task::ImageGeneration,
+        Task::ImageUnderstanding,
+        Task::VideoGeneration,
+        Task::VideoUnderstanding,
+    ] {
         let answers: Vec<String> = if task.is_generation() {
             vec![]
         } else {
@@ -132,7 +140,10 @@ fn fast_pair_probabilities_are_normalised_logprobs() -> Result<()> {
         let verdicts = pair_verdicts(Family::Llava, task);
         let lps: Vec<f64> = verdicts
             .iter()
-            .map(|v| Ok(logprob(&f.backend, &f.tokenizer, &text, v.text, &media)?.0))
+            .map(|v| {
+                let continuation = format!("{}{}", verdict_lead(task), v.text);
+                Ok(logprob(&f.backend, &f.tokenizer, &text, &continuation, &media)?.0)
+            })
             .collect::<Result<_>>()?;
         let z: f64 = lps.iter().map(|l| l.exp()).sum();
         let want: Vec<f64> = lps.iter().map(|l| l.exp() / z).collect();

@@ -2,7 +2,9 @@
 //! digits (point) are scored as continuations of one prompt pass.
 
 use candle_core::Tensor;
-use unireward_models::judge::{pair_probs, pair_verdicts, point_score, Mode, Task, Verdict};
+use unireward_models::judge::{
+    pair_probs, pair_verdicts, point_score, verdict_lead, Mode, Task, Verdict,
+};
 
 use super::{Judge, Outcome};
 use crate::backend::Continuation;
@@ -25,7 +27,10 @@ pub fn plan(judge: &Judge, task: Task, mode: Mode, prompt_text: &str) -> Result<
             let verdicts = pair_verdicts(judge.style.family, task);
             let continuations = verdicts
                 .iter()
-                .map(|v| judge.continuation_tokens(prompt_text, v.text))
+                .map(|v| {
+                    let text = format!("{}{}", verdict_lead(task), v.text);
+                    judge.continuation_tokens(prompt_text, &text)
+                })
                 .collect::<Result<Vec<_>>>()?;
             Ok(Plan {
                 continuations,

@@ -10,6 +10,6 @@ pub use templates::{
     user_turn, ChatTemplate, Family, JinjaChat, Media, PromptTemplate, SYSTEM_PROMPT,
 };
 pub use verdict::{
-    answer_prefix, pair_probs, pair_verdicts, parse_pair, parse_score, point_score, PairProbs,
-    ParseError, PointScore, Verdict, VerdictText, SCORE_MARKER,
+    answer_prefix, pair_probs, pair_verdicts, parse_pair, parse_score, point_score, verdict_lead,
+    PairProbs, ParseError, PointScore, Verdict, VerdictText, SCORE_MARKER,
 };

@@ -86,16 +86,27 @@ pub fn pair_verdicts(family: Family, task: Task) -> &'static [VerdictText] {
 pub const SCORE_MARKER: &str = "Final Score:";
 
 /// The text fast judging puts at the start of the assistant's answer, after which the verdict
-/// sentences (pair) or the score's digits (point) are scored. It ends in the space that comes
-/// before a score, because Qwen2's tokenizer writes "Final Score: 4" as `: `, ` `, `4`, so the
-/// digits are then whole tokens of their own.
+/// sentences (pair) or the score's digits (point) are scored. A point prefix ends in the space
+/// that comes before a score, because Qwen2's tokenizer writes "Final Score: 4" as `:`, ` `,
+/// `4`, so the digits are then whole tokens of their own.
 pub fn answer_prefix(task: Task, mode: Mode) -> &'static str {
     match (task, mode) {
         (_, Mode::Point) => "Final Score: ",
         // The video understanding prompt asks for "Overall Judgment: Answer 1 is better than
         // Answer 2."; the other pair prompts ask for the verdict sentence alone.
-        (Task::VideoUnderstanding, Mode::Pair) => "Overall Judgment: ",
+        (Task::VideoUnderstanding, Mode::Pair) => "Overall Judgment:",
         (_, Mode::Pair) => "",
+    }
+}
+
+/// What goes between [`answer_prefix`] and a verdict sentence. Unlike the space before a
+/// score's digits, the space before a word belongs to the word's token (" Answer"), so it is
+/// part of the scored continuation: a prefix that ended in it would not tokenize as a prefix
+/// of "Overall Judgment: Answer 1 is better".
+pub fn verdict_lead(task: Task) -> &'static str {
+    match task {
+        Task::VideoUnderstanding => " ",
+        _ => "",
     }
 }
 
@@ -476,7 +487,15 @@ mod tests {
         assert_eq!(answer_prefix(Task::ImageGeneration, Mode::Pair), "");
         assert_eq!(
             answer_prefix(Task::VideoUnderstanding, Mode::Pair),
-            "Overall Judgment: "
+            "Overall Judgment:"
+        );
+        assert_eq!(
+            format!(
+                "{}{}",
+                verdict_lead(Task::VideoUnderstanding),
+                pair_verdicts(Family::Qwen, Task::VideoUnderstanding)[0].text
+            ),
+            " Answer 1 is better"
         );
         assert_eq!(
             pair_verdicts(Family::Llava, Task::ImageUnderstanding).len(),

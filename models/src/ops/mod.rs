@@ -15,6 +15,7 @@
 //! access to contiguous storage, and the row-parallel loops.
 
 mod activation;
+mod exp;
 mod layer_norm;
 mod log_softmax_gather;
 mod rms_norm;
@@ -38,28 +39,25 @@ pub(crate) trait Acc: WithDType {
     fn exp(self) -> Self;
     fn ln(self) -> Self;
     fn sqrt(self) -> Self;
-    fn tanh(self) -> Self;
     fn from_usize(n: usize) -> Self;
     fn cast_f64(v: f64) -> Self;
 }
 
 macro_rules! impl_acc {
-    ($t:ty) => {
+    ($t:ty, $exp:path) => {
         impl Acc for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            #[inline(always)]
             fn exp(self) -> Self {
-                <$t>::exp(self)
+                $exp(self)
             }
             fn ln(self) -> Self {
                 <$t>::ln(self)
             }
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
-            }
-            fn tanh(self) -> Self {
-                <$t>::tanh(self)
             }
             fn from_usize(n: usize) -> Self {
                 n as $t
@@ -70,8 +68,8 @@ macro_rules! impl_acc {
         }
     };
 }
-impl_acc!(f32);
-impl_acc!(f64);
+impl_acc!(f32, exp::exp_f32);
+impl_acc!(f64, f64::exp);
 
 /// A stored element type and the type it is accumulated in.
 pub(crate) trait Element: WithDType {

@@ -59,12 +59,11 @@ fn forward_limited<T: Element>(
         let dim = n;
         let max = row_max(x);
         // The unnormalised exponentials go straight into the output and are scaled in
-        // place: one exp per element, no scratch row.
-        let sum = lane_sum(dim, |i| {
-            let e = (x[i].to_acc() - max).exp();
-            y[i] = T::from_acc(e);
-            e
-        });
+        // place: one exp per element, no scratch row. A plain map, so that it vectorises.
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = T::from_acc((x.to_acc() - max).exp());
+        }
+        let sum = lane_sum(dim, |i| y[i].to_acc());
         let inv_sum = T::Acc::ONE / sum;
         for y in y.iter_mut() {
             *y = T::from_acc(y.to_acc() * inv_sum);
