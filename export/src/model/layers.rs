@@ -194,15 +194,24 @@ impl<'w> Emitter<'w> {
     }
 
     /// RMSNorm over the last dim, in f32 as candle's `rms_norm` computes it:
-    /// `x / sqrt(Σx²/d + eps) · weight`.
+    /// `x / sqrt(mean(x²) + eps) · weight`. Written as the Pow → ReduceMean → Add → Sqrt → Div
+    /// → Mul chain that ONNX Runtime fuses into one normalisation kernel.
     pub fn rms_norm(&mut self, prefix: &str, dim: usize, eps: f64, x: &Value) -> Result<Value> {
         let w = self.weight_f32(&key(prefix, "weight"), &[dim])?;
         let xf = self.widen(x)?;
-        let sq = self.op("Mul", &[&xf, &xf], &[])?;
-        let axes = self.ints(&[-1])?;
-        let sum = self.op("ReduceSum", &[&sq, &axes], &[("keepdims", Attr::Int(1))])?;
-        let d = self.scalar_f32(dim as f32)?;
-        let mean = self.op("Div", &[&sum, &d], &[])?;
+        let two = self.scalar_f32(2.0)?;
+        let sq = self.op("Pow", &[&xf, &two], &[])?;
+        // ReduceMean takes its axes as an input from opset 18, as an attribute before.
+        let mean = if self.graph().opset() >= 18 {
+            let axes = self.ints(&[-1])?;
+            self.op("ReduceMean", &[&sq, &axes], &[("keepdims", Attr::Int(1))])?
+        } else {
+            self.op(
+                "ReduceMean",
+                &[&sq],
+                &[("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))],
+            )?
+        };
         let e = self.scalar_f32(eps as f32)?;
         let m = self.op("Add", &[&mean, &e], &[])?;
         let m = self.op("Sqrt", &[&m], &[])?;
@@ -241,13 +250,10 @@ impl<'w> Emitter<'w> {
         self.op("Mul", &[&t, x], &[])
     }
 
-    /// candle's `silu`: `x / (1 + exp(-x))`.
+    /// SiLU as the candle model's SwiGLU op computes it: `x · σ(x)`.
     pub fn silu(&mut self, x: &Value) -> Result<Value> {
-        let one = self.scalar(1.0)?;
-        let t = self.op("Neg", &[x], &[])?;
-        let t = self.op("Exp", &[&t], &[])?;
-        let t = self.op("Add", &[&one, &t], &[])?;
-        self.op("Div", &[x, &t], &[])
+        let s = self.op("Sigmoid", &[x], &[])?;
+        self.op("Mul", &[x, &s], &[])
     }
 
     /// Softmax over the last dim, computed in f32; the result is in the compute type.
