@@ -11,9 +11,12 @@ mod bench_model;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use unireward_engine::backend::{
@@ -32,10 +35,28 @@ struct Args {
     /// Skip ONNX Runtime (no library at hand).
     #[arg(long)]
     no_ort: bool,
-    /// Write the checkpoint (`DIR/model`) and its export (`DIR/onnx`) here and keep them, for
-    /// profiling the same graphs with other tools.
+    /// Write the checkpoint (`DIR/model`), its export (`DIR/onnx`) and the inputs
+    /// (`DIR/inputs.safetensors`) here and keep them, for profiling with other tools.
     #[arg(long)]
-    keep: Option<std::path::PathBuf>,
+    keep: Option<PathBuf>,
+    /// Also time PyTorch eager (transformers) on the same checkpoint and inputs in this run,
+    /// with this Python (it needs torch and transformers; see benches/reference/).
+    #[arg(long)]
+    torch: Option<PathBuf>,
+}
+
+/// The judged image's size, and the text tokens around it.
+const IMAGE: (u32, u32) = (224, 224);
+const TEXT_TOKENS: u32 = 160;
+const IMAGE_AT: usize = 20;
+/// bench-small's `image_token_index`.
+const IMAGE_TOKEN: u32 = 574;
+
+/// The prompt's token ids with `n_img` image tokens at [`IMAGE_AT`].
+fn prompt_ids(n_img: usize) -> Vec<u32> {
+    let mut ids: Vec<u32> = (0..TEXT_TOKENS).map(|i| 100 + i % 400).collect();
+    ids.splice(IMAGE_AT..IMAGE_AT, std::iter::repeat_n(IMAGE_TOKEN, n_img));
+    ids
 }
 
 /// One judged forward: encode the image, pack it, merge, decode, log-probs of the last 10 rows.
@@ -43,22 +64,19 @@ fn forward(backend: &dyn Backend, tiles: &Tensor) -> Result<f32> {
     let feats = backend.encode_tiles(tiles)?;
     let packed = unireward_models::pack::pack_image(
         &feats,
-        (224, 224),
+        IMAGE,
         backend.image_newline(),
         &backend.config().anyres,
     )?;
     let n_img = packed.dim(0)?;
-    let mut ids: Vec<u32> = (0..160u32).map(|i| 100 + i % 400).collect();
-    let start = 20;
-    ids.splice(start..start, std::iter::repeat_n(574, n_img));
     let tokens = Tokenized {
         spans: vec![MediaSpan {
             kind: MediaKind::Image,
             index: 0,
-            start,
+            start: IMAGE_AT,
             len: n_img,
         }],
-        ids,
+        ids: prompt_ids(n_img),
     };
     let media = MediaFeatures {
         images: vec![packed],
@@ -93,6 +111,60 @@ fn time(label: &str, args: &Args, backend: &dyn Backend, tiles: &Tensor) -> Resu
     Ok(median)
 }
 
+/// Writes the inputs of [`forward`] for the PyTorch reference: the tiles, the prompt's ids
+/// and the image size.
+fn write_inputs(path: &Path, backend: &dyn Backend, tiles: &Tensor) -> Result<()> {
+    let feats = backend.encode_tiles(tiles)?;
+    let n_img = unireward_models::pack::pack_image(
+        &feats,
+        IMAGE,
+        backend.image_newline(),
+        &backend.config().anyres,
+    )?
+    .dim(0)?;
+    let ids: Vec<i64> = prompt_ids(n_img).into_iter().map(i64::from).collect();
+    let size = [IMAGE.0 as i64, IMAGE.1 as i64];
+    let tensors = HashMap::from([
+        ("pixel_values".to_string(), tiles.clone()),
+        (
+            "input_ids".to_string(),
+            Tensor::new(ids.as_slice(), &Device::Cpu)?,
+        ),
+        ("image_size".to_string(), Tensor::new(&size, &Device::Cpu)?),
+    ]);
+    candle_core::safetensors::save(&tensors, path)?;
+    Ok(())
+}
+
+/// Runs benches/reference/forward_torch.py with `python` on `dir`; its median in seconds.
+fn time_torch(python: &Path, dir: &Path, args: &Args) -> Result<f64> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/forward_torch.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .arg("--dir")
+        .arg(dir)
+        .args(["--iters", &args.iters.to_string()])
+        .args(["--warmup", &args.warmup.to_string()])
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{} failed:\n{}{}",
+            script.display(),
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    print!("{stdout}");
+    stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "median")
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("no median in {stdout:?}"))
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let dir = args.keep.clone().unwrap_or_else(|| {
@@ -100,7 +172,7 @@ fn main() -> Result<()> {
     });
     bench_model::write_bench_small(&dir.join("model"))?;
     let dev = Device::Cpu;
-    let tiles = Tensor::randn(0f32, 1.0, (2, 3, 224, 224), &dev)?;
+    let tiles = Tensor::randn(0f32, 1.0, (2, 3, IMAGE.0 as usize, IMAGE.1 as usize), &dev)?;
     println!(
         "bench-small forward: 224x224 image (528 tokens) + 160 text tokens = 688 tokens, ~52 GFLOP"
     );
@@ -121,6 +193,15 @@ fn main() -> Result<()> {
         )?;
         let t_ort = time("ort f32 cpu", &args, &ort, &tiles)?;
         println!("ort speed-up over candle: {:.2}x", t_candle / t_ort);
+        if let Some(python) = &args.torch {
+            write_inputs(&dir.join("inputs.safetensors"), &candle, &tiles)?;
+            let t_torch = time_torch(python, &dir, &args)?;
+            println!(
+                "speed-up over torch eager: candle {:.2}x, ort {:.2}x",
+                t_torch / t_candle,
+                t_torch / t_ort
+            );
+        }
     }
     if args.keep.is_none() {
         std::fs::remove_dir_all(&dir)?;
