@@ -165,6 +165,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    unireward_models::cpu_workers::sleep_idle_workers();
     match run() {
         Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
         Ok(summary) => {
