@@ -3,6 +3,11 @@
 //! time spent preprocessing, and generate mode's cost with 100 new tokens per judgement.
 //!
 //! `cargo run --release -p unireward-benches --bin bench-pairs -- --prompts 4`
+//!
+//! `--backend ort` exports bench-small first (fp32, not timed) and runs the export in ONNX
+//! Runtime on the CPU; `--recompute` then scores and decodes with the `Backend` trait's
+//! defaults, which rerun the whole prompt per continuation and per token (what a format-1
+//! export without a KV cache does).
 
 // Tensors of a few MB are allocated and freed per op; glibc's malloc returns them to the
 // system each time, and faulting the pages back in cost a fifth of a CPU forward.
@@ -15,15 +20,18 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
+use candle_core::Tensor;
 use candle_core::{DType, Device};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use image::{Rgb, RgbImage};
 use serde_json::json;
-use unireward_engine::backend::{Backend, CandleBackend};
+use unireward_engine::backend::{Backend, CandleBackend, OrtBackend, SessionConfig};
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
 use unireward_engine::media::{encode_media, MediaLoader, MediaRequest};
 use unireward_engine::pairs::job::PairsJob;
 use unireward_engine::pairs::PairOptions;
+use unireward_export::{export_onnx, ExportOptions};
+use unireward_models::config::LlavaConfig;
 use unireward_models::judge::{Media, Mode, Task};
 use unireward_models::tokenize::PromptTokenizer;
 
@@ -34,6 +42,46 @@ struct Args {
     /// Tokens decoded per judgement in the generate-mode estimate.
     #[arg(long, default_value_t = 100)]
     new_tokens: usize,
+    #[arg(long, value_enum, default_value_t = BackendKind::Candle)]
+    backend: BackendKind,
+    /// With `--backend ort`: recompute the prompt per continuation and per generated token
+    /// instead of using the decoder's KV cache.
+    #[arg(long)]
+    recompute: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendKind {
+    Candle,
+    Ort,
+}
+
+/// An ORT backend seen through the `Backend` trait's recomputing defaults only.
+struct Recompute(OrtBackend);
+
+impl Backend for Recompute {
+    fn name(&self) -> String {
+        format!("{} (recomputing)", self.0.name())
+    }
+    fn config(&self) -> &LlavaConfig {
+        self.0.config()
+    }
+    fn image_newline(&self) -> &Tensor {
+        self.0.image_newline()
+    }
+    fn encode_tiles(&self, tiles: &Tensor) -> unireward_engine::Result<Tensor> {
+        self.0.encode_tiles(tiles)
+    }
+    fn embed_tokens(&self, ids: &[u32]) -> unireward_engine::Result<Tensor> {
+        self.0.embed_tokens(ids)
+    }
+    fn log_probs_at(
+        &self,
+        seqs: &[Tensor],
+        positions: &[Vec<usize>],
+    ) -> unireward_engine::Result<Vec<Tensor>> {
+        self.0.log_probs_at(seqs, positions)
+    }
 }
 
 /// A 224x224 candidate: a background and a filled disc whose place and colour vary.
@@ -72,11 +120,24 @@ fn main() -> Result<()> {
     let input = dir.join("candidates.jsonl");
     std::fs::write(&input, lines.join("\n") + "\n")?;
 
-    let backend = CandleBackend::load(&model_dir, DType::F32, &Device::Cpu)?;
+    let backend: Box<dyn Backend> = match args.backend {
+        BackendKind::Candle => Box::new(CandleBackend::load(&model_dir, DType::F32, &Device::Cpu)?),
+        BackendKind::Ort => {
+            let onnx_dir = dir.join("onnx");
+            export_onnx(&model_dir, &onnx_dir, &ExportOptions::default())?;
+            let ort = OrtBackend::open(&onnx_dir, &SessionConfig::default())?;
+            if args.recompute {
+                Box::new(Recompute(ort))
+            } else {
+                Box::new(ort)
+            }
+        }
+    };
+    let backend = backend.as_ref();
     let tokenizer = PromptTokenizer::load(&model_dir, backend.config())?;
     let loader = MediaLoader::from_model_dir(&model_dir, backend.config(), 8)?;
     let judge = Judge::new(
-        &backend,
+        backend,
         &tokenizer,
         PromptStyle::default(),
         JudgeMode::Fast,
@@ -98,7 +159,7 @@ fn main() -> Result<()> {
     let t_pre = t0.elapsed().as_secs_f64() / args.prompts as f64;
     // Vision encoding of the 10 candidates (once per prompt, reused by every judgement).
     let t0 = Instant::now();
-    let feats = encode_media(&backend, &prepared[0])?;
+    let feats = encode_media(backend, &prepared[0])?;
     let t_vision = t0.elapsed().as_secs_f64();
 
     // Fast judging end to end, as `engine pairs` runs it.
@@ -146,6 +207,7 @@ fn main() -> Result<()> {
     let t_gen_point = gen(Mode::Point, 1)?;
     let t_gen = t_pre + t_vision + 5.0 * t_gen_pair + 10.0 * t_gen_point;
 
+    println!("backend {}", backend.name());
     println!("engine pairs on bench-small, 10 image-generation candidates (224x224) per prompt, {} prompts ({} answered, {} failed)", args.prompts, summary.answered, summary.failed);
     println!("  fast:      {t_fast:.2} s/prompt = {:.3} prompts/s (end to end: load, preprocess, encode, 5 pairs + 10 points)", 1.0 / t_fast);
     println!("    preprocessing (decode, resize, tile) {t_pre:.3} s/prompt = {:.1}% of fast; vision encoding of the 10 candidates {t_vision:.3} s", 100.0 * t_pre / t_fast);

@@ -428,8 +428,10 @@ fn qwen2_layer_matches_candle() {
             ),
         ],
         |e, v| {
-            let m = qwen2::attention_mask(e, &v[1]).unwrap();
-            qwen2::body(e, &cfg, "lm.model.", &v[0], &v[2], &m).unwrap()
+            let m = qwen2::attention_mask(e, &v[1], &v[2]).unwrap();
+            qwen2::body(e, &cfg, "lm.model.", &v[0], &v[2], &m, None)
+                .unwrap()
+                .hidden
         },
     );
     assert_eq!(shape, candle.dims());
@@ -842,7 +844,16 @@ fn export_writes_manifest_and_refuses_missing_weights() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("manifest.json")).unwrap())
             .unwrap();
-    assert_eq!(manifest["format_version"], 1);
+    assert_eq!(manifest["format_version"], 2);
+    assert_eq!(manifest["kv_cache"]["num_layers"], 2);
+    assert_eq!(
+        manifest["graphs"]["decoder"]["inputs"][4]["name"],
+        "past_key_values.0.key"
+    );
+    assert_eq!(
+        manifest["graphs"]["decoder"]["outputs"][2]["name"],
+        "present.0.value"
+    );
     assert_eq!(
         manifest["graphs"]["decoder"]["outputs"][0]["name"],
         graphs::LOG_PROBS

@@ -9,6 +9,7 @@
 pub mod candle;
 pub mod error;
 pub mod ort;
+pub mod ort_kv;
 pub mod ort_library;
 pub mod ort_providers;
 pub mod ort_runtime;

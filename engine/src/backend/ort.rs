@@ -2,6 +2,12 @@
 //! vision and decoder graphs as sessions on the chosen execution provider, the token
 //! embedding table and `image_newline` from `embeddings.safetensors`, the configuration and
 //! tokenizer files beside them, and `manifest.json` saying how they fit together.
+//!
+//! A format-2 export's decoder takes and returns a KV cache (`ort_kv`): continuations are
+//! scored after one prompt pass and `generate` decodes one token per call, as the candle
+//! backend does. A format-1 export (no cache) still opens; it then recomputes the prompt for
+//! every continuation and every generated token (the `Backend` trait's defaults), and says so
+//! on stderr when opened.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -11,13 +17,16 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use unireward_models::config::{LlavaConfig, VisionConfig};
 
+use super::ort_kv::{KvLayout, PastKv};
 use super::ort_providers::{ExecutionProvider, ProfileDim, ShapeLimits, ShapeProfile};
 use super::ort_runtime::{InputTensor, OrtSession, SessionConfig};
-use super::Backend;
+use super::{Backend, Continuation};
 use crate::error::{EngineError, Result};
 
-/// The manifest format this engine reads.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// The manifest format this engine writes and reads best: the decoder has a KV cache.
+pub const MANIFEST_FORMAT: u32 = 2;
+/// The oldest format still read: a decoder without a cache.
+pub const MANIFEST_FORMAT_NO_CACHE: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 const INPUTS_EMBEDS: &str = "inputs_embeds";
@@ -28,10 +37,21 @@ const LOG_PROBS: &str = "log_probs";
 
 #[derive(Debug, Deserialize)]
 struct Manifest {
+    format_version: u32,
     dtype: String,
     graphs: Graphs,
     embeddings: Embeddings,
     config: Essentials,
+    /// Format 2 on.
+    kv_cache: Option<KvCacheEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KvCacheEntry {
+    num_layers: usize,
+    num_key_value_heads: usize,
+    head_dim: usize,
+    dtype: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +120,8 @@ pub struct OrtBackend {
     /// [vocab, hidden] in the export's precision (f32 or f16).
     embed_tokens: Tensor,
     newline: Tensor,
+    /// The decoder's cache, `None` for a format-1 export.
+    kv: Option<KvLayout>,
 }
 
 impl OrtBackend {
@@ -157,14 +179,29 @@ impl OrtBackend {
                 }
             };
         let decoder_entry = &manifest.graphs.decoder;
-        let want_inputs = [INPUTS_EMBEDS, ATTENTION_MASK, POSITION_IDS, POSITIONS];
+        let kv = kv_layout(dir, &manifest)?;
+        let mut want_inputs: Vec<String> = [INPUTS_EMBEDS, ATTENTION_MASK, POSITION_IDS, POSITIONS]
+            .map(String::from)
+            .to_vec();
+        let mut want_outputs = vec![LOG_PROBS.to_string()];
+        if let Some(kv) = &kv {
+            want_inputs.extend(kv.past_names());
+            want_outputs.extend(kv.present_names());
+        } else {
+            eprintln!(
+                "{}: a format-{MANIFEST_FORMAT_NO_CACHE} export without a KV cache: every \
+                 continuation and generated token recomputes the prompt (export the model again \
+                 for the cached decoder)",
+                dir.display()
+            );
+        }
         if names(&decoder_entry.inputs) != want_inputs
-            || names(&decoder_entry.outputs) != [LOG_PROBS]
+            || names(&decoder_entry.outputs) != want_outputs
         {
             return Err(invalid(
                 dir,
                 format!(
-                    "the decoder graph must take {want_inputs:?} and give [{LOG_PROBS:?}], the \
+                    "the decoder graph must take {want_inputs:?} and give {want_outputs:?}, the \
                      manifest lists {:?} → {:?}",
                     names(&decoder_entry.inputs),
                     names(&decoder_entry.outputs)
@@ -199,7 +236,7 @@ impl OrtBackend {
                 let tile = cfg.vision.image_size as i64;
                 (
                     with(vision_profile(&vision_input, tile, limits)?),
-                    with(decoder_profile(hidden as i64, limits)?),
+                    with(decoder_profile(hidden as i64, kv.as_ref(), limits)?),
                 )
             }
             _ => (session.clone(), session.clone()),
@@ -218,6 +255,7 @@ impl OrtBackend {
             features_per_tile: essentials.features_per_tile,
             embed_tokens,
             newline,
+            kv,
         })
     }
 
@@ -228,6 +266,12 @@ impl OrtBackend {
     /// `fp32` or `fp16`, as exported.
     pub fn dtype(&self) -> &str {
         &self.dtype
+    }
+
+    /// Whether the decoder has a KV cache (a format-2 export): continuations and generation
+    /// then run the prompt once.
+    pub fn has_kv_cache(&self) -> bool {
+        self.kv.is_some()
     }
 
     fn lock<'a>(&self, m: &'a Mutex<OrtSession>) -> MutexGuard<'a, OrtSession> {
@@ -272,29 +316,75 @@ pub fn vision_profile(input: &str, tile: i64, limits: &EngineLimits) -> Result<S
     )?)
 }
 
-/// The decoder graph's profile: embeddings [B, T, hidden], mask and positions [B, T], rows
-/// read [B, P ≤ T]; tuned for one sequence of half the length limit.
-pub fn decoder_profile(hidden: i64, limits: &EngineLimits) -> Result<ShapeProfile> {
-    use ProfileDim::{Batch, Fixed, Length};
+/// The decoder graph's profile: embeddings [B, T, hidden], position ids [B, T], rows read
+/// [B, P ≤ T], and with a cache the mask [B, past + T] and pasts [B, kv_heads, past, head_dim]
+/// with past from 0; tuned for one sequence of half the length limit.
+pub fn decoder_profile(
+    hidden: i64,
+    kv: Option<&KvLayout>,
+    limits: &EngineLimits,
+) -> Result<ShapeProfile> {
+    use ProfileDim::{Batch, Fixed, Length, Past};
     let shape = ShapeLimits {
         opt_batch: 1,
         max_batch: limits.max_batch,
         opt_length: (limits.max_length / 2).max(1),
         max_length: limits.max_length,
     };
-    Ok(ShapeProfile::from_limits(
-        &[
-            (INPUTS_EMBEDS, &[Batch, Length, Fixed(hidden)]),
-            (ATTENTION_MASK, &[Batch, Length]),
-            (POSITION_IDS, &[Batch, Length]),
-            (POSITIONS, &[Batch, Length]),
-        ],
-        &shape,
-    )?)
+    let embeds = [Batch, Length, Fixed(hidden)];
+    let rows = [Batch, Length];
+    let mut inputs: Vec<(&str, &[ProfileDim])> = vec![
+        (INPUTS_EMBEDS, &embeds),
+        (ATTENTION_MASK, &rows),
+        (POSITION_IDS, &rows),
+        (POSITIONS, &rows),
+    ];
+    let past_dims;
+    let past_names;
+    if let Some(kv) = kv {
+        past_dims = [
+            Batch,
+            Fixed(kv.kv_heads as i64),
+            Past,
+            Fixed(kv.head_dim as i64),
+        ];
+        past_names = kv.past_names();
+        inputs.extend(past_names.iter().map(|n| (n.as_str(), &past_dims[..])));
+    }
+    Ok(ShapeProfile::from_limits(&inputs, &shape)?)
 }
 
-fn names(v: &[IoEntry]) -> Vec<&str> {
-    v.iter().map(|e| e.name.as_str()).collect()
+/// The cache an export declares, checked against its manifest format.
+fn kv_layout(dir: &Path, manifest: &Manifest) -> Result<Option<KvLayout>> {
+    match (manifest.format_version, &manifest.kv_cache) {
+        (MANIFEST_FORMAT_NO_CACHE, _) => Ok(None),
+        (_, Some(c)) => {
+            let half = match c.dtype.as_str() {
+                "float32" => false,
+                "float16" => true,
+                other => {
+                    return Err(invalid(
+                        dir,
+                        format!("a KV cache of {other}; the engine feeds float32 or float16"),
+                    ))
+                }
+            };
+            Ok(Some(KvLayout {
+                num_layers: c.num_layers,
+                kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+                half,
+            }))
+        }
+        (v, None) => Err(invalid(
+            dir,
+            format!("a format-{v} manifest without its kv_cache entry"),
+        )),
+    }
+}
+
+fn names(v: &[IoEntry]) -> Vec<String> {
+    v.iter().map(|e| e.name.clone()).collect()
 }
 
 fn invalid(dir: &Path, msg: impl std::fmt::Display) -> EngineError {
@@ -307,10 +397,12 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
     let probe: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| EngineError::Invalid(format!("{}: {e}", path.display())))?;
     let version = probe.get("format_version").and_then(|v| v.as_u64());
-    if version != Some(u64::from(MANIFEST_FORMAT)) {
+    let readable = u64::from(MANIFEST_FORMAT_NO_CACHE)..=u64::from(MANIFEST_FORMAT);
+    if !version.is_some_and(|v| readable.contains(&v)) {
         return Err(EngineError::Invalid(format!(
-            "{}: manifest format {version:?}, this engine reads format {MANIFEST_FORMAT}: \
-             export the model again with this version's `export onnx`",
+            "{}: manifest format {version:?}, this engine reads formats \
+             {MANIFEST_FORMAT_NO_CACHE} to {MANIFEST_FORMAT}: export the model again with this \
+             version's `export onnx`",
             path.display()
         )));
     }
@@ -439,66 +531,8 @@ impl Backend for OrtBackend {
                 .collect::<candle_core::Result<_>>()?);
         }
         // Right padding with mask 0; every row at positions 0..T, as the candle backend runs.
-        let mut embeds = vec![0f32; batch * max_len * hidden];
-        let mut mask = vec![0i64; batch * max_len];
-        let position_ids: Vec<i64> = (0..batch).flat_map(|_| 0..max_len as i64).collect();
-        let mut rows = vec![0i64; batch * max_pos];
-        for (b, (s, pos)) in seqs.iter().zip(positions).enumerate() {
-            let n = lens[b];
-            let values = s
-                .to_device(&Device::Cpu)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            embeds[b * max_len * hidden..][..n * hidden].copy_from_slice(&values);
-            mask[b * max_len..][..n].fill(1);
-            for (k, &p) in pos.iter().enumerate() {
-                rows[b * max_pos + k] = p as i64;
-            }
-        }
-        let outputs = self.lock(&self.decoder).run(&[
-            (
-                INPUTS_EMBEDS,
-                InputTensor::F32 {
-                    shape: &[batch, max_len, hidden],
-                    data: &embeds,
-                },
-            ),
-            (
-                ATTENTION_MASK,
-                InputTensor::I64 {
-                    shape: &[batch, max_len],
-                    data: &mask,
-                },
-            ),
-            (
-                POSITION_IDS,
-                InputTensor::I64 {
-                    shape: &[batch, max_len],
-                    data: &position_ids,
-                },
-            ),
-            (
-                POSITIONS,
-                InputTensor::I64 {
-                    shape: &[batch, max_pos],
-                    data: &rows,
-                },
-            ),
-        ])?;
-        let out = outputs
-            .get(LOG_PROBS)
-            .ok_or_else(|| EngineError::Invalid(format!("no {LOG_PROBS} output")))?;
-        if out.shape != [batch, max_pos, vocab] {
-            return Err(EngineError::Invalid(format!(
-                "{LOG_PROBS} of shape {:?}, expected {:?}",
-                out.shape,
-                [batch, max_pos, vocab]
-            )));
-        }
-        let values = out
-            .as_f32()
-            .ok_or_else(|| EngineError::Invalid(format!("{LOG_PROBS} is not a float tensor")))?;
+        let call = DecoderCall::whole(seqs, &lens, positions, hidden)?;
+        let (values, _) = self.run_decoder(&call, None)?;
         positions
             .iter()
             .enumerate()
@@ -508,6 +542,342 @@ impl Backend for OrtBackend {
                 Ok(Tensor::from_slice(slice, (pos.len(), vocab), &Device::Cpu)?)
             })
             .collect()
+    }
+
+    fn continuations(
+        &self,
+        prompt: &Tensor,
+        continuations: &[Vec<u32>],
+    ) -> Result<Vec<Continuation>> {
+        if self.kv.is_none() {
+            return Recomputing(self).continuations(prompt, continuations);
+        }
+        let mut all =
+            self.continuations_batch(std::slice::from_ref(prompt), &[continuations.to_vec()])?;
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    fn continuations_batch(
+        &self,
+        prompts: &[Tensor],
+        continuations: &[Vec<Vec<u32>>],
+    ) -> Result<Vec<Vec<Continuation>>> {
+        let Some(kv) = self.kv else {
+            return Recomputing(self).continuations_batch(prompts, continuations);
+        };
+        if prompts.len() != continuations.len() {
+            return Err(EngineError::Invalid(
+                "one list of continuations per prompt".into(),
+            ));
+        }
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One pass over the right-padded prompts: a row's real tokens never see its padding
+        // under the causal mask, so its cache cut to its length is exact.
+        let lens = prompts
+            .iter()
+            .map(|p| p.dim(0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        if lens.contains(&0) {
+            return Err(EngineError::Invalid("an empty prompt".into()));
+        }
+        let last: Vec<Vec<usize>> = lens.iter().map(|&n| vec![n - 1]).collect();
+        let call = DecoderCall::whole(prompts, &lens, &last, self.cfg.text.hidden_size)?;
+        let empty = PastKv::empty(kv, prompts.len());
+        let (first, presents) = self.run_decoder(&call, Some(&empty))?;
+        let presents = presents.ok_or_else(|| EngineError::Invalid("no cache came back".into()))?;
+        let vocab = self.cfg.text.vocab_size;
+        (0..prompts.len())
+            .map(|b| {
+                let first = Tensor::from_slice(&first[b * vocab..][..vocab], vocab, &Device::Cpu)?;
+                self.continue_from(&presents.select(b, lens[b])?, &first, &continuations[b])
+            })
+            .collect()
+    }
+
+    fn generate(&self, prompt: &Tensor, max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
+        let Some(kv) = self.kv else {
+            return Recomputing(self).generate(prompt, max_new, stop);
+        };
+        let t = prompt.dim(0)?;
+        if t == 0 {
+            return Err(EngineError::Invalid("an empty prompt".into()));
+        }
+        let hidden = self.cfg.text.hidden_size;
+        let mut out = Vec::new();
+        if max_new == 0 {
+            return Ok(out);
+        }
+        let call = DecoderCall::whole(std::slice::from_ref(prompt), &[t], &[vec![t - 1]], hidden)?;
+        let (mut row, mut cache) = self.run_decoder(&call, Some(&PastKv::empty(kv, 1)))?;
+        for step in 0..max_new {
+            let next = Tensor::from_vec(row, self.cfg.text.vocab_size, &Device::Cpu)?
+                .argmax(0)?
+                .to_scalar::<u32>()?;
+            if stop.contains(&next) {
+                break;
+            }
+            out.push(next);
+            if step + 1 == max_new {
+                break;
+            }
+            let past = cache.ok_or_else(|| EngineError::Invalid("no cache came back".into()))?;
+            let n = past.len();
+            let embeds = self
+                .embed_tokens(&[next])?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let call = DecoderCall {
+                batch: 1,
+                len: 1,
+                hidden,
+                embeds,
+                mask: vec![1; n + 1],
+                position_ids: vec![n as i64],
+                rows: vec![0],
+                rows_per_seq: 1,
+            };
+            (row, cache) = self.run_decoder(&call, Some(&past))?;
+        }
+        Ok(out)
+    }
+}
+
+/// One decoder call's inputs, row-major: `embeds` [batch, len, hidden], `mask`
+/// [batch, past + len], `position_ids` [batch, len], `rows` [batch, rows_per_seq].
+struct DecoderCall {
+    batch: usize,
+    len: usize,
+    hidden: usize,
+    embeds: Vec<f32>,
+    mask: Vec<i64>,
+    position_ids: Vec<i64>,
+    rows: Vec<i64>,
+    rows_per_seq: usize,
+}
+
+impl DecoderCall {
+    /// Whole sequences from position 0, right-padded to the longest with mask 0; row lists
+    /// padded with row 0.
+    fn whole(
+        seqs: &[Tensor],
+        lens: &[usize],
+        positions: &[Vec<usize>],
+        hidden: usize,
+    ) -> Result<Self> {
+        let batch = seqs.len();
+        let len = lens.iter().copied().max().unwrap_or(0);
+        let rows_per_seq = positions.iter().map(Vec::len).max().unwrap_or(0);
+        let mut call = Self {
+            batch,
+            len,
+            hidden,
+            embeds: vec![0f32; batch * len * hidden],
+            mask: vec![0i64; batch * len],
+            position_ids: (0..batch).flat_map(|_| 0..len as i64).collect(),
+            rows: vec![0i64; batch * rows_per_seq],
+            rows_per_seq,
+        };
+        for (b, (s, pos)) in seqs.iter().zip(positions).enumerate() {
+            let n = lens[b];
+            let values = s
+                .to_device(&Device::Cpu)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            call.embeds[b * len * hidden..][..n * hidden].copy_from_slice(&values);
+            call.mask[b * len..][..n].fill(1);
+            for (k, &p) in pos.iter().enumerate() {
+                call.rows[b * rows_per_seq + k] = p as i64;
+            }
+        }
+        Ok(call)
+    }
+}
+
+impl OrtBackend {
+    /// Runs the decoder over `call` after `past` (required by a cached decoder, whose
+    /// `attention_mask` then spans past + new positions; `None` for a format-1 one). Returns
+    /// the log-probs [batch, rows_per_seq, vocab] and, with a cache, the grown cache.
+    fn run_decoder(
+        &self,
+        call: &DecoderCall,
+        past: Option<&PastKv>,
+    ) -> Result<(Vec<f32>, Option<PastKv>)> {
+        let (batch, len, hidden) = (call.batch, call.len, call.hidden);
+        let vocab = self.cfg.text.vocab_size;
+        let empty;
+        let past = match (self.kv, past) {
+            (Some(kv), None) => {
+                empty = PastKv::empty(kv, batch);
+                Some(&empty)
+            }
+            (None, Some(_)) => {
+                return Err(EngineError::Invalid(
+                    "a cache given to a decoder without one".into(),
+                ))
+            }
+            (_, p) => p,
+        };
+        let past_len = past.map(PastKv::len).unwrap_or(0);
+        if past.is_some_and(|p| p.batch() != batch) || call.mask.len() != batch * (past_len + len) {
+            return Err(EngineError::Invalid(format!(
+                "a decoder call of {batch} x {len} tokens after {past_len} cached with a mask of \
+                 {} values",
+                call.mask.len()
+            )));
+        }
+        let feeds = past.map(PastKv::feeds);
+        let mask_shape = [batch, past_len + len];
+        let (embeds_shape, ids_shape) = ([batch, len, hidden], [batch, len]);
+        let rows_shape = [batch, call.rows_per_seq];
+        let mut inputs = vec![
+            (
+                INPUTS_EMBEDS,
+                InputTensor::F32 {
+                    shape: &embeds_shape,
+                    data: &call.embeds,
+                },
+            ),
+            (
+                ATTENTION_MASK,
+                InputTensor::I64 {
+                    shape: &mask_shape,
+                    data: &call.mask,
+                },
+            ),
+            (
+                POSITION_IDS,
+                InputTensor::I64 {
+                    shape: &ids_shape,
+                    data: &call.position_ids,
+                },
+            ),
+            (
+                POSITIONS,
+                InputTensor::I64 {
+                    shape: &rows_shape,
+                    data: &call.rows,
+                },
+            ),
+        ];
+        if let Some(f) = &feeds {
+            inputs.extend(f.inputs());
+        }
+        let mut outputs = self.lock(&self.decoder).run(&inputs)?;
+        let idx = outputs
+            .0
+            .iter()
+            .position(|(n, _)| n == LOG_PROBS)
+            .ok_or_else(|| EngineError::Invalid(format!("no {LOG_PROBS} output")))?;
+        let (_, out) = outputs.0.swap_remove(idx);
+        let want = [batch, call.rows_per_seq, vocab];
+        if out.shape != want {
+            return Err(EngineError::Invalid(format!(
+                "{LOG_PROBS} of shape {:?}, expected {want:?}",
+                out.shape
+            )));
+        }
+        let values = match out.data {
+            super::ort_runtime::OutputData::F32(v) => v,
+            super::ort_runtime::OutputData::I64(_) => {
+                return Err(EngineError::Invalid(format!(
+                    "{LOG_PROBS} is not a float tensor"
+                )))
+            }
+        };
+        let presents = match self.kv {
+            Some(kv) => Some(PastKv::from_outputs(kv, batch, &mut outputs)?),
+            None => None,
+        };
+        Ok((values, presents))
+    }
+
+    /// Scores `continuations` after a prompt whose cache (one sequence) is `cache` and whose
+    /// last row's log-softmax is `first`: all of them in one batch over the shared cache,
+    /// right-padded (mask 0 on the padding, which no real token sees).
+    fn continue_from(
+        &self,
+        cache: &PastKv,
+        first: &Tensor,
+        continuations: &[Vec<u32>],
+    ) -> Result<Vec<Continuation>> {
+        let longest = continuations.iter().map(Vec::len).max().unwrap_or(0);
+        if longest == 0 {
+            return Ok(continuations
+                .iter()
+                .map(|_| Continuation {
+                    token_logprobs: Vec::new(),
+                    next: first.clone(),
+                })
+                .collect());
+        }
+        let (k, past, hidden) = (continuations.len(), cache.len(), self.cfg.text.hidden_size);
+        let vocab = self.cfg.text.vocab_size;
+        let mut call = DecoderCall {
+            batch: k,
+            len: longest,
+            hidden,
+            embeds: vec![0f32; k * longest * hidden],
+            mask: vec![0i64; k * (past + longest)],
+            position_ids: (0..k)
+                .flat_map(|_| (past..past + longest).map(|p| p as i64))
+                .collect(),
+            rows: (0..k).flat_map(|_| 0..longest as i64).collect(),
+            rows_per_seq: longest,
+        };
+        for (i, c) in continuations.iter().enumerate() {
+            if !c.is_empty() {
+                let e = self.embed_tokens(c)?.flatten_all()?.to_vec1::<f32>()?;
+                call.embeds[i * longest * hidden..][..e.len()].copy_from_slice(&e);
+            }
+            call.mask[i * (past + longest)..][..past + c.len()].fill(1);
+        }
+        let (values, _) = self.run_decoder(&call, Some(&cache.repeat_batch(k)?))?;
+        let first = first.unsqueeze(0)?;
+        continuations
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let rows = Tensor::from_slice(
+                    &values[i * longest * vocab..][..c.len() * vocab],
+                    (c.len(), vocab),
+                    &Device::Cpu,
+                )?;
+                Continuation::from_rows(c, &Tensor::cat(&[&first, &rows], 0)?)
+            })
+            .collect()
+    }
+}
+
+/// An export without a cache scored by the `Backend` trait's recomputing defaults: this
+/// wrapper forwards everything but the three cached methods.
+struct Recomputing<'a>(&'a OrtBackend);
+
+impl Backend for Recomputing<'_> {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+
+    fn config(&self) -> &LlavaConfig {
+        self.0.config()
+    }
+
+    fn image_newline(&self) -> &Tensor {
+        self.0.image_newline()
+    }
+
+    fn encode_tiles(&self, tiles: &Tensor) -> Result<Tensor> {
+        self.0.encode_tiles(tiles)
+    }
+
+    fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
+        self.0.embed_tokens(ids)
+    }
+
+    fn log_probs_at(&self, seqs: &[Tensor], positions: &[Vec<usize>]) -> Result<Vec<Tensor>> {
+        self.0.log_probs_at(seqs, positions)
     }
 }
 
@@ -521,7 +891,7 @@ mod tests {
             max_length: 2048,
             max_tiles: 37,
         };
-        let d = decoder_profile(896, &limits).unwrap();
+        let d = decoder_profile(896, None, &limits).unwrap();
         let embeds = &d.inputs[0];
         assert_eq!(embeds.name, INPUTS_EMBEDS);
         assert_eq!(embeds.min, vec![1, 1, 896]);
@@ -536,22 +906,87 @@ mod tests {
             max_batch: 0,
             ..limits
         };
-        assert!(decoder_profile(896, &bad).is_err());
+        assert!(decoder_profile(896, None, &bad).is_err());
     }
     use super::*;
 
     #[test]
     fn manifest_of_another_format_is_refused_with_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(MANIFEST_FILE), r#"{"format_version": 2}"#).unwrap();
-        let err = read_manifest(dir.path()).unwrap_err().to_string();
-        assert!(
-            err.contains("format Some(2)") && err.contains("export onnx"),
-            "{err}"
-        );
+        for v in [0, 3] {
+            std::fs::write(
+                dir.path().join(MANIFEST_FILE),
+                format!(r#"{{"format_version": {v}}}"#),
+            )
+            .unwrap();
+            let err = read_manifest(dir.path()).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("format Some({v})")) && err.contains("export onnx"),
+                "{err}"
+            );
+        }
 
         std::fs::write(dir.path().join(MANIFEST_FILE), r#"{"format_version": 1}"#).unwrap();
         let err = read_manifest(dir.path()).unwrap_err().to_string();
         assert!(err.contains("missing field"), "{err}");
+    }
+
+    /// The parts of a manifest `kv_layout` reads, at `version` with `kv_cache`.
+    fn manifest(version: u32, kv_cache: &str) -> Manifest {
+        let io = r#"{"file": "g.onnx", "inputs": [], "outputs": []}"#;
+        let text = format!(
+            r#"{{"format_version": {version}, "dtype": "fp16",
+                "graphs": {{"vision": {io}, "decoder": {io}}},
+                "embeddings": {{"file": "e", "embed_tokens": "t", "image_newline": "n"}},
+                "config": {{"vision": {{"hidden_size": 1, "intermediate_size": 1,
+                    "num_hidden_layers": 1, "num_attention_heads": 1, "num_channels": 3,
+                    "image_size": 1, "patch_size": 1, "layer_norm_eps": 1e-6}},
+                    "text": {{"vocab_size": 1, "hidden_size": 1}}, "features_per_tile": 1}}
+                {kv_cache}}}"#
+        );
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn format_1_has_no_cache_and_format_2_needs_one() {
+        let dir = Path::new("export");
+        assert_eq!(kv_layout(dir, &manifest(1, "")).unwrap(), None);
+        let kv = r#", "kv_cache": {"num_layers": 2, "num_key_value_heads": 2, "head_dim": 8,
+            "dtype": "float16"}"#;
+        let layout = kv_layout(dir, &manifest(2, kv)).unwrap().unwrap();
+        assert_eq!(
+            layout,
+            KvLayout {
+                num_layers: 2,
+                kv_heads: 2,
+                head_dim: 8,
+                half: true
+            }
+        );
+        assert_eq!(
+            layout.past_names()[..3],
+            [
+                "past_key_values.0.key",
+                "past_key_values.0.value",
+                "past_key_values.1.key"
+            ]
+        );
+        let err = kv_layout(dir, &manifest(2, "")).unwrap_err().to_string();
+        assert!(err.contains("kv_cache"), "{err}");
+        let bf16 = kv.replace("float16", "bfloat16");
+        assert!(kv_layout(dir, &manifest(2, &bf16)).is_err());
+
+        let limits = EngineLimits {
+            max_batch: 4,
+            max_length: 2048,
+            max_tiles: 37,
+        };
+        let p = decoder_profile(896, Some(&layout), &limits).unwrap();
+        assert_eq!(p.inputs.len(), 4 + 4);
+        let past = &p.inputs[4];
+        assert_eq!(past.name, "past_key_values.0.key");
+        assert_eq!(past.min, vec![1, 2, 0, 8]);
+        assert_eq!(past.opt, vec![1, 2, 1024, 8]);
+        assert_eq!(past.max, vec![4, 2, 2048, 8]);
     }
 }

@@ -180,6 +180,8 @@ fn tensorrt_dispatch(_: &TensorRtOptions) -> Result<ExecutionProviderDispatch> {
 pub enum ProfileDim {
     Batch,
     Length,
+    /// Cached positions before this call's: 0 (a whole sequence) up to the length limit.
+    Past,
     Fixed(i64),
 }
 
@@ -221,9 +223,10 @@ impl ShapeProfile {
         };
         check("batch", limits.opt_batch, limits.max_batch)?;
         check("length", limits.opt_length, limits.max_length)?;
-        let pick = |d: &ProfileDim, batch: i64, length: i64| match d {
+        let pick = |d: &ProfileDim, batch: i64, length: i64, past: i64| match d {
             ProfileDim::Batch => batch,
             ProfileDim::Length => length,
+            ProfileDim::Past => past,
             ProfileDim::Fixed(v) => *v,
         };
         let profile = Self {
@@ -231,14 +234,14 @@ impl ShapeProfile {
                 .iter()
                 .map(|(name, dims)| ProfileInput {
                     name: name.to_string(),
-                    min: dims.iter().map(|d| pick(d, 1, 1)).collect(),
+                    min: dims.iter().map(|d| pick(d, 1, 1, 0)).collect(),
                     opt: dims
                         .iter()
-                        .map(|d| pick(d, limits.opt_batch, limits.opt_length))
+                        .map(|d| pick(d, limits.opt_batch, limits.opt_length, limits.opt_length))
                         .collect(),
                     max: dims
                         .iter()
-                        .map(|d| pick(d, limits.max_batch, limits.max_length))
+                        .map(|d| pick(d, limits.max_batch, limits.max_length, limits.max_length))
                         .collect(),
                 })
                 .collect(),
@@ -256,15 +259,17 @@ impl ShapeProfile {
                 )));
             }
             let same_rank = i.min.len() == i.opt.len() && i.opt.len() == i.max.len();
+            // A min of 0 is for a KV cache that may be empty; no dim is always empty.
             let ordered = i
                 .min
                 .iter()
                 .zip(&i.opt)
                 .zip(&i.max)
-                .all(|((a, b), c)| 1 <= *a && a <= b && b <= c);
+                .all(|((a, b), c)| 0 <= *a && a <= b && b <= c && 1 <= *c);
             if !same_rank || !ordered {
                 return Err(Error::Options(format!(
-                    "profile input {}: need 1 <= min {:?} <= opt {:?} <= max {:?} per dim",
+                    "profile input {}: need 0 <= min {:?} <= opt {:?} <= max {:?} (max >= 1) \
+                     per dim",
                     i.name, i.min, i.opt, i.max
                 )));
             }
@@ -337,6 +342,19 @@ mod tests {
             get("trt_profile_max_shapes"),
             Some("inputs_embeds:8x2048x896,attention_mask:8x2048")
         );
+    }
+
+    #[test]
+    fn a_past_dim_starts_at_zero() {
+        use ProfileDim::*;
+        let p = ShapeProfile::from_limits(
+            &[("past_key_values.0.key", &[Batch, Fixed(2), Past, Fixed(64)])],
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(p.inputs[0].min, vec![1, 2, 0, 64]);
+        assert_eq!(p.inputs[0].opt, vec![4, 2, 512, 64]);
+        assert_eq!(p.inputs[0].max, vec![8, 2, 2048, 64]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! ONNX Runtime sessions: the runtime loaded once per process from the library that
 //! [`LibrarySearch`] finds, sessions created from a model path with an execution provider,
-//! and runs with f32 / i64 inputs and f32 / i64 outputs.
+//! and runs with f32 / f16 / i64 inputs and f32 / i64 outputs.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -105,8 +105,19 @@ pub struct TensorInfo {
 /// An input tensor borrowed from the caller (no copy is made).
 #[derive(Debug, Clone, Copy)]
 pub enum InputTensor<'a> {
-    F32 { shape: &'a [usize], data: &'a [f32] },
-    I64 { shape: &'a [usize], data: &'a [i64] },
+    F32 {
+        shape: &'a [usize],
+        data: &'a [f32],
+    },
+    /// For inputs an fp16 export takes in half precision (its KV cache).
+    F16 {
+        shape: &'a [usize],
+        data: &'a [f16],
+    },
+    I64 {
+        shape: &'a [usize],
+        data: &'a [i64],
+    },
 }
 
 /// An output tensor copied out of the runtime. fp16 outputs arrive as f32.
@@ -230,6 +241,11 @@ impl OrtSession {
         for (name, t) in inputs {
             let value: SessionInputValue<'_> = match *t {
                 InputTensor::F32 { shape, data } => {
+                    TensorRef::from_array_view((shape.to_vec(), data))
+                        .map_err(|e| run_err(format!("input {name}: {e}")))?
+                        .into()
+                }
+                InputTensor::F16 { shape, data } => {
                     TensorRef::from_array_view((shape.to_vec(), data))
                         .map_err(|e| run_err(format!("input {name}: {e}")))?
                         .into()

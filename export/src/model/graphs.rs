@@ -1,6 +1,7 @@
 //! The two exported graphs. `vision`: pixel tiles → projected features. `decoder`: input
-//! embeddings, attention mask, position ids and the rows to read → log-probabilities at those
-//! rows. Anyres packing, token embedding and the media merge run in Rust between them.
+//! embeddings, attention mask, position ids, the rows to read and each layer's cached keys
+//! and values → log-probabilities at those rows and the grown cache. Anyres packing, token
+//! embedding and the media merge run in Rust between them.
 
 use std::path::Path;
 
@@ -25,10 +26,35 @@ pub const POSITION_IDS: &str = "position_ids";
 pub const POSITIONS: &str = "positions";
 pub const LOG_PROBS: &str = "log_probs";
 
+/// Layer `i`'s cached keys or values fed in: `past_key_values.{i}.key` / `.value`.
+pub fn past_name(layer: usize, kind: KvKind) -> String {
+    format!("past_key_values.{layer}.{}", kind.as_str())
+}
+
+/// Layer `i`'s keys or values after this call: `present.{i}.key` / `.value`.
+pub fn present_name(layer: usize, kind: KvKind) -> String {
+    format!("present.{layer}.{}", kind.as_str())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvKind {
+    Key,
+    Value,
+}
+
+impl KvKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvKind::Key => "key",
+            KvKind::Value => "value",
+        }
+    }
+}
+
 /// A graph input or output as the manifest lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IoSpec {
-    pub name: &'static str,
+    pub name: String,
     pub dtype: DataType,
     pub dims: Vec<Dim>,
 }
@@ -39,7 +65,7 @@ pub fn vision_io(cfg: &LlavaConfig) -> (IoSpec, IoSpec) {
     let tokens = v.tokens_per_tile() - usize::from(cfg.drop_first_feature);
     (
         IoSpec {
-            name: VISION_INPUT,
+            name: VISION_INPUT.into(),
             dtype: DataType::Float,
             dims: vec![
                 "tiles".into(),
@@ -49,52 +75,71 @@ pub fn vision_io(cfg: &LlavaConfig) -> (IoSpec, IoSpec) {
             ],
         },
         IoSpec {
-            name: VISION_OUTPUT,
+            name: VISION_OUTPUT.into(),
             dtype: DataType::Float,
             dims: vec!["tiles".into(), tokens.into(), cfg.text.hidden_size.into()],
         },
     )
 }
 
-/// The decoder graph's inputs and output.
-pub fn decoder_io(cfg: &LlavaConfig) -> (Vec<IoSpec>, IoSpec) {
-    let bt = || vec![Dim::from("batch"), Dim::from("sequence")];
-    let inputs = vec![
-        IoSpec {
-            name: INPUTS_EMBEDS,
-            dtype: DataType::Float,
-            dims: vec![
-                "batch".into(),
-                "sequence".into(),
-                cfg.text.hidden_size.into(),
-            ],
-        },
-        IoSpec {
-            name: ATTENTION_MASK,
-            dtype: DataType::Int64,
-            dims: bt(),
-        },
-        IoSpec {
-            name: POSITION_IDS,
-            dtype: DataType::Int64,
-            dims: bt(),
-        },
-        IoSpec {
-            name: POSITIONS,
-            dtype: DataType::Int64,
-            dims: vec!["batch".into(), "positions".into()],
-        },
-    ];
-    let output = IoSpec {
-        name: LOG_PROBS,
-        dtype: DataType::Float,
-        dims: vec![
-            "batch".into(),
-            "positions".into(),
-            cfg.text.vocab_size.into(),
-        ],
+/// The decoder graph's inputs (embeddings, mask, position ids, rows to read, then each
+/// layer's past key and value) and outputs (log-probs, then each layer's present key and
+/// value). Caches are [batch, kv_heads, past, head_dim] in the compute type; the mask spans
+/// past and new positions.
+pub fn decoder_io(cfg: &LlavaConfig, precision: Precision) -> (Vec<IoSpec>, Vec<IoSpec>) {
+    let text = &cfg.text;
+    let spec = |name: &str, dtype: DataType, dims: Vec<Dim>| IoSpec {
+        name: name.to_string(),
+        dtype,
+        dims,
     };
-    (inputs, output)
+    let mut inputs = vec![
+        spec(
+            INPUTS_EMBEDS,
+            DataType::Float,
+            vec!["batch".into(), "sequence".into(), text.hidden_size.into()],
+        ),
+        spec(
+            ATTENTION_MASK,
+            DataType::Int64,
+            vec!["batch".into(), "total_sequence".into()],
+        ),
+        spec(
+            POSITION_IDS,
+            DataType::Int64,
+            vec!["batch".into(), "sequence".into()],
+        ),
+        spec(
+            POSITIONS,
+            DataType::Int64,
+            vec!["batch".into(), "positions".into()],
+        ),
+    ];
+    let mut outputs = vec![spec(
+        LOG_PROBS,
+        DataType::Float,
+        vec!["batch".into(), "positions".into(), text.vocab_size.into()],
+    )];
+    let cache = precision.compute_type();
+    let kv_dims = |len: &str| {
+        vec![
+            "batch".into(),
+            text.num_key_value_heads.into(),
+            len.into(),
+            text.head_dim().into(),
+        ]
+    };
+    for i in 0..text.num_hidden_layers {
+        for kind in [KvKind::Key, KvKind::Value] {
+            inputs.push(spec(&past_name(i, kind), cache, kv_dims("past_sequence")));
+            outputs.push(spec(
+                &present_name(i, kind),
+                cache,
+                kv_dims("total_sequence"),
+            ));
+        }
+    }
+    (inputs, outputs)
 }
 
 fn builder(dir: &Path, name: &str, precision: Precision, opset: i64) -> Result<GraphBuilder> {
@@ -127,7 +172,7 @@ pub fn vision_graph(
         weights,
         precision,
     );
-    let pixels = e.graph().input(input.name, input.dtype, &input.dims)?;
+    let pixels = e.graph().input(&input.name, input.dtype, &input.dims)?;
     let x = e.narrow(&pixels)?;
     let mut feats = siglip::tower(
         &mut e,
@@ -142,13 +187,15 @@ pub fn vision_graph(
     let out = projector::projector(&mut e, cfg, &layout.projector, &feats)?;
     let out = e.widen(&out)?;
     let mut g = e.into_graph();
-    g.output(output.name, &out, output.dtype, &output.dims)?;
+    g.output(&output.name, &out, output.dtype, &output.dims)?;
     g.save()
 }
 
-/// Writes `dir/decoder.onnx` (+ `.data`): embeddings [B, T, D] f32, attention mask [B, T] i64,
-/// position ids [B, T] i64, positions [B, P] i64 → log-probs [B, P, vocab] f32. The head runs
-/// on the requested rows only.
+/// Writes `dir/decoder.onnx` (+ `.data`): embeddings [B, T, D] f32, attention mask
+/// [B, past + T] i64, position ids [B, T] i64, positions [B, P] i64 and per layer the cached
+/// keys / values [B, kv_heads, past, head_dim] → log-probs [B, P, vocab] f32 and per layer the
+/// keys / values [B, kv_heads, past + T, head_dim]. The head runs on the requested rows only.
+/// With an empty past (past = 0) it computes what a cacheless forward does.
 pub fn decoder_graph(
     dir: &Path,
     weights: &Weights,
@@ -157,7 +204,7 @@ pub fn decoder_graph(
     precision: Precision,
     opset: i64,
 ) -> Result<SavedModel> {
-    let (inputs, output) = decoder_io(cfg);
+    let (inputs, outputs) = decoder_io(cfg, precision);
     let mut e = Emitter::new(
         builder(dir, DECODER_NAME, precision, opset)?,
         weights,
@@ -165,14 +212,29 @@ pub fn decoder_graph(
     );
     let mut values = Vec::with_capacity(inputs.len());
     for spec in &inputs {
-        values.push(e.graph().input(spec.name, spec.dtype, &spec.dims)?);
+        values.push(e.graph().input(&spec.name, spec.dtype, &spec.dims)?);
     }
     let (embeds, attention, position_ids, positions) =
         (&values[0], &values[1], &values[2], &values[3]);
-    let mask = qwen2::attention_mask(&mut e, attention)?;
+    let past: Vec<qwen2::LayerKv> = values[4..]
+        .chunks_exact(2)
+        .map(|kv| qwen2::LayerKv {
+            key: kv[0].clone(),
+            value: kv[1].clone(),
+        })
+        .collect();
+    let mask = qwen2::attention_mask(&mut e, attention, position_ids)?;
     let x = e.narrow(embeds)?;
-    let hidden = qwen2::body(&mut e, &cfg.text, &layout.decoder, &x, position_ids, &mask)?;
-    let rows = qwen2::gather_rows(&mut e, &hidden, positions)?;
+    let body = qwen2::body(
+        &mut e,
+        &cfg.text,
+        &layout.decoder,
+        &x,
+        position_ids,
+        &mask,
+        Some(&past),
+    )?;
+    let rows = qwen2::gather_rows(&mut e, &body.hidden, positions)?;
     let log_probs = qwen2::head_log_probs(
         &mut e,
         &cfg.text,
@@ -181,7 +243,11 @@ pub fn decoder_graph(
         &rows,
     )?;
     let mut g = e.into_graph();
-    g.output(output.name, &log_probs, output.dtype, &output.dims)?;
+    let produced =
+        std::iter::once(&log_probs).chain(body.presents.iter().flat_map(|kv| [&kv.key, &kv.value]));
+    for (spec, value) in outputs.iter().zip(produced) {
+        g.output(&spec.name, value, spec.dtype, &spec.dims)?;
+    }
     g.save()
 }
 

@@ -5,12 +5,13 @@
 use serde::Serialize;
 use unireward_models::config::LlavaConfig;
 
-use crate::dtype::DataType;
+use crate::dtype::{DataType, Precision};
 use crate::graph::Dim;
 use crate::model::graphs::IoSpec;
 
-/// Bumped whenever a reader of an older manifest would misread a newer one.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped whenever a reader of an older manifest would misread a newer one. Format 2: the
+/// decoder takes and returns a KV cache (`past_key_values.*` / `present.*`, [`KvCache`]).
+pub const FORMAT_VERSION: u32 = 2;
 pub const FILE_NAME: &str = "manifest.json";
 
 #[derive(Debug, Clone, Serialize)]
@@ -27,6 +28,7 @@ pub struct Manifest {
     pub graphs: Graphs,
     pub embeddings: Embeddings,
     pub config: Essentials,
+    pub kv_cache: KvCache,
     /// Files copied from the checkpoint (configuration, tokenizer, processor, chat template).
     pub files: Vec<String>,
 }
@@ -82,6 +84,31 @@ fn dtype_name(d: DataType) -> &'static str {
         DataType::Int8 => "int8",
         DataType::Uint8 => "uint8",
         DataType::Bool => "bool",
+    }
+}
+
+/// The decoder's KV cache: after the four sequence inputs come, per layer `i`,
+/// `past_key_values.{i}.key` and `.value` [batch, kv_heads, past, head_dim]; after `log_probs`
+/// come `present.{i}.key` and `.value` [batch, kv_heads, past + sequence, head_dim], keys
+/// after the rotation. `attention_mask` spans past + sequence; an empty past (past = 0) is a
+/// cacheless run.
+#[derive(Debug, Clone, Serialize)]
+pub struct KvCache {
+    pub num_layers: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    /// Element type of pasts and presents (`float32`, or `float16` in an fp16 export).
+    pub dtype: String,
+}
+
+impl KvCache {
+    pub fn new(cfg: &LlavaConfig, precision: Precision) -> Self {
+        Self {
+            num_layers: cfg.text.num_hidden_layers,
+            num_key_value_heads: cfg.text.num_key_value_heads,
+            head_dim: cfg.text.head_dim(),
+            dtype: dtype_name(precision.compute_type()).to_string(),
+        }
     }
 }
 

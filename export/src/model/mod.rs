@@ -227,7 +227,7 @@ fn build_manifest(
             .unwrap_or_default()
     };
     let (v_in, v_out) = graphs::vision_io(cfg);
-    let (d_in, d_out) = graphs::decoder_io(cfg);
+    let (d_in, d_out) = graphs::decoder_io(cfg, opts.precision);
     Ok(Manifest {
         format_version: manifest::FORMAT_VERSION,
         producer: format!("unireward-export {}", env!("CARGO_PKG_VERSION")),
@@ -250,7 +250,7 @@ fn build_manifest(
                 file: file_name(&decoder.model),
                 data: decoder.data.as_deref().map(file_name),
                 inputs: d_in.iter().map(Into::into).collect(),
-                outputs: vec![(&d_out).into()],
+                outputs: d_out.iter().map(Into::into).collect(),
             },
         },
         embeddings: manifest::Embeddings {
@@ -260,6 +260,7 @@ fn build_manifest(
             embed_tokens_dtype: embeddings::safetensors_dtype(table_type)?.to_string(),
         },
         config: manifest::Essentials::new(cfg, cfg.vision_layers_used()?),
+        kv_cache: manifest::KvCache::new(cfg, opts.precision),
         files,
     })
 }

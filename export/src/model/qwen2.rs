@@ -1,7 +1,7 @@
-//! The Qwen2 decoder as ONNX, mirroring `unireward_models::decode::qwen2` for whole sequences
-//! (no KV cache): rotary tables from the position ids, grouped-query attention under a causal
-//! and padding mask built in the graph, SwiGLU MLPs, RMSNorm, then the head on the requested
-//! rows only and a log-softmax in f32.
+//! The Qwen2 decoder as ONNX, mirroring `unireward_models::decode::qwen2` with its KV cache:
+//! rotary tables from the position ids, grouped-query attention over the cached and new keys
+//! under a causal and padding mask built in the graph, SwiGLU MLPs, RMSNorm, then the head on
+//! the requested rows only and a log-softmax in f32.
 
 use unireward_models::config::TextConfig;
 
@@ -10,21 +10,39 @@ use crate::error::Result;
 use crate::graph::{Attr, Value};
 use crate::model::layers::{key, Emitter};
 
-/// The additive attention mask [B, 1, T, T] (f32) from `attention_mask` [B, T] (i64, 1 = token,
-/// 0 = padding): query i sees key j when j ≤ i and j is a token.
+/// The additive attention mask [B, 1, T, S] (f32) from `attention_mask` [B, S] (i64, 1 =
+/// token, 0 = padding) over the S = past + T cached and new positions; T is read from
+/// `position_ids` [B, T]. Query t, at absolute index past + t, sees key j when j ≤ past + t
+/// and j is a token. Without a cache S = T and this is the plain causal mask.
 ///
 /// Masked entries get f32's lowest finite value rather than −inf: the softmax is the same
 /// wherever a row sees any key, and a row that sees none (a padding query before every token,
 /// under left padding) comes out uniform instead of NaN.
-pub fn attention_mask(e: &mut Emitter, attention_mask: &Value) -> Result<Value> {
+pub fn attention_mask(
+    e: &mut Emitter,
+    attention_mask: &Value,
+    position_ids: &Value,
+) -> Result<Value> {
     e.graph().set_scope("mask");
-    let shape = e.op("Shape", &[attention_mask], &[])?;
     let one_scalar = e.graph().const_i64("one", &[], &[1])?;
     let zero_scalar = e.graph().const_i64("zero", &[], &[0])?;
-    let t = e.op("Gather", &[&shape, &one_scalar], &[("axis", Attr::Int(0))])?;
-    let idx = e.op("Range", &[&zero_scalar, &t, &one_scalar], &[])?;
-    let rows = e.unsqueeze(&idx, &[1])?;
-    let cols = e.unsqueeze(&idx, &[0])?;
+    let total_shape = e.op("Shape", &[attention_mask], &[])?;
+    let s = e.op(
+        "Gather",
+        &[&total_shape, &one_scalar],
+        &[("axis", Attr::Int(0))],
+    )?;
+    let new_shape = e.op("Shape", &[position_ids], &[])?;
+    let t = e.op(
+        "Gather",
+        &[&new_shape, &one_scalar],
+        &[("axis", Attr::Int(0))],
+    )?;
+    let past = e.op("Sub", &[&s, &t], &[])?;
+    let query = e.op("Range", &[&past, &s, &one_scalar], &[])?;
+    let key = e.op("Range", &[&zero_scalar, &s, &one_scalar], &[])?;
+    let rows = e.unsqueeze(&query, &[1])?;
+    let cols = e.unsqueeze(&key, &[0])?;
     let causal = e.op("LessOrEqual", &[&cols, &rows], &[])?;
     let keep = e.graph().cast(attention_mask, DataType::Bool)?;
     let keep = e.unsqueeze(&keep, &[1, 2])?;
@@ -85,7 +103,17 @@ fn repeat_kv(e: &mut Emitter, x: &Value, kv_heads: usize, n: usize, hd: usize) -
     e.reshape(&x, &[0, (kv_heads * n) as i64, -1, hd as i64])
 }
 
-/// Grouped-query attention of one layer; `prefix` ends in `self_attn.`.
+/// One layer's keys and values [B, kv_heads, S, head_dim] in the compute type: keys after the
+/// rotation and before `repeat_kv`, as candle's `LayerCache` holds them.
+#[derive(Debug, Clone)]
+pub struct LayerKv {
+    pub key: Value,
+    pub value: Value,
+}
+
+/// Grouped-query attention of one layer; `prefix` ends in `self_attn.`. With `past`, this
+/// call's keys and values are appended to it (candle's `LayerCache::append`); returns the
+/// output and the keys and values attended over.
 fn attention(
     e: &mut Emitter,
     cfg: &TextConfig,
@@ -93,7 +121,8 @@ fn attention(
     xs: &Value,
     rope: &(Value, Value),
     mask: &Value,
-) -> Result<Value> {
+    past: Option<&LayerKv>,
+) -> Result<(Value, LayerKv)> {
     let (d, hd) = (cfg.hidden_size, cfg.head_dim());
     let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
     let split = |e: &mut Emitter, name: &str, heads: usize| -> Result<Value> {
@@ -109,6 +138,17 @@ fn attention(
     let scale = e.scalar((1.0 / (hd as f64).sqrt()) as f32)?;
     let q = e.op("Mul", &[&q, &scale], &[])?;
     let k = apply_rotary(e, &k, &rope.0, &rope.1, hd)?;
+    let (k, v) = match past {
+        Some(p) => (
+            e.op("Concat", &[&p.key, &k], &[("axis", Attr::Int(2))])?,
+            e.op("Concat", &[&p.value, &v], &[("axis", Attr::Int(2))])?,
+        ),
+        None => (k, v),
+    };
+    let present = LayerKv {
+        key: k.clone(),
+        value: v.clone(),
+    };
     let k = repeat_kv(e, &k, kvh, h / kvh, hd)?;
     let v = repeat_kv(e, &v, kvh, h / kvh, hd)?;
     let kt = e.transpose(&k, &[0, 1, 3, 2])?;
@@ -120,7 +160,8 @@ fn attention(
     let out = e.op("MatMul", &[&probs, &v], &[])?;
     let out = e.transpose(&out, &[0, 2, 1, 3])?;
     let out = e.reshape(&out, &[0, 0, (h * hd) as i64])?;
-    e.linear(&key(prefix, "o_proj"), h * hd, d, false, &out)
+    let out = e.linear(&key(prefix, "o_proj"), h * hd, d, false, &out)?;
+    Ok((out, present))
 }
 
 /// SwiGLU: down(silu(gate(x)) · up(x)); `prefix` ends in `mlp.`.
@@ -134,7 +175,9 @@ fn mlp(e: &mut Emitter, cfg: &TextConfig, prefix: &str, xs: &Value) -> Result<Va
 }
 
 /// One decoder layer; `prefix` ends in `layers.N.`. `rope` from [`rotary`], `mask` from
-/// [`attention_mask`].
+/// [`attention_mask`], `past` this layer's cache if the graph has one. Returns the layer's
+/// output and its keys and values (past and new).
+#[allow(clippy::too_many_arguments)]
 pub fn layer(
     e: &mut Emitter,
     cfg: &TextConfig,
@@ -142,18 +185,29 @@ pub fn layer(
     xs: &Value,
     rope: &(Value, Value),
     mask: &Value,
-) -> Result<Value> {
+    past: Option<&LayerKv>,
+) -> Result<(Value, LayerKv)> {
     let (d, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
     let h = e.rms_norm(&key(prefix, "input_layernorm"), d, eps, xs)?;
-    let a = attention(e, cfg, &key(prefix, "self_attn."), &h, rope, mask)?;
+    let (a, present) = attention(e, cfg, &key(prefix, "self_attn."), &h, rope, mask, past)?;
     let xs = e.op("Add", &[xs, &a], &[])?;
     let h = e.rms_norm(&key(prefix, "post_attention_layernorm"), d, eps, &xs)?;
     let m = mlp(e, cfg, &key(prefix, "mlp."), &h)?;
-    e.op("Add", &[&xs, &m], &[])
+    Ok((e.op("Add", &[&xs, &m], &[])?, present))
+}
+
+/// The final-normed hidden states of [`body`] and each layer's keys and values.
+#[derive(Debug, Clone)]
+pub struct BodyOutput {
+    pub hidden: Value,
+    /// One per layer: the past (if any) with this call's keys and values appended.
+    pub presents: Vec<LayerKv>,
 }
 
 /// embeds [B, T, hidden] (compute type) → final-normed hidden states; `prefix` is the Qwen2
-/// body's (`language_model.model.`).
+/// body's (`language_model.model.`). `past`, one entry per layer, makes the layers attend
+/// over cached keys and values too (candle's `forward` with a `KvCache`); `None` is the
+/// cacheless forward.
 pub fn body(
     e: &mut Emitter,
     cfg: &TextConfig,
@@ -161,24 +215,38 @@ pub fn body(
     embeds: &Value,
     position_ids: &Value,
     mask: &Value,
-) -> Result<Value> {
+    past: Option<&[LayerKv]>,
+) -> Result<BodyOutput> {
+    if let Some(p) = past {
+        if p.len() != cfg.num_hidden_layers {
+            return Err(crate::error::Error::Unsupported(format!(
+                "a cache of {} layers for a decoder of {}",
+                p.len(),
+                cfg.num_hidden_layers
+            )));
+        }
+    }
     let rope = rotary(e, cfg, position_ids)?;
     let mut xs = embeds.clone();
+    let mut presents = Vec::with_capacity(cfg.num_hidden_layers);
     for i in 0..cfg.num_hidden_layers {
         e.graph().set_scope(&format!("decoder.layers.{i}"));
-        xs = layer(
+        let (out, present) = layer(
             e,
             cfg,
             &key(prefix, &format!("layers.{i}.")),
             &xs,
             &rope,
             mask,
+            past.map(|p| &p[i]),
         )?;
+        xs = out;
+        presents.push(present);
     }
     e.graph().set_scope("decoder.norm");
-    let out = e.rms_norm(&key(prefix, "norm"), cfg.hidden_size, cfg.rms_norm_eps, &xs)?;
+    let hidden = e.rms_norm(&key(prefix, "norm"), cfg.hidden_size, cfg.rms_norm_eps, &xs)?;
     e.graph().set_scope("");
-    Ok(out)
+    Ok(BodyOutput { hidden, presents })
 }
 
 /// hidden [B, T, D], positions [B, P] (i64) → hidden[b, positions[b, p]] as [B, P, D].
