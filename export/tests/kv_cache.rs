@@ -401,6 +401,20 @@ fn cached_continuations_equal_the_recomputing_default_and_candle() {
         worst_default = worst_default.max(continuation_diff(&cached, &default));
         worst_candle = worst_candle.max(continuation_diff(&cached, &reference));
     }
+    // Continuations split over several decoder calls (as a TensorRT batch limit or the
+    // cache-copy budget splits them) score as in one.
+    let capped = OrtBackend::open(dir.path(), &SessionConfig::default())
+        .unwrap()
+        .with_max_batch(2);
+    let mut worst_split = 0f32;
+    for (p, set) in prompts.iter().zip(&sets) {
+        assert!(set.len() > 2, "{} continuations", set.len());
+        let split = capped.continuations(p, set).unwrap();
+        let whole = ort.continuations(p, set).unwrap();
+        assert_eq!(split.len(), whole.len());
+        worst_split = worst_split.max(continuation_diff(&split, &whole));
+    }
+    assert!(worst_split <= TOL, "split continuations: {worst_split}");
     // Prompts of different lengths in one right-padded pass.
     let batched = ort.continuations_batch(&prompts, &sets).unwrap();
     let reference = candle.continuations_batch(&prompts, &sets).unwrap();

@@ -87,8 +87,9 @@ pub fn render(page: &Page) -> String {
     );
     out.push_str(&format!(
         "<p>Seed {}, preset {}. A reward model (LLaVA-OneVision) trained from random weights \
-         with <code>trainer reward</code>, exported with <code>export onnx</code>, judging with \
-         <code>engine score --batch</code> and <code>engine pairs</code> on ONNX Runtime; an answer \
+         with <code>trainer reward</code>, exported with <code>export onnx</code>, judging held-out \
+         data with <code>engine score --batch</code> on ONNX Runtime and building pairs with \
+         <code>engine pairs</code> (candle); an answer \
          model aligned with <code>trainer dpo --kind vlm</code> on the pairs it built.</p>\n",
         page.summary["seed"], escape(page.summary["preset"].as_str().unwrap_or(""))
     ));

@@ -2,10 +2,10 @@
 //! judge; how often the chosen candidate is truly the better one. The understanding pairs
 //! become the answer model's DPO data.
 //!
-//! This step runs the engine's candle backend on the same weights the ONNX export holds:
-//! point sifting scores every candidate, and an image-understanding score (0-100) is 101
-//! continuations, which the candle backend computes over one KV-cached prompt pass while
-//! the ONNX Runtime backend repeats the whole prompt for each (about ten times slower).
+//! This step runs the engine's candle backend on the same weights the ONNX export holds.
+//! Both backends score continuations from a KV cache and build the same pairs from the full
+//! preset's 80 prompts, but on a model this small ONNX Runtime's per-call overhead shows:
+//! 29 s against candle's 20 s.
 
 use std::collections::BTreeMap;
 

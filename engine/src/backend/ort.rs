@@ -122,7 +122,14 @@ pub struct OrtBackend {
     newline: Tensor,
     /// The decoder's cache, `None` for a format-1 export.
     kv: Option<KvLayout>,
+    /// TensorRT's optimisation profile caps the sequences of one decoder call.
+    max_batch: Option<usize>,
 }
+
+/// Continuations of one prompt scored in one decoder call hold a copy of the prompt's cache
+/// each; calls are split so the copies stay under this many bytes (a 7B model's cache of a
+/// 2,000-token prompt is ~115 MB in fp16, and a 0-100 score has 101 continuations).
+const CACHE_COPIES_BYTES: usize = 1 << 30;
 
 impl OrtBackend {
     /// Opens the export in `dir` with `session`'s execution provider and threads.
@@ -256,7 +263,18 @@ impl OrtBackend {
             embed_tokens,
             newline,
             kv,
+            max_batch: match session.provider {
+                ExecutionProvider::TensorRt(_) => usize::try_from(limits.max_batch).ok(),
+                _ => None,
+            },
         })
+    }
+
+    /// Caps the sequences of one decoder call, as a TensorRT profile does (continuations of a
+    /// prompt beyond it are scored in several calls).
+    pub fn with_max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = Some(max_batch.max(1));
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -794,6 +812,16 @@ impl OrtBackend {
         Ok((values, presents))
     }
 
+    /// How many continuations of a prompt with `cache` one decoder call takes.
+    fn continuations_per_call(&self, cache: &PastKv) -> usize {
+        let by_memory = self.kv.map_or(usize::MAX, |kv| {
+            let elem = if kv.half { 2 } else { 4 };
+            let copy = cache.len() * kv.num_layers * 2 * kv.kv_heads * kv.head_dim * elem;
+            CACHE_COPIES_BYTES / copy.max(1)
+        });
+        by_memory.min(self.max_batch.unwrap_or(usize::MAX)).max(1)
+    }
+
     /// Scores `continuations` after a prompt whose cache (one sequence) is `cache` and whose
     /// last row's log-softmax is `first`: all of them in one batch over the shared cache,
     /// right-padded (mask 0 on the padding, which no real token sees).
@@ -812,6 +840,14 @@ impl OrtBackend {
                     next: first.clone(),
                 })
                 .collect());
+        }
+        let per_call = self.continuations_per_call(cache);
+        if continuations.len() > per_call {
+            return continuations
+                .chunks(per_call)
+                .map(|chunk| self.continue_from(cache, first, chunk))
+                .collect::<Result<Vec<_>>>()
+                .map(|parts| parts.into_iter().flatten().collect());
         }
         let (k, past, hidden) = (continuations.len(), cache.len(), self.cfg.text.hidden_size);
         let vocab = self.cfg.text.vocab_size;
