@@ -220,7 +220,6 @@ fn run_config(
 }
 
 fn main() -> Result<()> {
-    unireward_models::cpu_workers::sleep_idle_workers();
     let args = Args::parse();
     anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
     let dir = std::env::temp_dir().join(format!("unireward-bench-dpo-{}", std::process::id()));

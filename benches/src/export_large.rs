@@ -131,7 +131,6 @@ fn write_checkpoint(dir: &Path) -> Result<u64> {
 }
 
 fn main() -> Result<()> {
-    unireward_models::cpu_workers::sleep_idle_workers();
     let args: Vec<String> = std::env::args().collect();
     // Child: export only, then report this process's peak memory.
     if args.len() == 4 && args[1] == "--child-export" {

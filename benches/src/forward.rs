@@ -166,7 +166,6 @@ fn time_torch(python: &Path, dir: &Path, args: &Args) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
-    unireward_models::cpu_workers::sleep_idle_workers();
     let args = Args::parse();
     let dir = args.keep.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("unireward-bench-small-{}", std::process::id()))

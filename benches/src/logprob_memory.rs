@@ -191,7 +191,6 @@ fn field(v: &Value, k: &str) -> f64 {
 }
 
 fn main() -> Result<()> {
-    unireward_models::cpu_workers::sleep_idle_workers();
     let args = Args::parse();
     if let Some(variant) = args.child {
         println!("{}", run_child(&args, variant)?);

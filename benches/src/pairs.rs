@@ -101,7 +101,6 @@ fn draw(path: &Path, k: usize) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    unireward_models::cpu_workers::sleep_idle_workers();
     let args = Args::parse();
     let dir = std::env::temp_dir().join(format!("unireward-bench-pairs-{}", std::process::id()));
     let model_dir = dir.join("model");

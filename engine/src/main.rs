@@ -165,7 +165,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    unireward_models::cpu_workers::sleep_idle_workers();
     match run() {
         Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
         Ok(summary) => {

@@ -51,7 +51,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    unireward_models::cpu_workers::sleep_idle_workers();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

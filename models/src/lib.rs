@@ -6,7 +6,6 @@
 
 pub mod checkpoint;
 pub mod config;
-pub mod cpu_workers;
 pub mod decode;
 pub mod encode;
 pub mod error;

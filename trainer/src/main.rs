@@ -404,7 +404,6 @@ fn run_merge(args: MergeArgs) -> Result<()> {
 }
 
 fn main() {
-    unireward_models::cpu_workers::sleep_idle_workers();
     let result = match Cli::parse().command {
         Command::Reward(args) => run_reward(args),
         Command::Dpo(args) => run_dpo(args),
