@@ -550,7 +550,7 @@ impl Backend for OrtBackend {
         }
         // Right padding with mask 0; every row at positions 0..T, as the candle backend runs.
         let call = DecoderCall::whole(seqs, &lens, positions, hidden)?;
-        let (values, _) = self.run_decoder(&call, None)?;
+        let (values, _) = self.run_decoder(&call, None, false)?;
         positions
             .iter()
             .enumerate()
@@ -603,7 +603,7 @@ impl Backend for OrtBackend {
         let last: Vec<Vec<usize>> = lens.iter().map(|&n| vec![n - 1]).collect();
         let call = DecoderCall::whole(prompts, &lens, &last, self.cfg.text.hidden_size)?;
         let empty = PastKv::empty(kv, prompts.len());
-        let (first, presents) = self.run_decoder(&call, Some(&empty))?;
+        let (first, presents) = self.run_decoder(&call, Some(&empty), true)?;
         let presents = presents.ok_or_else(|| EngineError::Invalid("no cache came back".into()))?;
         let vocab = self.cfg.text.vocab_size;
         (0..prompts.len())
@@ -628,7 +628,7 @@ impl Backend for OrtBackend {
             return Ok(out);
         }
         let call = DecoderCall::whole(std::slice::from_ref(prompt), &[t], &[vec![t - 1]], hidden)?;
-        let (mut row, mut cache) = self.run_decoder(&call, Some(&PastKv::empty(kv, 1)))?;
+        let (mut row, mut cache) = self.run_decoder(&call, Some(&PastKv::empty(kv, 1)), true)?;
         for step in 0..max_new {
             let next = Tensor::from_vec(row, self.cfg.text.vocab_size, &Device::Cpu)?
                 .argmax(0)?
@@ -656,7 +656,7 @@ impl Backend for OrtBackend {
                 rows: vec![0],
                 rows_per_seq: 1,
             };
-            (row, cache) = self.run_decoder(&call, Some(&past))?;
+            (row, cache) = self.run_decoder(&call, Some(&past), true)?;
         }
         Ok(out)
     }
@@ -717,11 +717,13 @@ impl DecoderCall {
 impl OrtBackend {
     /// Runs the decoder over `call` after `past` (required by a cached decoder, whose
     /// `attention_mask` then spans past + new positions; `None` for a format-1 one). Returns
-    /// the log-probs [batch, rows_per_seq, vocab] and, with a cache, the grown cache.
+    /// the log-probs [batch, rows_per_seq, vocab] and, with a cache and `want_cache`, the grown
+    /// cache.
     fn run_decoder(
         &self,
         call: &DecoderCall,
         past: Option<&PastKv>,
+        want_cache: bool,
     ) -> Result<(Vec<f32>, Option<PastKv>)> {
         let (batch, len, hidden) = (call.batch, call.len, call.hidden);
         let vocab = self.cfg.text.vocab_size;
@@ -783,7 +785,12 @@ impl OrtBackend {
         if let Some(f) = &feeds {
             inputs.extend(f.inputs());
         }
-        let mut outputs = self.lock(&self.decoder).run(&inputs)?;
+        // A caller that keeps no cache (`log_probs_at`) does not take the presents out of
+        // ONNX Runtime: at 7B they are tens of MB per sequence.
+        let mut outputs = match self.kv.filter(|_| want_cache) {
+            Some(_) => self.lock(&self.decoder).run(&inputs)?,
+            None => self.lock(&self.decoder).run_for(&inputs, &[LOG_PROBS])?,
+        };
         let idx = outputs
             .0
             .iter()
@@ -805,7 +812,7 @@ impl OrtBackend {
                 )))
             }
         };
-        let presents = match self.kv {
+        let presents = match self.kv.filter(|_| want_cache) {
             Some(kv) => Some(PastKv::from_outputs(kv, batch, &mut outputs)?),
             None => None,
         };
@@ -870,7 +877,7 @@ impl OrtBackend {
             }
             call.mask[i * (past + longest)..][..past + c.len()].fill(1);
         }
-        let (values, _) = self.run_decoder(&call, Some(&cache.repeat_batch(k)?))?;
+        let (values, _) = self.run_decoder(&call, Some(&cache.repeat_batch(k)?), false)?;
         let first = first.unsqueeze(0)?;
         continuations
             .iter()

@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 
 use half::f16;
 use ort::environment::Environment;
-use ort::session::{Session, SessionInputValue};
+use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::error::{Error, Result};
@@ -232,6 +232,24 @@ impl OrtSession {
 
     /// Runs the model on named inputs; returns every output.
     pub fn run(&mut self, inputs: &[(&str, InputTensor<'_>)]) -> Result<Outputs> {
+        self.run_selected(inputs, None)
+    }
+
+    /// Runs the model on named inputs; returns only the outputs named in `wanted` (ONNX
+    /// Runtime still computes the others but never copies them out).
+    pub fn run_for(
+        &mut self,
+        inputs: &[(&str, InputTensor<'_>)],
+        wanted: &[&str],
+    ) -> Result<Outputs> {
+        self.run_selected(inputs, Some(wanted))
+    }
+
+    fn run_selected(
+        &mut self,
+        inputs: &[(&str, InputTensor<'_>)],
+        wanted: Option<&[&str]>,
+    ) -> Result<Outputs> {
         let run_err = |msg: String| Error::Run {
             path: self.path.clone(),
             msg,
@@ -259,7 +277,24 @@ impl OrtSession {
             values.push((Cow::Borrowed(*name), value));
         }
         let path = self.path.clone();
-        let outputs = self.session.run(values).map_err(|e| Error::Run {
+        let options = match wanted {
+            None => None,
+            Some(names) => {
+                let selector = names
+                    .iter()
+                    .fold(OutputSelector::no_default(), |sel, name| sel.with(*name));
+                Some(
+                    RunOptions::new()
+                        .map_err(|e| run_err(e.to_string()))?
+                        .with_outputs(selector),
+                )
+            }
+        };
+        let outputs = match &options {
+            None => self.session.run(values),
+            Some(options) => self.session.run_with_options(values, options),
+        }
+        .map_err(|e| Error::Run {
             path: path.clone(),
             msg: e.to_string(),
         })?;
