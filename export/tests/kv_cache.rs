@@ -415,6 +415,27 @@ fn cached_continuations_equal_the_recomputing_default_and_candle() {
         worst_split = worst_split.max(continuation_diff(&split, &whole));
     }
     assert!(worst_split <= TOL, "split continuations: {worst_split}");
+    let split_batch = capped.continuations_batch(&prompts, &sets).unwrap();
+    let whole_batch = ort.continuations_batch(&prompts, &sets).unwrap();
+    assert_eq!(split_batch.len(), prompts.len());
+    for (s, w) in split_batch.iter().zip(&whole_batch) {
+        let d = continuation_diff(s, w);
+        assert!(d <= TOL, "prompts split over calls: {d}");
+    }
+    let rows: Vec<Vec<usize>> = prompts
+        .iter()
+        .map(|p| {
+            let n = p.dim(0).unwrap();
+            vec![0, n / 2, n - 1]
+        })
+        .collect();
+    let split_rows = capped.log_probs_at(&prompts, &rows).unwrap();
+    let whole_rows = ort.log_probs_at(&prompts, &rows).unwrap();
+    assert_eq!(split_rows.len(), prompts.len());
+    for (s, w) in split_rows.iter().zip(&whole_rows) {
+        let d = max_abs_diff(&flat(s), &flat(w));
+        assert!(d <= TOL, "sequences split over calls: {d}");
+    }
     // Prompts of different lengths in one right-padded pass.
     let batched = ort.continuations_batch(&prompts, &sets).unwrap();
     let reference = candle.continuations_batch(&prompts, &sets).unwrap();

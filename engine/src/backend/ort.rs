@@ -270,8 +270,8 @@ impl OrtBackend {
         })
     }
 
-    /// Caps the sequences of one decoder call, as a TensorRT profile does (continuations of a
-    /// prompt beyond it are scored in several calls).
+    /// Caps the sequences of one decoder call, as a TensorRT profile does (more sequences, or
+    /// more continuations of a prompt, are run in several calls).
     pub fn with_max_batch(mut self, max_batch: usize) -> Self {
         self.max_batch = Some(max_batch.max(1));
         self
@@ -522,6 +522,9 @@ impl Backend for OrtBackend {
                 "one position list per sequence".into(),
             ));
         }
+        if let Some(max) = self.max_batch.filter(|&m| seqs.len() > m) {
+            return in_batches(seqs, positions, max, |s, p| self.log_probs_at(s, p));
+        }
         let hidden = self.cfg.text.hidden_size;
         let vocab = self.cfg.text.vocab_size;
         let mut lens = Vec::with_capacity(seqs.len());
@@ -587,6 +590,11 @@ impl Backend for OrtBackend {
             return Err(EngineError::Invalid(
                 "one list of continuations per prompt".into(),
             ));
+        }
+        if let Some(max) = self.max_batch.filter(|&m| prompts.len() > m) {
+            return in_batches(prompts, continuations, max, |p, c| {
+                self.continuations_batch(p, c)
+            });
         }
         if prompts.is_empty() {
             return Ok(Vec::new());
@@ -850,11 +858,9 @@ impl OrtBackend {
         }
         let per_call = self.continuations_per_call(cache);
         if continuations.len() > per_call {
-            return continuations
-                .chunks(per_call)
-                .map(|chunk| self.continue_from(cache, first, chunk))
-                .collect::<Result<Vec<_>>>()
-                .map(|parts| parts.into_iter().flatten().collect());
+            return in_batches(continuations, continuations, per_call, |c, _| {
+                self.continue_from(cache, first, c)
+            });
         }
         let (k, past, hidden) = (continuations.len(), cache.len(), self.cfg.text.hidden_size);
         let vocab = self.cfg.text.vocab_size;
@@ -892,6 +898,21 @@ impl OrtBackend {
             })
             .collect()
     }
+}
+
+/// `run` over `a` and `b` (one entry of each per sequence) in slices of at most `max`
+/// sequences, the results concatenated in order.
+fn in_batches<A, B, T>(
+    a: &[A],
+    b: &[B],
+    max: usize,
+    run: impl Fn(&[A], &[B]) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(a.len());
+    for (a, b) in a.chunks(max).zip(b.chunks(max)) {
+        out.extend(run(a, b)?);
+    }
+    Ok(out)
 }
 
 /// An export without a cache scored by the `Backend` trait's recomputing defaults: this
