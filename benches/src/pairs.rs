@@ -20,18 +20,16 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::Tensor;
 use candle_core::{DType, Device};
 use clap::{Parser, ValueEnum};
 use image::{Rgb, RgbImage};
 use serde_json::json;
-use unireward_engine::backend::{Backend, CandleBackend, OrtBackend, SessionConfig};
+use unireward_engine::backend::{Backend, CandleBackend, OrtBackend, Recomputing, SessionConfig};
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
 use unireward_engine::media::{encode_media, MediaLoader, MediaRequest};
 use unireward_engine::pairs::job::PairsJob;
 use unireward_engine::pairs::PairOptions;
 use unireward_export::{export_onnx, ExportOptions};
-use unireward_models::config::LlavaConfig;
 use unireward_models::judge::{Media, Mode, Task};
 use unireward_models::tokenize::PromptTokenizer;
 
@@ -54,34 +52,6 @@ struct Args {
 enum BackendKind {
     Candle,
     Ort,
-}
-
-/// An ORT backend seen through the `Backend` trait's recomputing defaults only.
-struct Recompute(OrtBackend);
-
-impl Backend for Recompute {
-    fn name(&self) -> String {
-        format!("{} (recomputing)", self.0.name())
-    }
-    fn config(&self) -> &LlavaConfig {
-        self.0.config()
-    }
-    fn image_newline(&self) -> &Tensor {
-        self.0.image_newline()
-    }
-    fn encode_tiles(&self, tiles: &Tensor) -> unireward_engine::Result<Tensor> {
-        self.0.encode_tiles(tiles)
-    }
-    fn embed_tokens(&self, ids: &[u32]) -> unireward_engine::Result<Tensor> {
-        self.0.embed_tokens(ids)
-    }
-    fn log_probs_at(
-        &self,
-        seqs: &[Tensor],
-        positions: &[Vec<usize>],
-    ) -> unireward_engine::Result<Vec<Tensor>> {
-        self.0.log_probs_at(seqs, positions)
-    }
 }
 
 /// A 224x224 candidate: a background and a filled disc whose place and colour vary.
@@ -119,20 +89,24 @@ fn main() -> Result<()> {
     let input = dir.join("candidates.jsonl");
     std::fs::write(&input, lines.join("\n") + "\n")?;
 
-    let backend: Box<dyn Backend> = match args.backend {
-        BackendKind::Candle => Box::new(CandleBackend::load(&model_dir, DType::F32, &Device::Cpu)?),
+    let (candle, ort, recomputing);
+    let backend: &dyn Backend = match args.backend {
+        BackendKind::Candle => {
+            candle = CandleBackend::load(&model_dir, DType::F32, &Device::Cpu)?;
+            &candle
+        }
         BackendKind::Ort => {
             let onnx_dir = dir.join("onnx");
             export_onnx(&model_dir, &onnx_dir, &ExportOptions::default())?;
-            let ort = OrtBackend::open(&onnx_dir, &SessionConfig::default())?;
+            ort = OrtBackend::open(&onnx_dir, &SessionConfig::default())?;
             if args.recompute {
-                Box::new(Recompute(ort))
+                recomputing = Recomputing(&ort);
+                &recomputing
             } else {
-                Box::new(ort)
+                &ort
             }
         }
     };
-    let backend = backend.as_ref();
     let tokenizer = PromptTokenizer::load(&model_dir, backend.config())?;
     let loader = MediaLoader::from_model_dir(&model_dir, backend.config(), 8)?;
     let judge = Judge::new(

@@ -3,42 +3,13 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use unireward_engine::backend::{Backend, CandleBackend};
+use unireward_engine::backend::{Backend, CandleBackend, Recomputing};
 use unireward_engine::judge::{Judge, JudgeMode, Outcome, PromptStyle};
 use unireward_engine::media::{encode_media, MediaLoader, MediaRequest};
-use unireward_models::config::LlavaConfig;
 use unireward_models::judge::{pair_verdicts, verdict_lead, Family, Media, Mode, Task};
 use unireward_models::tokenize::PromptTokenizer;
 use unireward_models::MediaFeatures;
 use unireward_tests::{golden_cases_dir, golden_model_dir};
-
-/// The candle backend without its KV-cache paths: the trait's recomputing defaults.
-struct Recompute<'a>(&'a CandleBackend);
-
-impl Backend for Recompute<'_> {
-    fn name(&self) -> String {
-        "recompute".into()
-    }
-    fn config(&self) -> &LlavaConfig {
-        self.0.config()
-    }
-    fn image_newline(&self) -> &Tensor {
-        self.0.image_newline()
-    }
-    fn encode_tiles(&self, tiles: &Tensor) -> unireward_engine::Result<Tensor> {
-        self.0.encode_tiles(tiles)
-    }
-    fn embed_tokens(&self, ids: &[u32]) -> unireward_engine::Result<Tensor> {
-        self.0.embed_tokens(ids)
-    }
-    fn log_probs_at(
-        &self,
-        seqs: &[Tensor],
-        positions: &[Vec<usize>],
-    ) -> unireward_engine::Result<Vec<Tensor>> {
-        self.0.log_probs_at(seqs, positions)
-    }
-}
 
 struct Fixture {
     backend: CandleBackend,
@@ -205,7 +176,7 @@ fn fast_point_score_is_the_expectation_over_score_logprobs() -> Result<()> {
 #[test]
 fn generate_is_deterministic_greedy_decoding() -> Result<()> {
     let f = fixture()?;
-    let recompute = Recompute(&f.backend);
+    let recompute = Recomputing(&f.backend);
     let task = Task::ImageGeneration;
     let media = f.features.clone();
     let cached = Judge::new(

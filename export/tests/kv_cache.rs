@@ -8,17 +8,20 @@
 //! Needs the ONNX Runtime library (ORT_DYLIB_PATH, an onnxruntime Python package, or `.ort/`
 //! from scripts/fetch-onnxruntime.sh).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use unireward_engine::backend::{
-    Backend, CandleBackend, Continuation, InputTensor, OrtBackend, OrtSession, SessionConfig,
+    Backend, CandleBackend, Continuation, InputTensor, OrtBackend, OrtSession, Recomputing,
+    SessionConfig,
 };
 use unireward_export::model::graphs::{self, KvKind};
 use unireward_export::{export_onnx, ExportOptions, Precision};
 use unireward_models::config::LlavaConfig;
-use unireward_models::pack::{merge_media, pack_image, pack_video, MediaFeatures};
+use unireward_models::pack::merge_media;
 use unireward_models::tokenize::PromptTokenizer;
 use unireward_models::LlavaOnevision;
 use unireward_tests::{golden_cases, golden_model_dir, golden_tensors, Case};
@@ -46,35 +49,6 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
-/// The `Backend` trait's defaults over an `OrtBackend`: only the required methods are
-/// forwarded, so `continuations` and `generate` recompute the prompt.
-struct Recompute<'a>(&'a OrtBackend);
-
-impl Backend for Recompute<'_> {
-    fn name(&self) -> String {
-        self.0.name()
-    }
-    fn config(&self) -> &LlavaConfig {
-        self.0.config()
-    }
-    fn image_newline(&self) -> &Tensor {
-        self.0.image_newline()
-    }
-    fn encode_tiles(&self, tiles: &Tensor) -> unireward_engine::error::Result<Tensor> {
-        self.0.encode_tiles(tiles)
-    }
-    fn embed_tokens(&self, ids: &[u32]) -> unireward_engine::error::Result<Tensor> {
-        self.0.embed_tokens(ids)
-    }
-    fn log_probs_at(
-        &self,
-        seqs: &[Tensor],
-        positions: &[Vec<usize>],
-    ) -> unireward_engine::error::Result<Vec<Tensor>> {
-        self.0.log_probs_at(seqs, positions)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -316,27 +290,7 @@ fn decoder_split_at_a_cache_equals_one_pass() {
 /// completion's token ids.
 fn golden_prompt(backend: &dyn Backend, tok: &PromptTokenizer, case: &Case) -> (Tensor, Vec<u32>) {
     let expected: HashMap<String, Tensor> = golden_tensors().unwrap();
-    let cfg = backend.config();
-    let mut media = MediaFeatures::default();
-    if let Some(pix) = expected.get(&format!("{}.pixel_values", case.name)) {
-        let sizes = expected[&format!("{}.image_sizes", case.name)]
-            .to_vec2::<i64>()
-            .unwrap();
-        for (i, n) in case.num_patches_per_image.iter().enumerate() {
-            let tiles = pix.get(i).unwrap().narrow(0, 0, *n).unwrap();
-            let feats = backend.encode_tiles(&tiles).unwrap();
-            let size = (sizes[i][0] as u32, sizes[i][1] as u32);
-            media
-                .images
-                .push(pack_image(&feats, size, backend.image_newline(), &cfg.anyres).unwrap());
-        }
-    }
-    if let Some(frames) = expected.get(&format!("{}.pixel_values_videos", case.name)) {
-        let feats = backend.encode_tiles(frames).unwrap();
-        media
-            .videos
-            .push(pack_video(&feats, backend.image_newline()).unwrap());
-    }
+    let media = common::case_media(backend, case, &expected);
     let lens = |ts: &[Tensor]| ts.iter().map(|t| t.dim(0).unwrap()).collect::<Vec<_>>();
     let tokens = tok
         .encode(&case.text, &lens(&media.images), &lens(&media.videos))
@@ -395,7 +349,7 @@ fn cached_continuations_equal_the_recomputing_default_and_candle() {
     let (mut worst_default, mut worst_candle) = (0f32, 0f32);
     for (p, set) in prompts.iter().zip(&sets) {
         let cached = ort.continuations(p, set).unwrap();
-        let default = Recompute(&ort).continuations(p, set).unwrap();
+        let default = Recomputing(&ort).continuations(p, set).unwrap();
         let reference = candle.continuations(p, set).unwrap();
         assert!(cached[2].token_logprobs.is_empty());
         worst_default = worst_default.max(continuation_diff(&cached, &default));
@@ -439,7 +393,7 @@ fn cached_continuations_equal_the_recomputing_default_and_candle() {
     // Prompts of different lengths in one right-padded pass.
     let batched = ort.continuations_batch(&prompts, &sets).unwrap();
     let reference = candle.continuations_batch(&prompts, &sets).unwrap();
-    let default = Recompute(&ort)
+    let default = Recomputing(&ort)
         .continuations_batch(&prompts, &sets)
         .unwrap();
     let lens: Vec<usize> = prompts.iter().map(|p| p.dim(0).unwrap()).collect();
@@ -474,7 +428,7 @@ fn cached_generation_equals_candle_greedy_tokens() {
     let case = &golden_cases().unwrap()[0];
     let (prompt, _) = golden_prompt(&candle, &tok, case);
     let cached = ort.generate(&prompt, 16, &[]).unwrap();
-    let default = Recompute(&ort).generate(&prompt, 16, &[]).unwrap();
+    let default = Recomputing(&ort).generate(&prompt, 16, &[]).unwrap();
     let reference = candle.generate(&prompt, 16, &[]).unwrap();
     println!("greedy tokens: ORT cached {cached:?}, candle {reference:?}");
     assert_eq!(cached.len(), 16);
@@ -503,10 +457,10 @@ fn fp16_cache_agrees_with_fp16_recomputation() {
     let (prompt, completion) = golden_prompt(&candle, &tok, case);
     let set = continuation_set(&completion);
     let cached = ort.continuations(&prompt, &set).unwrap();
-    let default = Recompute(&ort).continuations(&prompt, &set).unwrap();
+    let default = Recomputing(&ort).continuations(&prompt, &set).unwrap();
     let d = continuation_diff(&cached, &default);
     println!("fp16: cached vs recomputed continuations max |diff| {d:.3e}");
     assert!(d <= 1e-2, "fp16 cached vs recomputed: {d}");
     let steps = ort.generate(&prompt, 8, &[]).unwrap();
-    assert_eq!(steps, Recompute(&ort).generate(&prompt, 8, &[]).unwrap());
+    assert_eq!(steps, Recomputing(&ort).generate(&prompt, 8, &[]).unwrap());
 }

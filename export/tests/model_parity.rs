@@ -10,6 +10,8 @@
 //! Needs the ONNX Runtime library (ORT_DYLIB_PATH, an onnxruntime Python package, or `.ort/`
 //! from scripts/fetch-onnxruntime.sh) and, for the checker test, python3 with `onnx`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
@@ -25,10 +27,10 @@ use unireward_export::{Precision, Value};
 use unireward_models::config::{LlavaConfig, TextConfig, VisionConfig};
 use unireward_models::decode::Qwen2;
 use unireward_models::encode::{Projector, SiglipVision};
-use unireward_models::pack::{merge_media, pack_image, pack_video, MediaFeatures};
+use unireward_models::pack::{merge_media, MediaFeatures};
 use unireward_models::tokenize::{PromptTokenizer, Tokenized};
 use unireward_models::LlavaOnevision;
-use unireward_tests::{golden_cases, golden_model_dir, golden_tensors, Case};
+use unireward_tests::{golden_cases, golden_model_dir, golden_tensors};
 
 const BLOCK_TOL: f32 = 1e-5;
 
@@ -568,35 +570,6 @@ fn vision_graph_matches_encode_tiles_on_golden_pixels() {
     assert!(worst <= BLOCK_TOL, "vision features differ by {worst}");
 }
 
-/// The media of `case` encoded by `backend` and packed, as `run_case` does with the model.
-fn case_media(
-    backend: &dyn Backend,
-    case: &Case,
-    expected: &HashMap<String, Tensor>,
-) -> MediaFeatures {
-    let cfg = backend.config();
-    let mut media = MediaFeatures::default();
-    if let Some(pix) = expected.get(&format!("{}.pixel_values", case.name)) {
-        let sizes = expected[&format!("{}.image_sizes", case.name)]
-            .to_vec2::<i64>()
-            .unwrap();
-        for (i, n) in case.num_patches_per_image.iter().enumerate() {
-            let tiles = pix.get(i).unwrap().narrow(0, 0, *n).unwrap();
-            let feats = backend.encode_tiles(&tiles).unwrap();
-            let size = (sizes[i][0] as u32, sizes[i][1] as u32);
-            let packed = pack_image(&feats, size, backend.image_newline(), &cfg.anyres).unwrap();
-            media.images.push(packed);
-        }
-    }
-    if let Some(frames) = expected.get(&format!("{}.pixel_values_videos", case.name)) {
-        let feats = backend.encode_tiles(frames).unwrap();
-        media
-            .videos
-            .push(pack_video(&feats, backend.image_newline()).unwrap());
-    }
-    media
-}
-
 /// `text` tokenized with the case's media, and its merged embeddings [T, hidden].
 fn embed(
     backend: &dyn Backend,
@@ -647,7 +620,7 @@ fn decoder_log_probs_match_candle_and_transformers() {
             &ort,
             &ort_tok,
             &case.text,
-            &case_media(&ort, case, &expected),
+            &common::case_media(&ort, case, &expected),
         );
         let want_ids = expected[&format!("{}.input_ids", case.name)]
             .to_vec1::<i64>()
@@ -663,7 +636,7 @@ fn decoder_log_probs_match_candle_and_transformers() {
             &candle,
             &candle_tok,
             &case.text,
-            &case_media(&candle, case, &expected),
+            &common::case_media(&candle, case, &expected),
         );
         assert_eq!(ctokens, tokens);
         let lp = candle
@@ -742,7 +715,7 @@ fn verdict_scores(backend: &dyn Backend, dir: &Path) -> (Vec<f64>, Vec<Tensor>) 
         .into_iter()
         .find(|c| c.name == "pair_tall_and_large")
         .unwrap();
-    let media = case_media(backend, &case, &expected);
+    let media = common::case_media(backend, &case, &expected);
     let (prompt, _) = embed(backend, &tok, &case.prompt, &media);
     assert_eq!(prompt.ids.len(), case.prompt_len);
     let mut seqs = Vec::new();

@@ -13,6 +13,7 @@ pub mod ort_kv;
 pub mod ort_library;
 pub mod ort_providers;
 pub mod ort_runtime;
+pub mod recomputing;
 
 use candle_core::Tensor;
 use unireward_models::config::LlavaConfig;
@@ -21,6 +22,7 @@ use crate::error::Result;
 
 pub use self::candle::CandleBackend;
 pub use self::ort::{EngineLimits, OrtBackend};
+pub use self::recomputing::Recomputing;
 pub use ort_library::LibrarySearch;
 pub use ort_providers::{
     CudaOptions, ExecutionProvider, ProfileDim, ProfileInput, ShapeLimits, ShapeProfile,

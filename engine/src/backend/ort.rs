@@ -20,7 +20,7 @@ use unireward_models::config::{LlavaConfig, VisionConfig};
 use super::ort_kv::{KvLayout, PastKv};
 use super::ort_providers::{ExecutionProvider, ProfileDim, ShapeLimits, ShapeProfile};
 use super::ort_runtime::{InputTensor, OrtSession, SessionConfig};
-use super::{Backend, Continuation};
+use super::{Backend, Continuation, Recomputing};
 use crate::error::{EngineError, Result};
 
 /// The manifest format this engine writes and reads best: the decoder has a KV cache.
@@ -913,36 +913,6 @@ fn in_batches<A, B, T>(
         out.extend(run(a, b)?);
     }
     Ok(out)
-}
-
-/// An export without a cache scored by the `Backend` trait's recomputing defaults: this
-/// wrapper forwards everything but the three cached methods.
-struct Recomputing<'a>(&'a OrtBackend);
-
-impl Backend for Recomputing<'_> {
-    fn name(&self) -> String {
-        self.0.name()
-    }
-
-    fn config(&self) -> &LlavaConfig {
-        self.0.config()
-    }
-
-    fn image_newline(&self) -> &Tensor {
-        self.0.image_newline()
-    }
-
-    fn encode_tiles(&self, tiles: &Tensor) -> Result<Tensor> {
-        self.0.encode_tiles(tiles)
-    }
-
-    fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
-        self.0.embed_tokens(ids)
-    }
-
-    fn log_probs_at(&self, seqs: &[Tensor], positions: &[Vec<usize>]) -> Result<Vec<Tensor>> {
-        self.0.log_probs_at(seqs, positions)
-    }
 }
 
 #[cfg(test)]
