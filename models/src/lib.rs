@@ -10,6 +10,7 @@ pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod judge;
+pub mod linear;
 pub mod llava;
 pub mod nn;
 pub mod ops;

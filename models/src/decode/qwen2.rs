@@ -2,22 +2,13 @@
 //! only, SwiGLU MLP, RMSNorm; the head tied to the embeddings when the config says so.
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 use crate::config::TextConfig;
 use crate::decode::kv_cache::{KvCache, LayerCache};
+use crate::linear::Linear;
 use crate::nn::RmsNorm;
 use crate::Result;
-
-fn linear(vb: VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
-    let weight = vb.get((d_out, d_in), "weight")?;
-    let bias = if bias {
-        Some(vb.get(d_out, "bias")?)
-    } else {
-        None
-    };
-    Ok(Linear::new(weight, bias))
-}
 
 /// cos / sin tables for given positions, computed in f32 as the reference does.
 pub struct Rotary {
@@ -68,10 +59,10 @@ impl Attention {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
         let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         Ok(Self {
-            q_proj: linear(vb.pp("q_proj"), d, h * hd, true)?,
-            k_proj: linear(vb.pp("k_proj"), d, kvh * hd, true)?,
-            v_proj: linear(vb.pp("v_proj"), d, kvh * hd, true)?,
-            o_proj: linear(vb.pp("o_proj"), h * hd, d, false)?,
+            q_proj: Linear::load(vb.pp("q_proj"), d, h * hd, true)?,
+            k_proj: Linear::load(vb.pp("k_proj"), d, kvh * hd, true)?,
+            v_proj: Linear::load(vb.pp("v_proj"), d, kvh * hd, true)?,
+            o_proj: Linear::load(vb.pp("o_proj"), h * hd, d, false)?,
             heads: h,
             kv_heads: kvh,
             head_dim: hd,
@@ -152,9 +143,9 @@ impl Mlp {
     fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
         let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: linear(vb.pp("gate_proj"), d, i, false)?,
-            up_proj: linear(vb.pp("up_proj"), d, i, false)?,
-            down_proj: linear(vb.pp("down_proj"), i, d, false)?,
+            gate_proj: Linear::load(vb.pp("gate_proj"), d, i, false)?,
+            up_proj: Linear::load(vb.pp("up_proj"), d, i, false)?,
+            down_proj: Linear::load(vb.pp("down_proj"), i, d, false)?,
         })
     }
 
@@ -214,8 +205,8 @@ impl Qwen2 {
     pub fn new(cfg: &TextConfig, body: VarBuilder, head: Option<VarBuilder>) -> Result<Self> {
         let embeddings = body.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
         let lm_head = match head {
-            Some(vb) => linear(vb, cfg.hidden_size, cfg.vocab_size, false)?,
-            None => Linear::new(embeddings.clone(), None),
+            Some(vb) => Linear::load(vb, cfg.hidden_size, cfg.vocab_size, false)?,
+            None => Linear::tied(embeddings.clone()),
         };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::new(cfg, body.pp(format!("layers.{i}"))))

@@ -1,7 +1,9 @@
 //! The multimodal projector: Linear → GELU (exact erf form) → Linear, vision width to text width.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::linear::Linear;
 
 use crate::config::LlavaConfig;
 use crate::Result;
@@ -16,14 +18,7 @@ impl Projector {
     pub fn new(cfg: &LlavaConfig, vb: &VarBuilder, names: &[String; 2]) -> Result<Self> {
         let (v, t) = (cfg.vision.hidden_size, cfg.text.hidden_size);
         let linear = |i: usize, d: usize| -> Result<Linear> {
-            let vb = vb.pp(&names[i]);
-            let weight = vb.get((t, d), "weight")?;
-            let bias = if cfg.projector_bias {
-                Some(vb.get(t, "bias")?)
-            } else {
-                None
-            };
-            Ok(Linear::new(weight, bias))
+            Ok(Linear::load(vb.pp(&names[i]), d, t, cfg.projector_bias)?)
         };
         Ok(Self {
             linear_1: linear(0, v)?,

@@ -3,19 +3,13 @@
 //! post-layernorm (which LLaVA-OneVision never applies), all patches, no CLS token.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
+use crate::linear::Linear;
 use crate::nn::LayerNorm;
 
 use crate::config::VisionConfig;
 use crate::Result;
-
-fn linear(vb: VarBuilder, d_in: usize, d_out: usize) -> Result<Linear> {
-    Ok(Linear::new(
-        vb.get((d_out, d_in), "weight")?,
-        Some(vb.get(d_out, "bias")?),
-    ))
-}
 
 struct Attention {
     q_proj: Linear,
@@ -30,10 +24,10 @@ impl Attention {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
-            q_proj: linear(vb.pp("q_proj"), d, d)?,
-            k_proj: linear(vb.pp("k_proj"), d, d)?,
-            v_proj: linear(vb.pp("v_proj"), d, d)?,
-            out_proj: linear(vb.pp("out_proj"), d, d)?,
+            q_proj: Linear::load(vb.pp("q_proj"), d, d, true)?,
+            k_proj: Linear::load(vb.pp("k_proj"), d, d, true)?,
+            v_proj: Linear::load(vb.pp("v_proj"), d, d, true)?,
+            out_proj: Linear::load(vb.pp("out_proj"), d, d, true)?,
             heads: cfg.num_attention_heads,
             scale: 1.0 / ((d / cfg.num_attention_heads) as f64).sqrt(),
         })
@@ -72,8 +66,8 @@ impl EncoderLayer {
             layer_norm1: LayerNorm::new(vb.pp("layer_norm1"), d, eps)?,
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
             layer_norm2: LayerNorm::new(vb.pp("layer_norm2"), d, eps)?,
-            fc1: linear(vb.pp("mlp.fc1"), d, cfg.intermediate_size)?,
-            fc2: linear(vb.pp("mlp.fc2"), cfg.intermediate_size, d)?,
+            fc1: Linear::load(vb.pp("mlp.fc1"), d, cfg.intermediate_size, true)?,
+            fc2: Linear::load(vb.pp("mlp.fc2"), cfg.intermediate_size, d, true)?,
         })
     }
 
