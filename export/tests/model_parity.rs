@@ -355,9 +355,16 @@ fn candle_qwen2(cfg: &TextConfig, w: &RandomWeights) -> Qwen2 {
 }
 
 /// One layer with rotary (positions that do not start at 0), GQA (4 heads over 2 kv heads)
-/// and a right-padded batch, then the final norm (the block `Qwen2::forward` ends with).
+/// and a right-padded batch, then the final norm (the block `Qwen2::forward` ends with); then
+/// the same with only some rows computed in that (last) layer (`Qwen2::forward_at`).
 #[test]
 fn qwen2_layer_matches_candle() {
+    let rows: Vec<i64> = vec![6, 0, 3, 3, 1, 2];
+    qwen2_layer_case(None);
+    qwen2_layer_case(Some(&rows));
+}
+
+fn qwen2_layer_case(rows: Option<&[i64]>) {
     let cfg = small_text(1, false);
     let mut w = qwen2_weights(&cfg, 13);
     let (b, t, d) = (2, 7, cfg.hidden_size);
@@ -388,9 +395,16 @@ fn qwen2_layer_matches_candle() {
     let additive = Tensor::from_vec(additive, (b, 1, t, t), &Device::Cpu).unwrap();
     let pos_u32: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
     let pos_t = Tensor::from_vec(pos_u32, (b, t), &Device::Cpu).unwrap();
-    let candle = candle_qwen2(&cfg, &w)
-        .forward(&embeds, &pos_t, Some(&additive), None)
-        .unwrap();
+    let model = candle_qwen2(&cfg, &w);
+    let candle = match rows {
+        Some(r) => {
+            let idx: Vec<u32> = r.iter().map(|&i| i as u32).collect();
+            let idx = Tensor::from_vec(idx, (b, r.len() / b), &Device::Cpu).unwrap();
+            model.forward_at(&embeds, &pos_t, Some(&additive), None, &idx)
+        }
+        None => model.forward(&embeds, &pos_t, Some(&additive), None),
+    }
+    .unwrap();
 
     let weights = Weights::from_var_builder(w.var_builder());
     let embed_data = flat(&embeds);
@@ -405,6 +419,11 @@ fn qwen2_layer_matches_candle() {
             ),
             ("mask", DataType::Int64, bt()),
             ("pos", DataType::Int64, bt()),
+            (
+                "rows",
+                DataType::Int64,
+                vec!["batch".into(), "positions".into()],
+            ),
         ],
         &[
             (
@@ -428,17 +447,27 @@ fn qwen2_layer_matches_candle() {
                     data: &positions,
                 },
             ),
+            (
+                "rows",
+                InputTensor::I64 {
+                    shape: &[b, rows.map_or(0, |r| r.len() / b)],
+                    data: rows.unwrap_or(&[]),
+                },
+            ),
         ],
         |e, v| {
             let m = qwen2::attention_mask(e, &v[1], &v[2]).unwrap();
-            qwen2::body(e, &cfg, "lm.model.", &v[0], &v[2], &m, None)
+            let rows = rows.map(|_| &v[3]);
+            qwen2::body(e, &cfg, "lm.model.", &v[0], &v[2], &m, None, rows)
                 .unwrap()
                 .hidden
         },
     );
     assert_eq!(shape, candle.dims());
     let diff = max_abs_diff(&out, &flat(&candle));
-    println!("qwen2 layer + final norm (rotary, GQA, padding): max |diff| {diff:.3e}");
+    println!(
+        "qwen2 layer + final norm (rotary, GQA, padding; rows {rows:?}): max |diff| {diff:.3e}"
+    );
     assert!(diff <= BLOCK_TOL, "qwen2 layer differs by {diff}");
 }
 
@@ -503,7 +532,7 @@ fn final_norm_and_head_match_candle() {
                 let h = e
                     .rms_norm("lm.model.norm", d, cfg.rms_norm_eps, &vals[0])
                     .unwrap();
-                let h = qwen2::gather_rows(e, &h, &vals[1]).unwrap();
+                let h = qwen2::gather_rows(e, &h, &vals[1], 1).unwrap();
                 qwen2::head_log_probs(e, &cfg, head, "lm.model.", &h).unwrap()
             },
         );

@@ -124,13 +124,31 @@ impl LlavaOnevision {
 
     /// Embeddings [B, T, D] → final hidden states, positions 0.. for every row (right padding).
     pub fn hidden_states(&self, embeds: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let positions = self.positions(embeds, cache.as_deref())?;
+        self.decoder.forward(embeds, &positions, None, cache)
+    }
+
+    /// [`Self::hidden_states`] read at `rows` [B, P] (u32 indices into this call's tokens)
+    /// only: [B, P, D], with the last layer computed for those rows alone.
+    pub fn hidden_states_at(
+        &self,
+        embeds: &Tensor,
+        cache: Option<&mut KvCache>,
+        rows: &Tensor,
+    ) -> Result<Tensor> {
+        let positions = self.positions(embeds, cache.as_deref())?;
+        self.decoder
+            .forward_at(embeds, &positions, None, cache, rows)
+    }
+
+    /// Positions past.. for every row of `embeds` [B, T, D] (right padding).
+    fn positions(&self, embeds: &Tensor, cache: Option<&KvCache>) -> Result<Tensor> {
         let (b, t, _) = embeds.dims3()?;
-        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0) as u32;
-        let positions = Tensor::arange(past, past + t as u32, self.device())?
+        let past = cache.map(|c| c.len()).unwrap_or(0) as u32;
+        Ok(Tensor::arange(past, past + t as u32, self.device())?
             .unsqueeze(0)?
             .broadcast_as((b, t))?
-            .contiguous()?;
-        self.decoder.forward(embeds, &positions, None, cache)
+            .contiguous()?)
     }
 
     pub fn new_cache(&self) -> KvCache {

@@ -75,6 +75,19 @@ pub fn run_case(
     case: &Case,
     expected: &HashMap<String, Tensor>,
 ) -> Result<(Tokenized, Tensor)> {
+    let (tokens, embeds) = case_embeds(model, tok, case, expected)?;
+    let hidden = model.hidden_states(&embeds, None)?;
+    let logits = model.decoder().logits(&hidden)?.squeeze(0)?;
+    Ok((tokens, logits))
+}
+
+/// `case`'s tokens and input embeddings [1, seq, hidden], media from the golden pixel values.
+pub fn case_embeds(
+    model: &LlavaOnevision,
+    tok: &PromptTokenizer,
+    case: &Case,
+    expected: &HashMap<String, Tensor>,
+) -> Result<(Tokenized, Tensor)> {
     let mut media = MediaFeatures::default();
     if let Some(pix) = expected.get(&format!("{}.pixel_values", case.name)) {
         let sizes = expected[&format!("{}.image_sizes", case.name)].to_vec2::<i64>()?;
@@ -94,7 +107,5 @@ pub fn run_case(
     };
     let tokens = tok.encode(&case.text, &lens(&media.images)?, &lens(&media.videos)?)?;
     let embeds = model.embed(&tokens, &media)?.unsqueeze(0)?;
-    let hidden = model.hidden_states(&embeds, None)?;
-    let logits = model.decoder().logits(&hidden)?.squeeze(0)?;
-    Ok((tokens, logits))
+    Ok((tokens, embeds))
 }

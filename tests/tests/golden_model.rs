@@ -5,7 +5,9 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
 use unireward_models::tokenize::PromptTokenizer;
 use unireward_models::LlavaOnevision;
-use unireward_tests::{golden_cases, golden_model_dir, golden_tensors, max_abs_diff, run_case};
+use unireward_tests::{
+    case_embeds, golden_cases, golden_model_dir, golden_tensors, max_abs_diff, run_case,
+};
 
 #[test]
 fn logits_match_transformers_on_golden_pixels() -> Result<()> {
@@ -56,5 +58,74 @@ fn logits_match_transformers_on_golden_pixels() -> Result<()> {
         );
         assert!(err < 1e-3, "{}: completion logprob off by {err}", case.name);
     }
+    Ok(())
+}
+
+/// `hidden_states_at`, which computes only the asked rows in the last layer, against the full
+/// forward's rows: one sequence, a right-padded batch with a different row list per entry,
+/// and after a KV cache.
+#[test]
+fn last_layer_rows_match_the_full_forward() -> Result<()> {
+    let dir = golden_model_dir()?;
+    let model = LlavaOnevision::load(&dir, DType::F32, &Device::Cpu)?;
+    let tok = PromptTokenizer::load(&dir, model.config())?;
+    let expected = golden_tensors()?;
+    let cases = golden_cases()?;
+    let mut seqs = Vec::new();
+    for case in cases.iter().take(2) {
+        seqs.push(case_embeds(&model, &tok, case, &expected)?.1.squeeze(0)?);
+    }
+    let lens: Vec<usize> = seqs.iter().map(|s| s.dim(0)).collect::<Result<_, _>>()?;
+    let rows_of = |b: usize| -> Vec<u32> {
+        let n = lens[b] as u32;
+        vec![n - 1, 0, n / 2, n - 2]
+    };
+    let gather = |h: &Tensor, rows: &[u32]| -> Result<Tensor> {
+        Ok(h.index_select(&Tensor::new(rows, &Device::Cpu)?, 0)?)
+    };
+    let mut worst = 0f32;
+
+    // Each sequence alone.
+    let mut full = Vec::new();
+    for (b, s) in seqs.iter().enumerate() {
+        let h = model.hidden_states(&s.unsqueeze(0)?, None)?.squeeze(0)?;
+        let idx = Tensor::new(rows_of(b).as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let at = model
+            .hidden_states_at(&s.unsqueeze(0)?, None, &idx)?
+            .squeeze(0)?;
+        worst = worst.max(max_abs_diff(&at, &gather(&h, &rows_of(b))?)?);
+        full.push(h);
+    }
+
+    // A right-padded batch of both.
+    let longest = lens.iter().copied().max().unwrap_or(0);
+    let padded = seqs
+        .iter()
+        .map(|s| s.pad_with_zeros(0, 0, longest - s.dim(0)?))
+        .collect::<Result<Vec<_>, _>>()?;
+    let idx = Tensor::from_vec([rows_of(0), rows_of(1)].concat(), (2, 4), &Device::Cpu)?;
+    let at = model.hidden_states_at(&Tensor::stack(&padded, 0)?, None, &idx)?;
+    for (b, h) in full.iter().enumerate() {
+        worst = worst.max(max_abs_diff(&at.get(b)?, &gather(h, &rows_of(b))?)?);
+    }
+
+    // After a cache: the first sequence's prompt, then its last 5 tokens as new ones.
+    let n = lens[0];
+    let mut cache = model.new_cache();
+    let prompt = seqs[0].narrow(0, 0, n - 5)?.unsqueeze(0)?;
+    let last = Tensor::new(&[[(n - 6) as u32]], &Device::Cpu)?;
+    let at = model.hidden_states_at(&prompt, Some(&mut cache), &last)?;
+    worst = worst.max(max_abs_diff(
+        &at.squeeze(0)?,
+        &gather(&full[0], &[(n - 6) as u32])?,
+    )?);
+    let rest = seqs[0].narrow(0, n - 5, 5)?.unsqueeze(0)?;
+    let idx = Tensor::new(&[[4u32, 0, 2]], &Device::Cpu)?;
+    let at = model.hidden_states_at(&rest, Some(&mut cache), &idx)?;
+    let want = gather(&full[0], &[(n - 1) as u32, (n - 5) as u32, (n - 3) as u32])?;
+    worst = worst.max(max_abs_diff(&at.squeeze(0)?, &want)?);
+
+    println!("last-layer rows vs full forward: max abs diff {worst:.3e}");
+    assert!(worst < 1e-5, "rows differ from the full forward by {worst}");
     Ok(())
 }

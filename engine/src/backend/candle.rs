@@ -80,22 +80,42 @@ impl Backend for CandleBackend {
                 }
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let hidden = self.model.hidden_states(&Tensor::stack(&rows, 0)?, None)?;
-        let mut out = Vec::with_capacity(seqs.len());
-        for (b, pos) in positions.iter().enumerate() {
-            if let Some(&bad) = pos.iter().find(|&&p| p >= lens[b]) {
+        for (pos, &n) in positions.iter().zip(&lens) {
+            if let Some(&bad) = pos.iter().find(|&&p| p >= n) {
                 return Err(EngineError::Invalid(format!(
-                    "position {bad} is past the sequence's {} tokens",
-                    lens[b]
+                    "position {bad} is past the sequence's {n} tokens"
                 )));
             }
-            let idx: Vec<u32> = pos.iter().map(|&p| p as u32).collect();
-            let idx = Tensor::new(idx.as_slice(), self.model.device())?;
-            let h = hidden.get(b)?.index_select(&idx, 0)?;
-            let logits = self.model.decoder().logits(&h)?;
-            out.push(candle_nn::ops::log_softmax(&logits, D::Minus1)?);
         }
-        Ok(out)
+        // Every sequence asks for as many rows as the longest list; shorter lists repeat row
+        // 0, whose result is dropped.
+        let width = positions.iter().map(Vec::len).max().unwrap_or(0);
+        if width == 0 {
+            let vocab = self.model.config().text.vocab_size;
+            let none = Tensor::zeros((0, vocab), DType::F32, self.model.device())?;
+            return Ok(vec![none; seqs.len()]);
+        }
+        let index: Vec<u32> = positions
+            .iter()
+            .flat_map(|pos| {
+                pos.iter()
+                    .map(|&p| p as u32)
+                    .chain(std::iter::repeat_n(0, width - pos.len()))
+            })
+            .collect();
+        let index = Tensor::from_vec(index, (seqs.len(), width), self.model.device())?;
+        let hidden = self
+            .model
+            .hidden_states_at(&Tensor::stack(&rows, 0)?, None, &index)?;
+        positions
+            .iter()
+            .enumerate()
+            .map(|(b, pos)| {
+                let h = hidden.get(b)?.narrow(0, 0, pos.len())?;
+                let logits = self.model.decoder().logits(&h)?;
+                Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+            })
+            .collect()
     }
 
     fn continuations(
@@ -129,11 +149,17 @@ impl Backend for CandleBackend {
             .zip(&lens)
             .map(|(p, &n)| p.to_dtype(model.dtype())?.pad_with_zeros(0, 0, longest - n))
             .collect::<candle_core::Result<Vec<_>>>()?;
+        if lens.contains(&0) {
+            return Err(EngineError::Invalid("an empty prompt".into()));
+        }
         let mut cache = model.new_cache();
-        let hidden = model.hidden_states(&Tensor::stack(&rows, 0)?, Some(&mut cache))?;
+        let last_rows: Vec<u32> = lens.iter().map(|&n| n as u32 - 1).collect();
+        let last_rows = Tensor::from_vec(last_rows, (prompts.len(), 1), model.device())?;
+        let hidden =
+            model.hidden_states_at(&Tensor::stack(&rows, 0)?, Some(&mut cache), &last_rows)?;
         (0..prompts.len())
             .map(|b| {
-                let last = hidden.get(b)?.narrow(0, lens[b] - 1, 1)?;
+                let last = hidden.get(b)?;
                 let first = log_softmax_rows(model, &last)?.get(0)?;
                 let row_cache = cache.select(b, lens[b])?;
                 self.continue_from(&row_cache, &first, &continuations[b])
@@ -144,14 +170,15 @@ impl Backend for CandleBackend {
     fn generate(&self, prompt: &Tensor, max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
         let model = &self.model;
         let mut cache = model.new_cache();
+        if prompt.dim(0)? == 0 {
+            return Err(EngineError::Invalid("an empty prompt".into()));
+        }
         let mut input = prompt.to_dtype(model.dtype())?.unsqueeze(0)?;
         let mut out = Vec::new();
         for _ in 0..max_new {
-            let hidden = model.hidden_states(&input, Some(&mut cache))?;
-            let t = hidden.dim(1)?;
-            let logits = model
-                .decoder()
-                .logits(&hidden.get(0)?.narrow(0, t - 1, 1)?)?;
+            let last = Tensor::new(&[[input.dim(1)? as u32 - 1]], model.device())?;
+            let hidden = model.hidden_states_at(&input, Some(&mut cache), &last)?;
+            let logits = model.decoder().logits(&hidden.get(0)?)?;
             let next = logits.get(0)?.argmax(0)?.to_scalar::<u32>()?;
             if stop.contains(&next) {
                 break;

@@ -55,7 +55,7 @@ impl ExecutionProvider {
     /// device, for the nodes TensorRT does not take.
     pub(crate) fn dispatches(&self) -> Result<Vec<ExecutionProviderDispatch>> {
         match self {
-            ExecutionProvider::Cpu => Ok(vec![ort::ep::CPU::default().build().error_on_failure()]),
+            ExecutionProvider::Cpu => Ok(vec![cpu_provider().build().error_on_failure()]),
             ExecutionProvider::Cuda(o) => Ok(vec![cuda_dispatch(o)?]),
             ExecutionProvider::TensorRt(o) => {
                 let cuda = CudaOptions {
@@ -127,6 +127,13 @@ impl TensorRtOptions {
         }
         Ok(v)
     }
+}
+
+/// The CPU provider with ONNX Runtime's memory arena, which ort turns off unless asked.
+/// Without it every intermediate tensor is a fresh allocation and the multi-MB attention
+/// scores come back as page faults: bench-small's decoder took 137 ms instead of 120 ms.
+fn cpu_provider() -> ort::ep::CPU {
+    ort::ep::CPU::default().with_arena_allocator(true)
 }
 
 #[cfg(feature = "cuda")]
@@ -394,6 +401,12 @@ mod tests {
                 ("gpu_mem_limit", "1073741824".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn cpu_provider_keeps_the_memory_arena() {
+        let shown = format!("{:?}", cpu_provider());
+        assert!(shown.contains("use_arena: true"), "{shown}");
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -194,7 +194,8 @@ pub fn vision_graph(
 /// Writes `dir/decoder.onnx` (+ `.data`): embeddings [B, T, D] f32, attention mask
 /// [B, past + T] i64, position ids [B, T] i64, positions [B, P] i64 and per layer the cached
 /// keys / values [B, kv_heads, past, head_dim] → log-probs [B, P, vocab] f32 and per layer the
-/// keys / values [B, kv_heads, past + T, head_dim]. The head runs on the requested rows only.
+/// keys / values [B, kv_heads, past + T, head_dim]. The last layer and the head run on the
+/// requested rows only.
 /// With an empty past (past = 0) it computes what a cacheless forward does.
 pub fn decoder_graph(
     dir: &Path,
@@ -233,14 +234,14 @@ pub fn decoder_graph(
         position_ids,
         &mask,
         Some(&past),
+        Some(positions),
     )?;
-    let rows = qwen2::gather_rows(&mut e, &body.hidden, positions)?;
     let log_probs = qwen2::head_log_probs(
         &mut e,
         &cfg.text,
         layout.lm_head.as_deref(),
         &layout.decoder,
-        &rows,
+        &body.hidden,
     )?;
     let mut g = e.into_graph();
     let produced =

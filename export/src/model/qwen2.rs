@@ -1,7 +1,7 @@
 //! The Qwen2 decoder as ONNX, mirroring `unireward_models::decode::qwen2` with its KV cache:
 //! rotary tables from the position ids, grouped-query attention over the cached and new keys
-//! under a causal and padding mask built in the graph, SwiGLU MLPs, RMSNorm, then the head on
-//! the requested rows only and a log-softmax in f32.
+//! under a causal and padding mask built in the graph, SwiGLU MLPs, RMSNorm; the last layer
+//! and the head run on the requested rows only, then a log-softmax in f32.
 
 use unireward_models::config::TextConfig;
 
@@ -111,9 +111,68 @@ pub struct LayerKv {
     pub value: Value,
 }
 
+/// x [.., T at `axis`, ..] → its rows `index` [B, P] (i64) along `axis`: [.., P at `axis`,
+/// ..], as candle's `gather_rows` (an index expanded over the other dims, then a gather).
+pub fn gather_rows(e: &mut Emitter, x: &Value, index: &Value, axis: usize) -> Result<Value> {
+    let rank = match axis {
+        1 => 3,
+        2 => 4,
+        _ => {
+            return Err(crate::error::Error::Unsupported(format!(
+                "rows gathered along axis {axis}"
+            )))
+        }
+    };
+    let lone: Vec<i64> = (1..rank as i64).filter(|&a| a != axis as i64).collect();
+    let idx = e.unsqueeze(index, &lone)?;
+    // x's dims with the batch and the gathered axis set to 1: Expand broadcasts the index
+    // [B, .., P, ..] over the rest.
+    let keep: Vec<i64> = (0..rank).map(|a| i64::from(a != 0 && a != axis)).collect();
+    let dims = e.op("Shape", &[x], &[])?;
+    let keep_t = e.ints(&keep)?;
+    let kept = e.op("Mul", &[&dims, &keep_t], &[])?;
+    let ones: Vec<i64> = keep.iter().map(|k| 1 - k).collect();
+    let ones_t = e.ints(&ones)?;
+    let shape = e.op("Add", &[&kept, &ones_t], &[])?;
+    let idx = e.op("Expand", &[&idx, &shape], &[])?;
+    e.op(
+        "GatherElements",
+        &[x, &idx],
+        &[("axis", Attr::Int(axis as i64))],
+    )
+}
+
+/// The last layer's selected rows (candle's `Rows`): their indices [B, P] into this call's
+/// tokens, rotary tables [B, 1, P, head_dim] and additive mask [B, 1, P, past + T].
+#[derive(Debug, Clone)]
+pub struct Rows {
+    pub index: Value,
+    pub cos: Value,
+    pub sin: Value,
+    pub mask: Value,
+}
+
+impl Rows {
+    pub fn new(
+        e: &mut Emitter,
+        index: &Value,
+        rope: &(Value, Value),
+        mask: &Value,
+    ) -> Result<Self> {
+        Ok(Self {
+            mask: gather_rows(e, mask, index, 2)?,
+            cos: gather_rows(e, &rope.0, index, 2)?,
+            sin: gather_rows(e, &rope.1, index, 2)?,
+            index: index.clone(),
+        })
+    }
+}
+
 /// Grouped-query attention of one layer; `prefix` ends in `self_attn.`. With `past`, this
-/// call's keys and values are appended to it (candle's `LayerCache::append`); returns the
-/// output and the keys and values attended over.
+/// call's keys and values are appended to it (candle's `LayerCache::append`); with `rows`,
+/// only those rows' queries are computed. Returns the output and the keys and values
+/// attended over.
+#[allow(clippy::too_many_arguments)]
 fn attention(
     e: &mut Emitter,
     cfg: &TextConfig,
@@ -122,19 +181,24 @@ fn attention(
     rope: &(Value, Value),
     mask: &Value,
     past: Option<&LayerKv>,
+    rows: Option<&Rows>,
 ) -> Result<(Value, LayerKv)> {
     let (d, hd) = (cfg.hidden_size, cfg.head_dim());
     let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-    let split = |e: &mut Emitter, name: &str, heads: usize| -> Result<Value> {
-        let t = e.linear(&key(prefix, name), d, heads * hd, true, xs)?;
+    let split = |e: &mut Emitter, name: &str, heads: usize, x: &Value| -> Result<Value> {
+        let t = e.linear(&key(prefix, name), d, heads * hd, true, x)?;
         let t = e.reshape(&t, &[0, 0, heads as i64, hd as i64])?;
         e.transpose(&t, &[0, 2, 1, 3])
     };
-    let q = split(e, "q_proj", h)?;
-    let k = split(e, "k_proj", kvh)?;
-    let v = split(e, "v_proj", kvh)?;
+    let (q_in, q_cos, q_sin, mask) = match rows {
+        Some(r) => (gather_rows(e, xs, &r.index, 1)?, &r.cos, &r.sin, &r.mask),
+        None => (xs.clone(), &rope.0, &rope.1, mask),
+    };
+    let q = split(e, "q_proj", h, &q_in)?;
+    let k = split(e, "k_proj", kvh, xs)?;
+    let v = split(e, "v_proj", kvh, xs)?;
     // As candle's block: the scale applied to q after the rotation, not to the T² scores.
-    let q = apply_rotary(e, &q, &rope.0, &rope.1, hd)?;
+    let q = apply_rotary(e, &q, q_cos, q_sin, hd)?;
     let scale = e.scalar((1.0 / (hd as f64).sqrt()) as f32)?;
     let q = e.op("Mul", &[&q, &scale], &[])?;
     let k = apply_rotary(e, &k, &rope.0, &rope.1, hd)?;
@@ -175,8 +239,8 @@ fn mlp(e: &mut Emitter, cfg: &TextConfig, prefix: &str, xs: &Value) -> Result<Va
 }
 
 /// One decoder layer; `prefix` ends in `layers.N.`. `rope` from [`rotary`], `mask` from
-/// [`attention_mask`], `past` this layer's cache if the graph has one. Returns the layer's
-/// output and its keys and values (past and new).
+/// [`attention_mask`], `past` this layer's cache if the graph has one, `rows` the only rows
+/// to compute. Returns the layer's output and its keys and values (past and new).
 #[allow(clippy::too_many_arguments)]
 pub fn layer(
     e: &mut Emitter,
@@ -186,11 +250,25 @@ pub fn layer(
     rope: &(Value, Value),
     mask: &Value,
     past: Option<&LayerKv>,
+    rows: Option<&Rows>,
 ) -> Result<(Value, LayerKv)> {
     let (d, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
     let h = e.rms_norm(&key(prefix, "input_layernorm"), d, eps, xs)?;
-    let (a, present) = attention(e, cfg, &key(prefix, "self_attn."), &h, rope, mask, past)?;
-    let xs = e.op("Add", &[xs, &a], &[])?;
+    let (a, present) = attention(
+        e,
+        cfg,
+        &key(prefix, "self_attn."),
+        &h,
+        rope,
+        mask,
+        past,
+        rows,
+    )?;
+    let xs = match rows {
+        Some(r) => gather_rows(e, xs, &r.index, 1)?,
+        None => xs.clone(),
+    };
+    let xs = e.op("Add", &[&xs, &a], &[])?;
     let h = e.rms_norm(&key(prefix, "post_attention_layernorm"), d, eps, &xs)?;
     let m = mlp(e, cfg, &key(prefix, "mlp."), &h)?;
     Ok((e.op("Add", &[&xs, &m], &[])?, present))
@@ -207,7 +285,9 @@ pub struct BodyOutput {
 /// embeds [B, T, hidden] (compute type) → final-normed hidden states; `prefix` is the Qwen2
 /// body's (`language_model.model.`). `past`, one entry per layer, makes the layers attend
 /// over cached keys and values too (candle's `forward` with a `KvCache`); `None` is the
-/// cacheless forward.
+/// cacheless forward. `rows` [B, P] (i64) computes only those rows in the last layer and
+/// returns [B, P, hidden] (candle's `forward_at`).
+#[allow(clippy::too_many_arguments)]
 pub fn body(
     e: &mut Emitter,
     cfg: &TextConfig,
@@ -216,6 +296,7 @@ pub fn body(
     position_ids: &Value,
     mask: &Value,
     past: Option<&[LayerKv]>,
+    rows: Option<&Value>,
 ) -> Result<BodyOutput> {
     if let Some(p) = past {
         if p.len() != cfg.num_hidden_layers {
@@ -227,8 +308,16 @@ pub fn body(
         }
     }
     let rope = rotary(e, cfg, position_ids)?;
+    let rows = match rows {
+        Some(index) => {
+            e.graph().set_scope("rows");
+            Some(Rows::new(e, index, &rope, mask)?)
+        }
+        None => None,
+    };
     let mut xs = embeds.clone();
     let mut presents = Vec::with_capacity(cfg.num_hidden_layers);
+    let last = cfg.num_hidden_layers.saturating_sub(1);
     for i in 0..cfg.num_hidden_layers {
         e.graph().set_scope(&format!("decoder.layers.{i}"));
         let (out, present) = layer(
@@ -239,20 +328,18 @@ pub fn body(
             &rope,
             mask,
             past.map(|p| &p[i]),
+            rows.as_ref().filter(|_| i == last),
         )?;
         xs = out;
         presents.push(present);
+    }
+    if let Some(r) = rows.as_ref().filter(|_| cfg.num_hidden_layers == 0) {
+        xs = gather_rows(e, &xs, &r.index, 1)?;
     }
     e.graph().set_scope("decoder.norm");
     let hidden = e.rms_norm(&key(prefix, "norm"), cfg.hidden_size, cfg.rms_norm_eps, &xs)?;
     e.graph().set_scope("");
     Ok(BodyOutput { hidden, presents })
-}
-
-/// hidden [B, T, D], positions [B, P] (i64) → hidden[b, positions[b, p]] as [B, P, D].
-pub fn gather_rows(e: &mut Emitter, hidden: &Value, positions: &Value) -> Result<Value> {
-    let idx = e.unsqueeze(positions, &[-1])?;
-    e.op("GatherND", &[hidden, &idx], &[("batch_dims", Attr::Int(1))])
 }
 
 /// hidden [.., D] → log-softmax over the vocabulary [.., vocab] in f32. `head` is the output

@@ -69,6 +69,8 @@ impl Attention {
         })
     }
 
+    /// With `rows`, only those rows' queries are computed (every key and value still is):
+    /// the output is [B, P, hidden] instead of [B, T, hidden].
     fn forward(
         &self,
         xs: &Tensor,
@@ -76,19 +78,30 @@ impl Attention {
         sin: &Tensor,
         mask: Mask,
         cache: Option<&mut LayerCache>,
+        rows: Option<&Rows>,
     ) -> Result<Tensor> {
-        let (b, t, _) = xs.dims3()?;
+        let b = xs.dim(0)?;
         let split = |x: Tensor, heads: usize| -> Result<Tensor> {
+            let t = x.dim(1)?;
             Ok(x.reshape((b, t, heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = split(self.q_proj.forward(xs)?, self.heads)?;
+        let (q_in, q_cos, q_sin, mask) = match rows {
+            Some(r) => (
+                gather_rows(xs, &r.index, 1)?,
+                &r.cos,
+                &r.sin,
+                Mask::Additive(&r.mask),
+            ),
+            None => (xs.clone(), cos, sin, mask),
+        };
+        let q = split(self.q_proj.forward(&q_in)?, self.heads)?;
         let k = split(self.k_proj.forward(xs)?, self.kv_heads)?;
         let v = split(self.v_proj.forward(xs)?, self.kv_heads)?;
         // Scaling q instead of the scores touches T·d values instead of T·S.
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let q = (apply_rotary(&q, cos, sin)? * scale)?;
+        let q = (apply_rotary(&q, q_cos, q_sin)? * scale)?;
         let k = apply_rotary(&k, cos, sin)?;
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v)?,
@@ -103,6 +116,7 @@ impl Attention {
             Mask::None => crate::nn::softmax_last_dim(&scores)?,
         }
         .to_dtype(v.dtype())?;
+        let t = q.dim(2)?;
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?
@@ -120,6 +134,68 @@ fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
     Ok(x.unsqueeze(2)?
         .expand((b, kvh, n, s, hd))?
         .reshape((b, kvh * n, s, hd))?)
+}
+
+/// x [.., T at `dim`, ..] → its rows `index` [B, P] (u32) along `dim`, per batch entry:
+/// [.., P at `dim`, ..]. Dims before `dim` other than the batch must be 1 or are broadcast.
+fn gather_rows(x: &Tensor, index: &Tensor, dim: usize) -> Result<Tensor> {
+    let (b, p) = index.dims2()?;
+    let mut idx_shape = vec![1; x.rank()];
+    idx_shape[0] = b;
+    idx_shape[dim] = p;
+    let mut out_shape = x.dims().to_vec();
+    out_shape[0] = b;
+    out_shape[dim] = p;
+    let idx = index
+        .reshape(idx_shape)?
+        .broadcast_as(out_shape.as_slice())?
+        .contiguous()?;
+    let mut src_shape = x.dims().to_vec();
+    src_shape[0] = b;
+    Ok(x.broadcast_as(src_shape.as_slice())?
+        .contiguous()?
+        .gather(&idx, dim)?)
+}
+
+/// What the last layer needs to compute only some rows: their indices [B, P] into this
+/// call's tokens, their rotary tables [B, 1, P, head_dim], and their additive mask over every
+/// key [B, 1 | heads, P, past + T].
+struct Rows {
+    index: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
+impl Rows {
+    fn new(index: &Tensor, cos: &Tensor, sin: &Tensor, mask: Mask, past: usize) -> Result<Self> {
+        let index = index.to_dtype(DType::U32)?;
+        let mask = match mask {
+            Mask::Additive(m) => {
+                let lead = vec![1; 4usize.saturating_sub(m.rank())];
+                gather_rows(&m.reshape([lead, m.dims().to_vec()].concat())?, &index, 2)?
+            }
+            // Row r of this call sits at absolute position past + r and sees keys up to it.
+            Mask::Causal { .. } | Mask::None => {
+                let (b, p) = index.dims2()?;
+                let keys = cos.dim(2)? + past;
+                let limit = (index.to_dtype(DType::F32)? + past as f64)?.reshape((b, 1, p, 1))?;
+                let key = Tensor::arange(0u32, keys as u32, index.device())?
+                    .to_dtype(DType::F32)?
+                    .reshape((1, 1, 1, keys))?;
+                let seen = key.broadcast_le(&limit)?;
+                let zero = Tensor::zeros((b, 1, p, keys), DType::F32, index.device())?;
+                let lowest = Tensor::full(f32::MIN, (b, 1, p, keys), index.device())?;
+                seen.where_cond(&zero, &lowest)?
+            }
+        };
+        Ok(Self {
+            cos: gather_rows(cos, &index, 2)?,
+            sin: gather_rows(sin, &index, 2)?,
+            mask,
+            index,
+        })
+    }
 }
 
 /// Which keys each query may attend to.
@@ -182,9 +258,14 @@ impl Layer {
         sin: &Tensor,
         mask: Mask,
         cache: Option<&mut LayerCache>,
+        rows: Option<&Rows>,
     ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(xs)?;
-        let xs = (xs + self.self_attn.forward(&h, cos, sin, mask, cache)?)?;
+        let a = self.self_attn.forward(&h, cos, sin, mask, cache, rows)?;
+        let xs = match rows {
+            Some(r) => (gather_rows(xs, &r.index, 1)? + a)?,
+            None => (xs + a)?,
+        };
         let h = self.post_attention_layernorm.forward(&xs)?;
         Ok((&xs + self.mlp.forward(&h)?)?)
     }
@@ -242,21 +323,53 @@ impl Qwen2 {
         embeds: &Tensor,
         positions: &Tensor,
         mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.forward_rows(embeds, positions, mask, cache, None)
+    }
+
+    /// [`Self::forward`] for callers that read only the rows `rows` [B, P] (indices into this
+    /// call's tokens): the last layer computes just those rows' queries, attention and MLP,
+    /// and the result is [B, P, hidden]. The cache still gets every token's keys and values.
+    pub fn forward_at(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        rows: &Tensor,
+    ) -> Result<Tensor> {
+        self.forward_rows(embeds, positions, mask, cache, Some(rows))
+    }
+
+    fn forward_rows(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
+        rows: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (_, t, _) = embeds.dims3()?;
         let (cos, sin) = self.rotary.tables(positions, embeds.dtype())?;
+        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let mask = match mask {
             Some(m) => Mask::Additive(m),
-            None if t > 1 => Mask::Causal {
-                past: cache.as_ref().map(|c| c.len()).unwrap_or(0),
-            },
+            None if t > 1 => Mask::Causal { past },
             None => Mask::None,
         };
+        let rows = rows
+            .map(|r| Rows::new(r, &cos, &sin, mask, past))
+            .transpose()?;
         let mut xs = embeds.clone();
+        let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
-            xs = layer.forward(&xs, &cos, &sin, mask, layer_cache)?;
+            let layer_rows = rows.as_ref().filter(|_| i == last);
+            xs = layer.forward(&xs, &cos, &sin, mask, layer_cache, layer_rows)?;
+        }
+        if let Some(r) = rows.as_ref().filter(|_| self.layers.is_empty()) {
+            xs = gather_rows(&xs, &r.index, 1)?;
         }
         Ok(self.norm.forward(&xs)?)
     }
