@@ -4,6 +4,7 @@
 //! and the head run on the requested rows only, then a log-softmax in f32.
 
 use unireward_models::config::TextConfig;
+use unireward_models::decode::qwen2::QUERY_BLOCKS;
 
 use crate::dtype::{DataType, ElementSlice};
 use crate::error::Result;
@@ -92,19 +93,8 @@ fn apply_rotary(e: &mut Emitter, x: &Value, cos: &Value, sin: &Value, dim: usize
     e.op("Add", &[&a, &b], &[])
 }
 
-/// [B, kv_heads, S, hd] → [B, kv_heads·n, S, hd], each kv head serving n query heads.
-fn repeat_kv(e: &mut Emitter, x: &Value, kv_heads: usize, n: usize, hd: usize) -> Result<Value> {
-    if n == 1 {
-        return Ok(x.clone());
-    }
-    let x = e.unsqueeze(x, &[2])?;
-    let shape = e.ints(&[1, 1, n as i64, 1, 1])?;
-    let x = e.op("Expand", &[&x, &shape], &[])?;
-    e.reshape(&x, &[0, (kv_heads * n) as i64, -1, hd as i64])
-}
-
 /// One layer's keys and values [B, kv_heads, S, head_dim] in the compute type: keys after the
-/// rotation and before `repeat_kv`, as candle's `LayerCache` holds them.
+/// rotation, as candle's `LayerCache` holds them.
 #[derive(Debug, Clone)]
 pub struct LayerKv {
     pub key: Value,
@@ -213,19 +203,75 @@ fn attention(
         key: k.clone(),
         value: v.clone(),
     };
-    let k = repeat_kv(e, &k, kvh, h / kvh, hd)?;
-    let v = repeat_kv(e, &v, kvh, h / kvh, hd)?;
-    let kt = e.transpose(&k, &[0, 1, 3, 2])?;
-    let scores = e.op("MatMul", &[&q, &kt], &[])?;
-    let scores = e.widen(&scores)?;
-    let scores = e.op("Add", &[&scores, mask], &[])?;
-    let probs = e.op("Softmax", &[&scores], &[("axis", Attr::Int(-1))])?;
-    let probs = e.narrow(&probs)?;
-    let out = e.op("MatMul", &[&probs, &v], &[])?;
+    let heads = (kvh, h / kvh, hd);
+    let out = match rows {
+        // The selected rows sit anywhere in the sequence: one block over every key.
+        Some(_) => attend(e, &q, &k, &v, mask, heads)?,
+        None => {
+            // candle's `query_blocks`: bound j is T − ⌊(n − j)·T / n⌋; the block between
+            // bounds j and j + 1 sees the keys up to past + its end.
+            let two = e.ints(&[2])?;
+            let zero = e.ints(&[0])?;
+            let q_shape = e.op("Shape", &[&q], &[])?;
+            let t = e.op("Gather", &[&q_shape, &two], &[("axis", Attr::Int(0))])?;
+            let k_shape = e.op("Shape", &[&k], &[])?;
+            let s = e.op("Gather", &[&k_shape, &two], &[("axis", Attr::Int(0))])?;
+            let past = e.op("Sub", &[&s, &t], &[])?;
+            let n = e.ints(&[QUERY_BLOCKS as i64])?;
+            let bounds = (0..=QUERY_BLOCKS)
+                .map(|j| {
+                    let rest = e.ints(&[(QUERY_BLOCKS - j) as i64])?;
+                    let scaled = e.op("Mul", &[&t, &rest], &[])?;
+                    let before_end = e.op("Div", &[&scaled, &n], &[])?;
+                    e.op("Sub", &[&t, &before_end], &[])
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mask_axes = e.ints(&[2, 3])?;
+            let mut blocks = Vec::with_capacity(QUERY_BLOCKS);
+            for j in 0..QUERY_BLOCKS {
+                let (start, end) = (&bounds[j], &bounds[j + 1]);
+                let keys = e.op("Add", &[&past, end], &[])?;
+                let qj = e.op("Slice", &[&q, start, end, &two], &[])?;
+                let kj = e.op("Slice", &[&k, &zero, &keys, &two], &[])?;
+                let vj = e.op("Slice", &[&v, &zero, &keys, &two], &[])?;
+                let mask_start = e.op("Concat", &[start, &zero], &[("axis", Attr::Int(0))])?;
+                let mask_end = e.op("Concat", &[end, &keys], &[("axis", Attr::Int(0))])?;
+                let mj = e.op("Slice", &[mask, &mask_start, &mask_end, &mask_axes], &[])?;
+                blocks.push(attend(e, &qj, &kj, &vj, &mj, heads)?);
+            }
+            let refs: Vec<&Value> = blocks.iter().collect();
+            e.op("Concat", &refs, &[("axis", Attr::Int(2))])?
+        }
+    };
     let out = e.transpose(&out, &[0, 2, 1, 3])?;
     let out = e.reshape(&out, &[0, 0, (h * hd) as i64])?;
     let out = e.linear(&key(prefix, "o_proj"), h * hd, d, false, &out)?;
     Ok((out, present))
+}
+
+/// softmax(q·kᵀ + mask)·v (candle's `Attention::attend`): q [B, heads, Tq, hd] already scaled,
+/// k and v [B, kv_heads, S, hd], `heads` = (kv_heads, query heads per kv head, head_dim); the
+/// scores and softmax in f32, the query heads of a kv head stacked into one product's rows.
+fn attend(
+    e: &mut Emitter,
+    q: &Value,
+    k: &Value,
+    v: &Value,
+    mask: &Value,
+    (kvh, n, hd): (usize, usize, usize),
+) -> Result<Value> {
+    let (kvh, h, hd) = (kvh as i64, (kvh * n) as i64, hd as i64);
+    let q = e.reshape(q, &[0, kvh, -1, hd])?;
+    let kt = e.transpose(k, &[0, 1, 3, 2])?;
+    let scores = e.op("MatMul", &[&q, &kt], &[])?;
+    let scores = e.reshape(&scores, &[0, h, -1, 0])?;
+    let scores = e.widen(&scores)?;
+    let scores = e.op("Add", &[&scores, mask], &[])?;
+    let probs = e.op("Softmax", &[&scores], &[("axis", Attr::Int(-1))])?;
+    let probs = e.narrow(&probs)?;
+    let probs = e.reshape(&probs, &[0, kvh, -1, 0])?;
+    let out = e.op("MatMul", &[&probs, v], &[])?;
+    e.reshape(&out, &[0, h, -1, hd])
 }
 
 /// SwiGLU: down(silu(gate(x)) · up(x)); `prefix` ends in `mlp.`.
