@@ -56,7 +56,7 @@ fn num(v: &Value, path: &[&str]) -> f64 {
 // The small preset trains the judge mostly on image-generation points (the full preset's
 // pair accuracy needs its 790 steps), so the learning asserted here is the point scores'
 // correlation with the truth and the pairs built from them. Last run (seed 3): r 0.50 over 40
-// held-out points, chosen truly better 7 of 8, answer accuracy 0.175 -> 0.300, 87 s.
+// held-out points, chosen truly better 7 of 8, answer accuracy 0.175 -> 0.300, 62 s.
 #[test]
 fn demo_runs_end_to_end_and_learns() {
     build_tools();
