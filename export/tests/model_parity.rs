@@ -644,6 +644,7 @@ fn decoder_log_probs_match_candle_and_transformers() {
     let mut rows = Vec::new();
     let mut targets = Vec::new();
     let mut candle_lp = Vec::new();
+    let mut candle_seqs = Vec::new();
     for case in &cases {
         let (tokens, merged) = embed(
             &ort,
@@ -673,10 +674,24 @@ fn decoder_log_probs_match_candle_and_transformers() {
             .unwrap()
             .remove(0);
         candle_lp.push(lp);
+        candle_seqs.push(cmerged);
         seqs.push(merged);
         rows.push(pos);
         targets.push(tgt);
     }
+
+    // candle batches them too: right padding, and row lists of different lengths.
+    let candle_batch = candle.log_probs_at(&candle_seqs, &rows).unwrap();
+    let candle_pad = candle_batch
+        .iter()
+        .zip(&candle_lp)
+        .map(|(b, a)| max_abs_diff(&flat(b), &flat(a)))
+        .fold(0f32, f32::max);
+    println!("candle batch vs alone: {candle_pad:.3e}");
+    assert!(
+        candle_pad <= 1e-5,
+        "candle's batch changed log-probs by {candle_pad}"
+    );
 
     // One right-padded batch of every case through ONNX Runtime.
     let start = Instant::now();
