@@ -192,8 +192,8 @@ pub fn query_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
         .filter(|(start, end)| start < end)
 }
 
-/// x [.., T at `dim`, ..] → its rows `index` [B, P] (u32) along `dim`, per batch entry:
-/// [.., P at `dim`, ..]. Dims before `dim` other than the batch must be 1 or are broadcast.
+/// x [B | 1, .., T at `dim`, ..] → its rows `index` [B, P] (u32) along `dim`, per batch
+/// entry: [B, .., P at `dim`, ..]. A batch dim of 1 serves every entry.
 fn gather_rows(x: &Tensor, index: &Tensor, dim: usize) -> Result<Tensor> {
     let (b, p) = index.dims2()?;
     let mut idx_shape = vec![1; x.rank()];
