@@ -143,15 +143,15 @@ impl Backend for CandleBackend {
             .iter()
             .map(|p| p.dim(0))
             .collect::<candle_core::Result<Vec<_>>>()?;
+        if lens.contains(&0) {
+            return Err(EngineError::Invalid("an empty prompt".into()));
+        }
         let longest = lens.iter().copied().max().unwrap_or(0);
         let rows = prompts
             .iter()
             .zip(&lens)
             .map(|(p, &n)| p.to_dtype(model.dtype())?.pad_with_zeros(0, 0, longest - n))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        if lens.contains(&0) {
-            return Err(EngineError::Invalid("an empty prompt".into()));
-        }
         let mut cache = model.new_cache();
         let last_rows: Vec<u32> = lens.iter().map(|&n| n as u32 - 1).collect();
         let last_rows = Tensor::from_vec(last_rows, (prompts.len(), 1), model.device())?;
@@ -169,10 +169,10 @@ impl Backend for CandleBackend {
 
     fn generate(&self, prompt: &Tensor, max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
         let model = &self.model;
-        let mut cache = model.new_cache();
         if prompt.dim(0)? == 0 {
             return Err(EngineError::Invalid("an empty prompt".into()));
         }
+        let mut cache = model.new_cache();
         let mut input = prompt.to_dtype(model.dtype())?.unsqueeze(0)?;
         let mut out = Vec::new();
         for _ in 0..max_new {

@@ -207,46 +207,56 @@ fn attention(
     let out = match rows {
         // The selected rows sit anywhere in the sequence: one block over every key.
         Some(_) => attend(e, &q, &k, &v, mask, heads)?,
-        None => {
-            // candle's `query_blocks`: bound j is T − ⌊(n − j)·T / n⌋; the block between
-            // bounds j and j + 1 sees the keys up to past + its end.
-            let two = e.ints(&[2])?;
-            let zero = e.ints(&[0])?;
-            let q_shape = e.op("Shape", &[&q], &[])?;
-            let t = e.op("Gather", &[&q_shape, &two], &[("axis", Attr::Int(0))])?;
-            let k_shape = e.op("Shape", &[&k], &[])?;
-            let s = e.op("Gather", &[&k_shape, &two], &[("axis", Attr::Int(0))])?;
-            let past = e.op("Sub", &[&s, &t], &[])?;
-            let n = e.ints(&[QUERY_BLOCKS as i64])?;
-            let bounds = (0..=QUERY_BLOCKS)
-                .map(|j| {
-                    let rest = e.ints(&[(QUERY_BLOCKS - j) as i64])?;
-                    let scaled = e.op("Mul", &[&t, &rest], &[])?;
-                    let before_end = e.op("Div", &[&scaled, &n], &[])?;
-                    e.op("Sub", &[&t, &before_end], &[])
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let mask_axes = e.ints(&[2, 3])?;
-            let mut blocks = Vec::with_capacity(QUERY_BLOCKS);
-            for j in 0..QUERY_BLOCKS {
-                let (start, end) = (&bounds[j], &bounds[j + 1]);
-                let keys = e.op("Add", &[&past, end], &[])?;
-                let qj = e.op("Slice", &[&q, start, end, &two], &[])?;
-                let kj = e.op("Slice", &[&k, &zero, &keys, &two], &[])?;
-                let vj = e.op("Slice", &[&v, &zero, &keys, &two], &[])?;
-                let mask_start = e.op("Concat", &[start, &zero], &[("axis", Attr::Int(0))])?;
-                let mask_end = e.op("Concat", &[end, &keys], &[("axis", Attr::Int(0))])?;
-                let mj = e.op("Slice", &[mask, &mask_start, &mask_end, &mask_axes], &[])?;
-                blocks.push(attend(e, &qj, &kj, &vj, &mj, heads)?);
-            }
-            let refs: Vec<&Value> = blocks.iter().collect();
-            e.op("Concat", &refs, &[("axis", Attr::Int(2))])?
-        }
+        None => attend_in_blocks(e, &q, &k, &v, mask, heads)?,
     };
     let out = e.transpose(&out, &[0, 2, 1, 3])?;
     let out = e.reshape(&out, &[0, 0, (h * hd) as i64])?;
     let out = e.linear(&key(prefix, "o_proj"), h * hd, d, false, &out)?;
     Ok((out, present))
+}
+
+/// [`attend`] over candle's `query_blocks`: each block of queries sees only the keys up to
+/// its last query.
+fn attend_in_blocks(
+    e: &mut Emitter,
+    q: &Value,
+    k: &Value,
+    v: &Value,
+    mask: &Value,
+    heads: (usize, usize, usize),
+) -> Result<Value> {
+    // Bound j is T − ⌊(n − j)·T / n⌋, as in candle's `query_blocks`.
+    let two = e.ints(&[2])?;
+    let zero = e.ints(&[0])?;
+    let q_shape = e.op("Shape", &[q], &[])?;
+    let t = e.op("Gather", &[&q_shape, &two], &[("axis", Attr::Int(0))])?;
+    let k_shape = e.op("Shape", &[k], &[])?;
+    let s = e.op("Gather", &[&k_shape, &two], &[("axis", Attr::Int(0))])?;
+    let past = e.op("Sub", &[&s, &t], &[])?;
+    let n = e.ints(&[QUERY_BLOCKS as i64])?;
+    let bounds = (0..=QUERY_BLOCKS)
+        .map(|j| {
+            let rest = e.ints(&[(QUERY_BLOCKS - j) as i64])?;
+            let scaled = e.op("Mul", &[&t, &rest], &[])?;
+            let before_end = e.op("Div", &[&scaled, &n], &[])?;
+            e.op("Sub", &[&t, &before_end], &[])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mask_axes = e.ints(&[2, 3])?;
+    let mut blocks = Vec::with_capacity(QUERY_BLOCKS);
+    for j in 0..QUERY_BLOCKS {
+        let (start, end) = (&bounds[j], &bounds[j + 1]);
+        let keys = e.op("Add", &[&past, end], &[])?;
+        let qj = e.op("Slice", &[q, start, end, &two], &[])?;
+        let kj = e.op("Slice", &[k, &zero, &keys, &two], &[])?;
+        let vj = e.op("Slice", &[v, &zero, &keys, &two], &[])?;
+        let mask_start = e.op("Concat", &[start, &zero], &[("axis", Attr::Int(0))])?;
+        let mask_end = e.op("Concat", &[end, &keys], &[("axis", Attr::Int(0))])?;
+        let mj = e.op("Slice", &[mask, &mask_start, &mask_end, &mask_axes], &[])?;
+        blocks.push(attend(e, &qj, &kj, &vj, &mj, heads)?);
+    }
+    let refs: Vec<&Value> = blocks.iter().collect();
+    e.op("Concat", &refs, &[("axis", Attr::Int(2))])
 }
 
 /// softmax(q·kᵀ + mask)·v (candle's `Attention::attend`): q [B, heads, Tq, hd] already scaled,

@@ -111,43 +111,48 @@ impl Attention {
         let out = match rows {
             // The selected rows sit anywhere in the sequence: one block over every key.
             Some(_) => self.attend(&q, &k, &v, mask)?,
-            None => {
-                let past = k.dim(2)? - t;
-                let blocks = query_blocks(t)
-                    .map(|(start, end)| {
-                        let keys = past + end;
-                        let (q, k, v) = (
-                            q.narrow(2, start, end - start)?,
-                            k.narrow(2, 0, keys)?,
-                            v.narrow(2, 0, keys)?,
-                        );
-                        match mask {
-                            Mask::Causal { .. } => {
-                                self.attend(&q, &k, &v, Mask::Causal { past: past + start })
-                            }
-                            Mask::Additive(m) => {
-                                let rank = m.rank();
-                                let m = match m.dim(rank - 2)? {
-                                    1 => m.clone(),
-                                    _ => m.narrow(rank - 2, start, end - start)?,
-                                };
-                                let m = match m.dim(rank - 1)? {
-                                    1 => m,
-                                    _ => m.narrow(rank - 1, 0, keys)?,
-                                };
-                                self.attend(&q, &k, &v, Mask::Additive(&m))
-                            }
-                            Mask::None => self.attend(&q, &k, &v, Mask::None),
-                        }
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Tensor::cat(&blocks, 2)?
-            }
+            None => self.attend_in_blocks(&q, &k, &v, mask)?,
         };
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.heads * self.head_dim))?;
         Ok(self.o_proj.forward(&out)?)
+    }
+
+    /// [`Self::attend`] over the causal [`query_blocks`]: each block of queries sees only the
+    /// keys up to its last query.
+    fn attend_in_blocks(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask) -> Result<Tensor> {
+        let t = q.dim(2)?;
+        let past = k.dim(2)? - t;
+        let blocks = query_blocks(t)
+            .map(|(start, end)| {
+                let keys = past + end;
+                let (q, k, v) = (
+                    q.narrow(2, start, end - start)?,
+                    k.narrow(2, 0, keys)?,
+                    v.narrow(2, 0, keys)?,
+                );
+                match mask {
+                    Mask::Causal { .. } => {
+                        self.attend(&q, &k, &v, Mask::Causal { past: past + start })
+                    }
+                    Mask::Additive(m) => {
+                        let rank = m.rank();
+                        let m = match m.dim(rank - 2)? {
+                            1 => m.clone(),
+                            _ => m.narrow(rank - 2, start, end - start)?,
+                        };
+                        let m = match m.dim(rank - 1)? {
+                            1 => m,
+                            _ => m.narrow(rank - 1, 0, keys)?,
+                        };
+                        self.attend(&q, &k, &v, Mask::Additive(&m))
+                    }
+                    Mask::None => self.attend(&q, &k, &v, Mask::None),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&blocks, 2)?)
     }
 
     /// softmax(q·kᵀ + mask)·v for q [B, heads, Tq, hd] (already scaled) over k, v [B, kv_heads,
