@@ -98,16 +98,11 @@ fn shapes() -> Vec<(String, Vec<usize>)> {
 
 /// The golden checkpoint's directory: its tokenizer serves the bench model.
 pub fn golden_model_dir() -> Result<PathBuf> {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    here.ancestors()
-        .flat_map(|d| {
-            [
-                d.join("shared/golden/llava_ov_tiny/model"),
-                d.join("../shared/golden/llava_ov_tiny/model"),
-            ]
-        })
-        .find(|p| p.join("tokenizer.json").is_file())
-        .context("shared/golden/llava_ov_tiny/model not found beside the checkout")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/golden/llava_ov_tiny/model");
+    if !dir.join("tokenizer.json").is_file() {
+        anyhow::bail!("golden checkpoint not found at {}", dir.display());
+    }
+    Ok(dir)
 }
 
 /// Writes the bench-small checkpoint (random weights, seed fixed by candle's RNG) to `dir`.

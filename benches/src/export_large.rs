@@ -118,14 +118,7 @@ fn write_checkpoint(dir: &Path) -> Result<u64> {
     });
     std::fs::write(dir.join("config.json"), cfg.to_string())?;
     let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|d| d.join("shared/golden/llava_ov_tiny/model/tokenizer.json"))
-        .chain(std::iter::once(PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/golden/llava_ov_tiny/model/tokenizer.json"
-        ))))
-        .find(|p| p.is_file())
-        .context("golden tokenizer not found")?;
+        .join("../fixtures/golden/llava_ov_tiny/model/tokenizer.json");
     std::fs::copy(golden, dir.join("tokenizer.json"))?;
     Ok(bytes)
 }

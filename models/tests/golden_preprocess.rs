@@ -1,5 +1,5 @@
 //! Image and video preprocessing and the anyres token arithmetic against the golden
-//! outputs of transformers 5.23 (`shared/golden/llava_ov_tiny`).
+//! outputs of transformers 5.23 (`fixtures/golden/llava_ov_tiny`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,23 +19,9 @@ use unireward_models::Error;
 const PIXEL_TOL: f32 = 0.008;
 
 fn golden_dir() -> PathBuf {
-    let fixed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden");
-    if fixed.is_dir() {
-        return fixed;
-    }
-    let mut dir = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
-    loop {
-        let cand = dir.join("shared/golden");
-        if cand.is_dir() {
-            return cand;
-        }
-        if !dir.pop() {
-            panic!(
-                "golden data not found: expected shared/golden beside or above {}",
-                env!("CARGO_MANIFEST_DIR")
-            );
-        }
-    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/golden");
+    assert!(dir.is_dir(), "golden data not found at {}", dir.display());
+    dir
 }
 
 struct Golden {

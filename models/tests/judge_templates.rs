@@ -55,12 +55,8 @@ fn check(
 }
 
 fn golden_dir() -> PathBuf {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/golden"));
-    assert!(
-        dir.is_dir(),
-        "golden data not found at {} (expected ../shared/golden beside the repository)",
-        dir.display()
-    );
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/golden"));
+    assert!(dir.is_dir(), "golden data not found at {}", dir.display());
     dir
 }
 

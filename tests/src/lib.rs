@@ -9,17 +9,13 @@ use serde::Deserialize;
 use unireward_models::tokenize::{PromptTokenizer, Tokenized};
 use unireward_models::{LlavaOnevision, MediaFeatures};
 
-/// `shared/golden`, found beside the repository checkout (or above it).
+/// `fixtures/golden` of this repository (transformers' outputs on tiny checkpoints).
 pub fn golden_dir() -> Result<PathBuf> {
-    let start = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for dir in start.ancestors() {
-        for cand in [dir.join("shared/golden"), dir.join("../shared/golden")] {
-            if cand.join("llava_ov_tiny").is_dir() {
-                return Ok(cand);
-            }
-        }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/golden");
+    if !dir.join("llava_ov_tiny").is_dir() {
+        bail!("golden data not found at {}", dir.display());
     }
-    bail!("golden data not found: expected shared/golden/llava_ov_tiny beside the checkout")
+    Ok(dir)
 }
 
 pub fn golden_model_dir() -> Result<PathBuf> {

@@ -1,5 +1,5 @@
 //! The SigLIP vision tower as ONNX, mirroring `unireward_models::encode::siglip`: the patch
-//! convolution as a reshape + MatMul over non-overlapping patches, learned positions, then
+//! convolution as a crop to whole patches, a reshape + MatMul over non-overlapping patches, learned positions, then
 //! pre-LayerNorm blocks with tanh-GELU MLPs, stopping at the configured feature layer (no
 //! post-layernorm).
 
@@ -30,7 +30,11 @@ pub fn embeddings(
         &[cfg.tokens_per_tile(), d],
     )?;
     let (c, p, g) = (c as i64, p as i64, g as i64);
-    let patches = e.reshape(pixels, &[0, c, g, p, g, p])?;
+    // As candle's `narrow`s: a stride-p convolution ignores the pixels past the last whole
+    // patch (so400m: 384 px tiles, 27 patches of 14 px, 6 px dropped).
+    let pixels = e.slice(pixels, 2, 0, g * p)?;
+    let pixels = e.slice(&pixels, 3, 0, g * p)?;
+    let patches = e.reshape(&pixels, &[0, c, g, p, g, p])?;
     let patches = e.transpose(&patches, &[0, 2, 4, 1, 3, 5])?;
     let patches = e.reshape(&patches, &[0, g * g, c * p * p])?;
     let xs = e.op("MatMul", &[&patches, &w], &[])?;
