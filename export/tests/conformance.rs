@@ -273,6 +273,7 @@ fn conformance(name: &str) {
         .collect();
     let ort_tok = PromptTokenizer::load(exports[0].1.path(), ort[0].config()).unwrap();
 
+    let mut failures = Vec::new();
     println!("| family | case | tokens | pixels (levels) | candle vs transformers | ORT fp32 vs transformers | ORT fp32 vs candle | completion candle / fp32 / fp16 / transformers |");
     for case in goldens.cases.iter().filter(|c| c.path != "video_frames") {
         let prepared = loader.load(&request(case), &media_dir()).unwrap();
@@ -289,12 +290,17 @@ fn conformance(name: &str) {
             "| {name} | {} | {} | {px} | {dc:.2e} | {do32:.2e} | {oc:.2e} | {:.4} / {:.4} / {:.4} / {:.4} |",
             case.name, case.seq_len, c.completion, f32_.completion, f16_.completion, case.completion_logprob
         );
-        assert!(dc <= LOGPROB_TOL, "{name} {}: candle log-probs off by {dc}", case.name);
-        assert!(do32 <= LOGPROB_TOL, "{name} {}: ORT fp32 log-probs off by {do32}", case.name);
-        assert!(oc <= LOGPROB_TOL, "{name} {}: ORT fp32 vs candle {oc}", case.name);
+        let mut check = |ok: bool, what: String| {
+            if !ok {
+                failures.push(format!("{name} {}: {what}", case.name));
+            }
+        };
+        check(dc <= LOGPROB_TOL, format!("candle log-probs off by {dc}"));
+        check(do32 <= LOGPROB_TOL, format!("ORT fp32 log-probs off by {do32}"));
+        check(oc <= LOGPROB_TOL, format!("ORT fp32 vs candle {oc}"));
         for (who, got) in [("candle", c.completion), ("ORT fp32", f32_.completion)] {
             let err = (got - case.completion_logprob).abs();
-            assert!(err <= COMPLETION_TOL, "{name} {}: {who} completion off by {err}", case.name);
+            check(err <= COMPLETION_TOL, format!("{who} completion off by {err}"));
         }
         // fp16: the same decision at every completion position where fp32 is decided.
         for j in 0..c.rows.dim(0).unwrap() {
@@ -311,6 +317,8 @@ fn conformance(name: &str) {
             }
         }
     }
+
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     // Greedy decoding from an image prompt: the tokens transformers' generate picks.
     let g = &goldens.generation;
