@@ -164,8 +164,12 @@ def widen(model):
         dead = slice(BPE_VOCAB, min(SPECIALS.values()))
         model.get_input_embeddings().weight[dead] = 0
         model.get_output_embeddings().weight[dead] = 0
-    # Stored in bf16 as the real checkpoints are; references are computed from the rounded weights.
-    model.to(torch.bfloat16).float()
+    # Stored in bf16 as the real checkpoints are; references are computed from the rounded
+    # weights. Parameters only: `model.to(bf16)` would also round the rotary frequencies
+    # (0.001 -> 9.9945e-4), which no loader of the saved checkpoint reproduces.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
 
 
 def hub_keys(sd):
