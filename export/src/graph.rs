@@ -26,6 +26,11 @@ pub const MIN_OPSET: i64 = 17;
 /// biases): the convention of onnx's own external-data converter.
 pub const DEFAULT_INLINE_LIMIT: usize = 1024;
 
+/// Takes an initializer's elements piece by piece, in row-major order.
+pub type PieceSink<'s> = dyn FnMut(ElementSlice<'_>) -> Result<()> + 's;
+/// Hands all of an initializer's elements to a [`PieceSink`].
+pub type PieceSource<'s> = dyn FnMut(&mut PieceSink<'_>) -> Result<()> + 's;
+
 /// A named value of the graph (input, initializer or node output).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Value(String);
@@ -304,7 +309,7 @@ impl GraphBuilder {
         name: &str,
         dims: &[usize],
         store_as: DataType,
-        fill: &mut dyn FnMut(&mut dyn FnMut(ElementSlice<'_>) -> Result<()>) -> Result<()>,
+        fill: &mut PieceSource<'_>,
     ) -> Result<Value> {
         self.add_initializer_pieces(name, dims, store_as, false, fill)
     }
@@ -333,7 +338,7 @@ impl GraphBuilder {
         dims: &[usize],
         store_as: DataType,
         force_inline: bool,
-        fill: &mut dyn FnMut(&mut dyn FnMut(ElementSlice<'_>) -> Result<()>) -> Result<()>,
+        fill: &mut PieceSource<'_>,
     ) -> Result<Value> {
         let numel: usize = dims.iter().product();
         let v = self.claim(name)?;

@@ -11,6 +11,7 @@ use unireward_models::checkpoint::{Checkpoint, KeyAudit, KeyLayout};
 
 use crate::dtype::ElementSlice;
 use crate::error::{Error, Result};
+use crate::graph::PieceSink;
 
 struct Audit {
     audit: KeyAudit,
@@ -72,7 +73,7 @@ pub fn transposed_pieces(
     rows: usize,
     cols: usize,
     name: &str,
-    emit: &mut dyn FnMut(ElementSlice<'_>) -> Result<()>,
+    emit: &mut PieceSink<'_>,
 ) -> Result<()> {
     if rows * cols != src.len() {
         return Err(Error::convert(
@@ -93,7 +94,7 @@ fn transpose_blocks<T: Copy + Default>(
     src: &[T],
     rows: usize,
     cols: usize,
-    emit: &mut dyn FnMut(ElementSlice<'_>) -> Result<()>,
+    emit: &mut PieceSink<'_>,
     wrap: for<'a> fn(&'a [T]) -> ElementSlice<'a>,
 ) -> Result<()> {
     if rows == 0 || cols == 0 {
