@@ -79,6 +79,38 @@ const LAYOUTS: [Candidates; 3] = [
     },
 ];
 
+/// Every spelling the layouts of DESIGN.md give each part, most common first. A key written
+/// in any layout starts with one of them, and so does a transformers module path, which the
+/// layouts' keys are derived from: what reading names written for another layout needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spellings {
+    /// Prefixes of the SigLIP tower.
+    pub vision: Vec<&'static str>,
+    /// The projector's two linear layers.
+    pub projector: Vec<[&'static str; 2]>,
+    /// Prefixes of the Qwen2 body.
+    pub decoder: Vec<&'static str>,
+    pub head: Vec<&'static str>,
+}
+
+pub fn spellings() -> Spellings {
+    fn all<T: Copy + PartialEq>(pick: impl Fn(&Candidates) -> &[T]) -> Vec<T> {
+        let mut out: Vec<T> = Vec::new();
+        for t in LAYOUTS.iter().flat_map(|c| pick(c).iter()) {
+            if !out.contains(t) {
+                out.push(*t);
+            }
+        }
+        out
+    }
+    Spellings {
+        vision: all(|c| c.vision),
+        projector: all(|c| c.projector),
+        decoder: all(|c| c.decoder),
+        head: all(|c| c.head),
+    }
+}
+
 /// Memory-mapped weights of a checkpoint directory.
 pub struct Checkpoint {
     pub dir: PathBuf,
