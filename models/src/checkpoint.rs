@@ -340,3 +340,31 @@ pub fn load_all(ckpt: &Checkpoint, device: &Device) -> Result<HashMap<String, Te
         .map(|k| Ok((k.clone(), ckpt.tensors.load(k, device)?)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_list_every_layouts_parts_once() {
+        let s = spellings();
+        for c in &LAYOUTS {
+            assert!(c.vision.iter().all(|p| s.vision.contains(p)), "{}", c.name);
+            assert!(
+                c.projector.iter().all(|p| s.projector.contains(p)),
+                "{}",
+                c.name
+            );
+            assert!(
+                c.decoder.iter().all(|p| s.decoder.contains(p)),
+                "{}",
+                c.name
+            );
+            assert!(c.head.iter().all(|p| s.head.contains(p)), "{}", c.name);
+        }
+        // `model.` is both the LLaVA-NeXT and the text-only decoder prefix: listed once.
+        assert_eq!(s.decoder.iter().filter(|p| **p == "model.").count(), 1);
+        assert_eq!(s.vision.first(), Some(&"vision_tower.vision_model."));
+        assert_eq!(s.head, vec!["language_model.lm_head", "lm_head"]);
+    }
+}
