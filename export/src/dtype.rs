@@ -158,6 +158,18 @@ pub fn encode(
     name: &str,
     sink: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
+    encode_at(src, 0, to, name, sink)
+}
+
+/// [`encode`] for a piece of a larger tensor whose first element is element `first_index`
+/// of the whole (so that an error names the element of the tensor, not of the piece).
+pub fn encode_at(
+    src: ElementSlice<'_>,
+    first_index: usize,
+    to: DataType,
+    name: &str,
+    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
     let float_target = matches!(
         to,
         DataType::Float | DataType::Float16 | DataType::BFloat16 | DataType::Double
@@ -177,7 +189,7 @@ pub fn encode(
     while start < src.len() {
         let end = (start + CHUNK_ELEMENTS).min(src.len());
         buf.clear();
-        encode_chunk(src.sub(start, end), to, name, start, &mut buf)?;
+        encode_chunk(src.sub(start, end), to, name, first_index + start, &mut buf)?;
         sink(&buf)?;
         start = end;
     }

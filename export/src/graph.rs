@@ -26,6 +26,11 @@ pub const MIN_OPSET: i64 = 17;
 /// biases): the convention of onnx's own external-data converter.
 pub const DEFAULT_INLINE_LIMIT: usize = 1024;
 
+/// Takes an initializer's elements piece by piece, in row-major order.
+pub type PieceSink<'s> = dyn FnMut(ElementSlice<'_>) -> Result<()> + 's;
+/// Hands all of an initializer's elements to a [`PieceSink`].
+pub type PieceSource<'s> = dyn FnMut(&mut PieceSink<'_>) -> Result<()> + 's;
+
 /// A named value of the graph (input, initializer or node output).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Value(String);
@@ -296,6 +301,19 @@ impl GraphBuilder {
         self.add_initializer(name, dims, data, store_as, false)
     }
 
+    /// An initializer whose elements `fill` hands to its argument in row-major order, in as
+    /// many pieces as it likes, stored as `store_as`: a weight rearranged on the way (a matrix
+    /// transposed block by block) is streamed out without a rearranged copy of the whole.
+    pub fn initializer_pieces(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        store_as: DataType,
+        fill: &mut PieceSource<'_>,
+    ) -> Result<Value> {
+        self.add_initializer_pieces(name, dims, store_as, false, fill)
+    }
+
     fn add_initializer(
         &mut self,
         name: &str,
@@ -311,13 +329,40 @@ impl GraphBuilder {
                 data.len()
             )));
         }
+        self.add_initializer_pieces(name, dims, store_as, force_inline, &mut |emit| emit(data))
+    }
+
+    fn add_initializer_pieces(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        store_as: DataType,
+        force_inline: bool,
+        fill: &mut PieceSource<'_>,
+    ) -> Result<Value> {
+        let numel: usize = dims.iter().product();
         let v = self.claim(name)?;
         let dims_i64: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
         let length = numel as u64 * store_as.size_bytes() as u64;
+        let graph = self.name.clone();
+        let mut count = 0usize;
+        let miscount = |got: String| {
+            Error::graph(
+                &graph,
+                format!("initializer `{name}`: dims {dims:?} hold {numel} elements, got {got}"),
+            )
+        };
         let proto = if force_inline || length < self.inline_limit as u64 {
             let mut raw = Vec::with_capacity(length as usize);
-            dtype::encode(data, store_as, name, &mut |b| {
-                raw.extend_from_slice(b);
+            fill(&mut |piece| {
+                if count + piece.len() > numel {
+                    return Err(miscount(format!("more than {count} + {}", piece.len())));
+                }
+                dtype::encode_at(piece, count, store_as, name, &mut |b| {
+                    raw.extend_from_slice(b);
+                    Ok(())
+                })?;
+                count += piece.len();
                 Ok(())
             })?;
             TensorProto {
@@ -337,10 +382,23 @@ impl GraphBuilder {
                 }
             };
             let mut sink = writer.begin_tensor(length)?;
-            dtype::encode(data, store_as, name, &mut |b| sink.write(b))?;
+            fill(&mut |piece| {
+                if count + piece.len() > numel {
+                    return Err(miscount(format!("more than {count} + {}", piece.len())));
+                }
+                dtype::encode_at(piece, count, store_as, name, &mut |b| sink.write(b))?;
+                count += piece.len();
+                Ok(())
+            })?;
+            if count != numel {
+                return Err(miscount(count.to_string()));
+            }
             let location = sink.finish()?;
             writer.tensor_proto(name, store_as, &dims_i64, location)
         };
+        if count != numel {
+            return Err(miscount(count.to_string()));
+        }
         self.initializers.push(proto);
         Ok(v)
     }

@@ -79,6 +79,38 @@ const LAYOUTS: [Candidates; 3] = [
     },
 ];
 
+/// Every spelling the layouts of DESIGN.md give each part, most common first. A key written
+/// in any layout starts with one of them, and so does a transformers module path, which the
+/// layouts' keys are derived from: what reading names written for another layout needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spellings {
+    /// Prefixes of the SigLIP tower.
+    pub vision: Vec<&'static str>,
+    /// The projector's two linear layers.
+    pub projector: Vec<[&'static str; 2]>,
+    /// Prefixes of the Qwen2 body.
+    pub decoder: Vec<&'static str>,
+    pub head: Vec<&'static str>,
+}
+
+pub fn spellings() -> Spellings {
+    fn all<T: Copy + PartialEq>(pick: impl Fn(&Candidates) -> &[T]) -> Vec<T> {
+        let mut out: Vec<T> = Vec::new();
+        for t in LAYOUTS.iter().flat_map(|c| pick(c).iter()) {
+            if !out.contains(t) {
+                out.push(*t);
+            }
+        }
+        out
+    }
+    Spellings {
+        vision: all(|c| c.vision),
+        projector: all(|c| c.projector),
+        decoder: all(|c| c.decoder),
+        head: all(|c| c.head),
+    }
+}
+
 /// Memory-mapped weights of a checkpoint directory.
 pub struct Checkpoint {
     pub dir: PathBuf,
@@ -307,4 +339,32 @@ pub fn load_all(ckpt: &Checkpoint, device: &Device) -> Result<HashMap<String, Te
         .iter()
         .map(|k| Ok((k.clone(), ckpt.tensors.load(k, device)?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_list_every_layouts_parts_once() {
+        let s = spellings();
+        for c in &LAYOUTS {
+            assert!(c.vision.iter().all(|p| s.vision.contains(p)), "{}", c.name);
+            assert!(
+                c.projector.iter().all(|p| s.projector.contains(p)),
+                "{}",
+                c.name
+            );
+            assert!(
+                c.decoder.iter().all(|p| s.decoder.contains(p)),
+                "{}",
+                c.name
+            );
+            assert!(c.head.iter().all(|p| s.head.contains(p)), "{}", c.name);
+        }
+        // `model.` is both the LLaVA-NeXT and the text-only decoder prefix: listed once.
+        assert_eq!(s.decoder.iter().filter(|p| **p == "model.").count(), 1);
+        assert_eq!(s.vision.first(), Some(&"vision_tower.vision_model."));
+        assert_eq!(s.head, vec!["language_model.lm_head", "lm_head"]);
+    }
 }

@@ -217,7 +217,8 @@ impl VarMapModel {
 
     /// Attaches the adapter saved in `dir` (PEFT layout).
     pub fn load_lora(&mut self, dir: &Path) -> Result<()> {
-        let adapter = LoraAdapter::load(dir, &self.shapes()?, self.dtype, &self.device)?;
+        let adapter =
+            LoraAdapter::load(dir, &self.layout, &self.shapes()?, self.dtype, &self.device)?;
         self.attach(adapter)
     }
 

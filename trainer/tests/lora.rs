@@ -144,28 +144,34 @@ fn gradients_reach_only_the_factors_and_match_finite_differences() -> Result<()>
 
     let probes: &[(&str, &[usize])] = &[
         (
-            "language_model.model.layers.0.self_attn.q_proj.lora_A.weight",
+            "model.language_model.layers.0.self_attn.q_proj.lora_A.weight",
             &[3, 70],
         ),
         (
-            "language_model.model.layers.1.self_attn.v_proj.lora_B.weight",
+            "model.language_model.layers.1.self_attn.v_proj.lora_B.weight",
             &[5, 40],
         ),
         (
-            "language_model.model.layers.1.mlp.down_proj.lora_A.weight",
+            "model.language_model.layers.1.mlp.down_proj.lora_A.weight",
             &[17],
         ),
         (
-            "language_model.model.layers.0.self_attn.o_proj.lora_B.weight",
+            "model.language_model.layers.0.self_attn.o_proj.lora_B.weight",
             &[9],
         ),
-        ("vision_tower.encoder.layers.0.mlp.fc1.lora_A.weight", &[11]),
         (
-            "vision_tower.encoder.layers.1.self_attn.out_proj.lora_B.weight",
+            "model.vision_tower.encoder.layers.0.mlp.fc1.lora_A.weight",
+            &[11],
+        ),
+        (
+            "model.vision_tower.encoder.layers.1.self_attn.out_proj.lora_B.weight",
             &[6],
         ),
-        ("multi_modal_projector.linear_1.lora_A.weight", &[2, 50]),
-        ("multi_modal_projector.linear_1.lora_B.weight", &[33]),
+        (
+            "model.multi_modal_projector.linear_1.lora_A.weight",
+            &[2, 50],
+        ),
+        ("model.multi_modal_projector.linear_1.lora_B.weight", &[33]),
     ];
     let by_name: HashMap<String, candle_core::Var> = factors.into_iter().collect();
     // The decoder's softmax and logits are f32 whatever the weights' dtype: a step of 1e-2
@@ -274,13 +280,14 @@ fn lora_dpo_learns_writes_a_peft_adapter_and_merges() -> Result<()> {
     assert_eq!(cfg["lora_alpha"], 16);
     assert_eq!(cfg["lora_dropout"], 0.0);
     assert_eq!(cfg["base_model_name_or_path"], path_str(&model));
-    // The tower's q_proj… are not adapted (it is frozen), so the config names exact paths.
+    // The tower's q_proj… are not adapted (it is frozen), so the config names exact paths,
+    // as transformers names the modules (so that PEFT attaches them).
     let targets = cfg["target_modules"]
         .as_array()
         .cloned()
         .unwrap_or_default();
     assert_eq!(targets.len(), 8);
-    assert!(targets.contains(&json!("language_model.model.layers.1.self_attn.k_proj")));
+    assert!(targets.contains(&json!("model.language_model.layers.1.self_attn.k_proj")));
     let weights = safetensors(&out.join("adapter_model.safetensors"))?;
     assert_eq!(weights.len(), 16);
     for (key, t) in &weights {
@@ -296,7 +303,7 @@ fn lora_dpo_learns_writes_a_peft_adapter_and_merges() -> Result<()> {
         assert_eq!(t.dim(r_dim)?, 8, "{key}");
     }
     let b =
-        &weights["base_model.model.language_model.model.layers.0.self_attn.v_proj.lora_B.weight"];
+        &weights["base_model.model.model.language_model.layers.0.self_attn.v_proj.lora_B.weight"];
     assert_eq!(b.dims(), &[32, 8]);
     assert!(
         b.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0,
@@ -550,6 +557,10 @@ fn merging_keeps_the_base_sharding_and_dtype() -> Result<()> {
     let adapter_dir = tmp.path().join("adapter");
     let adapter = model.lora().expect("attached above");
     adapter.save(&adapter_dir, path_str(&base))?;
+    let module_names: HashMap<&str, &str> = adapter
+        .module_paths()
+        .filter_map(|p| Some((p, adapter.module_name(p)?)))
+        .collect();
 
     let out = tmp.path().join("merged");
     let summary = unireward_trainer::lora::merge(&base, &adapter_dir, &out)?;
@@ -565,7 +576,8 @@ fn merging_keeps_the_base_sharding_and_dtype() -> Result<()> {
         for (k, w) in shard {
             let m = &merged[k];
             assert_eq!(m.dtype(), DType::BF16, "{k}");
-            let module = k.strip_suffix(".weight").unwrap_or(k);
+            let path = k.strip_suffix(".weight").unwrap_or(k);
+            let module = module_names.get(path).copied().unwrap_or(path);
             let a = values.get(&format!("base_model.model.{module}.lora_A.weight"));
             let b = values.get(&format!("base_model.model.{module}.lora_B.weight"));
             // W + (alpha/r)·B·A added in f32, rounded once to bf16.

@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 
-use crate::dtype::{DataType, Precision};
+use crate::dtype::{self, DataType, Precision};
 use crate::error::Result;
 use crate::graph::{Attr, GraphBuilder, Value};
-use crate::model::weights::Weights;
+use crate::model::weights::{transposed_pieces, Weights};
 
 /// `prefix` + `name` as a checkpoint key: prefixes come with (`vision_tower.`) or without
 /// (`multi_modal_projector.linear_1`) their trailing dot depending on the layout.
@@ -21,14 +21,16 @@ pub fn key(prefix: &str, name: &str) -> String {
 
 /// One graph being emitted: its builder, where its weights come from, and its precision.
 ///
-/// Weights become initializers named by their checkpoint key, in the layout the checkpoint
-/// stores them (a linear weight stays [out, in]; the graph transposes it, as candle's `Linear`
-/// does, and ONNX Runtime folds that transpose once when it loads the model).
+/// Weights become initializers named by their checkpoint key. A linear weight is stored
+/// transposed, [in, out], as the MatMul multiplies it, not as the checkpoint's [out, in]
+/// behind a Transpose node: ONNX Runtime's quantizer and transformer optimizer only recognise
+/// a weight that is the MatMul's initializer itself.
 pub struct Emitter<'w> {
     g: GraphBuilder,
     weights: &'w Weights,
     precision: Precision,
-    params: HashMap<String, Value>,
+    /// Initializers by (checkpoint key, stored transposed).
+    params: HashMap<(String, bool), Value>,
     scalars: HashMap<(u32, DataType), Value>,
     ints: HashMap<Vec<i64>, Value>,
 }
@@ -75,14 +77,54 @@ impl<'w> Emitter<'w> {
         self.param(key, shape, DataType::Float)
     }
 
-    fn param(&mut self, key: &str, shape: &[usize], store: DataType) -> Result<Value> {
-        if let Some(v) = self.params.get(key) {
+    /// The weight stored under `key` (of shape `shape`) read as a row-major [rows, cols]
+    /// matrix, as an initializer [cols, rows] in the compute type: the right-hand operand of a
+    /// MatMul computing `x @ Wᵀ`. Streamed block by block, so no transposed copy of a large
+    /// weight is held.
+    pub fn weight_transposed(
+        &mut self,
+        key: &str,
+        shape: &[usize],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Value> {
+        if let Some(v) = self.params.get(&(key.to_string(), true)) {
             return Ok(v.clone());
         }
         let t = self.weights.get(key, shape)?;
-        let v = self.g.initializer_from_tensor(key, &t, store)?;
-        self.params.insert(key.to_string(), v.clone());
+        let name = self.initializer_name(key, true);
+        let store = self.compute_type();
+        let g = &mut self.g;
+        let v = dtype::with_tensor_elements(&t, key, |elements| {
+            g.initializer_pieces(&name, &[cols, rows], store, &mut |emit| {
+                transposed_pieces(elements, rows, cols, key, emit)
+            })
+        })?;
+        self.params.insert((key.to_string(), true), v.clone());
         Ok(v)
+    }
+
+    fn param(&mut self, key: &str, shape: &[usize], store: DataType) -> Result<Value> {
+        if let Some(v) = self.params.get(&(key.to_string(), false)) {
+            return Ok(v.clone());
+        }
+        let t = self.weights.get(key, shape)?;
+        let name = self.initializer_name(key, false);
+        let v = self.g.initializer_from_tensor(&name, &t, store)?;
+        self.params.insert((key.to_string(), false), v.clone());
+        Ok(v)
+    }
+
+    /// The checkpoint key, unless the graph already holds that weight in the other
+    /// orientation (a tied table used both ways); then the key marked with its orientation.
+    fn initializer_name(&self, key: &str, transposed: bool) -> String {
+        if !self.params.contains_key(&(key.to_string(), !transposed)) {
+            key.to_string()
+        } else if transposed {
+            format!("{key}.transposed")
+        } else {
+            format!("{key}.untransposed")
+        }
     }
 
     pub fn op(
@@ -158,7 +200,8 @@ impl<'w> Emitter<'w> {
         self.op("Slice", &[x, &s, &e, &a], &[])
     }
 
-    /// candle's `Linear`: `x @ weightᵀ (+ bias)`, weight [d_out, d_in] under `prefix.weight`.
+    /// candle's `Linear`: `x @ weightᵀ (+ bias)`, weight [d_out, d_in] under `prefix.weight`
+    /// (stored as weightᵀ, see [`Emitter`]).
     pub fn linear(
         &mut self,
         prefix: &str,
@@ -167,8 +210,7 @@ impl<'w> Emitter<'w> {
         bias: bool,
         x: &Value,
     ) -> Result<Value> {
-        let w = self.weight(&key(prefix, "weight"), &[d_out, d_in])?;
-        let wt = self.transpose(&w, &[1, 0])?;
+        let wt = self.weight_transposed(&key(prefix, "weight"), &[d_out, d_in], d_out, d_in)?;
         let y = self.op("MatMul", &[x, &wt], &[])?;
         if !bias {
             return Ok(y);

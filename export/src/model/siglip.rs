@@ -20,10 +20,13 @@ pub fn embeddings(
     let (d, c, p) = (cfg.hidden_size, cfg.num_channels, cfg.patch_size);
     let g = cfg.patches_per_side();
     let emb = key(prefix, "embeddings.");
-    let conv = e.weight(&key(&emb, "patch_embedding.weight"), &[d, c, p, p])?;
-    // conv.reshape((d, c·p·p)).t(): the convolution as a [c·p·p, d] matrix.
-    let w = e.reshape(&conv, &[d as i64, (c * p * p) as i64])?;
-    let w = e.transpose(&w, &[1, 0])?;
+    // conv.reshape((d, c·p·p)).t(): the convolution as a [c·p·p, d] matrix, stored so.
+    let w = e.weight_transposed(
+        &key(&emb, "patch_embedding.weight"),
+        &[d, c, p, p],
+        d,
+        c * p * p,
+    )?;
     let bias = e.weight(&key(&emb, "patch_embedding.bias"), &[d])?;
     let positions = e.weight(
         &key(&emb, "position_embedding.weight"),

@@ -15,18 +15,27 @@
 //!
 //! On disk, the PEFT layout: `adapter_config.json` and `adapter_model.safetensors` with the
 //! keys `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`, where `<module>` is the
-//! checkpoint key of the adapted weight without `.weight`.
+//! module's path in transformers' model ([`module_names`]), so that `PeftModel` loads our
+//! adapters; in memory, modules are known by their checkpoint key without `.weight`.
+//! [`peft_file`] reads adapters, [`merge`] folds one into a checkpoint.
+
+mod merge;
+pub mod module_names;
+mod peft_file;
+
+pub use merge::{merge, MergeSummary};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use unireward_models::checkpoint::KeyLayout;
 
-use crate::checkpoint_io::{copy_model_files, read_json, write_json, WEIGHTS_FILE};
+use self::module_names::module_name;
+use self::peft_file::AdapterFile;
+use crate::checkpoint_io::write_json;
 use crate::data::order::SplitMix64;
 use crate::varmap_model::{part_of, TrainParts};
 use crate::{Error, Result};
@@ -184,22 +193,28 @@ fn on_off(b: bool) -> &'static str {
     }
 }
 
-/// `target_modules` as PEFT must read it to adapt exactly `selected`: the target names when
-/// PEFT's suffix rule picks exactly those modules in the whole model, otherwise (a part left
-/// out, a projector named by alias) the full module paths, each of which only matches itself.
-fn target_modules_value(targets: &[String], selected: &[String], shapes: &Shapes) -> Value {
-    let by_suffix: BTreeSet<&str> = linear_modules(shapes)
-        .map(|(path, _)| path)
-        .filter(|path| targets.iter().any(|t| peft_matches(t.trim(), path)))
+/// `target_modules` as PEFT must read it to adapt exactly `selected` in transformers' model:
+/// the target names when PEFT's suffix rule picks exactly those modules among the model's
+/// (named as transformers names them), otherwise (a part left out, a projector named by
+/// alias) the full module names, each of which only matches itself.
+fn target_modules_value(
+    targets: &[String],
+    selected: &[String],
+    shapes: &Shapes,
+    layout: &KeyLayout,
+) -> Value {
+    let by_suffix: BTreeSet<String> = linear_modules(shapes)
+        .map(|(path, _)| module_name(layout, path))
+        .filter(|module| targets.iter().any(|t| peft_matches(t.trim(), module)))
         .collect();
-    let wanted: BTreeSet<&str> = selected.iter().map(String::as_str).collect();
+    let wanted: BTreeSet<String> = selected.iter().map(|p| module_name(layout, p)).collect();
     if by_suffix == wanted {
         let mut names: Vec<&str> = targets.iter().map(|t| t.trim()).collect();
         names.sort();
         names.dedup();
         json!(names)
     } else {
-        json!(selected)
+        json!(wanted)
     }
 }
 
@@ -229,11 +244,22 @@ pub fn merged_weight(
     (w.to_dtype(cd)? + delta)?.to_dtype(w.dtype())
 }
 
-/// One adapted module's factors.
+/// One adapted module's factors and its name in the adapter file.
 #[derive(Clone)]
 struct Factors {
     a: Var,
     b: Var,
+    module: String,
+}
+
+impl Factors {
+    fn new(a: &Tensor, b: &Tensor, module: String) -> Result<Self> {
+        Ok(Self {
+            a: Var::from_tensor(a)?,
+            b: Var::from_tensor(b)?,
+            module,
+        })
+    }
 }
 
 /// The adapters of a model: a pair of factors per adapted linear layer.
@@ -243,6 +269,7 @@ pub struct LoraAdapter {
     scale: f64,
     /// As `adapter_config.json` states it.
     target_modules: Value,
+    /// By checkpoint path (the adapted weight's key without `.weight`).
     modules: BTreeMap<String, Factors>,
 }
 
@@ -269,39 +296,40 @@ impl LoraAdapter {
             let b = Tensor::zeros((out, r), dtype, device)?;
             modules.insert(
                 path.clone(),
-                Factors {
-                    a: Var::from_tensor(&a)?,
-                    b: Var::from_tensor(&b)?,
-                },
+                Factors::new(&a, &b, module_name(layout, path))?,
             );
         }
         Ok(Self {
             config: config.clone(),
             scale: config.scale(),
-            target_modules: target_modules_value(&config.targets, &selected, shapes),
+            target_modules: target_modules_value(&config.targets, &selected, shapes, layout),
             modules,
         })
     }
 
-    /// Reads the adapter in `dir` for a model whose weights have `shapes`; the factors
-    /// become variables in `dtype` on `device`.
-    pub fn load(dir: &Path, shapes: &Shapes, dtype: DType, device: &Device) -> Result<Self> {
+    /// Reads the adapter in `dir` (written for any key layout, by PEFT or by us) for a model
+    /// of `layout` whose weights have `shapes`; the factors become variables in `dtype` on
+    /// `device`, and are saved again under the names transformers gives the modules.
+    pub fn load(
+        dir: &Path,
+        layout: &KeyLayout,
+        shapes: &Shapes,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let file = AdapterFile::read(dir, device)?;
-        file.check_against(shapes, dir)?;
+        let (config, scale, target_modules) =
+            (file.config.clone(), file.scale, file.target_modules.clone());
         let mut modules = BTreeMap::new();
-        for (path, (a, b)) in file.modules {
-            modules.insert(
-                path,
-                Factors {
-                    a: Var::from_tensor(&a.to_dtype(dtype)?)?,
-                    b: Var::from_tensor(&b.to_dtype(dtype)?)?,
-                },
-            );
+        for (path, m) in file.resolve(shapes, dir)? {
+            let (a, b) = (m.a.to_dtype(dtype)?, m.b.to_dtype(dtype)?);
+            let module = module_name(layout, &path);
+            modules.insert(path, Factors::new(&a, &b, module)?);
         }
         Ok(Self {
-            config: file.config,
-            scale: file.scale,
-            target_modules: file.target_modules,
+            config,
+            scale,
+            target_modules,
             modules,
         })
     }
@@ -315,20 +343,26 @@ impl LoraAdapter {
         self.scale
     }
 
-    /// The adapted modules' paths, sorted.
+    /// The adapted modules' checkpoint paths (keys without `.weight`), sorted.
     pub fn module_paths(&self) -> impl Iterator<Item = &str> {
         self.modules.keys().map(String::as_str)
+    }
+
+    /// The name under which the module adapting `{path}.weight` is saved (transformers'
+    /// module path), and its factors' PEFT names.
+    pub fn module_name(&self, path: &str) -> Option<&str> {
+        self.modules.get(path).map(|f| f.module.as_str())
     }
 
     /// Every factor under its PEFT name, sorted by name (the optimizer's order).
     pub fn vars(&self) -> Vec<(String, Var)> {
         let mut out: Vec<(String, Var)> = self
             .modules
-            .iter()
-            .flat_map(|(path, f)| {
+            .values()
+            .flat_map(|f| {
                 [
-                    (peft_key(path, A_SUFFIX), f.a.clone()),
-                    (peft_key(path, B_SUFFIX), f.b.clone()),
+                    (peft_key(&f.module, A_SUFFIX), f.a.clone()),
+                    (peft_key(&f.module, B_SUFFIX), f.b.clone()),
                 ]
             })
             .collect();
@@ -438,278 +472,10 @@ fn kaiming_uniform(
     Ok(Tensor::from_vec(values, (rows, fan_in), device)?)
 }
 
-/// An adapter as read from disk: its settings and, per module path, (A, B).
-struct AdapterFile {
-    config: LoraConfig,
-    scale: f64,
-    target_modules: Value,
-    modules: BTreeMap<String, (Tensor, Tensor)>,
-}
-
-impl AdapterFile {
-    fn read(dir: &Path, device: &Device) -> Result<Self> {
-        let config_path = dir.join(ADAPTER_CONFIG_FILE);
-        let cfg = read_json(&config_path)?;
-        let bad = |msg: String| Error::Config(format!("{}: {msg}", config_path.display()));
-        let peft_type = cfg.get("peft_type").and_then(Value::as_str).unwrap_or("");
-        if peft_type != "LORA" {
-            return Err(bad(format!(
-                "peft_type {peft_type:?}: only LORA adapters are supported"
-            )));
-        }
-        let rank = cfg
-            .get("r")
-            .and_then(Value::as_u64)
-            .filter(|&r| r > 0)
-            .ok_or_else(|| bad("no positive integer r".into()))? as usize;
-        let alpha = cfg
-            .get("lora_alpha")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| bad("no lora_alpha".into()))?;
-        let dropout = cfg
-            .get("lora_dropout")
-            .and_then(Value::as_f64)
-            .unwrap_or(0.0);
-        let flag = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(false);
-        for unsupported in ["use_dora", "fan_in_fan_out"] {
-            if flag(unsupported) {
-                return Err(bad(format!("{unsupported} is not supported")));
-            }
-        }
-        for pattern in ["rank_pattern", "alpha_pattern"] {
-            if cfg
-                .get(pattern)
-                .and_then(Value::as_object)
-                .is_some_and(|m| !m.is_empty())
-            {
-                return Err(bad(format!(
-                    "{pattern} (per-module ranks or alphas) is not supported"
-                )));
-            }
-        }
-        let bias = cfg.get("bias").and_then(Value::as_str).unwrap_or("none");
-        if bias != "none" {
-            return Err(bad(format!(
-                "bias {bias:?}: only adapters without trained biases are supported"
-            )));
-        }
-        if cfg.get("modules_to_save").is_some_and(|v| !v.is_null()) {
-            return Err(bad("modules_to_save is not supported".into()));
-        }
-        // rsLoRA scales by alpha/√r instead of alpha/r.
-        let scale = if flag("use_rslora") {
-            alpha / (rank as f64).sqrt()
-        } else {
-            alpha / rank as f64
-        };
-        let target_modules = cfg.get("target_modules").cloned().unwrap_or(Value::Null);
-        let targets = match &target_modules {
-            Value::Array(a) => a
-                .iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect(),
-            Value::String(s) => vec![s.clone()],
-            _ => Vec::new(),
-        };
-
-        let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
-        if !weights_path.is_file() {
-            return Err(Error::Config(format!(
-                "{}: no adapter weights",
-                weights_path.display()
-            )));
-        }
-        let tensors = candle_core::safetensors::load(&weights_path, device)?;
-        let mut halves: BTreeMap<String, (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
-        for (key, t) in tensors {
-            let unknown = || {
-                Error::Config(format!(
-                    "{}: {key} is not a LoRA factor (expected \
-                     {PEFT_PREFIX}<module>{A_SUFFIX} or {B_SUFFIX})",
-                    weights_path.display()
-                ))
-            };
-            let rest = key.strip_prefix(PEFT_PREFIX).ok_or_else(unknown)?;
-            if let Some(path) = rest.strip_suffix(A_SUFFIX) {
-                halves.entry(path.to_string()).or_default().0 = Some(t);
-            } else if let Some(path) = rest.strip_suffix(B_SUFFIX) {
-                halves.entry(path.to_string()).or_default().1 = Some(t);
-            } else {
-                return Err(unknown());
-            }
-        }
-        let mut modules = BTreeMap::new();
-        for (path, pair) in halves {
-            let (Some(a), Some(b)) = pair else {
-                return Err(Error::Config(format!(
-                    "{}: {path} lacks lora_A or lora_B",
-                    weights_path.display()
-                )));
-            };
-            let ok =
-                matches!((a.dims(), b.dims()), (&[ra, _], &[_, rb]) if ra == rank && rb == rank);
-            if !ok {
-                return Err(Error::Config(format!(
-                    "{}: {path}: lora_A {:?} and lora_B {:?} do not have rank r = {rank}",
-                    weights_path.display(),
-                    a.dims(),
-                    b.dims()
-                )));
-            }
-            modules.insert(path, (a, b));
-        }
-        if modules.is_empty() {
-            return Err(Error::Config(format!(
-                "{}: no LoRA factors",
-                weights_path.display()
-            )));
-        }
-        Ok(Self {
-            config: LoraConfig {
-                rank,
-                alpha,
-                dropout,
-                targets,
-            },
-            scale,
-            target_modules,
-            modules,
-        })
-    }
-
-    /// Every adapted module must be a weight of the base with shape [B's rows, A's columns].
-    fn check_against(&self, shapes: &Shapes, dir: &Path) -> Result<()> {
-        for (path, (a, b)) in &self.modules {
-            let key = format!("{path}.weight");
-            let want = [b.dim(0)?, a.dim(1)?];
-            match shapes.get(&key) {
-                Some(dims) if dims.as_slice() == want.as_slice() => {}
-                Some(dims) => {
-                    return Err(Error::Config(format!(
-                    "adapter {}: {path} adapts a [{}, {}] weight, the model's {key} is {dims:?}",
-                    dir.display(),
-                    want[0],
-                    want[1]
-                )))
-                }
-                None => {
-                    return Err(Error::Config(format!(
-                        "adapter {}: the model has no weight {key} (an adapter for another \
-                         model, or for another key layout?)",
-                        dir.display()
-                    )))
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The weight files of the checkpoint in `dir` (one file or an index's shards), and the
-/// index when there is one.
-fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<PathBuf>)> {
-    let single = dir.join(WEIGHTS_FILE);
-    if single.is_file() {
-        return Ok((vec![single], None));
-    }
-    let index = dir.join(format!("{WEIGHTS_FILE}.index.json"));
-    if !index.is_file() {
-        return Err(Error::Config(format!(
-            "{}: no {WEIGHTS_FILE} and no {WEIGHTS_FILE}.index.json",
-            dir.display()
-        )));
-    }
-    let map = read_json(&index)?;
-    let files: BTreeSet<&str> = map
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .ok_or_else(|| Error::Config(format!("{}: no weight_map", index.display())))?
-        .values()
-        .filter_map(Value::as_str)
-        .collect();
-    Ok((
-        files.into_iter().map(|f| dir.join(f)).collect(),
-        Some(index),
-    ))
-}
-
-fn open_safetensors(path: &Path) -> Result<MmapedSafetensors> {
-    // SAFETY: mapped read-only; as every safetensors reader, we rely on nobody truncating
-    // the file while it is read.
-    unsafe { MmapedSafetensors::new(path) }
-        .map_err(|e| Error::Config(format!("{}: cannot read safetensors: {e}", path.display())))
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MergeSummary {
-    /// Weights the adapter changed.
-    pub modules: usize,
-    /// The weight files written.
-    pub files: Vec<PathBuf>,
-}
-
-/// Writes into `out` the checkpoint `base` with the adapter in `adapter` merged: each
-/// adapted weight becomes W + scale·B·A (in W's dtype), every other tensor is copied, the
-/// weight files keep the base's names and sharding, and the base's configuration and
-/// tokenizer files are copied beside them.
-pub fn merge(base: &Path, adapter: &Path, out: &Path) -> Result<MergeSummary> {
-    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same(out, base) || same(out, adapter) {
-        return Err(Error::Config(format!(
-            "--out {} is the base model's or the adapter's directory; write the merged \
-             model elsewhere",
-            out.display()
-        )));
-    }
-    let file = AdapterFile::read(adapter, &Device::Cpu)?;
-    let (files, index) = weight_files(base)?;
-    let mut shapes = Shapes::new();
-    for path in &files {
-        for (key, view) in open_safetensors(path)?.tensors() {
-            shapes.insert(key, view.shape().to_vec());
-        }
-    }
-    file.check_against(&shapes, adapter)?;
-
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    copy_model_files(base, out)?;
-    let mut written = Vec::with_capacity(files.len());
-    for path in &files {
-        let st = open_safetensors(path)?;
-        let mut tensors = HashMap::new();
-        for (key, _) in st.tensors() {
-            let t = st.load(&key, &Device::Cpu)?;
-            let module = key
-                .strip_suffix(".weight")
-                .and_then(|p| file.modules.get(p));
-            let t = match module {
-                Some((a, b)) => merged_weight(&t, b, a, file.scale)?,
-                None => t,
-            };
-            tensors.insert(key, t);
-        }
-        let name = path.file_name().unwrap_or_default();
-        let to = out.join(name);
-        candle_core::safetensors::save(&tensors, &to)?;
-        written.push(to);
-    }
-    if let Some(index) = index {
-        let to = out.join(index.file_name().unwrap_or_default());
-        std::fs::copy(&index, &to).map_err(|e| Error::io(&to, e))?;
-    }
-    Ok(MergeSummary {
-        modules: file.modules.len(),
-        files: written,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint_io::read_json;
 
     fn hf_layout() -> KeyLayout {
         KeyLayout {
@@ -790,16 +556,20 @@ mod tests {
                 "language_model.model.layers.0.self_attn.v_proj"
             ])
         );
-        // The vision tower's q_proj is a match too, so the config lists full paths.
+        // The vision tower's q_proj is a match too, so the config lists full paths, as
+        // transformers names the modules.
         assert_eq!(
-            target_modules_value(&names(&["q_proj", "v_proj"]), &got, &s),
-            json!(got)
+            target_modules_value(&names(&["q_proj", "v_proj"]), &got, &s, &l),
+            json!([
+                "model.language_model.layers.0.self_attn.q_proj",
+                "model.language_model.layers.0.self_attn.v_proj"
+            ])
         );
         // With the tower trained, PEFT's suffix rule picks exactly what we adapt.
         let got = select_modules(&names(&["q_proj", "v_proj"]), &l, TrainParts::all(), &s)?;
         assert_eq!(got.len(), 3);
         assert_eq!(
-            target_modules_value(&names(&["v_proj", "q_proj"]), &got, &s),
+            target_modules_value(&names(&["v_proj", "q_proj"]), &got, &s, &l),
             json!(["q_proj", "v_proj"])
         );
         let got = select_modules(
@@ -860,9 +630,17 @@ mod tests {
             got,
             names(&["model.layers.0.self_attn.o_proj", "model.mm_projector.2"])
         );
+        // In transformers' model the projector's layer is `linear_2` whatever the checkpoint
+        // calls it, so PEFT's suffix rule picks exactly these.
+        let l = next_layout();
         assert_eq!(
-            target_modules_value(&names(&["linear_2", "o_proj"]), &got, &s),
-            json!(got)
+            target_modules_value(&names(&["linear_2", "o_proj"]), &got, &s, &l),
+            json!(["linear_2", "o_proj"])
+        );
+        // `out_proj` also names the frozen tower's layer, which is not adapted: full names.
+        assert_eq!(
+            target_modules_value(&names(&["o_proj", "out_proj"]), &got[..1], &s, &l),
+            json!(["model.language_model.layers.0.self_attn.o_proj"])
         );
         Ok(())
     }
@@ -898,7 +676,7 @@ mod tests {
         let (x, y, z) = (mk(1)?, mk(1)?, mk(2)?);
         assert_eq!(x.scale(), 2.0);
         let t = |ad: &LoraAdapter, suffix: &str| {
-            ad.tensors()[&peft_key("language_model.model.layers.0.mlp.up_proj", suffix)].clone()
+            ad.tensors()[&peft_key("model.language_model.layers.0.mlp.up_proj", suffix)].clone()
         };
         let a = t(&x, A_SUFFIX);
         assert_eq!(a.dims(), &[2, 8]);
@@ -930,9 +708,13 @@ mod tests {
         assert_eq!(json["peft_type"], json!("LORA"));
         assert_eq!(
             json["target_modules"],
-            json!(["language_model.model.layers.0.self_attn.q_proj"])
+            json!(["model.language_model.layers.0.self_attn.q_proj"])
         );
-        let back = LoraAdapter::load(&dir, &s, DType::F32, &Device::Cpu)?;
+        assert_eq!(
+            ad.module_name("language_model.model.layers.0.self_attn.q_proj"),
+            Some("model.language_model.layers.0.self_attn.q_proj")
+        );
+        let back = LoraAdapter::load(&dir, &l, &s, DType::F32, &Device::Cpu)?;
         assert_eq!(back.scale(), 1.5);
         assert_eq!(
             back.module_paths().collect::<Vec<_>>(),
@@ -944,7 +726,7 @@ mod tests {
             "language_model.model.layers.0.self_attn.q_proj.weight".into(),
             vec![8, 9],
         );
-        let msg = LoraAdapter::load(&dir, &other, DType::F32, &Device::Cpu)
+        let msg = LoraAdapter::load(&dir, &l, &other, DType::F32, &Device::Cpu)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
