@@ -450,7 +450,11 @@ fn engine_cli_on_exports_of_real_geometry() {
             "engine logprob {}: ORT fp32 {lo:.5}, candle {lc:.5}, transformers {:.5}",
             case.name, case.completion_logprob
         );
-        assert!((lo - lc).abs() <= 1e-4, "{}: ORT vs candle {}", case.name, (lo - lc).abs());
+        // The record holds a sum of k token log-probs, each within LOGPROB_TOL (checked row by
+        // row in the family tests): the sums are within k of them.
+        let k = (case.seq_len - case.prompt_len) as f64;
+        let bound = k * LOGPROB_TOL as f64;
+        assert!((lo - lc).abs() <= bound, "{}: ORT vs candle {} > {bound}", case.name, (lo - lc).abs());
         assert!((lo - case.completion_logprob).abs() <= COMPLETION_TOL, "{}", case.name);
         assert!((lc - case.completion_logprob).abs() <= COMPLETION_TOL, "{}", case.name);
         assert_eq!(o["prompt_tokens"], json!(case.prompt_len));

@@ -414,7 +414,13 @@ pub fn head_log_probs(
     };
     let logits = e.linear(&name, cfg.hidden_size, cfg.vocab_size, false, hidden)?;
     let logits = e.widen(&logits)?;
-    let out = e.op("LogSoftmax", &[&logits], &[("axis", Attr::Int(-1))])?;
+    // The normaliser in f64: ONNX Runtime's f32 LogSoftmax sums the 151k exponentials one by
+    // one, and on the conformance checkpoints every row came out shifted by up to 1.3e-4
+    // (transformers' f32: 1e-5). Summed in f64 the rows are within 1e-5; the cast costs a few
+    // ms at the 10 rows a judgement reads.
+    let wide = e.graph().cast(&logits, DataType::Double)?;
+    let out = e.op("LogSoftmax", &[&wide], &[("axis", Attr::Int(-1))])?;
+    let out = e.graph().cast(&out, DataType::Float)?;
     e.graph().set_scope("");
     Ok(out)
 }
