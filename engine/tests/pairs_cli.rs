@@ -12,7 +12,7 @@ use unireward_models::config::LlavaConfig;
 use unireward_models::judge::pair_record::{PairRecord, Turns};
 use unireward_models::preprocess::image::to_rgb;
 use unireward_models::preprocess::resize::resize_pillow;
-use unireward_models::preprocess::{load_image, Filter};
+use unireward_models::preprocess::{load_image, Filter, VideoSource};
 use unireward_tests::{golden_cases_dir, golden_model_dir};
 
 fn engine() -> Command {
@@ -93,6 +93,38 @@ fn resized_loading_is_pillow_bicubic_then_the_processor() -> Result<()> {
     // Without a size nothing changes.
     let plain = loader.load_resized(&req, &dir, None)?;
     assert_eq!(plain.images[0].original_size, (rgb.height(), rgb.width()));
+    Ok(())
+}
+
+#[test]
+fn resized_loading_resizes_video_frames_too() -> Result<()> {
+    let dir = scratch("frames")?;
+    let model = golden_model_dir()?;
+    let cfg = LlavaConfig::from_file(&model.join("config.json"))?;
+    let loader = MediaLoader::from_model_dir(&model, &cfg, 8)?;
+    let frames: Vec<PathBuf> = ["frame0.png", "frame1.png", "frame2.png"]
+        .iter()
+        .map(|f| img(f).map(PathBuf::from))
+        .collect::<Result<_>>()?;
+    let mut by_hand = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let rgb = to_rgb(&load_image(f)?, Default::default());
+        let path = dir.join(format!("f{i}.png"));
+        resize_pillow(&rgb, 512, 512, Filter::Bicubic)?.save(&path)?;
+        by_hand.push(path);
+    }
+    let video = |fs: Vec<PathBuf>| MediaRequest {
+        images: vec![],
+        videos: vec![VideoSource::FrameFiles(fs)],
+    };
+    let resized = loader.load_resized(&video(frames.clone()), &dir, Some((512, 512)))?;
+    let expected = loader.load(&video(by_hand), &dir)?;
+    let untouched = loader.load(&video(frames), &dir)?;
+    let max_diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| -> Result<f32> {
+        Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
+    };
+    assert_eq!(max_diff(&resized.videos[0], &expected.videos[0])?, 0.0);
+    assert!(max_diff(&resized.videos[0], &untouched.videos[0])? > 0.0);
     Ok(())
 }
 
