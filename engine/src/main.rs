@@ -18,7 +18,7 @@ use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
 use unireward_engine::logprob::LogprobJob;
 use unireward_engine::media::MediaLoader;
 use unireward_engine::pairs::job::PairsJob;
-use unireward_engine::pairs::{PairOptions, RankingMode};
+use unireward_engine::pairs::{PairFormat, PairOptions, RankingMode, Recipe};
 use unireward_engine::pipeline::RunSummary;
 use unireward_engine::score::ScoreJob;
 use unireward_models::judge::{ChatTemplate, Family, PromptTemplate};
@@ -159,6 +159,14 @@ enum Command {
         /// Judge each pair in both orders and average (position bias).
         #[arg(long)]
         swap: bool,
+        /// sift: prompts, resizing and score ranges of the reference's DPO-data scripts;
+        /// inference: those of the inference scripts (as `engine score`).
+        #[arg(long, default_value = "sift")]
+        recipe: Recipe,
+        /// Understanding tasks' lines: llava (prompt, chosen, rejected as strings) or trl
+        /// (TRL's conversational vision preference layout).
+        #[arg(long, default_value = "llava")]
+        format: PairFormat,
         #[arg(long)]
         resume: bool,
     },
@@ -301,6 +309,8 @@ fn run() -> Result<RunSummary> {
             out,
             ranking,
             swap,
+            recipe,
+            format,
             resume,
         } => {
             let l = load(&model)?;
@@ -308,7 +318,12 @@ fn run() -> Result<RunSummary> {
             let job = PairsJob {
                 judge: &j,
                 media: &l.media,
-                options: PairOptions { ranking, swap },
+                options: PairOptions {
+                    ranking,
+                    swap,
+                    recipe,
+                    format,
+                },
             };
             Ok(job.run(&input, &out, resume)?)
         }

@@ -7,9 +7,11 @@ use candle_core::Tensor;
 use serde_json::Value;
 use unireward_models::config::LlavaConfig;
 use unireward_models::pack::{pack_image, pack_video};
+use unireward_models::preprocess::image::to_rgb;
+use unireward_models::preprocess::resize::resize_pillow;
 use unireward_models::preprocess::{
-    load_image, AnyresGeometry, FrameLoader, ImageProcessor, ImageProcessorConfig, ProcessedImage,
-    VideoProcessor, VideoProcessorConfig, VideoSource,
+    load_image, AnyresGeometry, Filter, FrameLoader, ImageProcessor, ImageProcessorConfig,
+    ProcessedImage, VideoProcessor, VideoProcessorConfig, VideoSource,
 };
 use unireward_models::MediaFeatures;
 
@@ -125,6 +127,23 @@ impl MediaLoader {
 
     /// Relative paths are taken from `base` (the request file's directory).
     pub fn load(&self, req: &MediaRequest, base: &Path) -> Result<PreparedMedia> {
+        self.load_resized(req, base, None)
+    }
+
+    /// [`Self::load`], each image and video frame first resized to `size` (width, height) as
+    /// Pillow's `Image.resize` does by default (bicubic), as the DPO-data scripts do.
+    pub fn load_resized(
+        &self,
+        req: &MediaRequest,
+        base: &Path,
+        size: Option<(u32, u32)>,
+    ) -> Result<PreparedMedia> {
+        let resize = |rgb| -> Result<_> {
+            Ok(match size {
+                Some((w, h)) => resize_pillow(&rgb, w, h, Filter::Bicubic)?,
+                None => rgb,
+            })
+        };
         let resolve = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -135,7 +154,16 @@ impl MediaLoader {
         let images = req
             .images
             .iter()
-            .map(|p| Ok(self.images.preprocess(&load_image(resolve(p))?)?))
+            .map(|p| {
+                let image = load_image(resolve(p))?;
+                Ok(match size {
+                    Some(_) => {
+                        let rgb = to_rgb(&image, self.images.config.alpha);
+                        self.images.preprocess_rgb(&resize(rgb)?)?
+                    }
+                    None => self.images.preprocess(&image)?,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         let videos = req
             .videos
@@ -149,7 +177,12 @@ impl MediaLoader {
                         VideoSource::FrameFiles(fs.iter().map(|p| resolve(p)).collect())
                     }
                 };
-                let frames = self.frames.load(&source)?;
+                let frames = self
+                    .frames
+                    .load(&source)?
+                    .into_iter()
+                    .map(resize)
+                    .collect::<Result<Vec<_>>>()?;
                 Ok(self.videos.preprocess(&frames)?)
             })
             .collect::<Result<Vec<_>>>()?;

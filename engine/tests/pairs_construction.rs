@@ -64,6 +64,7 @@ fn disjoint() -> PairOptions {
     PairOptions {
         ranking: RankingMode::Disjoint,
         swap: false,
+        ..PairOptions::default()
     }
 }
 
@@ -206,6 +207,7 @@ fn fewer_than_two_candidates_is_dropped_without_judging() {
                 PairOptions {
                     ranking,
                     swap: true,
+                    ..PairOptions::default()
                 },
             )
             .unwrap();
@@ -229,6 +231,7 @@ fn round_robin_recovers_a_known_strength_order() {
     let options = PairOptions {
         ranking: RankingMode::RoundRobin,
         swap: false,
+        ..PairOptions::default()
     };
     let built = construct(&mut judge, 10, options).unwrap();
     assert_eq!(judge.compared.len(), 45);
@@ -272,6 +275,7 @@ fn round_robin_with_odd_n_leaves_the_middle_unranked() {
     let options = PairOptions {
         ranking: RankingMode::RoundRobin,
         swap: false,
+        ..PairOptions::default()
     };
     let built = construct(&mut judge, 5, options).unwrap();
     assert_eq!(built.ranking.chosen, vec![1, 3]);
@@ -308,6 +312,7 @@ fn swap_averaging_cancels_a_position_bias() {
     let options = PairOptions {
         ranking: RankingMode::RoundRobin,
         swap: true,
+        ..PairOptions::default()
     };
     let built = construct(&mut judge, 4, options).unwrap();
     assert_eq!(judge.compared.len(), 12);

@@ -2,9 +2,8 @@
 //! digits (point) are scored as continuations of one prompt pass.
 
 use candle_core::Tensor;
-use unireward_models::judge::{
-    pair_probs, pair_verdicts, point_score, verdict_lead, Mode, Task, Verdict,
-};
+use unireward_models::judge::sift_templates::AnswerForm;
+use unireward_models::judge::{pair_probs, pair_verdicts, point_score, Mode, Task, Verdict};
 
 use super::{Judge, Outcome};
 use crate::backend::Continuation;
@@ -21,14 +20,20 @@ enum PlanKind {
     Point(Vec<u32>),
 }
 
-pub fn plan(judge: &Judge, task: Task, mode: Mode, prompt_text: &str) -> Result<Plan> {
+pub fn plan(
+    judge: &Judge,
+    task: Task,
+    mode: Mode,
+    form: &AnswerForm,
+    prompt_text: &str,
+) -> Result<Plan> {
     match mode {
         Mode::Pair => {
             let verdicts = pair_verdicts(judge.style.family, task);
             let continuations = verdicts
                 .iter()
                 .map(|v| {
-                    let text = format!("{}{}", verdict_lead(task), v.text);
+                    let text = format!("{}{}", form.verdict_lead, v.text);
                     judge.continuation_tokens(prompt_text, &text)
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -38,7 +43,7 @@ pub fn plan(judge: &Judge, task: Task, mode: Mode, prompt_text: &str) -> Result<
             })
         }
         Mode::Point => {
-            let scores: Vec<u32> = task.score_range().values().collect();
+            let scores: Vec<u32> = form.score_range.values().collect();
             let continuations = scores
                 .iter()
                 .map(|s| judge.continuation_tokens(prompt_text, &s.to_string()))

@@ -7,8 +7,9 @@ pub mod request;
 
 use candle_core::Tensor;
 use serde_json::{json, Value};
+use unireward_models::judge::sift_templates::AnswerForm;
 use unireward_models::judge::{
-    answer_prefix, ChatTemplate, Family, Media, Mode, PairProbs, PointScore, PromptTemplate, Task,
+    ChatTemplate, Family, Media, Mode, PairProbs, PointScore, PromptTemplate, Task,
 };
 use unireward_models::tokenize::PromptTokenizer;
 use unireward_models::MediaFeatures;
@@ -127,6 +128,22 @@ impl<'a> Judge<'a> {
             Some(t) => t.clone(),
             None => PromptTemplate::builtin(self.style.family, task, mode),
         };
+        let form = AnswerForm::inference(task, mode);
+        self.prompt_text_with(&template, &form, task, mode, prompt, answers, media)
+    }
+
+    /// [`Self::prompt_text`] with a given template, whose answer is to look like `form`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prompt_text_with(
+        &self,
+        template: &PromptTemplate,
+        form: &AnswerForm,
+        task: Task,
+        mode: Mode,
+        prompt: &str,
+        answers: &[String],
+        media: Media,
+    ) -> Result<String> {
         let needed = task.answers_needed(mode);
         if answers.len() != needed {
             return Err(EngineError::Invalid(format!(
@@ -137,7 +154,7 @@ impl<'a> Judge<'a> {
         let user = template.render(prompt, answers, media)?;
         let mut text = self.style.chat.render(&user)?;
         if self.mode == JudgeMode::Fast {
-            text.push_str(answer_prefix(task, mode));
+            text.push_str(form.answer_prefix);
         }
         Ok(text)
     }
@@ -150,10 +167,23 @@ impl<'a> Judge<'a> {
         prompt_text: &str,
         media: &MediaFeatures,
     ) -> Result<Outcome> {
+        let form = AnswerForm::inference(task, mode);
+        self.judge_with(&form, task, mode, prompt_text, media)
+    }
+
+    /// [`Self::judge`] of a prompt whose answer is to look like `form`.
+    pub fn judge_with(
+        &self,
+        form: &AnswerForm,
+        task: Task,
+        mode: Mode,
+        prompt_text: &str,
+        media: &MediaFeatures,
+    ) -> Result<Outcome> {
         let embeds = self.embed_prompt(prompt_text, media)?;
         match self.mode {
             JudgeMode::Fast => {
-                let plan = fast::plan(self, task, mode, prompt_text)?;
+                let plan = fast::plan(self, task, mode, form, prompt_text)?;
                 let scored = self.backend.continuations(&embeds, &plan.continuations)?;
                 fast::reduce(self, &plan, &scored)
             }
@@ -176,7 +206,8 @@ impl<'a> Judge<'a> {
             let prepared = self
                 .embed_prompt(&it.prompt_text, it.media)
                 .and_then(|embeds| {
-                    let plan = fast::plan(self, it.task, it.mode, &it.prompt_text)?;
+                    let form = AnswerForm::inference(it.task, it.mode);
+                    let plan = fast::plan(self, it.task, it.mode, &form, &it.prompt_text)?;
                     Ok((embeds, plan))
                 });
             match prepared {

@@ -73,23 +73,36 @@ impl ScoreRequest {
                 "{} {} judges {judged} video(s); the request has {videos} video(s), {images} image(s)",
                 self.task, self.mode
             )),
-            Task::ImageUnderstanding if images == 0 || videos != 0 => Err(format!(
-                "{} asks about images; the request has {images} image(s), {videos} video(s)",
-                self.task
-            )),
-            Task::VideoUnderstanding if videos != 1 || images != 0 => Err(format!(
-                "{} asks about one video; the request has {videos} video(s), {images} image(s)",
-                self.task
-            )),
-            _ if self.answers.len() != self.task.answers_needed(self.mode) => Err(format!(
-                "{} {} judges {} answer(s); the request has {}",
-                self.task,
-                self.mode,
-                self.task.answers_needed(self.mode),
-                self.answers.len()
-            )),
-            _ => Ok(()),
+            _ => {
+                check_question_media(self.task, &self.media)?;
+                let needed = self.task.answers_needed(self.mode);
+                if self.answers.len() != needed {
+                    return Err(format!(
+                        "{} {} judges {needed} answer(s); the request has {}",
+                        self.task,
+                        self.mode,
+                        self.answers.len()
+                    ));
+                }
+                Ok(())
+            }
         }
+    }
+}
+
+/// The media an understanding task's question is about: images for image understanding, one
+/// video for video understanding; without them the answers would be judged blind. Generation
+/// tasks judge their media and ask about none.
+pub fn check_question_media(task: Task, media: &MediaRequest) -> Result<(), String> {
+    let (images, videos) = (media.images.len(), media.videos.len());
+    match task {
+        Task::ImageUnderstanding if images == 0 || videos != 0 => Err(format!(
+            "{task} asks about images; the request has {images} image(s), {videos} video(s)"
+        )),
+        Task::VideoUnderstanding if videos != 1 || images != 0 => Err(format!(
+            "{task} asks about one video; the request has {videos} video(s), {images} image(s)"
+        )),
+        _ => Ok(()),
     }
 }
 

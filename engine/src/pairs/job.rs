@@ -1,22 +1,27 @@
 //! `engine pairs`: reads prompts with their candidates, builds each prompt's preference pair
-//! with the model as judge, and writes lines that `trainer dpo` and TRL read.
+//! with the model as judge, and writes lines that `trainer dpo` and (with `--format trl`) TRL
+//! read.
 //!
 //! Each candidate image or video is encoded once per prompt and its features reused by every
-//! pair and point prompt it appears in.
+//! pair and point prompt it appears in. With the default recipe the prompts, resizing and score
+//! ranges are those of the reference's DPO-data scripts (`unireward_models::judge::sift_templates`).
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 use serde_json::{json, Value};
-use unireward_models::judge::{Media, Mode, Task};
+use unireward_models::judge::pair_record::{PairRecord, Paths, Turns};
+use unireward_models::judge::sift_templates::{sift_prompt, sift_resize, AnswerForm};
+use unireward_models::judge::{Family, Media, Mode, PromptTemplate, Task};
 use unireward_models::preprocess::VideoSource;
 use unireward_models::MediaFeatures;
 
-use super::{construct, InvalidJudgement, Judgement, PairJudge, PairOptions};
+use super::{construct, InvalidJudgement, Judgement, PairFormat, PairJudge, PairOptions, Recipe};
 use crate::error::{EngineError, Result};
-use crate::judge::{Judge, Outcome};
+use crate::judge::request::check_question_media;
+use crate::judge::{Judge, Outcome, PromptStyle};
 use crate::media::{encode_media, MediaLoader, MediaRequest, PreparedMedia};
-use crate::pipeline::{answer_each, run_media_pipeline, RunSummary};
+use crate::pipeline::{answer_each, run_pipeline, RunSummary};
 
 impl From<InvalidJudgement> for EngineError {
     fn from(e: InvalidJudgement) -> Self {
@@ -69,6 +74,7 @@ impl PairsRequest {
                 "{task} judges its candidates; the prompt carries no media"
             ));
         }
+        check_question_media(task, &media)?;
         Ok(Self {
             task,
             prompt,
@@ -101,14 +107,28 @@ pub struct PairsJob<'a> {
 
 impl PairsJob<'_> {
     pub fn run(&self, input: &Path, out: &Path, resume: bool) -> Result<RunSummary> {
-        run_media_pipeline(
+        if self.options.recipe == Recipe::Sift && self.judge.style.family != Family::Llava {
+            return Err(EngineError::Invalid(format!(
+                "the DPO-data scripts (--recipe sift) judge with the LLaVA family's prompts; \
+                 with --template-family {} use --recipe inference",
+                self.judge.style.family
+            )));
+        }
+        let base = input.parent().unwrap_or(Path::new(".")).to_path_buf();
+        run_pipeline(
             input,
             out,
             resume,
-            self.media,
             |v: &Value| {
                 let req = PairsRequest::parse(v)?;
-                let media = req.media_to_load();
+                let size = match self.options.recipe {
+                    Recipe::Sift => sift_resize(req.task),
+                    Recipe::Inference => None,
+                };
+                let media = self
+                    .media
+                    .load_resized(&req.media_to_load(), &base, size)
+                    .map_err(|e| e.to_string())?;
                 Ok((req, media))
             },
             |batch| answer_each(batch, |req, media| self.pair(req, media)),
@@ -122,30 +142,55 @@ impl PairsJob<'_> {
             judge: self.judge,
             req,
             features,
+            recipe: self.options.recipe,
         };
         let built = construct(&mut judge, req.candidates.len(), self.options)?;
+        let unranked = built.ranking.unranked.clone();
         let pair = match built.outcome() {
             Ok(p) => p,
             Err(dropped) => {
-                return Ok(json!({"prompt": req.prompt, "dropped": dropped.to_string()}))
+                let mut out = json!({"prompt": req.prompt, "dropped": dropped.to_string()});
+                if !unranked.is_empty() {
+                    out["unranked"] = json!(unranked);
+                }
+                return Ok(out);
             }
         };
-        let mut out = json!({
-            "prompt": req.prompt,
-            "chosen": req.candidates[pair.chosen],
-            "rejected": req.candidates[pair.rejected],
-            "chosen_score": pair.chosen_score,
-            "rejected_score": pair.rejected_score,
-        });
-        if !req.task.is_generation() {
-            if !req.media.images.is_empty() {
-                out["images"] = json!(req.media.images);
-            }
-            if let Some(v) = req.media.videos.first() {
-                out["video"] = json!(video_path(v));
-            }
-        }
-        Ok(out)
+        let (chosen, rejected) = (&req.candidates[pair.chosen], &req.candidates[pair.rejected]);
+        // Only understanding prompts carry media (parsing refuses them on generation prompts).
+        let (images, videos) = (req.media.images.len(), req.media.videos.len());
+        let (prompt, chosen, rejected) = match (self.options.format, req.task.is_generation()) {
+            (PairFormat::Trl, false) => (
+                Turns::user(&req.prompt, images, videos),
+                Turns::assistant(chosen),
+                Turns::assistant(rejected),
+            ),
+            _ => (
+                Turns::Text(req.prompt.clone()),
+                Turns::Text(chosen.clone()),
+                Turns::Text(rejected.clone()),
+            ),
+        };
+        let record = PairRecord {
+            prompt,
+            chosen,
+            rejected,
+            chosen_score: Some(pair.chosen_score),
+            rejected_score: Some(pair.rejected_score),
+            images: (images > 0).then(|| {
+                Paths::Many(
+                    req.media
+                        .images
+                        .iter()
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .collect(),
+                )
+            }),
+            video: req.media.videos.first().map(video_path),
+            unranked,
+        };
+        serde_json::to_value(&record)
+            .map_err(|e| EngineError::Invalid(format!("writing the pair: {e}")))
     }
 }
 
@@ -156,12 +201,34 @@ fn video_path(v: &VideoSource) -> Value {
     }
 }
 
+/// The prompt `recipe` judges `task` in `mode` with, and the answer it asks for; a
+/// `--template` replaces the prompt's text only.
+pub fn recipe_prompt(
+    recipe: Recipe,
+    style: &PromptStyle,
+    task: Task,
+    mode: Mode,
+) -> (PromptTemplate, AnswerForm) {
+    let (template, form) = match recipe {
+        Recipe::Sift => {
+            let p = sift_prompt(task, mode);
+            (p.template, p.form)
+        }
+        Recipe::Inference => (
+            PromptTemplate::builtin(style.family, task, mode),
+            AnswerForm::inference(task, mode),
+        ),
+    };
+    (style.user_template.clone().unwrap_or(template), form)
+}
+
 /// The model as pair construction's judge, over one prompt's encoded media.
 struct ModelJudge<'a> {
     judge: &'a Judge<'a>,
     req: &'a PairsRequest,
     /// Candidates' features (generation) or the question's (understanding).
     features: MediaFeatures,
+    recipe: Recipe,
 }
 
 impl ModelJudge<'_> {
@@ -202,10 +269,18 @@ impl ModelJudge<'_> {
 
     fn outcome(&self, mode: Mode, shown: &[usize]) -> Result<Outcome> {
         let (features, marks, answers) = self.inputs(shown);
-        let text =
-            self.judge
-                .prompt_text(self.req.task, mode, &self.req.prompt, &answers, marks)?;
-        self.judge.judge(self.req.task, mode, &text, &features)
+        let task = self.req.task;
+        let (template, form) = recipe_prompt(self.recipe, &self.judge.style, task, mode);
+        let text = self.judge.prompt_text_with(
+            &template,
+            &form,
+            task,
+            mode,
+            &self.req.prompt,
+            &answers,
+            marks,
+        )?;
+        self.judge.judge_with(&form, task, mode, &text, &features)
     }
 }
 
@@ -226,5 +301,83 @@ impl PairJudge for ModelJudge<'_> {
                 Err(EngineError::Invalid("a point prompt gave a verdict".into()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unireward_models::judge::ScoreRange;
+
+    fn user_turn(recipe: Recipe, task: Task, mode: Mode, media: Media) -> (String, AnswerForm) {
+        let (template, form) = recipe_prompt(recipe, &PromptStyle::default(), task, mode);
+        let answers: &[&str] = match (task.is_generation(), mode) {
+            (true, _) => &[],
+            (false, Mode::Pair) => &["a", "b"],
+            (false, Mode::Point) => &["a"],
+        };
+        (template.render("q", answers, media).unwrap(), form)
+    }
+
+    #[test]
+    fn sift_is_the_default_recipe_and_asks_as_the_scripts() {
+        assert_eq!(PairOptions::default().recipe, Recipe::Sift);
+        let (sift, form) = user_turn(
+            Recipe::Sift,
+            Task::ImageGeneration,
+            Mode::Point,
+            Media::Images(1),
+        );
+        assert!(sift.contains("assign a score from 1 to 10 after 'Final Score:'"));
+        assert_eq!(form.score_range, ScoreRange { min: 1, max: 10 });
+        let (inference, form) = user_turn(
+            Recipe::Inference,
+            Task::ImageGeneration,
+            Mode::Point,
+            Media::Images(1),
+        );
+        assert!(inference.contains("assign a score from 1 to 5 after 'Final Score:'"));
+        assert_eq!(form.score_range, ScoreRange { min: 1, max: 5 });
+
+        let (sift, form) = user_turn(
+            Recipe::Sift,
+            Task::ImageUnderstanding,
+            Mode::Pair,
+            Media::Images(1),
+        );
+        assert!(sift.starts_with("<image>\nYou are a highly capable multimodal AI assistant"));
+        assert_eq!(form.answer_prefix, "Overall Judgment:");
+    }
+
+    #[test]
+    fn a_template_file_replaces_the_text_but_not_the_answer_form() {
+        let style = PromptStyle {
+            user_template: Some(PromptTemplate::parse("mine", "Rate {caption}.").unwrap()),
+            ..PromptStyle::default()
+        };
+        let (template, form) =
+            recipe_prompt(Recipe::Sift, &style, Task::ImageGeneration, Mode::Point);
+        assert_eq!(template.source(), "mine");
+        assert_eq!(form.score_range, ScoreRange { min: 1, max: 10 });
+    }
+
+    #[test]
+    fn understanding_pairs_need_the_question_media_as_score_requests_do() {
+        let blind = json!({"task": "image_understanding", "prompt": "What is it?",
+                           "candidates": ["a", "b"]});
+        let pairs_err = PairsRequest::parse(&blind).err().unwrap();
+        let score = json!({"task": "image_understanding", "mode": "pair", "prompt": "What is it?",
+                           "answers": ["a", "b"]});
+        let score_err = crate::judge::ScoreRequest::parse(&score).unwrap_err();
+        assert_eq!(pairs_err, score_err);
+        let video_blind = json!({"task": "video_understanding", "prompt": "What happens?",
+                                 "images": ["a.png"], "candidates": ["a", "b"]});
+        assert!(PairsRequest::parse(&video_blind)
+            .err()
+            .unwrap()
+            .contains("asks about one video"));
+        let seen = json!({"task": "image_understanding", "prompt": "What is it?",
+                          "images": ["a.png"], "candidates": ["a", "b"]});
+        assert!(PairsRequest::parse(&seen).is_ok());
     }
 }

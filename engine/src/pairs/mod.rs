@@ -11,6 +11,19 @@
 //!    chosen_score <= rejected_score.
 //!
 //! The judge is behind [`PairJudge`], so that the construction can be driven by a script.
+//!
+//! Candidates in neither list ([`Ranking::unranked`]) are named in the output record
+//! (`"unranked"`): with disjoint pairs and an odd count, the last one, which is never judged
+//! (the reference always has ten candidates, so it never has one); with round robin, the
+//! middle one.
+//!
+//! `engine pairs` prompts as the reference's DPO-data scripts do by default ([`Recipe::Sift`]):
+//! their prompt texts, their score ranges (1 to 10 for image generation points) and their
+//! resizing (image-generation candidates and video-understanding frames to 512x512 before
+//! judging). Where it differs from them on purpose: scores are compared as numbers (the
+//! scripts compare the matched strings, so "9" beats "10"), an unreadable verdict or score is
+//! an error (the scripts take the first candidate or a score of 0), and a video's markers are
+//! one per frame it gives (the scripts write eight).
 
 pub mod bradley_terry;
 pub mod job;
@@ -86,11 +99,82 @@ impl fmt::Display for RankingMode {
     }
 }
 
+/// Which reference scripts the judge's prompts, resizing and score ranges follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recipe {
+    /// The DPO-data scripts (`DiffusionDPO/sift_dpo_data.py`, `VideoDPO/sift_dpo_data.py`,
+    /// `preference_data_construction/*/infer+sift.py`): what the reference builds its DPO data
+    /// with. They exist for the LLaVA family only.
+    #[default]
+    Sift,
+    /// The inference scripts, as `engine score` prompts (the only prompts of the Qwen family).
+    Inference,
+}
+
+impl FromStr for Recipe {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sift" => Ok(Recipe::Sift),
+            "inference" => Ok(Recipe::Inference),
+            _ => Err(format!("unknown recipe {s:?}; expected sift or inference")),
+        }
+    }
+}
+
+impl fmt::Display for Recipe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Recipe::Sift => "sift",
+            Recipe::Inference => "inference",
+        })
+    }
+}
+
+/// The layout of an understanding task's pair lines (generation tasks' chosen and rejected are
+/// media paths, for diffusion DPO, and always plain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PairFormat {
+    /// Strings, as the reference's (LLaVA) DPO training reads them.
+    #[default]
+    Llava,
+    /// TRL's conversational preference layout with `{"type": "image"}` items, which TRL's
+    /// `DPOTrainer` takes for a vision model.
+    Trl,
+}
+
+impl FromStr for PairFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "llava" => Ok(PairFormat::Llava),
+            "trl" => Ok(PairFormat::Trl),
+            _ => Err(format!("unknown format {s:?}; expected llava or trl")),
+        }
+    }
+}
+
+impl fmt::Display for PairFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PairFormat::Llava => "llava",
+            PairFormat::Trl => "trl",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PairOptions {
     pub ranking: RankingMode,
     /// Judge each pair in both orders and average, against position bias.
     pub swap: bool,
+    /// Prompts, resizing and score ranges (`engine pairs` only; [`construct`] takes the judge
+    /// as given).
+    pub recipe: Recipe,
+    /// How `engine pairs` writes its lines.
+    pub format: PairFormat,
 }
 
 /// Everything pair construction found for one prompt.

@@ -5,6 +5,8 @@
 //! verdict check falls through to "the first is chosen". With an odd number of candidates the
 //! last one has no partner in disjoint pairs and is neither chosen nor rejected (the reference
 //! always has ten); it is then not scored in sifting either, which scores only the two lists.
+//! It is left out rather than paired again, because a second comparison of an already judged
+//! candidate would weigh that one twice; [`Ranking::unranked`] names it, and so does the record.
 
 use super::bradley_terry::{self, BtFit, BtOptions};
 use super::{InvalidJudgement, Judgement, PairJudge, PairProbs, Verdict};

@@ -97,12 +97,21 @@ pub enum Media {
 }
 
 impl Media {
+    /// The marker lines, `separator` before the second half: the second candidate's markers
+    /// in a pair of judged media, which some scripts write after a space.
     fn markers(self, separator: &str) -> String {
         let (marker, n) = match self {
             Media::Images(n) => ("<image>\n", n),
             Media::Videos(n) => ("<video>\n", n),
         };
-        vec![marker; n].join(separator)
+        if n < 2 {
+            return marker.repeat(n);
+        }
+        format!(
+            "{}{separator}{}",
+            marker.repeat(n / 2),
+            marker.repeat(n - n / 2)
+        )
     }
 }
 
@@ -540,6 +549,19 @@ impl PromptTemplate {
             source: Cow::Borrowed(b.source),
             text: Cow::Borrowed(b.text),
             marker_separator: b.marker_separator,
+        }
+    }
+
+    /// A reference script's prompt kept outside this file (`sift_templates`).
+    pub(crate) fn reference(
+        source: &'static str,
+        text: &'static str,
+        marker_separator: &'static str,
+    ) -> Self {
+        PromptTemplate {
+            source: Cow::Borrowed(source),
+            text: Cow::Borrowed(text),
+            marker_separator,
         }
     }
 

@@ -1,6 +1,8 @@
-//! Preference pairs for DPO: the `engine pairs` output and the UnifiedReward / LLaVA DPO
-//! format, `{"id", "prompt", "chosen", "rejected", "image": path | "images": [paths],
-//! "video"?}` (`"videos"` also read).
+//! Preference pairs for DPO: the `engine pairs` output, read through its record type
+//! ([`PairRecord`]) in either layout: plain, as the UnifiedReward / LLaVA DPO format
+//! `{"id", "prompt", "chosen", "rejected", "image": path | "images": [paths], "video"?}`
+//! (`"videos"` also read), or TRL's conversational one (`prompt`, `chosen`, `rejected` as
+//! messages, `{"type": "image"}` items standing for `images`).
 //!
 //! As the reference DPO code (LLaVA-NeXT `train_dpo.py`) does, the prompt's media markers are
 //! removed and put back as one marker line per medium before the text; the prompt is then
@@ -8,8 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use unireward_engine::media::{MediaRequest, PreparedMedia};
+use unireward_models::judge::pair_record::{PairRecord, Paths};
 use unireward_models::judge::ChatTemplate;
 use unireward_models::tokenize::{IMAGE_MARKER, VIDEO_MARKER};
 
@@ -30,24 +33,25 @@ pub struct DpoRecord {
 
 impl DpoRecord {
     pub fn parse(v: &Value, position: usize) -> std::result::Result<Self, String> {
-        let text = |k: &str| -> std::result::Result<String, String> {
-            v.get(k)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| format!("missing string field {k:?}"))
-        };
-        let images_key = if v.get("images").is_some() {
-            "images"
-        } else {
-            "image"
-        };
-        let video_key = if v.get("videos").is_some() {
-            "videos"
-        } else {
-            "video"
-        };
-        let media = MediaRequest::parse(v, images_key, video_key)?;
-        let bare = text("prompt")?
+        let rec: PairRecord = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+        let media = MediaRequest::parse(
+            &json!({"images": rec.images.as_ref().map(Paths::to_vec), "videos": rec.video}),
+            "images",
+            "videos",
+        )?;
+        if let Some((images, videos)) = rec.prompt.media_items() {
+            if (images, videos) != (media.images.len(), media.videos.len()) {
+                return Err(format!(
+                    "the prompt shows {images} image(s) and {videos} video(s), the record has \
+                     {} image(s) and {} video(s)",
+                    media.images.len(),
+                    media.videos.len()
+                ));
+            }
+        }
+        let bare = rec
+            .prompt
+            .text()
             .replace(IMAGE_MARKER, "")
             .replace(VIDEO_MARKER, "")
             .trim()
@@ -55,8 +59,8 @@ impl DpoRecord {
         Ok(Self {
             id: record_id(v, position),
             prompt: ensure_markers(&bare, media.images.len(), media.videos.len()),
-            chosen: text("chosen")?,
-            rejected: text("rejected")?,
+            chosen: rec.chosen.text(),
+            rejected: rec.rejected.text(),
             media,
         })
     }
@@ -195,5 +199,47 @@ mod tests {
         let v = json!({"prompt": "q", "chosen": "a"});
         let err = DpoRecord::parse(&v, 1).unwrap_err();
         assert!(err.contains("rejected"), "{err}");
+    }
+
+    #[test]
+    fn plain_and_conversational_records_read_the_same() {
+        let plain = json!({"id": "a", "prompt": "What is it?", "chosen": "A cat.",
+                           "rejected": "A dog.", "chosen_score": 80.0, "rejected_score": 20.0,
+                           "images": ["x.png"]});
+        let trl = json!({"id": "a",
+            "prompt": [{"role": "user", "content": [
+                {"type": "image"}, {"type": "text", "text": "What is it?"}]}],
+            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}],
+            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "A dog."}]}],
+            "chosen_score": 80.0, "rejected_score": 20.0, "images": ["x.png"]});
+        let a = DpoRecord::parse(&plain, 1).unwrap();
+        let b = DpoRecord::parse(&trl, 1).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.prompt, "<image>\nWhat is it?");
+        assert_eq!(
+            a.segments(&a.chosen).unwrap(),
+            b.segments(&b.chosen).unwrap()
+        );
+
+        let video_plain = json!({"prompt": "q", "chosen": "a", "rejected": "b", "video": "c.gif"});
+        let video_trl = json!({
+            "prompt": [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "q"}]}],
+            "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}],
+            "video": "c.gif"});
+        assert_eq!(
+            DpoRecord::parse(&video_plain, 2).unwrap(),
+            DpoRecord::parse(&video_trl, 2).unwrap()
+        );
+    }
+
+    #[test]
+    fn image_items_must_match_the_images() {
+        let v = json!({
+            "prompt": [{"role": "user", "content": [
+                {"type": "image"}, {"type": "image"}, {"type": "text", "text": "q"}]}],
+            "chosen": "a", "rejected": "b", "images": ["x.png"]});
+        let err = DpoRecord::parse(&v, 1).unwrap_err();
+        assert!(err.contains("2 image(s)"), "{err}");
     }
 }
