@@ -89,7 +89,11 @@ impl LogprobJob<'_> {
         if media.video_mode == VideoMode::Frames && !media.videos.is_empty() {
             let markers = req.prompt.matches(IMAGE_MARKER).count()
                 + req.completion.matches(IMAGE_MARKER).count();
-            let frames: usize = media.videos.iter().map(|v| v.dim(0)).sum::<candle_core::Result<_>>()?;
+            let frames: usize = media
+                .videos
+                .iter()
+                .map(|v| v.dim(0))
+                .sum::<candle_core::Result<_>>()?;
             let needed = media.images.len() + frames;
             if markers != needed {
                 return Err(EngineError::Invalid(format!(

@@ -44,7 +44,9 @@ impl FromStr for VideoMode {
         match s {
             "frames" => Ok(VideoMode::Frames),
             "pooled" => Ok(VideoMode::Pooled),
-            _ => Err(format!("unknown video mode {s:?}; expected frames or pooled")),
+            _ => Err(format!(
+                "unknown video mode {s:?}; expected frames or pooled"
+            )),
         }
     }
 }
@@ -431,7 +433,10 @@ mod tests {
                 VideoSource::File("d.mp4".into()),
             ]
         );
-        assert_eq!(videos(json!({"videos": "c.mp4"}), "videos").unwrap().len(), 1);
+        assert_eq!(
+            videos(json!({"videos": "c.mp4"}), "videos").unwrap().len(),
+            1
+        );
         // Singular: one video, a path or its frames.
         let frames = videos(json!({"video": ["f0.png", "f1.png", "f2.png"]}), "video").unwrap();
         assert_eq!(

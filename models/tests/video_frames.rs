@@ -50,8 +50,7 @@ fn frame_tiles_match_the_reference_siglip_processor() {
     let meta: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     let tensors =
-        candle_core::safetensors::load(dir.join("pixel_values.safetensors"), &Device::Cpu)
-            .unwrap();
+        candle_core::safetensors::load(dir.join("pixel_values.safetensors"), &Device::Cpu).unwrap();
     let want = &tensors["pixel_values"];
     let indices: Vec<usize> = meta["frame_indices"]
         .as_array()

@@ -33,7 +33,8 @@ fn many_full_canvas_frames_stay_within_the_sampled_ones() {
     }
     g.push(0x3B);
     assert!(g.len() < 1000, "{} bytes", g.len());
-    let path = std::env::temp_dir().join(format!("unireward-gif-memory-{}.gif", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("unireward-gif-memory-{}.gif", std::process::id()));
     std::fs::write(&path, &g).unwrap();
 
     let before = peak_rss();

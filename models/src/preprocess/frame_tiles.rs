@@ -93,7 +93,10 @@ mod tests {
         assert_eq!(t.dims(), &[2, 3, 2, 2]);
         let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let mid = ((128f64 * (1.0 / 255.0)) as f32 - 0.5) / 0.5;
-        assert_eq!(&v[..12], &[-1.0, -1.0, -1.0, -1.0, mid, mid, mid, mid, 1.0, 1.0, 1.0, 1.0]);
+        assert_eq!(
+            &v[..12],
+            &[-1.0, -1.0, -1.0, -1.0, mid, mid, mid, mid, 1.0, 1.0, 1.0, 1.0]
+        );
         assert!(p.preprocess(&[]).is_err());
     }
 }

@@ -19,11 +19,11 @@ pub mod resize;
 pub mod video;
 
 pub use self::anyres::{AnyresGeometry, Crop, GridShape, ImageLayout, Letterbox};
+pub use self::frame_tiles::FrameTileProcessor;
 pub use self::image::{
     load_image, pad_batch, AlphaHandling, ImageProcessor, ImageProcessorConfig, ProcessedImage,
 };
 pub use self::resize::{Filter, Flavor};
-pub use self::frame_tiles::FrameTileProcessor;
 pub use self::video::{
     sample_indices, sample_indices_truncated, FrameLoader, FrameSampling, VideoProcessor,
     VideoProcessorConfig, VideoSource,
