@@ -1,23 +1,30 @@
 //! `engine logprob`: for each `{"id", "prompt", "completion", "images", "video"}` the summed
 //! log-probability of the completion given the prompt and media — the primitive that judging
 //! and DPO are built on. The prompt is raw text (no chat template); markers are expanded.
+//!
+//! The markers also say how a video is given: a text with a `<video>` marker takes the video
+//! through the pooled `<video>` path (its documented meaning); a text with none takes it as
+//! the UnifiedReward LLaVA scripts write it, each sampled frame filling one `<image>` marker
+//! after the request's images ([`VideoMode`]).
 
 use std::path::Path;
 
 use serde_json::{json, Value};
-use unireward_models::tokenize::{PromptTokenizer, Tokenized};
+use unireward_models::tokenize::{PromptTokenizer, Tokenized, IMAGE_MARKER, VIDEO_MARKER};
 use unireward_models::MediaFeatures;
 
 use crate::backend::Backend;
 use crate::batching::batches_by_budget;
-use crate::error::Result;
-use crate::media::{encode_media, MediaLoader, MediaRequest, PreparedMedia};
-use crate::pipeline::{run_media_pipeline, with_id, Prepared, RunSummary};
+use crate::error::{EngineError, Result};
+use crate::media::{encode_media, MediaLoader, MediaRequest, PreparedMedia, VideoMode};
+use crate::pipeline::{run_pipeline, with_id, Prepared, RunSummary};
 
 pub struct LogprobRequest {
     pub prompt: String,
     pub completion: String,
     pub media: MediaRequest,
+    /// Pooled when the text has a `<video>` marker, else frames.
+    pub video_mode: VideoMode,
 }
 
 impl LogprobRequest {
@@ -28,10 +35,17 @@ impl LogprobRequest {
                 .map(str::to_string)
                 .ok_or_else(|| format!("missing string field {k:?}"))
         };
+        let (prompt, completion) = (text("prompt")?, text("completion")?);
+        let video_mode = if prompt.contains(VIDEO_MARKER) || completion.contains(VIDEO_MARKER) {
+            VideoMode::Pooled
+        } else {
+            VideoMode::Frames
+        };
         Ok(Self {
-            prompt: text("prompt")?,
-            completion: text("completion")?,
+            prompt,
+            completion,
             media: MediaRequest::parse(v, "images", "video")?,
+            video_mode,
         })
     }
 }
@@ -53,14 +67,18 @@ pub struct LogprobJob<'a> {
 
 impl LogprobJob<'_> {
     pub fn run(&self, input: &Path, out: &Path, resume: bool) -> Result<RunSummary> {
-        run_media_pipeline(
+        // Media paths are relative to the input file; each record's markers pick its video mode.
+        let base = input.parent().unwrap_or(Path::new(".")).to_path_buf();
+        run_pipeline(
             input,
             out,
             resume,
-            self.media,
             |v: &Value| {
                 let req = LogprobRequest::parse(v)?;
-                let media = req.media.clone();
+                let media = self
+                    .media
+                    .load_as(&req.media, &base, req.video_mode)
+                    .map_err(|e| e.to_string())?;
                 Ok((req, media))
             },
             |batch: Vec<Prepared<LogprobRequest>>| self.score(batch),
@@ -68,6 +86,25 @@ impl LogprobJob<'_> {
     }
 
     fn prepare(&self, req: &LogprobRequest, media: &PreparedMedia) -> Result<Embedded> {
+        if media.video_mode == VideoMode::Frames && !media.videos.is_empty() {
+            let markers = req.prompt.matches(IMAGE_MARKER).count()
+                + req.completion.matches(IMAGE_MARKER).count();
+            let frames: usize = media
+                .videos
+                .iter()
+                .map(|v| v.dim(0))
+                .sum::<candle_core::Result<_>>()?;
+            let needed = media.images.len() + frames;
+            if markers != needed {
+                return Err(EngineError::Invalid(format!(
+                    "the text has {markers} {IMAGE_MARKER} marker(s) and no {VIDEO_MARKER}: its \
+                     {} image(s) and the video's {frames} sampled frame(s) need {needed}, one \
+                     {IMAGE_MARKER} a frame after the images (or write one {VIDEO_MARKER} for the \
+                     pooled video path)",
+                    media.images.len()
+                )));
+            }
+        }
         let features = encode_media(self.backend, media)?;
         let lens = |ts: &[candle_core::Tensor]| {
             ts.iter()
@@ -80,13 +117,13 @@ impl LogprobJob<'_> {
         let prompt_len = self.tokenizer.encode(&req.prompt, &il, &vl)?.ids.len();
         let max = self.backend.config().text.max_position_embeddings;
         if tokens.ids.len() > max {
-            return Err(crate::error::EngineError::Invalid(format!(
+            return Err(EngineError::Invalid(format!(
                 "prompt and completion are {} tokens, over the context length {max}",
                 tokens.ids.len()
             )));
         }
         if prompt_len == 0 || prompt_len >= tokens.ids.len() {
-            return Err(crate::error::EngineError::Invalid(
+            return Err(EngineError::Invalid(
                 "the completion adds no tokens after a non-empty prompt".into(),
             ));
         }

@@ -16,7 +16,7 @@ use unireward_engine::backend::{
 };
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
 use unireward_engine::logprob::LogprobJob;
-use unireward_engine::media::MediaLoader;
+use unireward_engine::media::{MediaLoader, VideoMode};
 use unireward_engine::pairs::job::PairsJob;
 use unireward_engine::pairs::{PairFormat, PairOptions, RankingMode, Recipe};
 use unireward_engine::pipeline::RunSummary;
@@ -110,6 +110,22 @@ struct JudgeArgs {
     /// Token limit of generate mode.
     #[arg(long, default_value_t = 512)]
     max_new_tokens: usize,
+    /// How a video reaches the model: `frames` (each sampled frame one plain tile with its
+    /// own `<image>` marker, as the UnifiedReward LLaVA scripts run their checkpoints) or
+    /// `pooled` (LLaVA-OneVision's pooled `<video>` path). Default: frames for the llava
+    /// template family, pooled for qwen.
+    #[arg(long)]
+    video_mode: Option<VideoMode>,
+}
+
+impl JudgeArgs {
+    fn video_mode(&self) -> VideoMode {
+        match (self.video_mode, self.template_family) {
+            (Some(mode), _) => mode,
+            (None, Family::Llava) => VideoMode::Frames,
+            (None, _) => VideoMode::Pooled,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -195,7 +211,7 @@ struct Loaded {
     media: MediaLoader,
 }
 
-fn load(args: &ModelArgs) -> Result<Loaded> {
+fn load(args: &ModelArgs, video_mode: VideoMode) -> Result<Loaded> {
     let dtype = match args.dtype {
         Precision::F32 => DType::F32,
         Precision::Bf16 => DType::BF16,
@@ -233,7 +249,8 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
     };
     let config = backend.config().clone();
     let tokenizer = PromptTokenizer::load(&args.model, &config)?;
-    let media = MediaLoader::from_model_dir(&args.model, &config, args.frames)?;
+    let media =
+        MediaLoader::from_model_dir(&args.model, &config, args.frames)?.with_video_mode(video_mode);
     Ok(Loaded {
         backend,
         tokenizer,
@@ -277,7 +294,8 @@ fn run() -> Result<RunSummary> {
             out,
             resume,
         } => {
-            let l = load(&model)?;
+            // Each record's markers choose its video mode; the loader's is not used.
+            let l = load(&model, VideoMode::Pooled)?;
             let job = LogprobJob {
                 backend: l.backend.as_ref(),
                 tokenizer: &l.tokenizer,
@@ -293,7 +311,7 @@ fn run() -> Result<RunSummary> {
             out,
             resume,
         } => {
-            let l = load(&model)?;
+            let l = load(&model, judge.video_mode())?;
             let j = make_judge(&l, &judge, &model)?;
             let job = ScoreJob {
                 judge: &j,
@@ -313,7 +331,7 @@ fn run() -> Result<RunSummary> {
             format,
             resume,
         } => {
-            let l = load(&model)?;
+            let l = load(&model, judge.video_mode())?;
             let j = make_judge(&l, &judge, &model)?;
             let job = PairsJob {
                 judge: &j,

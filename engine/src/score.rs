@@ -4,12 +4,11 @@
 use std::path::Path;
 
 use serde_json::{json, Value};
-use unireward_models::judge::Media;
 use unireward_models::MediaFeatures;
 
 use crate::error::Result;
 use crate::judge::{Judge, JudgeItem, ScoreRequest};
-use crate::media::{encode_media, MediaLoader, PreparedMedia};
+use crate::media::{encode_request, MediaLoader, PreparedMedia};
 use crate::pipeline::{run_media_pipeline, with_id, Prepared, RunSummary};
 
 pub struct ScoreJob<'a> {
@@ -68,14 +67,10 @@ impl ScoreJob<'_> {
             .collect()
     }
 
-    /// The prompt text and encoded media of one request.
+    /// The prompt text and encoded media of one request: a video shows as its frames'
+    /// `<image>` markers or as one `<video>` marker, as the loader's video mode prepared it.
     fn inputs(&self, req: &ScoreRequest, media: &PreparedMedia) -> Result<(String, MediaFeatures)> {
-        let features = encode_media(self.judge.backend, media)?;
-        let marks = if media.videos.is_empty() {
-            Media::Images(media.images.len())
-        } else {
-            Media::Videos(media.videos.len())
-        };
+        let (features, marks) = encode_request(self.judge.backend, media)?.all()?;
         let text = self
             .judge
             .prompt_text(req.task, req.mode, &req.prompt, &req.answers, marks)?;

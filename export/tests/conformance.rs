@@ -167,8 +167,15 @@ fn check_pixels(name: &str, prepared: &PreparedMedia, expected: &HashMap<String,
 
 /// Token ids against the golden ones; placeholders of a checkpoint without media tokens
 /// (LLaVA-NeXT) are compared by position only.
-fn check_ids(name: &str, tokens: &Tokenized, cfg: &LlavaConfig, expected: &HashMap<String, Tensor>) {
-    let want = expected[&format!("{name}.input_ids")].to_vec1::<i64>().unwrap();
+fn check_ids(
+    name: &str,
+    tokens: &Tokenized,
+    cfg: &LlavaConfig,
+    expected: &HashMap<String, Tensor>,
+) {
+    let want = expected[&format!("{name}.input_ids")]
+        .to_vec1::<i64>()
+        .unwrap();
     assert_eq!(tokens.ids.len(), want.len(), "{name}: sequence length");
     let mut ours: Vec<i64> = tokens.ids.iter().map(|&i| i as i64).collect();
     for span in &tokens.spans {
@@ -210,7 +217,10 @@ fn score_case(
     let merged = merge_media(&backend.embed_tokens(&tokens.ids).unwrap(), &tokens, &media).unwrap();
     let positions: Vec<usize> = (case.prompt_len - 1..case.seq_len - 1).collect();
     let rows = backend
-        .log_probs_at(std::slice::from_ref(&merged), std::slice::from_ref(&positions))
+        .log_probs_at(
+            std::slice::from_ref(&merged),
+            std::slice::from_ref(&positions),
+        )
         .unwrap()
         .remove(0);
     let table = rows.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
@@ -296,11 +306,17 @@ fn conformance(name: &str) {
             }
         };
         check(dc <= LOGPROB_TOL, format!("candle log-probs off by {dc}"));
-        check(do32 <= LOGPROB_TOL, format!("ORT fp32 log-probs off by {do32}"));
+        check(
+            do32 <= LOGPROB_TOL,
+            format!("ORT fp32 log-probs off by {do32}"),
+        );
         check(oc <= LOGPROB_TOL, format!("ORT fp32 vs candle {oc}"));
         for (who, got) in [("candle", c.completion), ("ORT fp32", f32_.completion)] {
             let err = (got - case.completion_logprob).abs();
-            check(err <= COMPLETION_TOL, format!("{who} completion off by {err}"));
+            check(
+                err <= COMPLETION_TOL,
+                format!("{who} completion off by {err}"),
+            );
         }
         // fp16: the same decision at every completion position where fp32 is decided.
         for j in 0..c.rows.dim(0).unwrap() {
@@ -333,12 +349,24 @@ fn conformance(name: &str) {
     let merged = merge_media(&candle.embed_tokens(&tokens.ids).unwrap(), &tokens, &media).unwrap();
     let stop = [151645];
     let ours = candle.generate(&merged, g.max_new_tokens, &stop).unwrap();
-    assert_eq!(ours, g.tokens, "{name}: candle's greedy tokens differ from transformers'");
+    assert_eq!(
+        ours, g.tokens,
+        "{name}: candle's greedy tokens differ from transformers'"
+    );
     let ort_media = encode_media(&ort[0], &prepared).unwrap();
-    let ort_merged =
-        merge_media(&ort[0].embed_tokens(&tokens.ids).unwrap(), &tokens, &ort_media).unwrap();
-    let ort_out = ort[0].generate(&ort_merged, g.max_new_tokens, &stop).unwrap();
-    assert_eq!(ort_out, g.tokens, "{name}: ORT fp32's greedy tokens differ from transformers'");
+    let ort_merged = merge_media(
+        &ort[0].embed_tokens(&tokens.ids).unwrap(),
+        &tokens,
+        &ort_media,
+    )
+    .unwrap();
+    let ort_out = ort[0]
+        .generate(&ort_merged, g.max_new_tokens, &stop)
+        .unwrap();
+    assert_eq!(
+        ort_out, g.tokens,
+        "{name}: ORT fp32's greedy tokens differ from transformers'"
+    );
     println!(
         "{name}: greedy {} tokens equal to transformers' (candle, ORT fp32); {:.1} s",
         ours.len(),
@@ -411,7 +439,11 @@ fn engine_cli_on_exports_of_real_geometry() {
             .args(args)
             .arg("--model")
             .arg(model)
-            .arg(if args[0] == "score" { "--batch" } else { "--input" })
+            .arg(if args[0] == "score" {
+                "--batch"
+            } else {
+                "--input"
+            })
             .arg(input)
             .arg("--out")
             .arg(out)
@@ -425,7 +457,9 @@ fn engine_cli_on_exports_of_real_geometry() {
     let picked: Vec<&Case> = goldens
         .cases
         .iter()
-        .filter(|c| ["image_300x200", "pair_640x480_300x200", "image_1920x1080"].contains(&c.name.as_str()))
+        .filter(|c| {
+            ["image_300x200", "pair_640x480_300x200", "image_1920x1080"].contains(&c.name.as_str())
+        })
         .collect();
     let lines: Vec<String> = picked
         .iter()
@@ -437,7 +471,12 @@ fn engine_cli_on_exports_of_real_geometry() {
         .collect();
     let input = work.path().join("logprob.jsonl");
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let ort = run(&["logprob"], &f32_dir, &input, &work.path().join("ort.jsonl"));
+    let ort = run(
+        &["logprob"],
+        &f32_dir,
+        &input,
+        &work.path().join("ort.jsonl"),
+    );
     let candle = run(
         &["logprob", "--backend", "candle"],
         &model_dir,
@@ -445,7 +484,10 @@ fn engine_cli_on_exports_of_real_geometry() {
         &work.path().join("candle.jsonl"),
     );
     for ((o, c), case) in ort.iter().zip(&candle).zip(&picked) {
-        let (lo, lc) = (o["logprob"].as_f64().unwrap(), c["logprob"].as_f64().unwrap());
+        let (lo, lc) = (
+            o["logprob"].as_f64().unwrap(),
+            c["logprob"].as_f64().unwrap(),
+        );
         println!(
             "engine logprob {}: ORT fp32 {lo:.5}, candle {lc:.5}, transformers {:.5}",
             case.name, case.completion_logprob
@@ -454,14 +496,30 @@ fn engine_cli_on_exports_of_real_geometry() {
         // row in the family tests): the sums are within k of them.
         let k = (case.seq_len - case.prompt_len) as f64;
         let bound = k * LOGPROB_TOL as f64;
-        assert!((lo - lc).abs() <= bound, "{}: ORT vs candle {} > {bound}", case.name, (lo - lc).abs());
-        assert!((lo - case.completion_logprob).abs() <= COMPLETION_TOL, "{}", case.name);
-        assert!((lc - case.completion_logprob).abs() <= COMPLETION_TOL, "{}", case.name);
+        assert!(
+            (lo - lc).abs() <= bound,
+            "{}: ORT vs candle {} > {bound}",
+            case.name,
+            (lo - lc).abs()
+        );
+        assert!(
+            (lo - case.completion_logprob).abs() <= COMPLETION_TOL,
+            "{}",
+            case.name
+        );
+        assert!(
+            (lc - case.completion_logprob).abs() <= COMPLETION_TOL,
+            "{}",
+            case.name
+        );
         assert_eq!(o["prompt_tokens"], json!(case.prompt_len));
     }
 
     // engine score: image-generation pairs of real sizes, fast judging, three ways.
-    let pairs = [("1920x1080.png", "300x200.png"), ("640x480.png", "512x2048.png")];
+    let pairs = [
+        ("1920x1080.png", "300x200.png"),
+        ("640x480.png", "512x2048.png"),
+    ];
     let reqs: Vec<String> = pairs
         .iter()
         .enumerate()
@@ -482,10 +540,16 @@ fn engine_cli_on_exports_of_real_geometry() {
         &work.path().join("sc.jsonl"),
     );
     for ((a, b), c) in s32.iter().zip(&s16).zip(&sc) {
-        println!("engine score: fp32 {} / fp16 {} / candle {}", a["probs"], b["probs"], c["probs"]);
+        println!(
+            "engine score: fp32 {} / fp16 {} / candle {}",
+            a["probs"], b["probs"], c["probs"]
+        );
         assert!(a.get("error").is_none(), "{a}");
         for k in ["first", "second", "tie"] {
-            let (x, y) = (a["probs"][k].as_f64().unwrap(), c["probs"][k].as_f64().unwrap());
+            let (x, y) = (
+                a["probs"][k].as_f64().unwrap(),
+                c["probs"][k].as_f64().unwrap(),
+            );
             assert!((x - y).abs() <= 1e-4, "fp32 vs candle prob {k}: {x} vs {y}");
         }
         assert_eq!(a["verdict"], b["verdict"], "fp16 verdict");

@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Tensor;
 use serde_json::{json, Value};
 use unireward_models::judge::pair_record::{PairRecord, Paths, Turns};
 use unireward_models::judge::sift_templates::{sift_prompt, sift_resize, AnswerForm};
@@ -20,7 +19,7 @@ use super::{construct, InvalidJudgement, Judgement, PairFormat, PairJudge, PairO
 use crate::error::{EngineError, Result};
 use crate::judge::request::check_question_media;
 use crate::judge::{Judge, Outcome, PromptStyle};
-use crate::media::{encode_media, MediaLoader, MediaRequest, PreparedMedia};
+use crate::media::{encode_request, EncodedMedia, MediaLoader, MediaRequest, PreparedMedia};
 use crate::pipeline::{answer_each, run_pipeline, RunSummary};
 
 impl From<InvalidJudgement> for EngineError {
@@ -137,7 +136,7 @@ impl PairsJob<'_> {
 
     /// The preference pair of one prompt, or why it was dropped.
     pub fn pair(&self, req: &PairsRequest, media: &PreparedMedia) -> Result<Value> {
-        let features = encode_media(self.judge.backend, media)?;
+        let features = encode_request(self.judge.backend, media)?;
         let mut judge = ModelJudge {
             judge: self.judge,
             req,
@@ -227,48 +226,36 @@ struct ModelJudge<'a> {
     judge: &'a Judge<'a>,
     req: &'a PairsRequest,
     /// Candidates' features (generation) or the question's (understanding).
-    features: MediaFeatures,
+    features: EncodedMedia,
     recipe: Recipe,
 }
 
 impl ModelJudge<'_> {
-    /// Media and answers of a prompt showing `shown` candidates in that order.
-    fn inputs(&self, shown: &[usize]) -> (MediaFeatures, Media, Vec<String>) {
-        let pick = |all: &[Tensor]| shown.iter().map(|&i| all[i].clone()).collect::<Vec<_>>();
+    /// Media and answers of a prompt showing `shown` candidates in that order; a video shows
+    /// as the video mode makes it (its frames' `<image>` markers, or one `<video>`).
+    fn inputs(&self, shown: &[usize]) -> Result<(MediaFeatures, Media, Vec<String>)> {
         match self.req.task {
-            Task::ImageGeneration => (
-                MediaFeatures {
-                    images: pick(&self.features.images),
-                    videos: Vec::new(),
-                },
-                Media::Images(shown.len()),
-                Vec::new(),
-            ),
-            Task::VideoGeneration => (
-                MediaFeatures {
-                    images: Vec::new(),
-                    videos: pick(&self.features.videos),
-                },
-                Media::Videos(shown.len()),
-                Vec::new(),
-            ),
+            Task::ImageGeneration => {
+                let (features, marks) = self.features.select(shown, &[])?;
+                Ok((features, marks, Vec::new()))
+            }
+            Task::VideoGeneration => {
+                let (features, marks) = self.features.select(&[], shown)?;
+                Ok((features, marks, Vec::new()))
+            }
             _ => {
-                let media = if self.features.videos.is_empty() {
-                    Media::Images(self.features.images.len())
-                } else {
-                    Media::Videos(self.features.videos.len())
-                };
+                let (features, marks) = self.features.all()?;
                 let answers = shown
                     .iter()
                     .map(|&i| self.req.candidates[i].clone())
                     .collect();
-                (self.features.clone(), media, answers)
+                Ok((features, marks, answers))
             }
         }
     }
 
     fn outcome(&self, mode: Mode, shown: &[usize]) -> Result<Outcome> {
-        let (features, marks, answers) = self.inputs(shown);
+        let (features, marks, answers) = self.inputs(shown)?;
         let task = self.req.task;
         let (template, form) = recipe_prompt(self.recipe, &self.judge.style, task, mode);
         let text = self.judge.prompt_text_with(

@@ -401,16 +401,21 @@ fn composite_on_white(rgba: &RgbaImage) -> RgbImage {
     })
 }
 
-/// Opens and decodes an image; the error names the file and says whether it could not
-/// be read or could not be decoded.
+/// Opens and decodes an image (a regular file only; the `image` crate's default decode
+/// limits); the error names the file and says whether it could not be read or decoded.
 pub fn load_image(path: impl AsRef<Path>) -> Result<DynamicImage> {
     let path = path.as_ref();
     let err = |msg: String| Error::Image {
         path: path.to_path_buf(),
         msg,
     };
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| err(format!("cannot open: {e}")))?
+    let file = super::media_file::open_regular_file(path)?;
+    let mut reader = image::ImageReader::new(std::io::BufReader::new(file));
+    // As `ImageReader::open` does: the extension first, the content's signature over it.
+    if let Ok(format) = image::ImageFormat::from_path(path) {
+        reader.set_format(format);
+    }
+    let reader = reader
         .with_guessed_format()
         .map_err(|e| err(format!("cannot read: {e}")))?;
     if reader.format().is_none() {

@@ -5,18 +5,26 @@
 //! - [`resize`]: Pillow-exact (and torch-uint8-exact) resampling;
 //! - [`anyres`]: tile grid, letterbox, unpad and anyres_max_N downsample, token counts;
 //! - [`image`]: the image processor (base tile + grid tiles);
-//! - [`video`]: frame sources, frame sampling, the video processor.
+//! - [`video`]: frame sources, frame sampling, the video processor (pooled `<video>` path);
+//! - [`frame_tiles`]: video frames as plain image tiles, the UnifiedReward scripts' way;
+//! - [`gif_frames`]: bounded decoding of an animated GIF's sampled frames;
+//! - [`media_file`]: regular files only, and the decode limits of images and frames.
 
 pub mod anyres;
+pub mod frame_tiles;
+pub mod gif_frames;
 pub mod image;
+pub mod media_file;
 pub mod resize;
 pub mod video;
 
 pub use self::anyres::{AnyresGeometry, Crop, GridShape, ImageLayout, Letterbox};
+pub use self::frame_tiles::FrameTileProcessor;
 pub use self::image::{
     load_image, pad_batch, AlphaHandling, ImageProcessor, ImageProcessorConfig, ProcessedImage,
 };
 pub use self::resize::{Filter, Flavor};
 pub use self::video::{
-    sample_indices, FrameLoader, VideoProcessor, VideoProcessorConfig, VideoSource,
+    sample_indices, sample_indices_truncated, FrameLoader, FrameSampling, VideoProcessor,
+    VideoProcessorConfig, VideoSource,
 };

@@ -1,21 +1,26 @@
 //! Videos: where frames come from (a frame directory, a list of frame files, an
 //! animated GIF, or any video file `ffmpeg` can decode), which frames are kept
-//! (`round(linspace(0, n - 1, N))`), and transformers' `LlavaOnevisionVideoProcessor`
-//! (torchvision on uint8 tensors: torch's antialiased uint8 resize to the tile size,
-//! then the fused rescale + normalise in float32).
+//! ([`FrameSampling`]: transformers' `round(linspace(0, n - 1, N))` or the UnifiedReward
+//! scripts' `linspace(0, n - 1, N, dtype=int)`), and transformers'
+//! `LlavaOnevisionVideoProcessor` (torchvision on uint8 tensors: torch's antialiased uint8
+//! resize to the tile size, then the fused rescale + normalise in float32), the pooled
+//! `<video>` path. The scripts' own per-frame preprocessing is [`super::frame_tiles`].
+//!
+//! Every frame source is held to the image decode limits ([`super::media_file`]) and only
+//! regular files are opened: a FIFO or a device among the paths is an error, not a hang.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use candle_core::{Device, Tensor};
-use image::codecs::gif::GifDecoder;
-use image::{AnimationDecoder, DynamicImage, RgbImage};
+use image::RgbImage;
 use serde_json::Value;
 
+use super::gif_frames::load_gif_frames;
 use super::image::{load_image, read_common, to_rgb, AlphaHandling, CommonFields};
+use super::media_file::{check_regular_file, MAX_DECODED_BYTES};
 use super::resize::{resize, Filter, Flavor};
 use crate::{Error, Result};
 
@@ -40,6 +45,47 @@ pub fn sample_indices(n: usize, wanted: usize) -> Vec<usize> {
         *last = n - 1;
     }
     idx
+}
+
+/// `linspace(0, n - 1, wanted, dtype=int)` as numpy computes it (`i · step`, truncated
+/// toward zero, the last sample pinned to `n - 1`); every frame when there are no more than
+/// `wanted`. This is `get_frame_from_vcap` of the UnifiedReward scripts: a video shorter than
+/// `wanted` frames gives all its frames (the script would give 8 black frames for a
+/// one-frame video, its "file not found" fallback; here the one frame is used).
+pub fn sample_indices_truncated(n: usize, wanted: usize) -> Vec<usize> {
+    if n <= wanted {
+        return (0..n).collect();
+    }
+    if wanted == 1 {
+        return vec![0];
+    }
+    let step = (n - 1) as f64 / (wanted - 1) as f64;
+    let mut idx: Vec<usize> = (0..wanted).map(|i| (i as f64 * step) as usize).collect();
+    if let Some(last) = idx.last_mut() {
+        *last = n - 1;
+    }
+    idx
+}
+
+/// Which frames of a video are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FrameSampling {
+    /// `round(linspace(0, n - 1, N))` (half to even): transformers' LLaVA-OneVision video
+    /// sampling, [`sample_indices`].
+    #[default]
+    Rounded,
+    /// `linspace(0, n - 1, N, dtype=int)`: the UnifiedReward scripts' `opencv_extract_frames`,
+    /// [`sample_indices_truncated`].
+    Truncated,
+}
+
+impl FrameSampling {
+    pub fn indices(self, n: usize, wanted: usize) -> Vec<usize> {
+        match self {
+            FrameSampling::Rounded => sample_indices(n, wanted),
+            FrameSampling::Truncated => sample_indices_truncated(n, wanted),
+        }
+    }
 }
 
 /// Where a video's frames come from.
@@ -96,16 +142,24 @@ pub struct FrameLoader {
     /// The `ffmpeg` executable, if one was found.
     pub ffmpeg: Option<PathBuf>,
     pub alpha: AlphaHandling,
+    pub sampling: FrameSampling,
 }
 
 impl FrameLoader {
-    /// Samples `num_frames` frames, with `ffmpeg` looked up on `PATH`.
+    /// Samples `num_frames` frames ([`FrameSampling::Rounded`]), with `ffmpeg` looked up on
+    /// `PATH`.
     pub fn new(num_frames: usize) -> Self {
         FrameLoader {
             num_frames,
             ffmpeg: find_program("ffmpeg", std::env::var_os("PATH").as_deref()),
             alpha: AlphaHandling::default(),
+            sampling: FrameSampling::default(),
         }
+    }
+
+    pub fn with_sampling(mut self, sampling: FrameSampling) -> Self {
+        self.sampling = sampling;
+        self
     }
 
     pub fn with_ffmpeg(mut self, ffmpeg: Option<PathBuf>) -> Self {
@@ -140,37 +194,31 @@ impl FrameLoader {
                 msg: "no frame images".into(),
             });
         }
-        sample_indices(files.len(), self.num_frames)
+        self.sampling
+            .indices(files.len(), self.num_frames)
             .into_iter()
             .map(|i| Ok(to_rgb(&load_image(&files[i])?, self.alpha)))
             .collect()
     }
 
     fn load_gif(&self, path: &Path) -> Result<Vec<RgbImage>> {
-        let err = |msg: String| Error::Image {
-            path: path.to_path_buf(),
-            msg,
-        };
-        let file = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
-        let frames = GifDecoder::new(BufReader::new(file))
-            .and_then(|d| d.into_frames().collect_frames())
-            .map_err(|e| err(format!("cannot decode GIF: {e}")))?;
-        let frames: Vec<_> = frames.into_iter().map(|f| f.into_buffer()).collect();
-        Ok(sample_indices(frames.len(), self.num_frames)
-            .into_iter()
-            .map(|i| to_rgb(&DynamicImage::ImageRgba8(frames[i].clone()), self.alpha))
-            .collect())
+        load_gif_frames(
+            path,
+            |n| self.sampling.indices(n, self.num_frames),
+            self.alpha,
+        )
     }
 
     /// Two decodes: one counts the frames, the second keeps the sampled ones (and stops
     /// at the last), so memory holds only those.
     fn load_with_ffmpeg(&self, path: &Path) -> Result<Vec<RgbImage>> {
-        if !path.is_file() {
+        if !path.exists() {
             return Err(Error::Image {
                 path: path.to_path_buf(),
                 msg: "cannot open: no such file".into(),
             });
         }
+        check_regular_file(path)?;
         let ffmpeg = self.ffmpeg.as_deref().ok_or_else(|| Error::Image {
             path: path.to_path_buf(),
             msg: "cannot decode this video: `ffmpeg` was not found on PATH (install ffmpeg, \
@@ -184,7 +232,7 @@ impl FrameLoader {
                 msg: "ffmpeg decoded no video frames".into(),
             });
         }
-        let wanted = sample_indices(n, self.num_frames);
+        let wanted = self.sampling.indices(n, self.num_frames);
         let (_, frames) = FfmpegRun::new(ffmpeg, path).decode(&wanted)?;
         if frames.len() != wanted.len() {
             return Err(Error::Image {
@@ -247,6 +295,46 @@ fn is_executable(p: &Path) -> bool {
     }
 }
 
+/// The arguments of one `ffmpeg` decode of `video` to PPM frames on stdout. Only the `file`
+/// protocol is allowed and the path is given as a `file:` URL, so a file named
+/// `concat:a.mp4` or `http://host/x` is read as that file name, never as a protocol, and a
+/// playlist inside a file cannot make ffmpeg open URLs or devices.
+pub fn ffmpeg_args(video: &Path, sync_flag: &str) -> Vec<OsString> {
+    let mut input = OsString::from("file:");
+    input.push(video.as_os_str());
+    let mut args: Vec<OsString> = [
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-protocol_whitelist",
+        "file",
+        "-i",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.push(input);
+    args.extend(
+        [
+            "-map",
+            "0:v:0",
+            sync_flag,
+            "passthrough",
+            "-f",
+            "image2pipe",
+            "-c:v",
+            "ppm",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ]
+        .iter()
+        .map(OsString::from),
+    );
+    args
+}
+
 /// One `ffmpeg` decode to a stream of PPM images on stdout.
 struct FfmpegRun<'a> {
     ffmpeg: &'a Path,
@@ -280,10 +368,7 @@ impl<'a> FfmpegRun<'a> {
 
     fn decode_with(&self, keep: &[usize], sync_flag: &str) -> Result<(usize, Vec<RgbImage>)> {
         let mut child = Command::new(self.ffmpeg)
-            .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-i"])
-            .arg(self.video)
-            .args(["-map", "0:v:0", sync_flag, "passthrough"])
-            .args(["-f", "image2pipe", "-c:v", "ppm", "-pix_fmt", "rgb24", "-"])
+            .args(ffmpeg_args(self.video, sync_flag))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -313,7 +398,13 @@ impl<'a> FfmpegRun<'a> {
                 Err(e) => break Err(e),
             };
             let (w, h) = header;
-            let bytes = w as usize * h as usize * 3;
+            let bytes = u64::from(w) * u64::from(h) * 3;
+            if bytes > MAX_DECODED_BYTES {
+                break Err(std::io::Error::other(format!(
+                    "a {w}x{h} frame is over the decode limit of {MAX_DECODED_BYTES} bytes"
+                )));
+            }
+            let bytes = bytes as usize;
             if next.peek() == Some(&&count) {
                 next.next();
                 let mut buf = vec![0u8; bytes];
@@ -575,6 +666,55 @@ mod tests {
         assert_eq!(sample_indices(6, 3), vec![0, 2, 5]);
         assert_eq!(sample_indices(100, 1), vec![0]);
         assert_eq!(sample_indices(0, 8), Vec::<usize>::new());
+    }
+
+    /// numpy 2.4.6: `np.linspace(0, n - 1, 8, dtype=int).tolist()` for each n.
+    #[test]
+    fn truncated_sampling_equals_numpy() {
+        let numpy: [(usize, [usize; 8]); 18] = [
+            (8, [0, 1, 2, 3, 4, 5, 6, 7]),
+            (9, [0, 1, 2, 3, 4, 5, 6, 8]),
+            (10, [0, 1, 2, 3, 5, 6, 7, 9]),
+            (13, [0, 1, 3, 5, 6, 8, 10, 12]),
+            (15, [0, 2, 4, 6, 8, 10, 12, 14]),
+            (16, [0, 2, 4, 6, 8, 10, 12, 15]),
+            (17, [0, 2, 4, 6, 9, 11, 13, 16]),
+            (30, [0, 4, 8, 12, 16, 20, 24, 29]),
+            (31, [0, 4, 8, 12, 17, 21, 25, 30]),
+            (49, [0, 6, 13, 20, 27, 34, 41, 48]),
+            (50, [0, 7, 14, 21, 28, 35, 42, 49]),
+            (64, [0, 9, 18, 27, 36, 45, 54, 63]),
+            (100, [0, 14, 28, 42, 56, 70, 84, 99]),
+            (101, [0, 14, 28, 42, 57, 71, 85, 100]),
+            (121, [0, 17, 34, 51, 68, 85, 102, 120]),
+            (241, [0, 34, 68, 102, 137, 171, 205, 240]),
+            (1000, [0, 142, 285, 428, 570, 713, 856, 999]),
+            (1001, [0, 142, 285, 428, 571, 714, 857, 1000]),
+        ];
+        for (n, want) in numpy {
+            assert_eq!(sample_indices_truncated(n, 8), want, "n = {n}");
+            assert_eq!(FrameSampling::Truncated.indices(n, 8), want, "n = {n}");
+        }
+        // Where rounding and truncation part: 100 frames, 4.5 · 14.14… = 56.57.
+        assert_eq!(sample_indices(100, 8)[4], 57);
+        // Shorter than 8: every frame, as get_frame_from_vcap reads them all.
+        assert_eq!(sample_indices_truncated(5, 8), vec![0, 1, 2, 3, 4]);
+        assert_eq!(sample_indices_truncated(1, 8), vec![0]);
+    }
+
+    #[test]
+    fn ffmpeg_reads_only_files_named_as_file_urls() {
+        let args = ffmpeg_args(Path::new("clips/concat:a.mp4"), "-fps_mode");
+        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        let at = |s: &str| args.iter().position(|a| *a == s).unwrap();
+        assert_eq!(args[at("-protocol_whitelist") + 1], "file");
+        assert_eq!(args[at("-i") + 1], "file:clips/concat:a.mp4");
+        // The whitelist is an input option: it must come before the input.
+        assert!(at("-protocol_whitelist") < at("-i"));
+        assert_eq!(args[at("-fps_mode") + 1], "passthrough");
+        assert_eq!(args.last(), Some(&"-"));
+        let abs = ffmpeg_args(Path::new("/data/http://x.mp4"), "-vsync");
+        assert!(abs.iter().any(|a| a == "file:/data/http://x.mp4"));
     }
 
     #[test]
