@@ -12,7 +12,7 @@ use crate::backend::Backend;
 use crate::batching::batches_by_budget;
 use crate::error::Result;
 use crate::media::{encode_media, MediaLoader, MediaRequest, PreparedMedia};
-use crate::pipeline::{run_media_pipeline, with_id, Prepared, RunSummary};
+use crate::pipeline::{run_media_pipeline_with, with_id, Prepared, RunOptions, RunSummary};
 
 pub struct LogprobRequest {
     pub prompt: String,
@@ -52,11 +52,11 @@ pub struct LogprobJob<'a> {
 }
 
 impl LogprobJob<'_> {
-    pub fn run(&self, input: &Path, out: &Path, resume: bool) -> Result<RunSummary> {
-        run_media_pipeline(
+    pub fn run(&self, input: &Path, out: &Path, opts: &RunOptions) -> Result<RunSummary> {
+        run_media_pipeline_with(
+            opts,
             input,
             out,
-            resume,
             self.media,
             |v: &Value| {
                 let req = LogprobRequest::parse(v)?;
@@ -154,6 +154,12 @@ impl LogprobJob<'_> {
                     .zip(&lp)
                     .map(|(&t, row)| row[t as usize] as f64)
                     .sum();
+                if !total.is_finite() {
+                    return Ok(json!({"error": format!(
+                        "the model's log-probability is {total}: its outputs are not finite \
+                         (broken weights, or an overflow at this precision)"
+                    )}));
+                }
                 Ok(json!({
                     "logprob": total,
                     "prompt_tokens": e.prompt_len,
