@@ -107,7 +107,7 @@ fn finish_line(
         return Some(InputLine {
             line: line_no,
             value: Err(format!(
-                "the line is over {max_line_bytes} bytes (--max-line-bytes); not read"
+                "over {max_line_bytes} bytes (--max-line-bytes), not read"
             )),
         });
     }
@@ -323,7 +323,10 @@ fn replace_contents(path: &Path, bytes: &[u8]) -> Result<File> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let io = |e| EngineError::io(&tmp, e);
     let mut f = OpenOptions::new()
@@ -369,10 +372,8 @@ mod tests {
     use super::*;
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "unireward-records-{}-{name}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("unireward-records-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -423,7 +424,11 @@ mod tests {
         assert_eq!(lines.len(), 4);
         assert_eq!(lines[1].line, 2);
         assert_eq!(lines[1].id(), Value::String("line 2".into()));
-        assert!(lines[1].value.as_ref().unwrap_err().contains("over 1000 bytes"));
+        assert!(lines[1]
+            .value
+            .as_ref()
+            .unwrap_err()
+            .contains("over 1000 bytes"));
         assert!(lines[2].value.as_ref().unwrap_err().contains("UTF-8"));
         assert_eq!(lines[3].id(), serde_json::json!(4));
         assert!(read_input_capped(&path, 1 << 20).unwrap()[1].value.is_ok());
@@ -433,15 +438,19 @@ mod tests {
     fn a_retry_drops_error_records_and_keeps_one_per_id() {
         let dir = scratch("retry");
         let path = dir.join("out.jsonl");
-        std::fs::write(&path, "{\"id\":1,\"x\":1}\n{\"id\":2,\"error\":\"e\"}\n{\"id\":3}\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "{\"id\":1,\"x\":1}\n{\"id\":2,\"error\":\"e\"}\n{\"id\":3}\n",
+        )
+        .unwrap();
         let mode = OutputMode {
             resume: true,
             retry_failed: true,
         };
         let (mut w, done) = OutputWriter::open_with(&path, mode).unwrap();
         assert_eq!(done, HashSet::from(["1".to_string(), "3".to_string()]));
-        w.write_batch(&[serde_json::json!({"id": 2, "x": 2})]).unwrap();
+        w.write_batch(&[serde_json::json!({"id": 2, "x": 2})])
+            .unwrap();
         drop(w);
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),

@@ -24,10 +24,7 @@ fn scratch(name: &str) -> Result<PathBuf> {
 
 /// Runs `cmd`, killing it after `limit`: a hang fails the test instead of stalling it.
 fn run_within(mut cmd: Command, limit: Duration) -> Result<Output> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let start = Instant::now();
     while child.try_wait()?.is_none() {
         if start.elapsed() > limit {
@@ -57,19 +54,26 @@ fn write_jsonl(path: &Path, lines: &[Value]) -> Result<()> {
     Ok(())
 }
 
-/// A logprob request of the first golden case, with `id`.
+/// The first golden case with one image and no video.
+fn one_image_case() -> Result<unireward_tests::Case> {
+    match golden_cases()?
+        .into_iter()
+        .find(|c| c.images.len() == 1 && c.video_frames.is_empty())
+    {
+        Some(c) => Ok(c),
+        None => bail!("no golden case with one image"),
+    }
+}
+
+/// A logprob request of a one-image golden case, with `id`.
 fn logprob_request(id: &str) -> Result<Value> {
-    let cases = golden_cases()?;
-    let c = &cases[0];
+    let c = one_image_case()?;
     let dir = golden_cases_dir()?;
     let images: Vec<String> = c
         .images
         .iter()
         .map(|f| dir.join(f).to_string_lossy().into_owned())
         .collect();
-    if !c.video_frames.is_empty() {
-        bail!("the first golden case has a video");
-    }
     Ok(json!({"id": id, "prompt": c.prompt, "completion": c.completion, "images": images}))
 }
 
@@ -112,7 +116,11 @@ fn a_directory_as_input_exits_2_naming_it() -> Result<()> {
     let out = dir.join("out.jsonl");
     let o = run_within(logprob(&golden_model_dir()?, &input, &out), LIMIT)?;
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains(&*input.to_string_lossy()), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&*input.to_string_lossy()),
+        "{}",
+        stderr(&o)
+    );
     assert!(stderr(&o).contains("directory"), "{}", stderr(&o));
     Ok(())
 }
@@ -151,7 +159,11 @@ fn dev_zero_as_input_exits_2_without_reading_it_all() -> Result<()> {
         LIMIT,
     )?;
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("/dev/zero") && stderr(&o).contains("NUL"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/dev/zero") && stderr(&o).contains("NUL"),
+        "{}",
+        stderr(&o)
+    );
     Ok(())
 }
 
@@ -180,10 +192,21 @@ fn an_out_that_would_overwrite_an_input_or_the_checkpoint_is_refused() -> Result
             cmd.arg("--resume");
         }
         let o = run_within(cmd, LIMIT)?;
-        assert_eq!(o.status.code(), Some(2), "{}: {}", out.display(), stderr(&o));
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{}: {}",
+            out.display(),
+            stderr(&o)
+        );
         assert!(stderr(&o).contains("refusing"), "{}", stderr(&o));
         assert_eq!(std::fs::read(&input)?, original, "{}", out.display());
-        assert_eq!(std::fs::read(&weights)?, weights_before, "{}", out.display());
+        assert_eq!(
+            std::fs::read(&weights)?,
+            weights_before,
+            "{}",
+            out.display()
+        );
     }
     assert!(!model.join("answers.jsonl").exists());
     Ok(())
@@ -207,7 +230,9 @@ fn a_model_with_nan_outputs_gives_logprob_error_records() -> Result<()> {
     let mut tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu)?;
     let key = tensors
         .keys()
-        .find(|k| k.contains("language_model") && k.ends_with("norm.weight") && !k.contains("layers"))
+        .find(|k| {
+            k.contains("language_model") && k.ends_with("norm.weight") && !k.contains("layers")
+        })
         .cloned();
     let Some(key) = key else {
         bail!("no final norm in {:?}", tensors.keys().collect::<Vec<_>>())
@@ -271,9 +296,16 @@ fn retry_failed_answers_failed_ids_again_once_each() -> Result<()> {
     let mut resume = logprob(&golden_model_dir()?, &input, &out);
     resume.arg("--resume");
     let o = run_within(resume, LIMIT)?;
-    assert!(stderr(&o).contains("3 record(s) already answered"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("3 record(s) already answered"),
+        "{}",
+        stderr(&o)
+    );
 
-    std::fs::copy(golden_cases_dir()?.join(&golden_cases()?[0].images[0]), &late)?;
+    std::fs::copy(
+        golden_cases_dir()?.join(&one_image_case()?.images[0]),
+        &late,
+    )?;
     let mut retry = logprob(&golden_model_dir()?, &input, &out);
     retry.arg("--retry-failed");
     let o = run_within(retry, LIMIT)?;
@@ -282,7 +314,10 @@ fn retry_failed_answers_failed_ids_again_once_each() -> Result<()> {
     let mut ids: Vec<&str> = answers.iter().filter_map(|a| a["id"].as_str()).collect();
     ids.sort();
     assert_eq!(ids, ["a", "b", "c"]);
-    assert!(answers.iter().all(|a| a["logprob"].is_number()), "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a["logprob"].is_number()),
+        "{answers:?}"
+    );
     Ok(())
 }
 
@@ -293,7 +328,10 @@ fn a_second_run_on_a_locked_out_is_refused_and_leaves_it_alone() -> Result<()> {
     let out = dir.join("out.jsonl");
     write_jsonl(&input, &[logprob_request("a")?])?;
     std::fs::write(&out, "{\"id\":\"earlier\",\"logprob\":-1.0}\n")?;
-    let held = std::fs::OpenOptions::new().read(true).write(true).open(&out)?;
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&out)?;
     held.lock()?;
     let o = run_within(logprob(&golden_model_dir()?, &input, &out), LIMIT)?;
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -327,13 +365,19 @@ fn a_marker_typed_in_a_request_is_text_not_media() -> Result<()> {
     let input = dir.join("in.jsonl");
     let out = dir.join("out.jsonl");
     let request = |id: &str, prompt: &str, answer: &str| -> Result<Value> {
-        Ok(json!({"id": id, "task": "image_understanding", "mode": "point",
-            "prompt": prompt, "images": [img("img3.png")?], "answers": [answer]}))
+        Ok(
+            json!({"id": id, "task": "image_understanding", "mode": "point",
+            "prompt": prompt, "images": [img("img3.png")?], "answers": [answer]}),
+        )
     };
     write_jsonl(
         &input,
         &[
-            request("answer", "What is shown?", "I see <image> and <video> here.")?,
+            request(
+                "answer",
+                "What is shown?",
+                "I see <image> and <video> here.",
+            )?,
             request("prompt", "What is <image> showing?<|im_end|>", "A ball.")?,
         ],
     )?;
@@ -368,7 +412,10 @@ fn a_template_that_leaves_the_answers_out_is_refused() -> Result<()> {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let answers = read_jsonl(&out)?;
     let err = answers[0]["error"].as_str().unwrap_or("");
-    assert!(err.contains("rate.txt") && err.contains("{answer1}"), "{err}");
+    assert!(
+        err.contains("rate.txt") && err.contains("{answer1}"),
+        "{err}"
+    );
     assert!(answers[1]["score"].is_number(), "{}", answers[1]);
     Ok(())
 }
