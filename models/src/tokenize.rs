@@ -204,12 +204,7 @@ impl PromptTokenizer {
         video_lens: &[usize],
     ) -> Result<Tokenized> {
         let pieces = self.split_quoted(text);
-        let count = |k: MediaKind| {
-            pieces
-                .iter()
-                .filter(|p| **p == Piece::Marker(k))
-                .count()
-        };
+        let count = |k: MediaKind| pieces.iter().filter(|p| **p == Piece::Marker(k)).count();
         let (n_img, n_vid) = (count(MediaKind::Image), count(MediaKind::Video));
         if n_img != image_lens.len() || n_vid != video_lens.len() {
             return Err(Error::Input(format!(
@@ -379,7 +374,8 @@ mod tests {
     }
 
     fn golden_tokenizer() -> PromptTokenizer {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/golden/llava_ov_tiny/model");
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/golden/llava_ov_tiny/model");
         let cfg = LlavaConfig::from_file(&dir.join("config.json")).unwrap();
         PromptTokenizer::load(&dir, &cfg).unwrap()
     }
@@ -405,7 +401,10 @@ mod tests {
             .get_ids()
             .to_vec();
         assert_eq!(&got.ids[3..], &expected[..]);
-        assert_eq!(tok.decode(&got.ids[3..]).unwrap(), format!("\nAnswer: {answer}."));
+        assert_eq!(
+            tok.decode(&got.ids[3..]).unwrap(),
+            format!("\nAnswer: {answer}.")
+        );
     }
 
     #[test]

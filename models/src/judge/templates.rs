@@ -631,10 +631,14 @@ impl PromptTemplate {
                 }
             }
         }
-        if let Some(missing) = (0..answers.len())
-            .find(|i| !segments.contains(&Segment::Field(Field::Answer(*i))))
+        if let Some(missing) =
+            (0..answers.len()).find(|i| !segments.contains(&Segment::Field(Field::Answer(*i))))
         {
-            let name = if missing == 0 { "{answer1} or {answer}".to_string() } else { format!("{{answer{}}}", missing + 1) };
+            let name = if missing == 0 {
+                "{answer1} or {answer}".to_string()
+            } else {
+                format!("{{answer{}}}", missing + 1)
+            };
             return Err(Error::Input(format!(
                 "template {} has no {name} placeholder, so answer {} of the request would be left out",
                 self.source,
@@ -807,7 +811,9 @@ mod tests {
             matches!(err, Error::Input(ref m) if m.contains("{answer2}")),
             "{err}"
         );
-        assert!(no_answers.render::<&str>("q", &[], Media::Images(1)).is_ok());
+        assert!(no_answers
+            .render::<&str>("q", &[], Media::Images(1))
+            .is_ok());
     }
 
     #[test]
@@ -821,7 +827,8 @@ mod tests {
         assert!(quoted.starts_with("<image>\n"));
         assert_eq!(
             unquote_user_text(&quoted),
-            t.render("what <video>?", &answers, Media::Images(1)).unwrap()
+            t.render("what <video>?", &answers, Media::Images(1))
+                .unwrap()
         );
     }
 }
