@@ -17,7 +17,9 @@ use crate::backend::Backend;
 use crate::batching::batches_by_budget;
 use crate::error::{EngineError, Result};
 use crate::media::{encode_media, MediaLoader, MediaRequest, PreparedMedia, VideoMode};
-use crate::pipeline::{run_pipeline, with_id, Prepared, RunSummary};
+use crate::pipeline::{
+    decoded_image_bytes, run_pipeline_with, with_id, Prepared, RunOptions, RunSummary,
+};
 
 pub struct LogprobRequest {
     pub prompt: String,
@@ -66,13 +68,18 @@ pub struct LogprobJob<'a> {
 }
 
 impl LogprobJob<'_> {
-    pub fn run(&self, input: &Path, out: &Path, resume: bool) -> Result<RunSummary> {
+    pub fn run(&self, input: &Path, out: &Path, opts: &RunOptions) -> Result<RunSummary> {
         // Media paths are relative to the input file; each record's markers pick its video mode.
         let base = input.parent().unwrap_or(Path::new(".")).to_path_buf();
-        run_pipeline(
+        run_pipeline_with(
+            opts,
             input,
             out,
-            resume,
+            |v: &Value| {
+                LogprobRequest::parse(v)
+                    .map(|req| decoded_image_bytes(&req.media, &base))
+                    .unwrap_or(0)
+            },
             |v: &Value| {
                 let req = LogprobRequest::parse(v)?;
                 let media = self
@@ -191,6 +198,12 @@ impl LogprobJob<'_> {
                     .zip(&lp)
                     .map(|(&t, row)| row[t as usize] as f64)
                     .sum();
+                if !total.is_finite() {
+                    return Ok(json!({"error": format!(
+                        "the model's log-probability is {total}: its outputs are not finite \
+                         (broken weights, or an overflow at this precision)"
+                    )}));
+                }
                 Ok(json!({
                     "logprob": total,
                     "prompt_tokens": e.prompt_len,

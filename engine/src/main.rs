@@ -5,10 +5,10 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Parser, Subcommand, ValueEnum};
 use unireward_engine::backend::{
@@ -19,7 +19,8 @@ use unireward_engine::logprob::LogprobJob;
 use unireward_engine::media::{MediaLoader, VideoMode};
 use unireward_engine::pairs::job::PairsJob;
 use unireward_engine::pairs::{PairFormat, PairOptions, RankingMode, Recipe};
-use unireward_engine::pipeline::RunSummary;
+use unireward_engine::pipeline::{RunOptions, RunSummary, DEFAULT_DECODE_BUDGET_BYTES};
+use unireward_engine::records::{check_output_path, OutputMode, DEFAULT_MAX_LINE_BYTES};
 use unireward_engine::score::ScoreJob;
 use unireward_models::judge::{ChatTemplate, Family, PromptTemplate};
 use unireward_models::tokenize::PromptTokenizer;
@@ -128,6 +129,36 @@ impl JudgeArgs {
     }
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Skip ids already in --out and append the rest.
+    #[arg(long)]
+    resume: bool,
+    /// Resume, and answer again the ids whose record in --out is an error (those records
+    /// are dropped from --out first).
+    #[arg(long)]
+    retry_failed: bool,
+    /// Longest input line read; a longer one is an error record.
+    #[arg(long, default_value_t = DEFAULT_MAX_LINE_BYTES)]
+    max_line_bytes: usize,
+    /// Most MiB of decoded images held by the preprocessing workers at once.
+    #[arg(long, default_value_t = DEFAULT_DECODE_BUDGET_BYTES >> 20)]
+    decode_budget_mb: u64,
+}
+
+impl RunArgs {
+    fn options(&self) -> RunOptions {
+        RunOptions {
+            output: OutputMode {
+                resume: self.resume || self.retry_failed,
+                retry_failed: self.retry_failed,
+            },
+            max_line_bytes: self.max_line_bytes,
+            decode_budget_bytes: self.decode_budget_mb.saturating_mul(1 << 20),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Log-probability of each completion given its prompt and media.
@@ -140,9 +171,8 @@ enum Command {
         /// JSONL of {"id", "logprob", "prompt_tokens", "completion_tokens"}.
         #[arg(long)]
         out: PathBuf,
-        /// Skip ids already in --out and append the rest.
-        #[arg(long)]
-        resume: bool,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Judge score requests (pair or point, four tasks).
     Score {
@@ -155,8 +185,8 @@ enum Command {
         batch: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long)]
-        resume: bool,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Build DPO preference pairs from each prompt's candidates.
     Pairs {
@@ -183,8 +213,8 @@ enum Command {
         /// (TRL's conversational vision preference layout).
         #[arg(long, default_value = "llava")]
         format: PairFormat,
-        #[arg(long)]
-        resume: bool,
+        #[command(flatten)]
+        run: RunArgs,
     },
 }
 
@@ -221,6 +251,14 @@ fn load(args: &ModelArgs, video_mode: VideoMode) -> Result<Loaded> {
         BackendKind::Auto => BackendKind::Candle,
         k => k,
     };
+    if kind == BackendKind::Candle && args.ep != ExecutionProvider::Cpu {
+        bail!(
+            "--ep {} needs an ONNX export (`export onnx`); {} is run by the candle backend, \
+             which runs on the CPU only",
+            args.ep.name(),
+            args.model.display()
+        );
+    }
     let backend: Box<dyn Backend> = match kind {
         BackendKind::Ort => {
             let mut provider = args.ep.clone();
@@ -286,14 +324,22 @@ fn make_judge<'a>(l: &'a Loaded, args: &JudgeArgs, model: &ModelArgs) -> Result<
     )?)
 }
 
+/// Refuses an `--out` that would overwrite an input of the run or the checkpoint, before
+/// anything is opened for writing.
+fn check_out(out: &Path, inputs: &[Option<&PathBuf>], model: &ModelArgs) -> Result<()> {
+    let inputs: Vec<&Path> = inputs.iter().flatten().map(|p| p.as_path()).collect();
+    Ok(check_output_path(out, &inputs, Some(&model.model))?)
+}
+
 fn run() -> Result<RunSummary> {
     match Cli::parse().command {
         Command::Logprob {
             model,
             input,
             out,
-            resume,
+            run,
         } => {
+            check_out(&out, &[Some(&input)], &model)?;
             // Each record's markers choose its video mode; the loader's is not used.
             let l = load(&model, VideoMode::Pooled)?;
             let job = LogprobJob {
@@ -302,15 +348,17 @@ fn run() -> Result<RunSummary> {
                 media: &l.media,
                 token_budget: model.token_budget,
             };
-            Ok(job.run(&input, &out, resume)?)
+            Ok(job.run(&input, &out, &run.options())?)
         }
         Command::Score {
             model,
             judge,
             batch,
             out,
-            resume,
+            run,
         } => {
+            let templates = [judge.template.as_ref(), judge.chat_template.as_ref()];
+            check_out(&out, &[Some(&batch), templates[0], templates[1]], &model)?;
             let l = load(&model, judge.video_mode())?;
             let j = make_judge(&l, &judge, &model)?;
             let job = ScoreJob {
@@ -318,7 +366,7 @@ fn run() -> Result<RunSummary> {
                 media: &l.media,
                 token_budget: model.token_budget,
             };
-            Ok(job.run(&batch, &out, resume)?)
+            Ok(job.run(&batch, &out, &run.options())?)
         }
         Command::Pairs {
             input,
@@ -329,8 +377,10 @@ fn run() -> Result<RunSummary> {
             swap,
             recipe,
             format,
-            resume,
+            run,
         } => {
+            let templates = [judge.template.as_ref(), judge.chat_template.as_ref()];
+            check_out(&out, &[Some(&input), templates[0], templates[1]], &model)?;
             let l = load(&model, judge.video_mode())?;
             let j = make_judge(&l, &judge, &model)?;
             let job = PairsJob {
@@ -343,7 +393,10 @@ fn run() -> Result<RunSummary> {
                     format,
                 },
             };
-            Ok(job.run(&input, &out, resume)?)
+            // `PairsJob::run` takes only `resume`; the pipeline reads the rest from here.
+            let opts = run.options();
+            opts.install();
+            Ok(job.run(&input, &out, opts.output.resume)?)
         }
     }
 }

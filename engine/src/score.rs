@@ -9,7 +9,7 @@ use unireward_models::MediaFeatures;
 use crate::error::Result;
 use crate::judge::{Judge, JudgeItem, ScoreRequest};
 use crate::media::{encode_request, MediaLoader, PreparedMedia};
-use crate::pipeline::{run_media_pipeline, with_id, Prepared, RunSummary};
+use crate::pipeline::{run_media_pipeline_with, with_id, Prepared, RunOptions, RunSummary};
 
 pub struct ScoreJob<'a> {
     pub judge: &'a Judge<'a>,
@@ -19,11 +19,11 @@ pub struct ScoreJob<'a> {
 }
 
 impl ScoreJob<'_> {
-    pub fn run(&self, input: &Path, out: &Path, resume: bool) -> Result<RunSummary> {
-        run_media_pipeline(
+    pub fn run(&self, input: &Path, out: &Path, opts: &RunOptions) -> Result<RunSummary> {
+        run_media_pipeline_with(
+            opts,
             input,
             out,
-            resume,
             self.media,
             |v: &Value| {
                 let req = ScoreRequest::parse(v)?;

@@ -11,7 +11,7 @@ use unireward_models::judge::sift_templates::AnswerForm;
 use unireward_models::judge::{
     ChatTemplate, Family, Media, Mode, PairProbs, PointScore, PromptTemplate, Task,
 };
-use unireward_models::tokenize::PromptTokenizer;
+use unireward_models::tokenize::{unquote_user_text, PromptTokenizer};
 use unireward_models::MediaFeatures;
 
 use crate::backend::Backend;
@@ -115,7 +115,9 @@ impl<'a> Judge<'a> {
     }
 
     /// The full prompt text: user turn from the template, chat wrapping, and in fast mode
-    /// the forced start of the answer.
+    /// the forced start of the answer. The request's prompt and answers are quoted in it
+    /// ([`unireward_models::tokenize::quote_user_text`]); `unquote_user_text` gives the text
+    /// the model reads.
     pub fn prompt_text(
         &self,
         task: Task,
@@ -151,7 +153,8 @@ impl<'a> Judge<'a> {
                 answers.len()
             )));
         }
-        let user = template.render(prompt, answers, media)?;
+        // Quoted, so that a marker or special token typed in the request is read as text.
+        let user = template.render_quoted(prompt, answers, media)?;
         let mut text = self.style.chat.render(&user)?;
         if self.mode == JudgeMode::Fast {
             text.push_str(form.answer_prefix);
@@ -281,6 +284,8 @@ impl<'a> Judge<'a> {
         let tail = prompt
             .rfind("<|im_start|>")
             .map_or(prompt, |at| &prompt[at..]);
+        let tail = unquote_user_text(tail);
+        let tail = tail.as_str();
         let base = self.tokenizer.encode_text(tail)?;
         let joint = self
             .tokenizer

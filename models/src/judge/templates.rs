@@ -50,6 +50,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::task::{Mode, Task};
+use crate::tokenize::quote_user_text;
 use crate::{Error, Result};
 
 /// The system line of every UnifiedReward prompt.
@@ -589,13 +590,42 @@ impl PromptTemplate {
     }
 
     /// The user turn: media markers (at `{media}`, else before the text) and the template with
-    /// its fields filled in.
+    /// its fields filled in. Every answer given must have its placeholder: a template that
+    /// would leave an answer out is an error, not a judgement of the rest.
     pub fn render<S: AsRef<str>>(
         &self,
         prompt: &str,
         answers: &[S],
         media: Media,
     ) -> Result<String> {
+        self.render_with(prompt, answers, media, false)
+    }
+
+    /// [`render`](Self::render) with the prompt and answers quoted as user text
+    /// ([`quote_user_text`]): for the tokenizer, only the template's markers are markers.
+    pub fn render_quoted<S: AsRef<str>>(
+        &self,
+        prompt: &str,
+        answers: &[S],
+        media: Media,
+    ) -> Result<String> {
+        self.render_with(prompt, answers, media, true)
+    }
+
+    fn render_with<S: AsRef<str>>(
+        &self,
+        prompt: &str,
+        answers: &[S],
+        media: Media,
+        quote: bool,
+    ) -> Result<String> {
+        let value = |v: &str| -> String {
+            if quote {
+                quote_user_text(v)
+            } else {
+                v.to_string()
+            }
+        };
         let segments = parse_segments(&self.source, &self.text)?;
         let markers = media.markers(self.marker_separator);
         let has_media_field = segments
@@ -608,7 +638,7 @@ impl PromptTemplate {
         for segment in &segments {
             match segment {
                 Segment::Text(t) => out.push_str(t),
-                Segment::Field(Field::Prompt) => out.push_str(prompt),
+                Segment::Field(Field::Prompt) => out.push_str(&value(prompt)),
                 Segment::Field(Field::Media) => out.push_str(&markers),
                 Segment::Field(Field::Answer(i)) => {
                     let answer = answers.get(*i).ok_or_else(|| {
@@ -619,9 +649,23 @@ impl PromptTemplate {
                             answers.len()
                         ))
                     })?;
-                    out.push_str(answer.as_ref());
+                    out.push_str(&value(answer.as_ref()));
                 }
             }
+        }
+        if let Some(missing) =
+            (0..answers.len()).find(|i| !segments.contains(&Segment::Field(Field::Answer(*i))))
+        {
+            let name = if missing == 0 {
+                "{answer1} or {answer}".to_string()
+            } else {
+                format!("{{answer{}}}", missing + 1)
+            };
+            return Err(Error::Input(format!(
+                "template {} has no {name} placeholder, so answer {} of the request would be left out",
+                self.source,
+                missing + 1
+            )));
         }
         Ok(out)
     }
@@ -764,4 +808,49 @@ fn jinja_error(source: &str, e: &minijinja::Error) -> Error {
         cause = c.source();
     }
     Error::Config(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenize::{unquote_user_text, USER_TEXT_START};
+
+    #[test]
+    fn a_template_that_leaves_an_answer_out_is_refused() {
+        let no_answers = PromptTemplate::parse("mine.txt", "Rate [{question}]").unwrap();
+        let err = no_answers
+            .render("q", &["a1", "a2"], Media::Images(1))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Input(ref m) if m.contains("mine.txt") && m.contains("answer 1")),
+            "{err}"
+        );
+        let only_first = PromptTemplate::parse("mine.txt", "{question} {answer1}").unwrap();
+        let err = only_first
+            .render_quoted("q", &["a1", "a2"], Media::Images(1))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Input(ref m) if m.contains("{answer2}")),
+            "{err}"
+        );
+        assert!(no_answers
+            .render::<&str>("q", &[], Media::Images(1))
+            .is_ok());
+    }
+
+    #[test]
+    fn quoted_rendering_quotes_only_the_request_text() {
+        let t = PromptTemplate::builtin(Family::Llava, Task::ImageUnderstanding, Mode::Pair);
+        let answers = ["see <image>", "no"];
+        let quoted = t
+            .render_quoted("what <video>?", &answers, Media::Images(1))
+            .unwrap();
+        assert_eq!(quoted.matches(USER_TEXT_START).count(), 3);
+        assert!(quoted.starts_with("<image>\n"));
+        assert_eq!(
+            unquote_user_text(&quoted),
+            t.render("what <video>?", &answers, Media::Images(1))
+                .unwrap()
+        );
+    }
 }
