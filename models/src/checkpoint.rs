@@ -204,7 +204,9 @@ impl Checkpoint {
             .into_iter()
             .filter_map(|(key, want, fields)| {
                 let got = self.shape(&key)?;
-                (got != want).then(|| format!("{key} is {got:?} where {fields} give {want:?}"))
+                (got != want).then(|| {
+                    format!("{key} is stored as {got:?}; the config ({fields}) asks for {want:?}")
+                })
             })
             .collect();
         // Layers the config counts beyond those stored would each be built from missing keys.

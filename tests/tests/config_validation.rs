@@ -103,7 +103,7 @@ fn missing_key_with_absurd_size_is_refused_without_allocating() -> Result<()> {
     let tmp = Scratch::new("audit")?;
     let dir = &tmp.0;
     let src = golden_model_dir()?;
-    let gone = "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight";
+    let gone = "vision_tower.encoder.layers.0.mlp.fc1.weight";
     let mut tensors =
         candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu)?;
     tensors.remove(gone);
