@@ -59,7 +59,12 @@ fn open_error(dir: &Path) -> String {
 #[test]
 fn failed_reexport_leaves_the_earlier_export_as_it_was() {
     let out = tempfile::tempdir().unwrap();
-    export_onnx(&golden_model_dir().unwrap(), out.path(), &ExportOptions::default()).unwrap();
+    export_onnx(
+        &golden_model_dir().unwrap(),
+        out.path(),
+        &ExportOptions::default(),
+    )
+    .unwrap();
     let before = snapshot(out.path());
     assert!(before.contains_key("manifest.json") && before.contains_key("decoder.onnx.data"));
 
@@ -90,11 +95,15 @@ fn failed_reexport_leaves_the_earlier_export_as_it_was() {
 #[test]
 fn files_that_do_not_match_the_manifest_are_refused() {
     let out = tempfile::tempdir().unwrap();
-    export_onnx(&golden_model_dir().unwrap(), out.path(), &ExportOptions::default()).unwrap();
-    let manifest: Value = serde_json::from_str(
-        &std::fs::read_to_string(out.path().join("manifest.json")).unwrap(),
+    export_onnx(
+        &golden_model_dir().unwrap(),
+        out.path(),
+        &ExportOptions::default(),
     )
     .unwrap();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("manifest.json")).unwrap())
+            .unwrap();
     let sizes = manifest["file_sizes"].as_object().unwrap();
     for f in [
         "vision.onnx",
@@ -161,7 +170,11 @@ fn absurd_config_sizes_stop_the_export_before_it_writes() {
         let stderr = String::from_utf8_lossy(&run.stderr);
         println!("{section}.{key} = {value}: {took:.2?}: {stderr}");
         assert!(!run.status.success(), "{stderr}");
-        assert_eq!(run.status.code(), Some(1), "an error, not an abort: {stderr}");
+        assert_eq!(
+            run.status.code(),
+            Some(1),
+            "an error, not an abort: {stderr}"
+        );
         assert!(
             stderr.contains("config.json does not match") && stderr.contains("embed_tokens"),
             "{stderr}"

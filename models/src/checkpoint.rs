@@ -122,7 +122,11 @@ impl Checkpoint {
         let keys = tensors.tensors().into_iter().map(|(k, _)| k).collect();
         let bytes = files
             .iter()
-            .map(|f| std::fs::metadata(f).map(|m| m.len()).map_err(|e| Error::io(f, e)))
+            .map(|f| {
+                std::fs::metadata(f)
+                    .map(|m| m.len())
+                    .map_err(|e| Error::io(f, e))
+            })
             .sum::<Result<u64>>()?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -420,9 +424,12 @@ impl AuditingBackend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let bytes = shape.dims().iter().try_fold(dtype.size_in_bytes() as u64, |acc, &d| {
-            acc.checked_mul(d as u64)
-        });
+        let bytes = shape
+            .dims()
+            .iter()
+            .try_fold(dtype.size_in_bytes() as u64, |acc, &d| {
+                acc.checked_mul(d as u64)
+            });
         if bytes.is_none_or(|b| b > self.stand_in_budget) {
             let msg = format!(
                 "{problem}: the config asks for {:?}, larger than the whole checkpoint",

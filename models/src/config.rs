@@ -435,7 +435,9 @@ fn vision_from_json(s: &Section, d: &VisionConfig) -> Result<VisionConfig> {
 }
 
 fn text_from_json(s: &Section) -> Result<TextConfig> {
-    let rope = s.object("rope_parameters")?.map(|r| Section::new(r, "rope_parameters."));
+    let rope = s
+        .object("rope_parameters")?
+        .map(|r| Section::new(r, "rope_parameters."));
     let rope_theta = match s.positive("rope_theta")? {
         Some(t) => t,
         None => match &rope {
@@ -472,8 +474,7 @@ fn text_from_json(s: &Section) -> Result<TextConfig> {
         tie_word_embeddings: s.bool("tie_word_embeddings")?.unwrap_or(false),
         eos_token_id: s.eos_id()?,
     };
-    if !cfg.hidden_size.is_multiple_of(heads) || !heads.is_multiple_of(cfg.num_key_value_heads)
-    {
+    if !cfg.hidden_size.is_multiple_of(heads) || !heads.is_multiple_of(cfg.num_key_value_heads) {
         return Err(Error::Config(format!(
             "{p}hidden_size {} / {p}num_attention_heads {heads} / {p}num_key_value_heads {} do \
              not divide",
@@ -514,11 +515,14 @@ fn local_vision_config(v: &Value, dir: Option<&Path>) -> Option<Result<VisionCon
             source,
         })?;
         let inner = json.get("vision_config").unwrap_or(&json);
-        vision_from_json(&Section::new(inner, "vision_config."), &VisionConfig::so400m())
-            .map_err(|e| match e {
-                Error::Config(msg) => Error::Config(format!("{}: {msg}", cfg_path.display())),
-                other => other,
-            })
+        vision_from_json(
+            &Section::new(inner, "vision_config."),
+            &VisionConfig::so400m(),
+        )
+        .map_err(|e| match e {
+            Error::Config(msg) => Error::Config(format!("{}: {msg}", cfg_path.display())),
+            other => other,
+        })
     })())
 }
 
@@ -643,9 +647,13 @@ mod tests {
                 "{bad}: {err}"
             );
         }
-        let err = refusal(&tiny(|v| v["vision_config"]["num_attention_heads"] = json!(-4)));
+        let err = refusal(&tiny(|v| {
+            v["vision_config"]["num_attention_heads"] = json!(-4)
+        }));
         assert!(err.contains("vision_config.num_attention_heads"), "{err}");
-        let err = refusal(&tiny(|v| v["text_config"]["tie_word_embeddings"] = json!("no")));
+        let err = refusal(&tiny(|v| {
+            v["text_config"]["tie_word_embeddings"] = json!("no")
+        }));
         assert!(err.contains("text_config.tie_word_embeddings"), "{err}");
         let err = refusal(&tiny(|v| v["vision_feature_layer"] = json!([-2, -1])));
         assert!(err.contains("vision_feature_layer"), "{err}");
@@ -660,7 +668,9 @@ mod tests {
         );
         let err = refusal(&tiny(|v| v["video_token_index"] = json!(100000)));
         assert!(err.contains("video_token_index"), "{err}");
-        let err = refusal(&tiny(|v| v["text_config"]["eos_token_id"] = json!([9999, 573])));
+        let err = refusal(&tiny(|v| {
+            v["text_config"]["eos_token_id"] = json!([9999, 573])
+        }));
         assert!(err.contains("eos_token_id 9999"), "{err}");
         let err = refusal(&tiny(|v| v["image_token_index"] = json!(-5)));
         assert!(err.contains("image_token_index"), "{err}");
@@ -684,12 +694,16 @@ mod tests {
 
     #[test]
     fn head_sizes_must_divide_and_be_even() {
-        let err = refusal(&tiny(|v| v["text_config"]["num_key_value_heads"] = json!(3)));
+        let err = refusal(&tiny(|v| {
+            v["text_config"]["num_key_value_heads"] = json!(3)
+        }));
         assert!(err.contains("do not divide"), "{err}");
         // 4 heads of 9: rotary embeddings need an even head size.
         let err = refusal(&tiny(|v| v["text_config"]["hidden_size"] = json!(36)));
         assert!(err.contains("odd head size"), "{err}");
-        let err = refusal(&tiny(|v| v["vision_config"]["image_size"] = json!(1u64 << 20)));
+        let err = refusal(&tiny(|v| {
+            v["vision_config"]["image_size"] = json!(1u64 << 20)
+        }));
         assert!(err.contains("vision_config.image_size"), "{err}");
     }
 
@@ -698,7 +712,10 @@ mod tests {
         let v = json!({"mm_vision_tower": "x", "mm_projector_type": "mlp2x_gelu",
                        "hidden_size": 896, "num_attention_heads": 14, "num_key_value_heads": 2,
                        "image_token_index": -200});
-        assert_eq!(LlavaConfig::from_json(&v, None).unwrap().image_token_id, None);
+        assert_eq!(
+            LlavaConfig::from_json(&v, None).unwrap().image_token_id,
+            None
+        );
     }
 
     #[test]

@@ -18,7 +18,8 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("unireward-cfgval-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("unireward-cfgval-{}-{name}", std::process::id()));
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
@@ -76,18 +77,51 @@ fn load_errors(dir: &Path) -> Vec<(&'static str, String, Duration)> {
 #[test]
 fn absurd_sizes_are_refused_before_any_allocation() -> Result<()> {
     let cases: [(&str, &str, Value, &str); 6] = [
-        ("text_config", "hidden_size", json!(1_000_000_000u64), "embed_tokens.weight"),
-        ("text_config", "vocab_size", json!(1_000_000_000_000u64), "embed_tokens.weight"),
-        ("text_config", "intermediate_size", json!(1_000_000_000_000u64), "gate_proj.weight"),
-        ("text_config", "num_hidden_layers", json!(1_000_000_000u64), "num_hidden_layers"),
-        ("vision_config", "hidden_size", json!(1_000_000_000u64), "patch_embedding.weight"),
-        ("vision_config", "num_hidden_layers", json!(1_000_000_000u64), "vision feature layer"),
+        (
+            "text_config",
+            "hidden_size",
+            json!(1_000_000_000u64),
+            "embed_tokens.weight",
+        ),
+        (
+            "text_config",
+            "vocab_size",
+            json!(1_000_000_000_000u64),
+            "embed_tokens.weight",
+        ),
+        (
+            "text_config",
+            "intermediate_size",
+            json!(1_000_000_000_000u64),
+            "gate_proj.weight",
+        ),
+        (
+            "text_config",
+            "num_hidden_layers",
+            json!(1_000_000_000u64),
+            "num_hidden_layers",
+        ),
+        (
+            "vision_config",
+            "hidden_size",
+            json!(1_000_000_000u64),
+            "patch_embedding.weight",
+        ),
+        (
+            "vision_config",
+            "num_hidden_layers",
+            json!(1_000_000_000u64),
+            "vision feature layer",
+        ),
     ];
     for (section, key, value, named) in cases {
         let (_tmp, dir) = edited_model("absurd", |c| c[section][key] = value.clone())?;
         for (loader, err, took) in load_errors(&dir) {
             println!("{section}.{key} = {value}: {loader}: {took:.2?}: {err}");
-            assert!(err.contains("config.json does not match"), "{loader}: {err}");
+            assert!(
+                err.contains("config.json does not match"),
+                "{loader}: {err}"
+            );
             assert!(err.contains(named), "{loader}: {err}");
             // Allocating (or failing to allocate) gigabytes of zeros takes longer, or aborts.
             assert!(took < Duration::from_secs(5), "{loader}: {took:?}");
@@ -104,8 +138,7 @@ fn missing_key_with_absurd_size_is_refused_without_allocating() -> Result<()> {
     let dir = &tmp.0;
     let src = golden_model_dir()?;
     let gone = "vision_tower.encoder.layers.0.mlp.fc1.weight";
-    let mut tensors =
-        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu)?;
+    let mut tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu)?;
     tensors.remove(gone);
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
     let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json"))?)?;

@@ -75,7 +75,10 @@ fn unusable_flags_are_refused_before_any_work() -> Result<()> {
             &format!("{flag}={value}"),
         ])?;
         let msg = String::from_utf8_lossy(&res.stderr);
-        assert!(!res.status.success() && msg.contains(flag), "{flag} {value}: {msg}");
+        assert!(
+            !res.status.success() && msg.contains(flag),
+            "{flag} {value}: {msg}"
+        );
     }
     let res = trainer_unchecked(&[
         "dpo",
@@ -91,6 +94,9 @@ fn unusable_flags_are_refused_before_any_work() -> Result<()> {
         "nan",
     ])?;
     let msg = String::from_utf8_lossy(&res.stderr);
-    assert!(!res.status.success() && msg.contains("--sft-weight"), "{msg}");
+    assert!(
+        !res.status.success() && msg.contains("--sft-weight"),
+        "{msg}"
+    );
     Ok(())
 }

@@ -80,7 +80,10 @@ fn resume_with_unchanged_data_goes_on() -> Result<()> {
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
         out.join("checkpoint-1/trainer_state.json"),
     )?)?;
-    assert!(state["data_digest"].as_str().is_some_and(|d| d.len() == 16), "{state}");
+    assert!(
+        state["data_digest"].as_str().is_some_and(|d| d.len() == 16),
+        "{state}"
+    );
     trainer(&[&args[..], &["--resume"]].concat())?;
     assert_eq!(metrics(&out)?.len(), 3);
     Ok(())

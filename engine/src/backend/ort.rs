@@ -458,14 +458,20 @@ fn check_file_sizes(dir: &Path, manifest: &Manifest) -> Result<()> {
         g.decoder.data.as_ref(),
         Some(&manifest.embeddings.file),
     ];
-    if let Some(missing) = named.into_iter().flatten().find(|f| !sizes.contains_key(*f)) {
+    if let Some(missing) = named
+        .into_iter()
+        .flatten()
+        .find(|f| !sizes.contains_key(*f))
+    {
         return Err(invalid(
             dir,
             format!("{MANIFEST_FILE} names {missing} but records no size for it"),
         ));
     }
     for (name, &want) in sizes {
-        let plain = Path::new(name).file_name().is_some_and(|n| n == name.as_str());
+        let plain = Path::new(name)
+            .file_name()
+            .is_some_and(|n| n == name.as_str());
         if !plain {
             return Err(invalid(
                 dir,

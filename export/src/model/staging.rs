@@ -134,7 +134,10 @@ mod tests {
             std::fs::write(staging.dir().join("a.bin"), "new a, half").unwrap();
         }
         assert!(!out.path().join(STAGING_DIR).exists());
-        assert_eq!(std::fs::read_to_string(out.path().join("a.bin")).unwrap(), "old a");
+        assert_eq!(
+            std::fs::read_to_string(out.path().join("a.bin")).unwrap(),
+            "old a"
+        );
         assert_eq!(
             std::fs::read_to_string(out.path().join("manifest.json")).unwrap(),
             "old"
