@@ -194,6 +194,7 @@ fn run_config(
         save_every: None,
         keep_checkpoints: 2,
         resume: false,
+        allow_data_change: false,
         stop_after: None,
         max_grad_norm: Some(1.0),
         adamw: AdamWParams::default(),

@@ -1,5 +1,6 @@
 //! Checkpoint loading: memory-mapped safetensors (one file or an index of shards), the key
-//! layout detected from the names, and a refusal that names every missing key.
+//! layout detected from the names, the configuration's sizes checked against the stored
+//! shapes before any tensor is made, and a refusal that names every missing key.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
+use crate::config::{ConfigFlavour, LlavaConfig};
 use crate::{Error, Result};
 
 /// Where each part of the model lives in a checkpoint's key space.
@@ -116,6 +118,26 @@ pub struct Checkpoint {
     pub dir: PathBuf,
     tensors: Arc<MmapedSafetensors>,
     keys: BTreeSet<String>,
+    /// Size of the weight files together.
+    bytes: u64,
+}
+
+/// The configuration of `dir`, its checkpoint and key layout, with the configuration fixed
+/// up as every loader needs it (a LLaVA-NeXT config counts a vision layer that the checkpoint
+/// does not store) and checked against the stored shapes ([`Checkpoint::check_config`]).
+pub fn open_model_dir(dir: &Path) -> Result<(LlavaConfig, Checkpoint, KeyLayout)> {
+    let mut cfg = LlavaConfig::from_file(&dir.join("config.json"))?;
+    let ckpt = Checkpoint::open(dir)?;
+    let layout = ckpt.detect_layout(cfg.text.tie_word_embeddings);
+    if cfg.flavour == ConfigFlavour::LlavaNext {
+        // The named tower counts a layer that the original code dropped before saving.
+        let stored = ckpt.count_layers(&layout.vision);
+        if stored > 0 {
+            cfg.vision.num_hidden_layers = stored;
+        }
+    }
+    ckpt.check_config(&cfg, &layout)?;
+    Ok((cfg, ckpt, layout))
 }
 
 impl Checkpoint {
@@ -130,10 +152,126 @@ impl Checkpoint {
                 msg: format!("cannot read safetensors: {e}"),
             })?;
         let keys = tensors.tensors().into_iter().map(|(k, _)| k).collect();
+        let bytes = files
+            .iter()
+            .map(|f| {
+                std::fs::metadata(f)
+                    .map(|m| m.len())
+                    .map_err(|e| Error::io(f, e))
+            })
+            .sum::<Result<u64>>()?;
         Ok(Self {
             dir: dir.to_path_buf(),
             tensors: Arc::new(tensors),
             keys,
+            bytes,
+        })
+    }
+
+    /// The stored shape of `key`, read from the header (no tensor is made).
+    pub fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        self.tensors.get(key).ok().map(|view| view.shape().to_vec())
+    }
+
+    /// Compares every size of `cfg` with the shape of a tensor that has it, from the headers
+    /// alone, before a model asks for tensors of those sizes: a config whose `hidden_size`
+    /// says 1e9 must be refused by name, not make the builder allocate zeros for what does
+    /// not fit. Tensors that are absent are left to the key audit.
+    pub fn check_config(&self, cfg: &LlavaConfig, layout: &KeyLayout) -> Result<()> {
+        let (v, t) = (&cfg.vision, &cfg.text);
+        let d = &layout.decoder;
+        let vp = &layout.vision;
+        let head_dim = t.head_dim();
+        let mut expected: Vec<(String, Vec<usize>, &str)> = vec![
+            (
+                format!("{d}embed_tokens.weight"),
+                vec![t.vocab_size, t.hidden_size],
+                "text vocab_size, hidden_size",
+            ),
+            (
+                format!("{d}layers.0.self_attn.q_proj.weight"),
+                vec![t.num_attention_heads * head_dim, t.hidden_size],
+                "text hidden_size",
+            ),
+            (
+                format!("{d}layers.0.self_attn.k_proj.weight"),
+                vec![t.num_key_value_heads * head_dim, t.hidden_size],
+                "text num_key_value_heads × head size (hidden_size / num_attention_heads)",
+            ),
+            (
+                format!("{d}layers.0.mlp.gate_proj.weight"),
+                vec![t.intermediate_size, t.hidden_size],
+                "text intermediate_size, hidden_size",
+            ),
+            (
+                format!("{vp}embeddings.patch_embedding.weight"),
+                vec![v.hidden_size, v.num_channels, v.patch_size, v.patch_size],
+                "vision hidden_size, num_channels, patch_size",
+            ),
+            (
+                format!("{vp}embeddings.position_embedding.weight"),
+                vec![v.tokens_per_tile(), v.hidden_size],
+                "vision (image_size / patch_size)², hidden_size",
+            ),
+            (
+                format!("{vp}encoder.layers.0.mlp.fc1.weight"),
+                vec![v.intermediate_size, v.hidden_size],
+                "vision intermediate_size, hidden_size",
+            ),
+            (
+                format!("{}.weight", layout.projector[0]),
+                vec![t.hidden_size, v.hidden_size],
+                "text hidden_size, vision hidden_size",
+            ),
+            (
+                layout.image_newline.clone(),
+                vec![t.hidden_size],
+                "text hidden_size",
+            ),
+        ];
+        if let Some(head) = &layout.lm_head {
+            expected.push((
+                format!("{head}.weight"),
+                vec![t.vocab_size, t.hidden_size],
+                "text vocab_size, hidden_size",
+            ));
+        }
+        let mut problems: Vec<String> = expected
+            .into_iter()
+            .filter_map(|(key, want, fields)| {
+                let got = self.shape(&key)?;
+                (got != want).then(|| {
+                    format!("{key} is stored as {got:?}; the config ({fields}) asks for {want:?}")
+                })
+            })
+            .collect();
+        // Layers the config counts beyond those stored would each be built from missing keys.
+        let text_layers = self.count_blocks(&format!("{d}layers."));
+        if t.num_hidden_layers > text_layers {
+            problems.push(format!(
+                "text num_hidden_layers is {} but {text_layers} decoder layer(s) are stored",
+                t.num_hidden_layers
+            ));
+        }
+        let used = cfg.vision_layers_used()?;
+        let vision_layers = self.count_layers(vp);
+        if used > vision_layers {
+            problems.push(format!(
+                "the vision feature layer needs {used} layer(s) (vision num_hidden_layers {}) \
+                 but {vision_layers} are stored",
+                v.num_hidden_layers
+            ));
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Checkpoint {
+            path: self.dir.clone(),
+            msg: format!(
+                "config.json does not match the stored weights ({} layout): {}",
+                layout.name,
+                problems.join("; ")
+            ),
         })
     }
 
@@ -197,10 +335,14 @@ impl Checkpoint {
 
     /// Number of `{prefix}encoder.layers.N.` blocks stored.
     pub fn count_layers(&self, prefix: &str) -> usize {
-        let head = format!("{prefix}encoder.layers.");
+        self.count_blocks(&format!("{prefix}encoder.layers."))
+    }
+
+    /// One more than the highest `N` of the keys `{head}N.…`.
+    fn count_blocks(&self, head: &str) -> usize {
         self.keys
             .iter()
-            .filter_map(|k| k.strip_prefix(&head))
+            .filter_map(|k| k.strip_prefix(head))
             .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
             .map(|i| i + 1)
             .max()
@@ -214,6 +356,7 @@ impl Checkpoint {
         let backend = AuditingBackend {
             tensors: self.tensors.clone(),
             audit: audit.clone(),
+            stand_in_budget: self.bytes,
         };
         (
             VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),
@@ -296,6 +439,40 @@ impl KeyAudit {
 struct AuditingBackend {
     tensors: Arc<MmapedSafetensors>,
     audit: KeyAudit,
+    /// The largest zero tensor made to stand in for a missing or misshapen key, in bytes:
+    /// the checkpoint's own size. A larger request can only come from a config whose sizes
+    /// are wrong, and is refused rather than allocated.
+    stand_in_budget: u64,
+}
+
+impl AuditingBackend {
+    /// Records `problem` and returns zeros of `shape` standing in for the key, so that the
+    /// builder goes on and every problem gets recorded; an error instead when the zeros
+    /// would outgrow the checkpoint.
+    fn stand_in(
+        &self,
+        problem: String,
+        shape: Shape,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let bytes = shape
+            .dims()
+            .iter()
+            .try_fold(dtype.size_in_bytes() as u64, |acc, &d| {
+                acc.checked_mul(d as u64)
+            });
+        if bytes.is_none_or(|b| b > self.stand_in_budget) {
+            let msg = format!(
+                "{problem}: the config asks for {:?}, larger than the whole checkpoint",
+                shape.dims()
+            );
+            self.audit.push(msg.clone());
+            return Err(candle_core::Error::Msg(msg));
+        }
+        self.audit.push(problem);
+        Tensor::zeros(shape, dtype, dev)
+    }
 }
 
 impl SimpleBackend for AuditingBackend {
@@ -310,17 +487,10 @@ impl SimpleBackend for AuditingBackend {
         match self.tensors.load(name, dev) {
             Ok(t) if t.shape() == &s => t.to_dtype(dtype),
             Ok(t) => {
-                self.audit.push(format!(
-                    "{name} (shape {:?}, expected {:?})",
-                    t.dims(),
-                    s.dims()
-                ));
-                Tensor::zeros(s, dtype, dev)
+                let problem = format!("{name} (shape {:?}, expected {:?})", t.dims(), s.dims());
+                self.stand_in(problem, s, dtype, dev)
             }
-            Err(_) => {
-                self.audit.push(name.to_string());
-                Tensor::zeros(s, dtype, dev)
-            }
+            Err(_) => self.stand_in(name.to_string(), s, dtype, dev),
         }
     }
 

@@ -104,93 +104,116 @@ pub struct LlavaConfig {
 }
 
 impl LlavaConfig {
+    /// Reads and validates `path`; an error names the file and the offending field.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_json(&value, path.parent())
+        Self::from_json(&value, path.parent()).map_err(|e| match e {
+            Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
+            other => other,
+        })
     }
 
     /// `dir` is where the config lives: LLaVA-NeXT configs name their vision tower by path.
+    /// Every field is checked for its type and range here, once, so that a bad value is
+    /// refused by name instead of falling back to a default or failing later per record.
     pub fn from_json(v: &Value, dir: Option<&Path>) -> Result<Self> {
-        if v.get("mm_vision_tower").is_some() || v.get("mm_projector_type").is_some() {
-            Self::from_llava_next(v, dir)
+        let cfg = if v.get("mm_vision_tower").is_some() || v.get("mm_projector_type").is_some() {
+            Self::from_llava_next(v, dir)?
         } else if v.get("vision_config").is_some() || v.get("text_config").is_some() {
-            Self::from_hf(v)
+            Self::from_hf(v)?
         } else {
-            Err(Error::Config(
+            return Err(Error::Config(
                 "neither a LlavaOnevisionConfig (vision_config/text_config) nor a \
                  LlavaQwenForCausalLM config (mm_* keys)"
                     .into(),
-            ))
-        }
+            ));
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     fn from_hf(v: &Value) -> Result<Self> {
         let empty = Value::Object(Default::default());
-        let vision_json = v.get("vision_config").unwrap_or(&empty);
-        let text_json = v.get("text_config").unwrap_or(&empty);
-        let vision = vision_from_json(vision_json, &VisionConfig::so400m())?;
-        let mut text = text_from_json(text_json)?;
-        if let Some(tied) = v.get("tie_word_embeddings").and_then(Value::as_bool) {
+        let top = Section::top(v);
+        let vision_json = top.object("vision_config")?.unwrap_or(&empty);
+        let text_json = top.object("text_config")?.unwrap_or(&empty);
+        let vision_section = Section::new(vision_json, "vision_config.");
+        let text_section = Section::new(text_json, "text_config.");
+        let vision = vision_from_json(&vision_section, &VisionConfig::so400m())?;
+        let mut text = text_from_json(&text_section)?;
+        if let Some(tied) = top.bool("tie_word_embeddings")? {
             // The outer flag is what transformers ties by when the inner one is absent.
-            if text_json.get("tie_word_embeddings").is_none() {
+            if text_section.get("tie_word_embeddings").is_none() {
                 text.tie_word_embeddings = tied;
             }
         }
-        let strategy = str_or(v, "vision_feature_select_strategy", "full");
+        let strategy = top.string("vision_feature_select_strategy")?;
+        let aspect = top.string("vision_aspect_ratio")?;
+        // The hub's defaults (151646, 151647) are not checked against the vocabulary: a small
+        // model used for text alone never reaches them.
+        let image = top.token_id(&["image_token_index", "image_token_id"])?;
+        let video = top.token_id(&["video_token_index", "video_token_id"])?;
+        for (name, id) in [("image_token_index", image), ("video_token_index", video)] {
+            if let Some(id) = id {
+                check_token_id(name, id, text.vocab_size)?;
+            }
+        }
         Ok(Self {
             flavour: ConfigFlavour::HuggingFace,
             vision: vision.clone(),
             text,
-            image_token_id: Some(
-                first_u32(v, &["image_token_index", "image_token_id"]).unwrap_or(151646),
-            ),
-            video_token_id: Some(
-                first_u32(v, &["video_token_index", "video_token_id"]).unwrap_or(151647),
-            ),
+            image_token_id: Some(image.unwrap_or(151646)),
+            video_token_id: Some(video.unwrap_or(151647)),
             anyres: anyres(
                 &vision,
                 v.get("image_grid_pinpoints"),
-                &str_or(v, "vision_aspect_ratio", "anyres_max_9"),
+                aspect.as_deref().unwrap_or("anyres_max_9"),
             )?,
-            vision_feature_layer: v
-                .get("vision_feature_layer")
-                .and_then(Value::as_i64)
-                .unwrap_or(-1),
-            drop_first_feature: feature_strategy(&strategy)?,
-            projector_bias: v
-                .get("multimodal_projector_bias")
-                .and_then(Value::as_bool)
-                .unwrap_or(true),
+            vision_feature_layer: top.feature_layer("vision_feature_layer")?.unwrap_or(-1),
+            drop_first_feature: feature_strategy(strategy.as_deref().unwrap_or("full"))?,
+            projector_bias: top.bool("multimodal_projector_bias")?.unwrap_or(true),
         })
     }
 
     fn from_llava_next(v: &Value, dir: Option<&Path>) -> Result<Self> {
-        let text = text_from_json(v)?;
+        let top = Section::top(v);
+        let text = text_from_json(&top)?;
         let vision = match local_vision_config(v, dir) {
             Some(found) => found?,
             None => VisionConfig::so400m(),
         };
-        let projector = str_or(v, "mm_projector_type", "mlp2x_gelu");
+        let projector = top.string("mm_projector_type")?;
+        let projector = projector.as_deref().unwrap_or("mlp2x_gelu");
         if projector != "mlp2x_gelu" {
             return Err(Error::Config(format!(
                 "mm_projector_type {projector:?}: only mlp2x_gelu (Linear-GELU-Linear) is supported"
             )));
         }
-        let strategy = str_or(v, "mm_vision_select_feature", "patch");
+        let strategy = top.string("mm_vision_select_feature")?;
+        let strategy = strategy.as_deref().unwrap_or("patch");
+        let aspect = top.string("image_aspect_ratio")?;
+        // The original code marks images with the id -200, never tokenized: no token.
+        let image = top.llava_next_token_id(&["image_token_index", "image_token_id"])?;
+        let video = top.llava_next_token_id(&["video_token_index", "video_token_id"])?;
+        for (name, id) in [("image_token_index", image), ("video_token_index", video)] {
+            if let Some(id) = id {
+                check_token_id(name, id, text.vocab_size)?;
+            }
+        }
         Ok(Self {
             flavour: ConfigFlavour::LlavaNext,
             vision: vision.clone(),
             text,
-            image_token_id: first_u32(v, &["image_token_index", "image_token_id"]),
-            video_token_id: first_u32(v, &["video_token_index", "video_token_id"]),
+            image_token_id: image,
+            video_token_id: video,
             anyres: anyres(
                 &vision,
                 v.get("image_grid_pinpoints"),
-                &str_or(v, "image_aspect_ratio", "anyres_max_9"),
+                aspect.as_deref().unwrap_or("anyres_max_9"),
             )?,
             // The original tower drops its last layer and reads the output of what is left;
             // checkpoints store only the kept layers, so the last stored layer is the feature.
@@ -198,6 +221,16 @@ impl LlavaConfig {
             drop_first_feature: strategy == "cls_patch" || strategy == "default",
             projector_bias: true,
         })
+    }
+
+    /// What no single field can say: token ids inside the vocabulary and a feature layer
+    /// inside the tower.
+    fn validate(&self) -> Result<()> {
+        if let Some(eos) = self.text.eos_token_id {
+            check_token_id("eos_token_id", eos, self.text.vocab_size)?;
+        }
+        self.vision_layers_used()?;
+        Ok(())
     }
 
     /// How many vision layers must run for the configured feature layer.
@@ -214,121 +247,249 @@ impl LlavaConfig {
     }
 }
 
-fn usize_or(v: &Value, key: &str, default: usize) -> usize {
-    v.get(key)
-        .and_then(Value::as_u64)
-        .map(|x| x as usize)
-        .unwrap_or(default)
+fn check_token_id(name: &str, id: u32, vocab: usize) -> Result<()> {
+    if id as usize >= vocab {
+        return Err(Error::Config(format!(
+            "{name} {id} is outside the vocabulary (vocab_size {vocab})"
+        )));
+    }
+    Ok(())
 }
 
-fn f64_or(v: &Value, key: &str, default: f64) -> f64 {
-    v.get(key).and_then(Value::as_f64).unwrap_or(default)
+/// The largest tile side accepted, in pixels: pinpoints are multiples of it in u32, and
+/// so400m's is 384.
+const MAX_IMAGE_SIZE: usize = 1 << 16;
+
+/// One object of the config (the top level or `text_config` / `vision_config`), read with
+/// checks: a key that is absent or `null` takes the library's default, a key of the wrong
+/// type or out of range is an error naming it (`prefix` + key).
+struct Section<'a> {
+    v: &'a Value,
+    prefix: &'static str,
 }
 
-fn str_or(v: &Value, key: &str, default: &str) -> String {
-    v.get(key)
-        .and_then(Value::as_str)
-        .unwrap_or(default)
-        .to_string()
-}
+impl<'a> Section<'a> {
+    fn new(v: &'a Value, prefix: &'static str) -> Self {
+        Self { v, prefix }
+    }
 
-fn first_u32(v: &Value, keys: &[&str]) -> Option<u32> {
-    keys.iter()
-        .find_map(|k| v.get(*k).and_then(Value::as_u64))
-        .map(|x| x as u32)
-}
+    fn top(v: &'a Value) -> Self {
+        Self::new(v, "")
+    }
 
-/// `eos_token_id` may be a number or a list of numbers; the first one ends generation.
-fn eos_id(v: &Value) -> Option<u32> {
-    match v.get("eos_token_id")? {
-        Value::Number(n) => n.as_u64().map(|x| x as u32),
-        Value::Array(a) => a.first().and_then(Value::as_u64).map(|x| x as u32),
-        _ => None,
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.v.get(key).filter(|x| !x.is_null())
+    }
+
+    fn bad(&self, key: &str, want: &str, got: &Value) -> Error {
+        Error::Config(format!("{}{key}: expected {want}, got {got}", self.prefix))
+    }
+
+    /// A size: an integer of at least 1.
+    fn size(&self, key: &str, default: usize) -> Result<usize> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(x) => x
+                .as_u64()
+                .filter(|&n| n >= 1 && n <= usize::MAX as u64)
+                .map(|n| n as usize)
+                .ok_or_else(|| self.bad(key, "a positive integer", x)),
+        }
+    }
+
+    /// A finite number above zero (epsilons, rope_theta).
+    fn positive(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(x) => x
+                .as_f64()
+                .filter(|f| f.is_finite() && *f > 0.0)
+                .map(Some)
+                .ok_or_else(|| self.bad(key, "a finite positive number", x)),
+        }
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(x) => x
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.bad(key, "true or false", x)),
+        }
+    }
+
+    fn string(&self, key: &str) -> Result<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(x) => x
+                .as_str()
+                .map(|s| Some(s.to_string()))
+                .ok_or_else(|| self.bad(key, "a string", x)),
+        }
+    }
+
+    fn object(&self, key: &str) -> Result<Option<&'a Value>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(x) if x.is_object() => Ok(Some(x)),
+            Some(x) => Err(self.bad(key, "an object", x)),
+        }
+    }
+
+    /// The first of `keys` present, as a token id (an integer 0..2^32).
+    fn token_id(&self, keys: &[&str]) -> Result<Option<u32>> {
+        let Some((key, x)) = keys.iter().find_map(|k| Some((*k, self.get(k)?))) else {
+            return Ok(None);
+        };
+        x.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| self.bad(key, "a token id (an integer from 0)", x))
+    }
+
+    /// As [`Self::token_id`], except that a negative id (the original code's `-200` image
+    /// marker) means there is no such token.
+    fn llava_next_token_id(&self, keys: &[&str]) -> Result<Option<u32>> {
+        let negative = keys
+            .iter()
+            .find_map(|k| self.get(k))
+            .and_then(Value::as_i64)
+            .is_some_and(|n| n < 0);
+        if negative {
+            return Ok(None);
+        }
+        self.token_id(keys)
+    }
+
+    /// `eos_token_id`: a number, or a list of numbers whose first ends generation.
+    fn eos_id(&self) -> Result<Option<u32>> {
+        let key = "eos_token_id";
+        let id = |x: &Value| -> Result<u32> {
+            x.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| self.bad(key, "a token id or a list of token ids", x))
+        };
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => {
+                let ids = a.iter().map(id).collect::<Result<Vec<_>>>()?;
+                Ok(ids.first().copied())
+            }
+            Some(x) => id(x).map(Some),
+        }
+    }
+
+    /// One layer index (negative counts from the end); a list of layers is not supported.
+    fn feature_layer(&self, key: &str) -> Result<Option<i64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(x) => x
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| self.bad(key, "one layer index (an integer)", x)),
+        }
     }
 }
 
-fn vision_from_json(v: &Value, d: &VisionConfig) -> Result<VisionConfig> {
+fn vision_from_json(s: &Section, d: &VisionConfig) -> Result<VisionConfig> {
     let cfg = VisionConfig {
-        hidden_size: usize_or(v, "hidden_size", d.hidden_size),
-        intermediate_size: usize_or(v, "intermediate_size", d.intermediate_size),
-        num_hidden_layers: usize_or(v, "num_hidden_layers", d.num_hidden_layers),
-        num_attention_heads: usize_or(v, "num_attention_heads", d.num_attention_heads),
-        num_channels: usize_or(v, "num_channels", d.num_channels),
-        image_size: usize_or(v, "image_size", d.image_size),
-        patch_size: usize_or(v, "patch_size", d.patch_size),
-        layer_norm_eps: f64_or(v, "layer_norm_eps", d.layer_norm_eps),
+        hidden_size: s.size("hidden_size", d.hidden_size)?,
+        intermediate_size: s.size("intermediate_size", d.intermediate_size)?,
+        num_hidden_layers: s.size("num_hidden_layers", d.num_hidden_layers)?,
+        num_attention_heads: s.size("num_attention_heads", d.num_attention_heads)?,
+        num_channels: s.size("num_channels", d.num_channels)?,
+        image_size: s.size("image_size", d.image_size)?,
+        patch_size: s.size("patch_size", d.patch_size)?,
+        layer_norm_eps: s.positive("layer_norm_eps")?.unwrap_or(d.layer_norm_eps),
     };
-    if let Some(act) = v.get("hidden_act").and_then(Value::as_str) {
+    if let Some(act) = s.string("hidden_act")? {
         if act != "gelu_pytorch_tanh" {
             return Err(Error::Config(format!(
-                "vision hidden_act {act:?}: SigLIP uses gelu_pytorch_tanh"
+                "{}hidden_act {act:?}: SigLIP uses gelu_pytorch_tanh",
+                s.prefix
             )));
         }
     }
-    // so400m has 384 px tiles of 14 px patches: the stride-14 convolution drops the last
-    // 6 pixels, so the tile need not be a multiple of the patch.
-    if cfg.patch_size == 0 || cfg.image_size < cfg.patch_size {
+    if cfg.image_size > MAX_IMAGE_SIZE {
         return Err(Error::Config(format!(
-            "vision image_size {} holds no patch of patch_size {}",
-            cfg.image_size, cfg.patch_size
+            "{}image_size {} is over {MAX_IMAGE_SIZE} pixels",
+            s.prefix, cfg.image_size
         )));
     }
-    if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+    // so400m has 384 px tiles of 14 px patches: the stride-14 convolution drops the last
+    // 6 pixels, so the tile need not be a multiple of the patch.
+    if cfg.image_size < cfg.patch_size {
         return Err(Error::Config(format!(
-            "vision hidden_size {} is not a multiple of num_attention_heads {}",
-            cfg.hidden_size, cfg.num_attention_heads
+            "{}image_size {} holds no patch of patch_size {}",
+            s.prefix, cfg.image_size, cfg.patch_size
+        )));
+    }
+    if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+        return Err(Error::Config(format!(
+            "{}hidden_size {} is not a multiple of num_attention_heads {}",
+            s.prefix, cfg.hidden_size, cfg.num_attention_heads
         )));
     }
     Ok(cfg)
 }
 
-fn text_from_json(v: &Value) -> Result<TextConfig> {
-    let rope_theta = v
-        .get("rope_theta")
-        .and_then(Value::as_f64)
-        .or_else(|| {
-            v.get("rope_parameters")
-                .and_then(|r| r.get("rope_theta"))
-                .and_then(Value::as_f64)
-        })
-        .unwrap_or(10000.0);
-    if let Some(kind) = v
-        .get("rope_scaling")
-        .or_else(|| v.get("rope_parameters"))
-        .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
-        .and_then(Value::as_str)
-    {
-        if kind != "default" {
+fn text_from_json(s: &Section) -> Result<TextConfig> {
+    let rope = s
+        .object("rope_parameters")?
+        .map(|r| Section::new(r, "rope_parameters."));
+    let rope_theta = match s.positive("rope_theta")? {
+        Some(t) => t,
+        None => match &rope {
+            Some(r) => r.positive("rope_theta")?.unwrap_or(10000.0),
+            None => 10000.0,
+        },
+    };
+    let scaling = match s.object("rope_scaling")? {
+        Some(r) => Some(Section::new(r, "rope_scaling.")),
+        None => rope,
+    };
+    if let Some(r) = scaling {
+        let kind = match r.string("rope_type")? {
+            Some(k) => Some(k),
+            None => r.string("type")?,
+        };
+        if let Some(kind) = kind.filter(|k| k != "default") {
             return Err(Error::Config(format!(
                 "rope_type {kind:?}: only the default rotary embedding is supported"
             )));
         }
     }
-    let heads = usize_or(v, "num_attention_heads", 28);
+    let heads = s.size("num_attention_heads", 28)?;
     let cfg = TextConfig {
-        vocab_size: usize_or(v, "vocab_size", 152064),
-        hidden_size: usize_or(v, "hidden_size", 3584),
-        intermediate_size: usize_or(v, "intermediate_size", 18944),
-        num_hidden_layers: usize_or(v, "num_hidden_layers", 28),
+        vocab_size: s.size("vocab_size", 152064)?,
+        hidden_size: s.size("hidden_size", 3584)?,
+        intermediate_size: s.size("intermediate_size", 18944)?,
+        num_hidden_layers: s.size("num_hidden_layers", 28)?,
         num_attention_heads: heads,
-        num_key_value_heads: usize_or(v, "num_key_value_heads", heads),
-        max_position_embeddings: usize_or(v, "max_position_embeddings", 32768),
+        num_key_value_heads: s.size("num_key_value_heads", heads)?,
+        max_position_embeddings: s.size("max_position_embeddings", 32768)?,
         rope_theta,
-        rms_norm_eps: f64_or(v, "rms_norm_eps", 1e-6),
-        tie_word_embeddings: v
-            .get("tie_word_embeddings")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        eos_token_id: eos_id(v),
+        rms_norm_eps: s.positive("rms_norm_eps")?.unwrap_or(1e-6),
+        tie_word_embeddings: s.bool("tie_word_embeddings")?.unwrap_or(false),
+        eos_token_id: s.eos_id()?,
     };
-    if heads == 0
-        || !cfg.hidden_size.is_multiple_of(heads)
-        || cfg.num_key_value_heads == 0
-        || !heads.is_multiple_of(cfg.num_key_value_heads)
-    {
+    if !cfg.hidden_size.is_multiple_of(heads) || !heads.is_multiple_of(cfg.num_key_value_heads) {
         return Err(Error::Config(format!(
-            "text hidden_size {} / heads {} / kv heads {} do not divide",
-            cfg.hidden_size, heads, cfg.num_key_value_heads
+            "{p}hidden_size {} / {p}num_attention_heads {heads} / {p}num_key_value_heads {} do \
+             not divide",
+            cfg.hidden_size,
+            cfg.num_key_value_heads,
+            p = s.prefix
+        )));
+    }
+    // Rotary embeddings turn the two halves of each head against each other.
+    if !cfg.head_dim().is_multiple_of(2) {
+        return Err(Error::Config(format!(
+            "{p}hidden_size {} / {p}num_attention_heads {heads} gives an odd head size {}",
+            cfg.hidden_size,
+            cfg.head_dim(),
+            p = s.prefix
         )));
     }
     Ok(cfg)
@@ -354,7 +515,14 @@ fn local_vision_config(v: &Value, dir: Option<&Path>) -> Option<Result<VisionCon
             source,
         })?;
         let inner = json.get("vision_config").unwrap_or(&json);
-        vision_from_json(inner, &VisionConfig::so400m())
+        vision_from_json(
+            &Section::new(inner, "vision_config."),
+            &VisionConfig::so400m(),
+        )
+        .map_err(|e| match e {
+            Error::Config(msg) => Error::Config(format!("{}: {msg}", cfg_path.display())),
+            other => other,
+        })
     })())
 }
 
@@ -437,5 +605,131 @@ mod tests {
         let v = json!({"mm_vision_tower": "x", "mm_projector_type": "linear"});
         let err = LlavaConfig::from_json(&v, None).unwrap_err().to_string();
         assert!(err.contains("mm_projector_type"), "{err}");
+    }
+
+    /// The golden model's config with `edit` applied to it.
+    fn tiny(edit: impl FnOnce(&mut Value)) -> Value {
+        let mut v = json!({
+            "vision_config": {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
+                              "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+            "text_config": {"vocab_size": 576, "hidden_size": 64, "intermediate_size": 160,
+                            "num_hidden_layers": 2, "num_attention_heads": 4,
+                            "num_key_value_heads": 2, "eos_token_id": 573,
+                            "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}},
+            "image_token_index": 574, "video_token_index": 575,
+            "image_grid_pinpoints": [[32, 32], [32, 64]]
+        });
+        edit(&mut v);
+        v
+    }
+
+    fn refusal(v: &Value) -> String {
+        match LlavaConfig::from_json(v, None) {
+            Ok(cfg) => panic!("accepted: {cfg:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_unedited_tiny_config_is_valid() {
+        let cfg = LlavaConfig::from_json(&tiny(|_| {}), None).unwrap();
+        assert_eq!(cfg.text.hidden_size, 64);
+        assert_eq!(cfg.text.rope_theta, 1e6);
+        assert_eq!(cfg.image_token_id, Some(574));
+    }
+
+    #[test]
+    fn sizes_of_the_wrong_type_are_refused_by_name() {
+        for bad in [json!(64.5), json!(-64), json!(0), json!("64"), json!(true)] {
+            let err = refusal(&tiny(|v| v["text_config"]["hidden_size"] = bad.clone()));
+            assert!(
+                err.contains("text_config.hidden_size") && err.contains("positive integer"),
+                "{bad}: {err}"
+            );
+        }
+        let err = refusal(&tiny(|v| {
+            v["vision_config"]["num_attention_heads"] = json!(-4)
+        }));
+        assert!(err.contains("vision_config.num_attention_heads"), "{err}");
+        let err = refusal(&tiny(|v| {
+            v["text_config"]["tie_word_embeddings"] = json!("no")
+        }));
+        assert!(err.contains("text_config.tie_word_embeddings"), "{err}");
+        let err = refusal(&tiny(|v| v["vision_feature_layer"] = json!([-2, -1])));
+        assert!(err.contains("vision_feature_layer"), "{err}");
+    }
+
+    #[test]
+    fn token_ids_outside_the_vocabulary_are_refused() {
+        let err = refusal(&tiny(|v| v["image_token_index"] = json!(576)));
+        assert!(
+            err.contains("image_token_index 576") && err.contains("vocab_size 576"),
+            "{err}"
+        );
+        let err = refusal(&tiny(|v| v["video_token_index"] = json!(100000)));
+        assert!(err.contains("video_token_index"), "{err}");
+        let err = refusal(&tiny(|v| {
+            v["text_config"]["eos_token_id"] = json!([9999, 573])
+        }));
+        assert!(err.contains("eos_token_id 9999"), "{err}");
+        let err = refusal(&tiny(|v| v["image_token_index"] = json!(-5)));
+        assert!(err.contains("image_token_index"), "{err}");
+    }
+
+    #[test]
+    fn rope_theta_and_epsilons_must_be_finite_and_positive() {
+        for bad in [json!(-10000.0), json!(0), json!("1e6")] {
+            let err = refusal(&tiny(|v| {
+                v["text_config"]["rope_parameters"]["rope_theta"] = bad.clone()
+            }));
+            assert!(err.contains("rope_theta"), "{bad}: {err}");
+            let err = refusal(&tiny(|v| v["text_config"]["rope_theta"] = bad.clone()));
+            assert!(err.contains("text_config.rope_theta"), "{bad}: {err}");
+        }
+        let err = refusal(&tiny(|v| v["text_config"]["rms_norm_eps"] = json!(-1e-6)));
+        assert!(err.contains("text_config.rms_norm_eps"), "{err}");
+        let err = refusal(&tiny(|v| v["vision_config"]["layer_norm_eps"] = json!(0.0)));
+        assert!(err.contains("vision_config.layer_norm_eps"), "{err}");
+    }
+
+    #[test]
+    fn head_sizes_must_divide_and_be_even() {
+        let err = refusal(&tiny(|v| {
+            v["text_config"]["num_key_value_heads"] = json!(3)
+        }));
+        assert!(err.contains("do not divide"), "{err}");
+        // 4 heads of 9: rotary embeddings need an even head size.
+        let err = refusal(&tiny(|v| v["text_config"]["hidden_size"] = json!(36)));
+        assert!(err.contains("odd head size"), "{err}");
+        let err = refusal(&tiny(|v| {
+            v["vision_config"]["image_size"] = json!(1u64 << 20)
+        }));
+        assert!(err.contains("vision_config.image_size"), "{err}");
+    }
+
+    #[test]
+    fn llava_next_negative_image_marker_means_no_token() {
+        let v = json!({"mm_vision_tower": "x", "mm_projector_type": "mlp2x_gelu",
+                       "hidden_size": 896, "num_attention_heads": 14, "num_key_value_heads": 2,
+                       "image_token_index": -200});
+        assert_eq!(
+            LlavaConfig::from_json(&v, None).unwrap().image_token_id,
+            None
+        );
+    }
+
+    #[test]
+    fn errors_from_a_file_name_it() {
+        let dir = std::env::temp_dir().join(format!("unireward-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        let v = tiny(|v| v["text_config"]["hidden_size"] = json!(64.5));
+        std::fs::write(&path, v.to_string()).unwrap();
+        let err = LlavaConfig::from_file(&path).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("text_config.hidden_size"),
+            "{err}"
+        );
     }
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::checkpoint::{Checkpoint, KeyLayout};
-use crate::config::{ConfigFlavour, LlavaConfig};
+use crate::checkpoint::{open_model_dir, KeyLayout};
+use crate::config::LlavaConfig;
 use crate::decode::{KvCache, Qwen2};
 use crate::encode::{Projector, SiglipVision};
 use crate::pack::{merge_media, pack_image, pack_video, MediaFeatures};
@@ -24,22 +24,16 @@ pub struct LlavaOnevision {
 }
 
 impl LlavaOnevision {
-    /// Reads `config.json` and the weights of `dir`, converting them to `dtype`.
+    /// Reads `config.json` and the weights of `dir`, converting them to `dtype`. The
+    /// config's sizes are checked against the stored shapes before any tensor is made.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let mut cfg = LlavaConfig::from_file(&dir.join("config.json"))?;
-        let ckpt = Checkpoint::open(dir)?;
-        let layout = ckpt.detect_layout(cfg.text.tie_word_embeddings);
-        if cfg.flavour == ConfigFlavour::LlavaNext {
-            // The named tower counts a layer that the original code dropped before saving.
-            let stored = ckpt.count_layers(&layout.vision);
-            if stored > 0 {
-                cfg.vision.num_hidden_layers = stored;
-            }
-        }
+        let (cfg, ckpt, layout) = open_model_dir(dir)?;
         let (vb, audit) = ckpt.var_builder(dtype, device);
-        let model = Self::new(cfg, layout.clone(), vb)?;
+        let built = Self::new(cfg, layout.clone(), vb);
+        // The audit's list of every missing or misshapen key says more than the error that
+        // stopped the builder (which is one of them).
         audit.finish(dir, &layout)?;
-        Ok(model)
+        built
     }
 
     /// Builds the model from any weight source whose names follow `layout`

@@ -8,7 +8,8 @@
 //!
 //! Training checkpoints (`OUT/checkpoint-STEP/`) add the optimizer moments and the loop's
 //! state; each is written to a temporary directory and renamed into place, so a directory
-//! with that name is always complete.
+//! with that name is always complete. Files are synced before a rename and directories
+//! after it: otherwise a crash can leave the rename on disk and the data not.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -126,11 +127,13 @@ pub fn save_checkpoint(
     write_trained(model, source_dir, &tmp)?;
     optimizer.save(&tmp.join(OPTIMIZER_FILE))?;
     write_json(&tmp.join(STATE_FILE), state)?;
+    sync_files_in(&tmp)?;
     let dir = checkpoint_dir(out, step);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
     std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    sync_dir(out)?;
     Ok(dir)
 }
 
@@ -142,13 +145,58 @@ pub fn save_final(out: &Path, model: &VarMapModel, source_dir: &Path) -> Result<
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     write_trained(model, source_dir, &tmp)?;
+    sync_files_in(&tmp)?;
     let entries = std::fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(&tmp, e))?;
         let to = out.join(entry.file_name());
         std::fs::rename(entry.path(), &to).map_err(|e| Error::io(&to, e))?;
     }
+    sync_dir(out)?;
     std::fs::remove_dir(&tmp).map_err(|e| Error::io(&tmp, e))
+}
+
+/// Syncs every file directly in `dir`, then `dir` itself (whoever wrote the files: the
+/// safetensors, optimizer and adapter writers do not sync).
+pub fn sync_files_in(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            sync_file(&entry.path())?;
+        }
+    }
+    sync_dir(dir)
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Makes renames, creations and removals in `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Replaces `path` with `bytes` through a synced temporary file beside it (`path` with
+/// `.tmp` added), renamed over it; the directory is synced after.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".tmp");
+    let tmp = PathBuf::from(name);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => sync_dir(Path::new(".")),
+    }
 }
 
 /// Complete checkpoints in `out`, by step, oldest first.
@@ -200,12 +248,11 @@ pub fn read_json(path: &Path) -> Result<Value> {
     })
 }
 
-/// Writes `value` to a temporary file beside `path`, then renames it over `path`.
+/// Writes `value` to a temporary file beside `path`, then renames it over `path`
+/// ([`replace_file`]).
 pub fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::Config(e.to_string()))?;
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    replace_file(path, text.as_bytes())
 }
 
 #[cfg(test)]

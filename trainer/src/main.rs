@@ -17,11 +17,15 @@ use unireward_trainer::data::reward::RewardData;
 use unireward_trainer::data::Preparer;
 use unireward_trainer::lora::{merge, LoraConfig};
 use unireward_trainer::loss::dpo::{DpoLossKind, DpoParams};
-use unireward_trainer::objectives::dpo::{load_or_compute_reference, reference_fingerprint};
+use unireward_trainer::objectives::dpo::{
+    load_or_compute_reference, reference_fingerprint, warn_identical_pairs,
+};
 use unireward_trainer::objectives::{DpoObjective, Reference, RewardObjective};
 use unireward_trainer::optim::AdamWParams;
 use unireward_trainer::schedule::ScheduleKind;
-use unireward_trainer::train_loop::{check_fresh_out, train, LoopConfig, TrainSummary};
+use unireward_trainer::train_loop::{
+    check_fresh_out, check_resume_data, train, LoopConfig, TrainSummary,
+};
 use unireward_trainer::varmap_model::{TrainParts, VarMapModel};
 
 #[derive(Parser)]
@@ -137,6 +141,10 @@ struct Common {
     /// Continue from the newest checkpoint in --out.
     #[arg(long)]
     resume: bool,
+    /// With --resume: go on although the data file is not the one the checkpoint was
+    /// written with (otherwise refused).
+    #[arg(long, requires = "resume")]
+    allow_data_change: bool,
     /// Stop after this step (writing a checkpoint); --resume continues the same run.
     #[arg(long)]
     stop_after: Option<usize>,
@@ -257,8 +265,11 @@ impl Common {
             save_every: self.save_every,
             keep_checkpoints: self.keep_checkpoints,
             resume: self.resume,
+            allow_data_change: self.allow_data_change,
             stop_after: self.stop_after,
-            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
+            // Only 0 turns clipping off; anything else (NaN and negatives included) is
+            // checked by `LoopConfig::validate`.
+            max_grad_norm: (self.max_grad_norm != 0.0).then_some(self.max_grad_norm),
             adamw: AdamWParams {
                 weight_decay: self.weight_decay,
                 ..AdamWParams::default()
@@ -268,8 +279,25 @@ impl Common {
         }
     }
 
-    /// Refuses an output directory that is the model directory: the run's outputs would
-    /// replace the weights it starts from.
+    /// Every flag checked before anything is loaded or computed; each error names its flag.
+    fn validate(&self, cfg: &LoopConfig) -> Result<()> {
+        cfg.validate()?;
+        parse_dtype(&self.dtype)?;
+        if self.frames == 0 {
+            anyhow::bail!("--frames must be at least 1, got 0");
+        }
+        if self.max_length == Some(0) {
+            anyhow::bail!("--max-length must be at least 1, got 0");
+        }
+        if let Some(lora) = self.lora.config() {
+            lora.validate_for_training()?;
+        }
+        Ok(())
+    }
+
+    /// Refuses an output directory that is the model directory (the run's outputs would
+    /// replace the weights it starts from), a fresh run into an earlier run's directory,
+    /// and a resumed run whose data file changed (unless --allow-data-change).
     fn check_out(&self) -> Result<()> {
         let same = match (self.out.canonicalize(), self.model.canonicalize()) {
             (Ok(a), Ok(b)) => a == b,
@@ -282,15 +310,14 @@ impl Common {
             );
         }
         check_fresh_out(&self.out, self.resume)?;
+        if self.resume && !self.allow_data_change {
+            check_resume_data(&self.out, &self.data, false)?;
+        }
         Ok(())
     }
 
     fn load_model(&self) -> Result<VarMapModel> {
         let dtype = parse_dtype(&self.dtype)?;
-        if let Some(lora) = self.lora.config() {
-            // Before loading gigabytes of weights.
-            lora.validate_for_training()?;
-        }
         let mut model = VarMapModel::load(&self.model, dtype, &Device::Cpu, self.parts())
             .with_context(|| format!("loading {}", self.model.display()))?;
         if let Some(lora) = self.lora.config() {
@@ -328,6 +355,14 @@ fn report(summary: &TrainSummary, out: &Path) {
 
 fn run_reward(args: RewardArgs) -> Result<()> {
     let c = &args.common;
+    let mut cfg = c.loop_config(1e-5, 0.03);
+    if args.eval_every == Some(0) {
+        anyhow::bail!("--eval-every must be at least 1, got 0");
+    }
+    if args.eval_data.is_some() {
+        cfg.eval_every = Some(args.eval_every.unwrap_or(usize::MAX));
+    }
+    c.validate(&cfg)?;
     c.check_out()?;
     let mut model = c.load_model()?;
     let data = RewardData::read(&c.data, c.preparer(&model, &c.data)?)?;
@@ -335,10 +370,6 @@ fn run_reward(args: RewardArgs) -> Result<()> {
         Some(path) => Some(RewardData::read(path, c.preparer(&model, path)?)?),
         None => None,
     };
-    let mut cfg = c.loop_config(1e-5, 0.03);
-    if eval.is_some() {
-        cfg.eval_every = Some(args.eval_every.unwrap_or(usize::MAX));
-    }
     let objective = RewardObjective {
         data,
         eval,
@@ -357,10 +388,21 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
         loss: args.loss,
         label_smoothing: args.label_smoothing,
     };
-    params.validate()?;
+    params
+        .validate()
+        .context("invalid --beta, --loss or --label-smoothing")?;
+    if !(args.sft_weight >= 0.0 && args.sft_weight.is_finite()) {
+        anyhow::bail!(
+            "--sft-weight must be a finite number of at least 0, got {}",
+            args.sft_weight
+        );
+    }
+    let cfg = c.loop_config(5e-7, 0.3);
+    c.validate(&cfg)?;
     c.check_out()?;
     let mut model = c.load_model()?;
     let data = DpoData::read(&c.data, c.preparer(&model, &c.data)?)?;
+    warn_identical_pairs(&data);
     let reference = match args.reference {
         RefKind::Frozen => Reference::Frozen(Box::new(model.frozen_copy()?)),
         RefKind::Precompute => {
@@ -387,7 +429,6 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
         sft_weight: args.sft_weight,
         reference,
     };
-    let cfg = c.loop_config(5e-7, 0.3);
     let summary = train(&mut model, &objective, &cfg)?;
     report(&summary, &c.out);
     Ok(())

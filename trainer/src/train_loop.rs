@@ -26,8 +26,9 @@ use unireward_models::LlavaOnevision;
 
 use crate::checkpoint_io::{
     latest_checkpoint, prune_checkpoints, read_adapter_weights, read_json, read_weights,
-    save_checkpoint, save_final, OPTIMIZER_FILE, STATE_FILE,
+    replace_file, save_checkpoint, save_final, OPTIMIZER_FILE, STATE_FILE,
 };
+use crate::data::fingerprint::file_digest;
 use crate::data::order::DataOrder;
 use crate::optim::{AdamW, AdamWParams};
 use crate::schedule::{Schedule, ScheduleKind};
@@ -67,6 +68,12 @@ pub trait Objective {
 
     /// Settings a resumed run must share with the run that wrote the checkpoint.
     fn describe(&self) -> Value;
+
+    /// The training data file, whose fingerprint a checkpoint records so that a resumed
+    /// run refuses data that changed under it; `None` when there is no file to guard.
+    fn data_file(&self) -> Option<&Path> {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +95,8 @@ pub struct LoopConfig {
     /// Newest checkpoints kept (0: all).
     pub keep_checkpoints: usize,
     pub resume: bool,
+    /// Resume even though the data file is not the one the checkpoint was written with.
+    pub allow_data_change: bool,
     /// Stop (with a checkpoint) once this step is done, the schedule still that of the
     /// whole run: for runs split over several sessions.
     pub stop_after: Option<usize>,
@@ -108,24 +117,56 @@ pub struct TrainSummary {
 }
 
 impl LoopConfig {
-    fn validate(&self) -> Result<()> {
-        if self.batch_size == 0 || self.grad_accum == 0 {
-            return Err(Error::Config(
-                "batch size and gradient accumulation must be at least 1".into(),
+    /// Refuses settings no run can use, naming the command-line flag of each: the trainer
+    /// calls this before it loads anything (and [`train`] again, for other callers).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if self.batch_size == 0 {
+            return bad("--batch-size must be at least 1, got 0".into());
+        }
+        if self.grad_accum == 0 {
+            return bad("--grad-accum must be at least 1, got 0".into());
+        }
+        for (flag, value) in [
+            ("--max-steps", self.max_steps),
+            ("--save-every", self.save_every),
+            ("--eval-every", self.eval_every),
+            ("--stop-after", self.stop_after),
+        ] {
+            if value == Some(0) {
+                return bad(format!("{flag} must be at least 1, got 0"));
+            }
+        }
+        if !(self.epochs > 0.0 && self.epochs.is_finite()) {
+            return bad(format!(
+                "--epochs must be a positive number, got {}",
+                self.epochs
             ));
         }
-        if self.max_steps.is_none() && !(self.epochs > 0.0 && self.epochs.is_finite()) {
-            return Err(Error::Config(format!(
-                "epochs must be positive, got {}",
-                self.epochs
-            )));
-        }
         if !(self.lr >= 0.0 && self.lr.is_finite()) {
-            return Err(Error::Config(format!("invalid learning rate {}", self.lr)));
+            return bad(format!(
+                "--lr must be a finite number of at least 0, got {}",
+                self.lr
+            ));
         }
-        if self.save_every == Some(0) || self.eval_every == Some(0) || self.max_steps == Some(0) {
-            return Err(Error::Config(
-                "--save-every, --eval-every and --max-steps must be at least 1".into(),
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return bad(format!(
+                "--warmup-ratio must be within [0, 1], got {}",
+                self.warmup_ratio
+            ));
+        }
+        if let Some(max) = self.max_grad_norm {
+            if !(max > 0.0 && max.is_finite()) {
+                return bad(format!(
+                    "--max-grad-norm must be a finite number of at least 0 (0: no \
+                     clipping), got {max}"
+                ));
+            }
+        }
+        let wd = self.adamw.weight_decay;
+        if !(wd >= 0.0 && wd.is_finite()) {
+            return bad(format!(
+                "--weight-decay must be a finite number of at least 0, got {wd}"
             ));
         }
         Ok(())
@@ -168,11 +209,17 @@ pub fn train<O: Objective>(
     }
     let mut optimizer = AdamW::new(vars, cfg.adamw)?;
     let settings = settings(model, objective, cfg, n, total_steps);
+    let data_digest = objective.data_file().map(file_digest).transpose()?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let metrics_path = cfg.out.join(METRICS_FILE);
 
     let start = if cfg.resume {
-        resume_from(model, &mut optimizer, &cfg.out, &settings)?
+        let data = DataCheck {
+            file: objective.data_file(),
+            digest: data_digest.as_deref(),
+            allow_change: cfg.allow_data_change,
+        };
+        resume_from(model, &mut optimizer, &cfg.out, &settings, &data)?
     } else {
         check_fresh_out(&cfg.out, false)?;
         0
@@ -244,7 +291,7 @@ pub fn train<O: Objective>(
 
         let stopping = cfg.stop_after == Some(done) && done < total_steps;
         if cfg.save_every.is_some_and(|s| done % s == 0) || stopping {
-            let state = json!({"step": done, "settings": settings});
+            let state = json!({"step": done, "settings": settings, "data_digest": data_digest});
             save_checkpoint(&cfg.out, done, model, &optimizer, &state, &cfg.source_dir)?;
             prune_checkpoints(&cfg.out, cfg.keep_checkpoints)?;
         }
@@ -372,6 +419,60 @@ fn settings<O: Objective>(
     settings
 }
 
+/// The data file a run trains on, its fingerprint, and whether a resumed run may go on
+/// when it differs from the checkpoint's.
+struct DataCheck<'a> {
+    file: Option<&'a Path>,
+    digest: Option<&'a str>,
+    allow_change: bool,
+}
+
+impl DataCheck<'_> {
+    /// Compares with the fingerprint in the `state` of checkpoint `dir` (checkpoints written
+    /// before fingerprints were recorded have none and pass).
+    fn against(&self, dir: &Path, state: &Value) -> Result<()> {
+        let saved = state.get("data_digest").and_then(Value::as_str);
+        let (Some(saved), Some(now), Some(file)) = (saved, self.digest, self.file) else {
+            return Ok(());
+        };
+        if saved == now {
+            return Ok(());
+        }
+        if self.allow_change {
+            eprintln!(
+                "trainer: --allow-data-change: {} changed since {} was written (fingerprint \
+                 {saved} then, {now} now); going on with the new data",
+                file.display(),
+                dir.display()
+            );
+            return Ok(());
+        }
+        Err(Error::Resume(format!(
+            "{} changed since {} was written (fingerprint {saved} then, {now} now): the run \
+             would go on over other examples (and a precomputed DPO reference be computed \
+             again); restore the file, or pass --allow-data-change to go on with the new data",
+            file.display(),
+            dir.display()
+        )))
+    }
+}
+
+/// Before anything is loaded: refuses `--resume` over a data file that is not the one the
+/// newest checkpoint of `out` was written with, unless `allow_change`.
+pub fn check_resume_data(out: &Path, data: &Path, allow_change: bool) -> Result<()> {
+    let Some((_, dir)) = latest_checkpoint(out)? else {
+        return Ok(());
+    };
+    let state = read_json(&dir.join(STATE_FILE))?;
+    let digest = file_digest(data)?;
+    DataCheck {
+        file: Some(data),
+        digest: Some(&digest),
+        allow_change,
+    }
+    .against(&dir, &state)
+}
+
 /// Restores the newest checkpoint of `out` into `model` and `optimizer`; the step to start
 /// from (0 when there is none).
 fn resume_from(
@@ -379,6 +480,7 @@ fn resume_from(
     optimizer: &mut AdamW,
     out: &Path,
     settings: &Value,
+    data: &DataCheck,
 ) -> Result<usize> {
     let Some((step, dir)) = latest_checkpoint(out)? else {
         eprintln!(
@@ -396,6 +498,7 @@ fn resume_from(
             differences(&saved, settings)
         )));
     }
+    data.against(&dir, &state)?;
     if model.lora().is_some() {
         model.set_lora_tensors(&read_adapter_weights(&dir, model.device())?)?;
     } else {
@@ -442,13 +545,11 @@ fn keep_metrics_until(path: &Path, step: usize) -> Result<()> {
                 .is_some_and(|s| s as usize <= step)
         })
         .collect();
-    let tmp = path.with_extension("jsonl.tmp");
     let mut body = kept.join("\n");
     if !body.is_empty() {
         body.push('\n');
     }
-    std::fs::write(&tmp, body).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    replace_file(path, body.as_bytes())
 }
 
 fn non_finite(out: &Path, step: usize, what: &'static str, value: f64) -> Error {

@@ -18,8 +18,8 @@ use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
-use unireward_models::checkpoint::{load_all, Checkpoint, KeyLayout};
-use unireward_models::config::{ConfigFlavour, LlavaConfig};
+use unireward_models::checkpoint::{load_all, open_model_dir, KeyLayout};
+use unireward_models::config::LlavaConfig;
 use unireward_models::LlavaOnevision;
 
 use crate::lora::{LoraAdapter, LoraConfig, Shapes};
@@ -96,16 +96,8 @@ pub struct VarMapModel {
 impl VarMapModel {
     /// Reads `config.json` and every tensor of the checkpoint in `dir`, converted to `dtype`.
     pub fn load(dir: &Path, dtype: DType, device: &Device, parts: TrainParts) -> Result<Self> {
-        let mut cfg = LlavaConfig::from_file(&dir.join("config.json"))?;
-        let ckpt = Checkpoint::open(dir)?;
-        let layout = ckpt.detect_layout(cfg.text.tie_word_embeddings);
-        if cfg.flavour == ConfigFlavour::LlavaNext {
-            // As `LlavaOnevision::load`: the stored layers are the truth about the tower.
-            let stored = ckpt.count_layers(&layout.vision);
-            if stored > 0 {
-                cfg.vision.num_hidden_layers = stored;
-            }
-        }
+        // As `LlavaOnevision::load`: config fixed up and checked against the stored shapes.
+        let (cfg, ckpt, layout) = open_model_dir(dir)?;
         let tensors = load_all(&ckpt, device)?;
         Self::from_tensors(cfg, layout, tensors, dtype, device, parts)
     }

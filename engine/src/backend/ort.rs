@@ -9,6 +9,7 @@
 //! every continuation and every generated token (the `Backend` trait's defaults), and says so
 //! on stderr when opened.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -44,6 +45,10 @@ struct Manifest {
     config: Essentials,
     /// Format 2 on.
     kv_cache: Option<KvCacheEntry>,
+    /// The size of every file of the export but the manifest (absent from exports written
+    /// before the exporter recorded them).
+    #[serde(default)]
+    file_sizes: Option<BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +68,9 @@ struct Graphs {
 #[derive(Debug, Deserialize)]
 struct GraphEntry {
     file: String,
+    /// The external data file beside the graph.
+    #[serde(default)]
+    data: Option<String>,
     inputs: Vec<IoEntry>,
     outputs: Vec<IoEntry>,
 }
@@ -145,6 +153,7 @@ impl OrtBackend {
         limits: &EngineLimits,
     ) -> Result<Self> {
         let manifest = read_manifest(dir)?;
+        check_file_sizes(dir, &manifest)?;
         let mut cfg = LlavaConfig::from_file(&dir.join("config.json"))?;
         let essentials = &manifest.config;
         if essentials.text.vocab_size != cfg.text.vocab_size
@@ -426,6 +435,70 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
     }
     serde_json::from_value(probe)
         .map_err(|e| EngineError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// Refuses an export whose files are not those its manifest was written with (what an
+/// export interrupted while overwriting another leaves): every file the manifest records
+/// must have the recorded size, and the graphs, their data and the embeddings must be among
+/// them.
+fn check_file_sizes(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let Some(sizes) = &manifest.file_sizes else {
+        eprintln!(
+            "{}: the manifest records no file sizes (an older exporter): the files are not \
+             checked against it; export the model again to have them checked",
+            dir.display()
+        );
+        return Ok(());
+    };
+    let g = &manifest.graphs;
+    let named = [
+        Some(&g.vision.file),
+        g.vision.data.as_ref(),
+        Some(&g.decoder.file),
+        g.decoder.data.as_ref(),
+        Some(&manifest.embeddings.file),
+    ];
+    if let Some(missing) = named
+        .into_iter()
+        .flatten()
+        .find(|f| !sizes.contains_key(*f))
+    {
+        return Err(invalid(
+            dir,
+            format!("{MANIFEST_FILE} names {missing} but records no size for it"),
+        ));
+    }
+    for (name, &want) in sizes {
+        let plain = Path::new(name)
+            .file_name()
+            .is_some_and(|n| n == name.as_str());
+        if !plain {
+            return Err(invalid(
+                dir,
+                format!("{MANIFEST_FILE} records {name:?}, which is not a file name"),
+            ));
+        }
+        let path = dir.join(name);
+        let got = std::fs::metadata(&path)
+            .map_err(|e| {
+                invalid(
+                    dir,
+                    format!("{name} (recorded in {MANIFEST_FILE}) cannot be read: {e}"),
+                )
+            })?
+            .len();
+        if got != want {
+            return Err(invalid(
+                dir,
+                format!(
+                    "{name} is {got} bytes but {MANIFEST_FILE} records {want}: the files are \
+                     not those of this export (an interrupted or mixed export); export the \
+                     model again"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn read_embeddings(dir: &Path, entry: &Embeddings) -> Result<(Tensor, Tensor)> {
@@ -1022,5 +1095,41 @@ mod tests {
         assert_eq!(past.min, vec![1, 2, 0, 8]);
         assert_eq!(past.opt, vec![1, 2, 1024, 8]);
         assert_eq!(past.max, vec![4, 2, 2048, 8]);
+    }
+
+    #[test]
+    fn files_must_have_the_sizes_the_manifest_records() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("g.onnx"), b"abc").unwrap();
+        std::fs::write(dir.path().join("e"), b"x").unwrap();
+        let sizes = |g: u64| format!(r#", "file_sizes": {{"g.onnx": {g}, "e": 1}}"#);
+        check_file_sizes(dir.path(), &manifest(2, &sizes(3))).unwrap();
+
+        let err = check_file_sizes(dir.path(), &manifest(2, &sizes(4)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("g.onnx is 3 bytes but manifest.json records 4"),
+            "{err}"
+        );
+        std::fs::remove_file(dir.path().join("e")).unwrap();
+        let err = check_file_sizes(dir.path(), &manifest(2, &sizes(3)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("e (recorded in manifest.json)"), "{err}");
+
+        // Every file the manifest names needs a recorded size.
+        let partial = r#", "file_sizes": {"g.onnx": 3}"#;
+        let err = check_file_sizes(dir.path(), &manifest(2, partial))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("names e but records no size"), "{err}");
+        let outside = r#", "file_sizes": {"g.onnx": 3, "e": 1, "../x": 1}"#;
+        let err = check_file_sizes(dir.path(), &manifest(2, outside))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a file name"), "{err}");
+        // Exports from before the sizes were recorded still open.
+        check_file_sizes(dir.path(), &manifest(2, "")).unwrap();
     }
 }

@@ -2,6 +2,8 @@
 //! guessing: graph files and their inputs / outputs, precision, where the embeddings are, and
 //! the model dimensions the graphs were built for.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use unireward_models::config::LlavaConfig;
 
@@ -31,6 +33,9 @@ pub struct Manifest {
     pub kv_cache: KvCache,
     /// Files copied from the checkpoint (configuration, tokenizer, processor, chat template).
     pub files: Vec<String>,
+    /// The size in bytes of every file of the export but the manifest: the engine refuses
+    /// a directory whose files are not the ones this manifest was written with.
+    pub file_sizes: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

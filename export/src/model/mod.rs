@@ -11,13 +11,15 @@ pub mod manifest;
 pub mod projector;
 pub mod qwen2;
 pub mod siglip;
+pub mod staging;
 pub mod weights;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use unireward_models::checkpoint::{Checkpoint, KeyLayout};
-use unireward_models::config::{ConfigFlavour, LlavaConfig};
+use unireward_models::checkpoint::{open_model_dir, Checkpoint, KeyLayout};
+use unireward_models::config::LlavaConfig;
 
 use crate::dtype::{DataType, Precision};
 use crate::error::{Error, Result};
@@ -26,6 +28,7 @@ use crate::proto::IR_VERSION;
 
 pub use layers::Emitter;
 pub use manifest::Manifest;
+pub use staging::Staging;
 pub use weights::Weights;
 
 /// The highest opset the written IR version ([`IR_VERSION`] 9) may carry: opset 21 came with
@@ -95,27 +98,20 @@ impl ExportReport {
     }
 }
 
-/// The configuration, memory-mapped checkpoint and key layout of `model_dir`, with the
-/// configuration fixed up as `LlavaOnevision::load` does it (a LLaVA-NeXT config counts a
-/// vision layer that the checkpoint does not store).
+/// The configuration, memory-mapped checkpoint and key layout of `model_dir`, as
+/// `LlavaOnevision::load` opens them (the configuration fixed up for LLaVA-NeXT and its
+/// sizes checked against the stored shapes).
 pub fn open_source(model_dir: &Path) -> Result<(LlavaConfig, Checkpoint, KeyLayout)> {
-    let mut cfg = LlavaConfig::from_file(&model_dir.join("config.json"))?;
-    let ckpt = Checkpoint::open(model_dir)?;
-    let layout = ckpt.detect_layout(cfg.text.tie_word_embeddings);
-    if cfg.flavour == ConfigFlavour::LlavaNext {
-        let stored = ckpt.count_layers(&layout.vision);
-        if stored > 0 {
-            cfg.vision.num_hidden_layers = stored;
-        }
-    }
-    Ok((cfg, ckpt, layout))
+    Ok(open_model_dir(model_dir)?)
 }
 
 /// Exports the checkpoint in `model_dir` to `out_dir` (created if needed): `vision.onnx`,
 /// `decoder.onnx` with their `.onnx.data`, `embeddings.safetensors`, the tokenizer and
-/// configuration files, and `manifest.json`, written last so that its presence means the
-/// directory is complete. Weights are streamed from the memory-mapped checkpoint one tensor
-/// at a time.
+/// configuration files, and `manifest.json` with every file's size. Everything is written
+/// into a staging directory first and moved into place only when complete, the manifest
+/// last ([`staging`]): a failed or killed export leaves the earlier export of `out_dir` as
+/// it was, or no manifest. Weights are streamed from the memory-mapped checkpoint one
+/// tensor at a time.
 pub fn export_onnx(model_dir: &Path, out_dir: &Path, opts: &ExportOptions) -> Result<ExportReport> {
     if !(MIN_OPSET..=MAX_OPSET).contains(&opts.opset) {
         return Err(Error::Unsupported(format!(
@@ -139,7 +135,8 @@ pub fn export_onnx(model_dir: &Path, out_dir: &Path, opts: &ExportOptions) -> Re
             )));
         }
     }
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    // Before anything is written: a config that does not fit the weights stops here.
+    let (cfg, ckpt, layout) = open_source(model_dir)?;
     let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
@@ -151,17 +148,18 @@ pub fn export_onnx(model_dir: &Path, out_dir: &Path, opts: &ExportOptions) -> Re
         )));
     }
 
-    let (cfg, ckpt, layout) = open_source(model_dir)?;
+    let staging = Staging::begin(out_dir)?;
+    let stage = staging.dir();
     let weights = Weights::from_checkpoint(&ckpt, &layout);
     let precision = opts.precision;
     let mut timings = Vec::new();
 
     let start = Instant::now();
-    let vision = graphs::vision_graph(out_dir, &weights, &cfg, &layout, precision, opts.opset)?;
+    let vision = graphs::vision_graph(stage, &weights, &cfg, &layout, precision, opts.opset)?;
     timings.push(("vision graph", start.elapsed()));
 
     let start = Instant::now();
-    let decoder = graphs::decoder_graph(out_dir, &weights, &cfg, &layout, precision, opts.opset)?;
+    let decoder = graphs::decoder_graph(stage, &weights, &cfg, &layout, precision, opts.opset)?;
     timings.push(("decoder graph", start.elapsed()));
 
     let start = Instant::now();
@@ -171,9 +169,8 @@ pub fn export_onnx(model_dir: &Path, out_dir: &Path, opts: &ExportOptions) -> Re
         &[cfg.text.vocab_size, cfg.text.hidden_size],
     )?;
     let newline = weights.get(&layout.image_newline, &[cfg.text.hidden_size])?;
-    let embeddings_path = out_dir.join(embeddings::FILE_NAME);
     embeddings::write_safetensors(
-        &embeddings_path,
+        &stage.join(embeddings::FILE_NAME),
         &[
             (embeddings::EMBED_TOKENS, &table, table_type),
             (embeddings::IMAGE_NEWLINE, &newline, DataType::Float),
@@ -186,25 +183,34 @@ pub fn export_onnx(model_dir: &Path, out_dir: &Path, opts: &ExportOptions) -> Re
     for name in COPIED_FILES {
         let from = model_dir.join(name);
         if from.is_file() {
-            let to = out_dir.join(name);
-            std::fs::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
+            staging.copy_in(&from, name)?;
             copied.push(name.to_string());
         }
     }
 
+    let file_sizes = staging.file_sizes()?;
     let manifest = build_manifest(
-        model_dir, &cfg, &layout, opts, &vision, &decoder, table_type, copied,
+        model_dir, &cfg, &layout, opts, &vision, &decoder, table_type, copied, file_sizes,
     )?;
-    let path = out_dir.join(manifest::FILE_NAME);
     let text = serde_json::to_string_pretty(&manifest)
         .map_err(|e| Error::Unsupported(format!("manifest: {e}")))?;
-    std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
+    staging.commit(manifest::FILE_NAME, &(text + "\n"))?;
 
+    // The files now lie in `out_dir` under the names they had in the staging directory.
+    let moved = |p: &Path| match p.file_name() {
+        Some(name) => out_dir.join(name),
+        None => p.to_path_buf(),
+    };
+    let placed = |m: SavedModel| SavedModel {
+        model: moved(&m.model),
+        data: m.data.as_deref().map(moved),
+        data_bytes: m.data_bytes,
+    };
     Ok(ExportReport {
         out_dir: out_dir.to_path_buf(),
-        vision,
-        decoder,
-        embeddings: embeddings_path,
+        vision: placed(vision),
+        decoder: placed(decoder),
+        embeddings: out_dir.join(embeddings::FILE_NAME),
         manifest,
         timings,
     })
@@ -220,6 +226,7 @@ fn build_manifest(
     decoder: &SavedModel,
     table_type: DataType,
     files: Vec<String>,
+    file_sizes: BTreeMap<String, u64>,
 ) -> Result<Manifest> {
     let file_name = |p: &Path| {
         p.file_name()
@@ -262,5 +269,6 @@ fn build_manifest(
         config: manifest::Essentials::new(cfg, cfg.vision_layers_used()?),
         kv_cache: manifest::KvCache::new(cfg, opts.precision),
         files,
+        file_sizes,
     })
 }

@@ -3,6 +3,7 @@
 //! order examples are visited in.
 
 pub mod dpo;
+pub mod fingerprint;
 pub mod order;
 pub mod reward;
 

@@ -16,8 +16,10 @@ use indicatif::ProgressBar;
 use serde_json::{json, Value};
 use unireward_models::{LlavaOnevision, MediaFeatures};
 
+use crate::checkpoint_io::replace_file;
 use crate::data::canonical;
 use crate::data::dpo::{DpoData, DpoExample};
+use crate::data::fingerprint::{hash_file, Fnv1a};
 use crate::logprob::{media_features, sequence_logprobs, to_f64_vec};
 use crate::loss::dpo::{dpo_loss, DpoParams, PairLogps};
 use crate::train_loop::{Forward, Objective, Prepared};
@@ -163,6 +165,10 @@ impl Objective for DpoObjective {
         })
     }
 
+    fn data_file(&self) -> Option<&Path> {
+        Some(&self.data.path)
+    }
+
     fn describe(&self) -> Value {
         json!({
             "kind": "dpo",
@@ -176,6 +182,37 @@ impl Objective for DpoObjective {
 
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// Ids of the records whose chosen answer is their rejected one. Such a pair's policy and
+/// reference margins are 0 whatever the weights: it adds a constant to the loss (ln 2 for
+/// the sigmoid loss) and nothing to the gradient, so a data set of them trains nothing.
+pub fn identical_pairs(data: &DpoData) -> Vec<&str> {
+    data.records
+        .iter()
+        .filter(|r| r.chosen == r.rejected)
+        .map(|r| r.id.as_str())
+        .collect()
+}
+
+/// Says on stderr how many of `data`'s pairs have the same chosen and rejected answer (and
+/// the first few ids); returns that number.
+pub fn warn_identical_pairs(data: &DpoData) -> usize {
+    let same = identical_pairs(data);
+    if !same.is_empty() {
+        const SHOWN: usize = 5;
+        let more = if same.len() > SHOWN { ", …" } else { "" };
+        eprintln!(
+            "trainer: warning: {}: {} of {} pair(s) have the same chosen and rejected answer \
+             ({}{more}); they add a constant to the DPO loss (ln 2 with the sigmoid loss) and \
+             train nothing",
+            data.path.display(),
+            same.len(),
+            data.len(),
+            same[..same.len().min(SHOWN)].join(", ")
+        );
+    }
+    same.len()
 }
 
 /// The reference's (chosen, rejected) log-probabilities of every record, `batch_size` pairs
@@ -212,7 +249,7 @@ pub fn compute_reference(
 /// enough to tell a stale cache from a fresh one, which is all it is for.
 pub fn reference_fingerprint(data: &Path, model_dir: &Path, settings: &str) -> Result<String> {
     let mut h = Fnv1a::default();
-    h.write(&std::fs::read(data).map_err(|e| Error::io(data, e))?);
+    hash_file(&mut h, data)?;
     let mut entries: Vec<(String, u64)> = Vec::new();
     for entry in std::fs::read_dir(model_dir).map_err(|e| Error::io(model_dir, e))? {
         let entry = entry.map_err(|e| Error::io(model_dir, e))?;
@@ -230,25 +267,7 @@ pub fn reference_fingerprint(data: &Path, model_dir: &Path, settings: &str) -> R
         }
     }
     h.write(settings.as_bytes());
-    Ok(format!("{:016x}", h.finish()))
-}
-
-#[derive(Default)]
-struct Fnv1a(Option<u64>);
-
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        self.0.unwrap_or(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = self.finish();
-        for &b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self.0 = Some(h);
-    }
+    Ok(h.hex())
 }
 
 /// The cached reference log-probs of `OUT/ref_logps.jsonl` when its fingerprint and record
@@ -277,9 +296,7 @@ pub fn load_or_compute_reference(
         );
         body.push('\n');
     }
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, body).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    replace_file(&path, body.as_bytes())?;
     Ok(values)
 }
 

@@ -1,6 +1,8 @@
 //! Supervised fine-tuning on judge data: the mean negative log-likelihood of the answer
 //! tokens (averaged over every answer token of an optimizer step).
 
+use std::path::Path;
+
 use serde_json::{json, Value};
 use unireward_models::LlavaOnevision;
 
@@ -83,6 +85,10 @@ impl Objective for RewardObjective {
             )]),
             None => Ok(Vec::new()),
         }
+    }
+
+    fn data_file(&self) -> Option<&Path> {
+        Some(&self.data.path)
     }
 
     fn describe(&self) -> Value {
