@@ -2,7 +2,8 @@
 //! four checkpoint families — llava-onevision-qwen2-0.5b-ov-hf and -7b-ov-hf (hub layout),
 //! UnifiedReward-0.5b and -7b (LLaVA-NeXT layout) — with 384 px tiles of 14 px patches, the
 //! 36 pinpoints up to 2304, anyres_max_9 and Qwen2's special ids, on images of real sizes and an
-//! 8-frame 640x360 video. From the image files on: the processor's pixels (2 uint8 levels), the
+//! 8-frame 640x360 video (the UnifiedReward scripts' frames as plain tiles, 8 and 16 of them, and
+//! LLaVA-OneVision's pooled path). From the image files on: the processor's pixels (2 uint8 levels), the
 //! token ids (equal), then candle, ONNX Runtime fp32 and fp16 against transformers' numbers:
 //! log-probs 1e-4 and completion log-probs 1e-3 (candle, fp32), verdicts equal (fp16), and
 //! candle's greedy decoding equal to transformers' `generate`.
@@ -17,7 +18,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use unireward_engine::backend::{Backend, CandleBackend, OrtBackend, SessionConfig};
-use unireward_engine::media::{encode_media, MediaLoader, MediaRequest, PreparedMedia};
+use unireward_engine::media::{encode_media, MediaLoader, MediaRequest, PreparedMedia, VideoMode};
 use unireward_export::{export_onnx, ExportOptions, Precision};
 use unireward_models::config::LlavaConfig;
 use unireward_models::pack::merge_media;
@@ -48,6 +49,8 @@ struct Case {
     completion: String,
     images: Vec<String>,
     video_frames: Vec<String>,
+    /// How many times the frames are sent as a video (a pair judges two).
+    videos: Option<usize>,
     prompt_len: usize,
     seq_len: usize,
     completion_logprob: f64,
@@ -94,18 +97,26 @@ fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-/// The request of a case: its image files, or its frames as one video.
+/// The request of a case: its image files, or its frames as one video (or several).
 fn request(case: &Case) -> MediaRequest {
     let media = media_dir();
+    let video = VideoSource::FrameFiles(case.video_frames.iter().map(|f| media.join(f)).collect());
+    let n = match (case.video_frames.is_empty(), case.videos) {
+        (true, _) => 0,
+        (false, n) => n.unwrap_or(1),
+    };
     MediaRequest {
         images: case.images.iter().map(|f| media.join(f)).collect(),
-        videos: if case.video_frames.is_empty() {
-            Vec::new()
-        } else {
-            vec![VideoSource::FrameFiles(
-                case.video_frames.iter().map(|f| media.join(f)).collect(),
-            )]
-        },
+        videos: vec![video; n],
+    }
+}
+
+/// How the case's video reaches the model: the UnifiedReward scripts' frames as plain tiles,
+/// or LLaVA-OneVision's pooled path.
+fn video_mode(case: &Case) -> VideoMode {
+    match case.path.as_str() {
+        "video_frames" => VideoMode::Frames,
+        _ => VideoMode::Pooled,
     }
 }
 
@@ -285,8 +296,10 @@ fn conformance(name: &str) {
 
     let mut failures = Vec::new();
     println!("| family | case | tokens | pixels (levels) | candle vs transformers | ORT fp32 vs transformers | ORT fp32 vs candle | completion candle / fp32 / fp16 / transformers |");
-    for case in goldens.cases.iter().filter(|c| c.path != "video_frames") {
-        let prepared = loader.load(&request(case), &media_dir()).unwrap();
+    for case in &goldens.cases {
+        let prepared = loader
+            .load_as(&request(case), &media_dir(), video_mode(case))
+            .unwrap();
         let px = check_pixels(&case.name, &prepared, &expected);
         let c = score_case(&candle, &tok, case, &prepared, &expected);
         let f32_ = score_case(&ort[0], &ort_tok, case, &prepared, &expected);
