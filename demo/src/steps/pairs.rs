@@ -131,6 +131,11 @@ pub fn run(dir: &RunDir) -> Result<()> {
         arg(&dir.judge()),
         "--backend".into(),
         "candle".into(),
+        // The demo's judge learnt the inference scripts' prompts on 32 px renderings
+        // (`demo judge-data`); the DPO-data scripts' 512 px resize and 1-10 prompt are for
+        // the real checkpoints, which were trained on them.
+        "--recipe".into(),
+        "inference".into(),
         "--out".into(),
         arg(&out),
     ];
