@@ -103,6 +103,13 @@ impl MediaRequest {
                     out.videos.push(video_source(item, video_key)?);
                 }
             }
+            // A list of frame lists under the singular key is how earlier files (and the
+            // demo's judge data) wrote one video: still read as the videos it lists.
+            Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_array) => {
+                for item in items {
+                    out.videos.push(video_source(item, video_key)?);
+                }
+            }
             Some(one @ Value::Array(_)) => out.videos.push(video_source(one, video_key)?),
             Some(other) => return Err(format!("{video_key:?}: not a video: {other}")),
         }
@@ -499,6 +506,15 @@ mod tests {
         assert_eq!(
             videos(json!({"video": "clip.gif"}), "video").unwrap(),
             vec![VideoSource::Gif("clip.gif".into())]
+        );
+        // Earlier files wrote one video as a list of one frame list under the singular key.
+        let nested = videos(json!({"video": [["f0.png", "f1.png"]]}), "video").unwrap();
+        assert_eq!(
+            nested,
+            vec![VideoSource::FrameFiles(vec![
+                "f0.png".into(),
+                "f1.png".into()
+            ])]
         );
         assert!(videos(json!({"video": [1, 2]}), "video")
             .unwrap_err()
