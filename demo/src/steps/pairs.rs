@@ -136,6 +136,9 @@ pub fn run(dir: &RunDir) -> Result<()> {
         // the real checkpoints, which were trained on them.
         "--recipe".into(),
         "inference".into(),
+        // ... and its videos through the trainer's pooled `<video>` path.
+        "--video-mode".into(),
+        "pooled".into(),
         "--out".into(),
         arg(&out),
     ];

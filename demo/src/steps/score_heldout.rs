@@ -23,6 +23,9 @@ pub fn run(dir: &RunDir) -> Result<()> {
         arg(&dir.judge_onnx()),
         "--backend".into(),
         "ort".into(),
+        // The judge learnt videos through the trainer's pooled `<video>` path.
+        "--video-mode".into(),
+        "pooled".into(),
         "--batch".into(),
         arg(&dir.heldout_requests()),
         "--out".into(),
