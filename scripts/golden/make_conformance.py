@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, Regex, normalizers
 from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                          PreTrainedTokenizerFast, LlavaOnevisionProcessor, SiglipImageProcessor)
+                          PreTrainedTokenizerFast, LlavaOnevisionProcessor)
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
 from transformers.image_processing_utils import select_best_resolution
@@ -300,9 +300,14 @@ def frame_tiles_forward(model, tok, frames, prompt, completion):
     processor as one plain 384 tile (the scripts' img.resize((512, 512)) discards its result),
     the [n, 3, 384, 384] tensor encoded as n plain tiles of 729 tokens, one `<image>` marker a
     frame, no anyres, no newline, no pooling."""
-    sp = SiglipImageProcessor(size={"height": TILE, "width": TILE}, resample=3, image_mean=[0.5] * 3,
-                              image_std=[0.5] * 3, do_rescale=True, rescale_factor=1 / 255, do_normalize=True)
-    pix = sp(images=frames, return_tensors="pt")["pixel_values"].float()
+    # LLaVA-NeXT's own SigLipImageProcessor (llava/model/multimodal_encoder/siglip_encoder.py):
+    # transformers' PIL `resize` of the uint8 frame (bicubic), then rescale and normalize in
+    # numpy. (transformers 5's SiglipImageProcessor resizes otherwise: 1 level apart.)
+    arrs = []
+    for f in frames:
+        a = np.asarray(f.resize((TILE, TILE), resample=Image.BICUBIC)).astype(np.float64) * (1 / 255)
+        arrs.append(((a - 0.5) / 0.5).astype(np.float32).transpose(2, 0, 1))
+    pix = torch.from_numpy(np.stack(arrs))
     vt = model.model.vision_tower(pix.to(REF_DTYPE), output_hidden_states=True)
     feats = model.model.multi_modal_projector(vt.hidden_states[-1])  # [n, 729, D]
     ids = tok.encode(prompt + completion).ids
