@@ -28,7 +28,7 @@ use unireward_engine::backend::{Backend, CandleBackend, OrtBackend, Recomputing,
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
 use unireward_engine::media::{encode_media, MediaLoader, MediaRequest};
 use unireward_engine::pairs::job::PairsJob;
-use unireward_engine::pairs::PairOptions;
+use unireward_engine::pairs::{PairOptions, Recipe};
 use unireward_export::{export_onnx, ExportOptions};
 use unireward_models::judge::{Media, Mode, Task};
 use unireward_models::tokenize::PromptTokenizer;
@@ -139,7 +139,12 @@ fn main() -> Result<()> {
     let job = PairsJob {
         judge: &judge,
         media: &loader,
-        options: PairOptions::default(),
+        // The inference scripts' prompts at the bench images' own size, as every figure in
+        // RESULTS.md was measured (the sift recipe's 512 px resize would multiply the tiles).
+        options: PairOptions {
+            recipe: Recipe::Inference,
+            ..PairOptions::default()
+        },
     };
     let out = dir.join("pairs.jsonl");
     let t0 = Instant::now();
