@@ -15,10 +15,10 @@
 //! returns a new image and the scripts discard it: the frames reach the processor at their
 //! own size. That call is a no-op and is not reproduced.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use image::RgbImage;
 
-use super::image::ImageProcessorConfig;
+use super::image::{planar_tensor, ImageProcessorConfig};
 use super::resize::resize_pillow;
 use crate::{Error, Result};
 
@@ -60,20 +60,7 @@ impl FrameTileProcessor {
             })
             .collect::<Result<Vec<_>>>()?;
         let lut: Vec<[f32; 3]> = (0..=255u8).map(|v| c.to_f32(v)).collect();
-        let plane = (sh * sw) as usize;
-        let mut data = vec![0f32; tiles.len() * 3 * plane];
-        for (t, out) in tiles.iter().zip(data.chunks_exact_mut(3 * plane)) {
-            for (i, px) in t.pixels().enumerate() {
-                for ch in 0..3 {
-                    out[ch * plane + i] = lut[px.0[ch] as usize][ch];
-                }
-            }
-        }
-        Ok(Tensor::from_vec(
-            data,
-            (tiles.len(), 3, sh as usize, sw as usize),
-            &Device::Cpu,
-        )?)
+        planar_tensor(&tiles, &lut, (sh, sw))
     }
 }
 

@@ -312,25 +312,36 @@ impl ImageProcessor {
         let tiles = self.tiles(rgb)?;
         let (sh, sw) = self.config.size;
         let lut: Vec<[f32; 3]> = (0..=255u8).map(|v| self.config.to_f32(v)).collect();
-        let plane = (sh * sw) as usize;
-        let mut data = vec![0f32; tiles.len() * 3 * plane];
-        for (t, out) in tiles.iter().zip(data.chunks_exact_mut(3 * plane)) {
-            for (i, px) in t.pixels().enumerate() {
-                for c in 0..3 {
-                    out[c * plane + i] = lut[px.0[c] as usize][c];
-                }
-            }
-        }
-        let pixel_values = Tensor::from_vec(
-            data,
-            (tiles.len(), 3, sh as usize, sw as usize),
-            &Device::Cpu,
-        )?;
+        let pixel_values = planar_tensor(&tiles, &lut, (sh, sw))?;
         Ok(ProcessedImage {
             pixel_values,
             original_size: (rgb.height(), rgb.width()),
         })
     }
+}
+
+/// `tiles` (each `size` = (height, width)) as [n, 3, H, W] f32, each channel's uint8 level
+/// mapped through `lut` (the processor's rescale and normalisation, computed once per level).
+pub(crate) fn planar_tensor(
+    tiles: &[RgbImage],
+    lut: &[[f32; 3]],
+    size: (u32, u32),
+) -> Result<Tensor> {
+    let (sh, sw) = size;
+    let plane = (sh * sw) as usize;
+    let mut data = vec![0f32; tiles.len() * 3 * plane];
+    for (t, out) in tiles.iter().zip(data.chunks_exact_mut(3 * plane)) {
+        for (i, px) in t.pixels().enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = lut[px.0[c] as usize][c];
+            }
+        }
+    }
+    Ok(Tensor::from_vec(
+        data,
+        (tiles.len(), 3, sh as usize, sw as usize),
+        &Device::Cpu,
+    )?)
 }
 
 /// The image resized into the pinpoint resolution and centred on black.

@@ -14,12 +14,12 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use image::RgbImage;
 use serde_json::Value;
 
 use super::gif_frames::load_gif_frames;
-use super::image::{load_image, read_common, to_rgb, AlphaHandling, CommonFields};
+use super::image::{load_image, planar_tensor, read_common, to_rgb, AlphaHandling, CommonFields};
 use super::media_file::{check_regular_file, MAX_DECODED_BYTES};
 use super::resize::{resize, Filter, Flavor};
 use crate::{Error, Result};
@@ -630,20 +630,7 @@ impl VideoProcessor {
         let lut: Vec<[f32; 3]> = (0..=255u8)
             .map(|v| std::array::from_fn(|ch| c.to_f32(v, ch)))
             .collect();
-        let plane = (sh * sw) as usize;
-        let mut data = vec![0f32; resized.len() * 3 * plane];
-        for (f, out) in resized.iter().zip(data.chunks_exact_mut(3 * plane)) {
-            for (i, px) in f.pixels().enumerate() {
-                for ch in 0..3 {
-                    out[ch * plane + i] = lut[px.0[ch] as usize][ch];
-                }
-            }
-        }
-        Ok(Tensor::from_vec(
-            data,
-            (resized.len(), 3, sh as usize, sw as usize),
-            &Device::Cpu,
-        )?)
+        planar_tensor(&resized, &lut, (sh, sw))
     }
 
     /// Loads, samples and preprocesses a video.
