@@ -6,6 +6,7 @@
 
 use candle_core::{DType, Tensor};
 use unireward_engine::media::{encode_media_with, PreparedMedia};
+use unireward_models::family::JudgeModel;
 use unireward_models::ops::{log_softmax_gather, IGNORE_INDEX};
 use unireward_models::tokenize::Tokenized;
 use unireward_models::{LlavaOnevision, MediaFeatures};

@@ -17,6 +17,7 @@ use candle_nn::{VarBuilder, VarMap};
 use serde_json::json;
 use unireward_models::checkpoint::KeyLayout;
 use unireward_models::config::LlavaConfig;
+use unireward_models::family::JudgeModel;
 use unireward_models::tokenize::{MediaKind, MediaSpan, Tokenized};
 use unireward_models::{LlavaOnevision, MediaFeatures};
 use unireward_trainer::logprob::{sequence_logprobs, ScoredSequence};

@@ -12,6 +12,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use serde_json::{json, Value};
+use unireward_models::family::JudgeModel;
 use unireward_models::LlavaOnevision;
 use unireward_trainer::data::dpo::DpoData;
 use unireward_trainer::data::reward::{RewardData, RewardExample};

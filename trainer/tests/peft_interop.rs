@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use serde_json::Value;
+use unireward_models::family::JudgeModel;
 use unireward_models::tokenize::PromptTokenizer;
 use unireward_models::{LlavaOnevision, MediaFeatures};
 use unireward_tests::{golden_cases, golden_tensors};

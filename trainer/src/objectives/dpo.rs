@@ -14,6 +14,7 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 use indicatif::ProgressBar;
 use serde_json::{json, Value};
+use unireward_models::family::JudgeModel;
 use unireward_models::{LlavaOnevision, MediaFeatures};
 
 use crate::checkpoint_io::replace_file;
