@@ -16,13 +16,13 @@ use unireward_engine::backend::{
 };
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
 use unireward_engine::logprob::LogprobJob;
-use unireward_engine::media::{MediaLoader, VideoMode};
 use unireward_engine::pairs::job::PairsJob;
 use unireward_engine::pairs::{PairFormat, PairOptions, RankingMode, Recipe};
 use unireward_engine::pipeline::{RunOptions, RunSummary, DEFAULT_DECODE_BUDGET_BYTES};
 use unireward_engine::records::{check_output_path, OutputMode, DEFAULT_MAX_LINE_BYTES};
 use unireward_engine::score::ScoreJob;
 use unireward_models::judge::{ChatTemplate, Family, PromptTemplate};
+use unireward_models::preprocess::{MediaLoader, VideoMode};
 use unireward_models::tokenize::PromptTokenizer;
 
 #[derive(Parser)]

@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use serde_json::{json, Value};
+use unireward_models::preprocess::{MediaLoader, MediaRequest, PreparedMedia};
 
 use crate::error::Result;
-use crate::media::{MediaLoader, MediaRequest, PreparedMedia};
 use crate::records::{
     duplicate_ids, error_record, id_key, read_input_capped, OutputMode, OutputWriter,
     DEFAULT_MAX_LINE_BYTES,

@@ -4,11 +4,12 @@
 use std::path::Path;
 
 use serde_json::{json, Value};
+use unireward_models::preprocess::{MediaLoader, PreparedMedia};
 use unireward_models::MediaFeatures;
 
+use crate::encode_media::encode_request;
 use crate::error::Result;
 use crate::judge::{Judge, JudgeItem, ScoreRequest};
-use crate::media::{encode_request, MediaLoader, PreparedMedia};
 use crate::pipeline::{run_media_pipeline_with, with_id, Prepared, RunOptions, RunSummary};
 
 pub struct ScoreJob<'a> {

@@ -18,11 +18,11 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use unireward_engine::backend::{Backend, CandleBackend, OrtBackend, SessionConfig};
-use unireward_engine::media::{encode_media, MediaLoader, MediaRequest, PreparedMedia, VideoMode};
+use unireward_engine::encode_media::encode_media;
 use unireward_export::{export_onnx, ExportOptions, Precision};
 use unireward_models::config::LlavaConfig;
 use unireward_models::pack::merge_media;
-use unireward_models::preprocess::VideoSource;
+use unireward_models::preprocess::{MediaLoader, MediaRequest, PreparedMedia, VideoMode, VideoSource};
 use unireward_models::tokenize::{MediaKind, PromptTokenizer, Tokenized};
 use unireward_models::LlavaOnevision;
 

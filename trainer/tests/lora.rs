@@ -20,7 +20,8 @@ use unireward_trainer::data::Preparer;
 use unireward_trainer::logprob::{media_features, sequence_logprobs};
 use unireward_trainer::lora::LoraConfig;
 use unireward_trainer::objectives::dpo::compute_reference;
-use unireward_trainer::varmap_model::{TrainParts, VarMapModel};
+use unireward_trainer::checkpoint_keys::TrainParts;
+use unireward_trainer::varmap_model::VarMapModel;
 
 /// Targets in all three parts: decoder attention and MLP, the SigLIP MLP and attention
 /// output, the projector.

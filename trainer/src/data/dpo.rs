@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use unireward_engine::media::{MediaRequest, PreparedMedia};
 use unireward_models::judge::pair_record::{PairRecord, Paths};
 use unireward_models::judge::ChatTemplate;
+use unireward_models::preprocess::{MediaRequest, PreparedMedia};
 use unireward_models::tokenize::{IMAGE_MARKER, VIDEO_MARKER};
 
 use super::reward::END_OF_TURN;
@@ -100,7 +100,7 @@ impl DpoData {
             .filter(|(_, v)| v.get("dropped").is_none() && v.get("error").is_none())
             .collect();
         if pairs.len() < total {
-            eprintln!(
+            tracing::warn!(
                 "trainer: {}: {} line(s) without a pair (dropped or failed) passed over",
                 path.display(),
                 total - pairs.len()
