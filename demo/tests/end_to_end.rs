@@ -58,7 +58,8 @@ fn num(v: &Value, path: &[&str]) -> f64 {
 // correlation with the truth and the pairs built from them. Last run (seed 3): r 0.50 over 40
 // held-out points, chosen truly better 7 of 8, answer accuracy 0.175 -> 0.300; 62 s on
 // 2026-11-24, 305 s on 2026-11-30 (the same figures; the trainer binaries of both days took
-// the same time on that day's machine, so the VM was slower).
+// the same time on that day's machine, so the VM was slower); 1390 s on 2026-12-01 with SVG
+// curves (the same figures, on two cores shared by six builds).
 #[test]
 fn demo_runs_end_to_end_and_learns() {
     build_tools();
