@@ -165,6 +165,7 @@ fn run_all(out: &Out, start: &Start) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    unireward_models::logging::init_logging();
     match Cli::parse().command {
         Command::Run { out, start } => run_all(&out, &start)?,
         Command::World { out, start } => {

@@ -1,9 +1,8 @@
 //! `demo report`: the run's figures (`report/metrics.json` and a table on stdout), its
-//! training curves (PNG), and an HTML page of the preference pairs the judge built.
+//! training curves (SVG), and an HTML page of the preference pairs the judge built.
 
-pub mod font;
+pub mod chart;
 pub mod html;
-pub mod plot;
 pub mod table;
 
 use std::path::Path;
@@ -15,7 +14,7 @@ use crate::jsonl::{self, read_json, write_json};
 use crate::run_dir::RunDir;
 use crate::settings::Settings;
 use crate::steps::pairs::JudgedPair;
-use plot::{Chart, Series, PALETTE};
+use chart::{Chart, Series, PALETTE};
 
 /// (step, value) of `key` in a trainer's `metrics.jsonl`.
 fn curve(metrics: &[Value], key: &str) -> Vec<(f64, f64)> {
@@ -43,12 +42,7 @@ fn trainer_metrics(dir: &Path) -> Result<Vec<Value>> {
 }
 
 fn save_chart(chart: &Chart, path: &Path) -> Result<()> {
-    plot::render(chart, 720, 360)
-        .save(path)
-        .map_err(|e| Error::Image {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })
+    chart::save(chart, 720, 360, path)
 }
 
 fn series(label: &str, points: Vec<(f64, f64)>, colour: usize) -> Series {
@@ -80,7 +74,7 @@ fn charts(dir: &RunDir, out: &Path) -> Result<Vec<(&'static str, &'static str)>>
             ],
             y_log: true,
         },
-        &out.join("judge_training.png"),
+        &out.join("judge_training.svg"),
     )?;
     save_chart(
         &Chart {
@@ -94,7 +88,7 @@ fn charts(dir: &RunDir, out: &Path) -> Result<Vec<(&'static str, &'static str)>>
             )],
             y_log: true,
         },
-        &out.join("answer_training.png"),
+        &out.join("answer_training.svg"),
     )?;
     let dw = (dpo.len() / 15).max(1);
     save_chart(
@@ -117,19 +111,19 @@ fn charts(dir: &RunDir, out: &Path) -> Result<Vec<(&'static str, &'static str)>>
             ],
             y_log: false,
         },
-        &out.join("dpo_training.png"),
+        &out.join("dpo_training.svg"),
     )?;
     Ok(vec![
         (
-            "judge_training.png",
+            "judge_training.svg",
             "Reward model trained from random weights on judge data (four tasks, pair and point): loss on the answer tokens, training (moving average) and held-out.",
         ),
         (
-            "answer_training.png",
+            "answer_training.svg",
             "Answer model fine-tuned on a sloppy annotator's answers.",
         ),
         (
-            "dpo_training.png",
+            "dpo_training.svg",
             "Answer model DPO on the judge's preference pairs: loss, share of pairs ranked right, reward margin (moving averages).",
         ),
     ])

@@ -202,7 +202,7 @@ pub fn run_sft(dir: &RunDir, settings: &Settings) -> Result<()> {
         &[],
     )?;
     let fig = evaluate(dir, &dir.answer_sft(), "sft")?;
-    eprintln!(
+    tracing::info!(
         "demo answer-model: fine-tuned on {} sloppy answers in {:.1}s; accuracy {:.3} ({} questions)",
         data.len(),
         done.elapsed.as_secs_f64(),
@@ -247,7 +247,7 @@ pub fn run_dpo(dir: &RunDir, settings: &Settings) -> Result<()> {
     )?;
     let after = evaluate(dir, &dir.answer_dpo(), "dpo")?;
     let before: Value = crate::jsonl::read_json(&dir.step_metrics("answer_sft"))?;
-    eprintln!(
+    tracing::info!(
         "demo dpo: {} pairs, {:.1}s; accuracy {} -> {:.3}",
         pairs.len(),
         done.elapsed.as_secs_f64(),

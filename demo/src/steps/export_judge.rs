@@ -16,7 +16,7 @@ pub fn run(dir: &RunDir) -> Result<()> {
         arg(&dir.judge_onnx()),
     ];
     let done = run_tool(Tool::Export, &args, &dir.root.join("logs/export.log"), &[])?;
-    eprintln!(
+    tracing::info!(
         "demo export: ONNX graphs in {} ({:.1}s)",
         dir.judge_onnx().display(),
         done.elapsed.as_secs_f64()

@@ -19,7 +19,7 @@ pub fn run(dir: &RunDir, settings: &Settings) -> Result<()> {
         &tokenizer,
         seed.wrapping_add(1),
     )?;
-    eprintln!(
+    tracing::info!(
         "demo init-models: tokenizer of {} tokens; random checkpoints in {} and {}",
         tokenizer.get_vocab_size(true),
         dir.judge_init().display(),

@@ -85,7 +85,7 @@ pub fn run(dir: &RunDir, settings: &Settings) -> Result<()> {
     }
     jsonl::write(&dir.heldout_requests(), &requests)?;
     jsonl::write(&dir.heldout_truth(), &truth)?;
-    eprintln!(
+    tracing::info!(
         "demo judge-data: {} training records, {} eval-loss records, {} held-out requests",
         train.len(),
         eval.len(),

@@ -215,7 +215,7 @@ pub fn run(dir: &RunDir) -> Result<()> {
             Some(mine.iter().map(|j| j.rejected_quality as f64).sum::<f64>() / n);
     }
     for (task, f) in &figures {
-        eprintln!(
+        tracing::info!(
             "demo pairs: {task:<20} {} pairs from {} prompts ({} dropped, {} failed); chosen truly better {}",
             f.pairs,
             f.prompts,

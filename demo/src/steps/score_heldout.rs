@@ -43,7 +43,7 @@ pub fn run(dir: &RunDir) -> Result<()> {
     let figures = judge_figures(&answers, &truth);
     let controls = control_figures(&answers, &truth);
     for (name, c) in &controls {
-        eprintln!(
+        tracing::info!(
             "demo judge-eval: control {name:<40} pair accuracy {} ({} pairs)",
             c.accuracy.map_or("-".to_string(), |v| format!("{v:.3}")),
             c.pairs
@@ -51,7 +51,7 @@ pub fn run(dir: &RunDir) -> Result<()> {
     }
     for (task, f) in &figures {
         let show = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
-        eprintln!(
+        tracing::info!(
             "demo judge-eval: {task:<20} pair accuracy {} ({} pairs), point pearson {} ({} points){}",
             show(f.pair_accuracy),
             f.pairs,

@@ -36,7 +36,7 @@ pub fn run(dir: &RunDir, settings: &Settings) -> Result<()> {
         &dir.root.join("logs/trainer-judge.log"),
         &[],
     )?;
-    eprintln!(
+    tracing::info!(
         "demo train-judge: {} steps of {} in {:.1}s; weights in {}",
         t.steps,
         t.batch_size,
