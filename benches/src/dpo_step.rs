@@ -31,6 +31,7 @@ use clap::Parser;
 use image::{Rgb, RgbImage};
 use serde_json::{json, Value};
 use unireward_models::LlavaOnevision;
+use unireward_trainer::checkpoint_keys::TrainParts;
 use unireward_trainer::data::dpo::DpoData;
 use unireward_trainer::data::Preparer;
 use unireward_trainer::loss::dpo::{DpoLossKind, DpoParams};
@@ -39,7 +40,6 @@ use unireward_trainer::objectives::{DpoObjective, Reference};
 use unireward_trainer::optim::AdamWParams;
 use unireward_trainer::schedule::ScheduleKind;
 use unireward_trainer::train_loop::{train, Forward, LoopConfig, Objective, Prepared};
-use unireward_trainer::checkpoint_keys::TrainParts;
 use unireward_trainer::varmap_model::VarMapModel;
 
 #[derive(Parser)]

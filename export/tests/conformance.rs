@@ -22,7 +22,9 @@ use unireward_engine::encode_media::encode_media;
 use unireward_export::{export_onnx, ExportOptions, Precision};
 use unireward_models::config::LlavaConfig;
 use unireward_models::pack::merge_media;
-use unireward_models::preprocess::{MediaLoader, MediaRequest, PreparedMedia, VideoMode, VideoSource};
+use unireward_models::preprocess::{
+    MediaLoader, MediaRequest, PreparedMedia, VideoMode, VideoSource,
+};
 use unireward_models::tokenize::{MediaKind, PromptTokenizer, Tokenized};
 use unireward_models::LlavaOnevision;
 

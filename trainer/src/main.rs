@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use unireward_trainer::checkpoint_keys::TrainParts;
 use unireward_trainer::data::dpo::DpoData;
 use unireward_trainer::data::reward::RewardData;
 use unireward_trainer::data::Preparer;
@@ -26,7 +27,6 @@ use unireward_trainer::schedule::ScheduleKind;
 use unireward_trainer::train_loop::{
     check_fresh_out, check_resume_data, train, LoopConfig, TrainSummary,
 };
-use unireward_trainer::checkpoint_keys::TrainParts;
 use unireward_trainer::varmap_model::VarMapModel;
 
 #[derive(Parser)]

@@ -17,9 +17,9 @@ use unireward_models::family::JudgeModel;
 use unireward_models::tokenize::PromptTokenizer;
 use unireward_models::{LlavaOnevision, MediaFeatures};
 use unireward_tests::{golden_cases, golden_tensors};
+use unireward_trainer::checkpoint_keys::TrainParts;
 use unireward_trainer::logprob::{sequence_logprobs, to_f64_vec, ScoredSequence};
 use unireward_trainer::lora::{merge, LoraConfig};
-use unireward_trainer::checkpoint_keys::TrainParts;
 use unireward_trainer::varmap_model::VarMapModel;
 
 /// The golden tests' tolerance on completion log-probs.

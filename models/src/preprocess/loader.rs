@@ -5,8 +5,8 @@ use std::path::Path;
 
 use candle_core::Tensor;
 
-use super::image::{load_image, to_rgb, ImageProcessor, ImageProcessorConfig, ProcessedImage};
 use super::frame_tiles::FrameTileProcessor;
+use super::image::{load_image, to_rgb, ImageProcessor, ImageProcessorConfig, ProcessedImage};
 use super::request::{MediaRequest, VideoMode};
 use super::resize::{resize_pillow, Filter};
 use super::video::{FrameLoader, FrameSampling, VideoProcessor, VideoProcessorConfig, VideoSource};

@@ -82,7 +82,9 @@ impl RawEntry {
     fn to_value(&self) -> Value {
         match self {
             RawEntry::Path(p) => Value::String(p.clone()),
-            RawEntry::Frames(frames) => Value::Array(frames.iter().map(RawFrame::to_value).collect()),
+            RawEntry::Frames(frames) => {
+                Value::Array(frames.iter().map(RawFrame::to_value).collect())
+            }
             RawEntry::Other(v) => v.clone(),
         }
     }

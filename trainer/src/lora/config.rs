@@ -280,8 +280,7 @@ mod tests {
     #[test]
     fn adapter_config_is_read_with_peft_defaults() {
         let written = LoraConfig::new(4, Some(8.0), 0.0, names(&["q_proj"]));
-        let back = read(written.adapter_config_json(&json!(["q_proj", "v_proj"]), "base"))
-            .unwrap();
+        let back = read(written.adapter_config_json(&json!(["q_proj", "v_proj"]), "base")).unwrap();
         assert_eq!(back.scale, 2.0);
         assert_eq!(back.config.targets, names(&["q_proj", "v_proj"]));
         assert_eq!(back.target_modules, json!(["q_proj", "v_proj"]));
