@@ -219,6 +219,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    unireward_models::logging::init_logging();
     match run() {
         Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
         Ok(summary) => {
