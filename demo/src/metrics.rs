@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use unireward_models::formats::score_record::{ScoreAnswer, ScoreRecord};
-use unireward_models::judge::{Mode, Verdict};
 #[cfg(test)]
 use unireward_models::judge::Task;
+use unireward_models::judge::{Mode, Verdict};
 
 use crate::judge_data::Truth;
 
@@ -142,7 +142,8 @@ pub fn judge_figures(answers: &[ScoreRecord], truth: &[Truth]) -> BTreeMap<Strin
                 fig.pairs += 1;
             }
             Mode::Point => {
-                if let (Some(ScoreAnswer::Point(a)), Some(truth_score)) = (answer.answer(), t.score) {
+                if let (Some(ScoreAnswer::Point(a)), Some(truth_score)) = (answer.answer(), t.score)
+                {
                     let score = a.score;
                     let e = points.entry(t.task.as_str()).or_default();
                     e.0.push(score);

@@ -127,7 +127,9 @@ impl LlavaConfig {
     /// refused by name instead of falling back to a default or failing later per record.
     pub fn from_json(v: &Value, dir: Option<&Path>) -> Result<Self> {
         let raw = match v {
-            Value::Object(_) => RawConfig::deserialize(v).map_err(|e| Error::Config(e.to_string()))?,
+            Value::Object(_) => {
+                RawConfig::deserialize(v).map_err(|e| Error::Config(e.to_string()))?
+            }
             _ => RawConfig::default(),
         };
         let cfg = if raw.mm_vision_tower.is_some() || raw.mm_projector_type.is_some() {
@@ -454,7 +456,10 @@ impl Checks {
 
     /// As [`Self::token_id`], except that a negative id (the original code's `-200` image
     /// marker) means there is no such token.
-    fn llava_next_token_id(&self, keys: [(&'static str, &Option<Value>); 2]) -> Result<Option<u32>> {
+    fn llava_next_token_id(
+        &self,
+        keys: [(&'static str, &Option<Value>); 2],
+    ) -> Result<Option<u32>> {
         let negative = keys
             .iter()
             .find_map(|(_, x)| given(x))
@@ -505,8 +510,16 @@ fn vision_from_raw(r: &RawVision, prefix: &'static str, d: &VisionConfig) -> Res
     let s = Checks::new(prefix);
     let cfg = VisionConfig {
         hidden_size: s.size("hidden_size", &r.hidden_size, d.hidden_size)?,
-        intermediate_size: s.size("intermediate_size", &r.intermediate_size, d.intermediate_size)?,
-        num_hidden_layers: s.size("num_hidden_layers", &r.num_hidden_layers, d.num_hidden_layers)?,
+        intermediate_size: s.size(
+            "intermediate_size",
+            &r.intermediate_size,
+            d.intermediate_size,
+        )?,
+        num_hidden_layers: s.size(
+            "num_hidden_layers",
+            &r.num_hidden_layers,
+            d.num_hidden_layers,
+        )?,
         num_attention_heads: s.size(
             "num_attention_heads",
             &r.num_attention_heads,

@@ -167,9 +167,18 @@ mod tests {
             with("mode", Value::Null),
             "missing string field \"mode\" (pair or point)"
         );
-        assert_eq!(with("prompt", json!(["q"])), "missing string field \"prompt\"");
-        assert_eq!(with("answers", json!(["x", 2])), "\"answers\" must be strings");
-        assert_eq!(with("answers", json!("x")), "\"answers\" must be a list of strings");
+        assert_eq!(
+            with("prompt", json!(["q"])),
+            "missing string field \"prompt\""
+        );
+        assert_eq!(
+            with("answers", json!(["x", 2])),
+            "\"answers\" must be strings"
+        );
+        assert_eq!(
+            with("answers", json!("x")),
+            "\"answers\" must be a list of strings"
+        );
         assert_eq!(
             with("answers", Value::Null),
             "image_understanding point judges 1 answer(s); the request has 0"

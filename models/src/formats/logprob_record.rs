@@ -43,7 +43,13 @@ mod tests {
             texts[1],
             r#"{"id":5,"error":"the completion adds no tokens after a non-empty prompt"}"#
         );
-        assert_eq!(serde_json::from_str::<LogprobRecord>(&texts[0]).unwrap(), answer);
-        assert_eq!(serde_json::from_str::<LogprobRecord>(&texts[1]).unwrap(), error);
+        assert_eq!(
+            serde_json::from_str::<LogprobRecord>(&texts[0]).unwrap(),
+            answer
+        );
+        assert_eq!(
+            serde_json::from_str::<LogprobRecord>(&texts[1]).unwrap(),
+            error
+        );
     }
 }

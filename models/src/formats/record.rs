@@ -69,7 +69,8 @@ impl<'de, A: DeserializeOwned> Deserialize<'de> for Record<A> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = Value::deserialize(d)?;
         if v.get("error").is_some() {
-            let line: ErrorLine<Value, String> = serde_json::from_value(v).map_err(D::Error::custom)?;
+            let line: ErrorLine<Value, String> =
+                serde_json::from_value(v).map_err(D::Error::custom)?;
             Ok(Record::Error {
                 id: line.id,
                 error: line.error,
@@ -107,8 +108,14 @@ mod tests {
         let texts = [&answer, &error].map(|r| serde_json::to_string(r).unwrap());
         assert_eq!(texts[0], r#"{"id":"x","b":1.0,"a":2}"#);
         assert_eq!(texts[1], r#"{"id":7,"error":"broken"}"#);
-        assert_eq!(serde_json::from_str::<Record<Answer>>(&texts[0]).unwrap(), answer);
-        assert_eq!(serde_json::from_str::<Record<Answer>>(&texts[1]).unwrap(), error);
+        assert_eq!(
+            serde_json::from_str::<Record<Answer>>(&texts[0]).unwrap(),
+            answer
+        );
+        assert_eq!(
+            serde_json::from_str::<Record<Answer>>(&texts[1]).unwrap(),
+            error
+        );
     }
 
     #[test]

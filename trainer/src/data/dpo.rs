@@ -104,14 +104,16 @@ impl DpoData {
         // A line that is not a record of a pair file stays, to be refused below by position.
         let pairs: Vec<(usize, Value, std::result::Result<PairRecord, String>)> = all
             .into_iter()
-            .filter_map(|(pos, v)| match serde_json::from_value::<PairsRecord>(v.clone()) {
-                Ok(Record::Answer {
-                    answer: PairsAnswer::Pair(rec),
-                    ..
-                }) => Some((pos, v, Ok(rec))),
-                Ok(_) => None,
-                Err(e) => Some((pos, v, Err(e.to_string()))),
-            })
+            .filter_map(
+                |(pos, v)| match serde_json::from_value::<PairsRecord>(v.clone()) {
+                    Ok(Record::Answer {
+                        answer: PairsAnswer::Pair(rec),
+                        ..
+                    }) => Some((pos, v, Ok(rec))),
+                    Ok(_) => None,
+                    Err(e) => Some((pos, v, Err(e.to_string()))),
+                },
+            )
             .collect();
         if pairs.len() < total {
             eprintln!(
