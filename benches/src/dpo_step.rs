@@ -39,7 +39,8 @@ use unireward_trainer::objectives::{DpoObjective, Reference};
 use unireward_trainer::optim::AdamWParams;
 use unireward_trainer::schedule::ScheduleKind;
 use unireward_trainer::train_loop::{train, Forward, LoopConfig, Objective, Prepared};
-use unireward_trainer::varmap_model::{TrainParts, VarMapModel};
+use unireward_trainer::checkpoint_keys::TrainParts;
+use unireward_trainer::varmap_model::VarMapModel;
 
 #[derive(Parser)]
 struct Args {

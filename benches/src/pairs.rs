@@ -25,12 +25,13 @@ use clap::{Parser, ValueEnum};
 use image::{Rgb, RgbImage};
 use serde_json::json;
 use unireward_engine::backend::{Backend, CandleBackend, OrtBackend, Recomputing, SessionConfig};
+use unireward_engine::encode_media::encode_media;
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
-use unireward_engine::media::{encode_media, MediaLoader, MediaRequest};
 use unireward_engine::pairs::job::PairsJob;
 use unireward_engine::pairs::{PairOptions, Recipe};
 use unireward_export::{export_onnx, ExportOptions};
 use unireward_models::judge::{Media, Mode, Task};
+use unireward_models::preprocess::{MediaLoader, MediaRequest};
 use unireward_models::tokenize::PromptTokenizer;
 
 #[derive(Parser)]

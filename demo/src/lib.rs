@@ -1,5 +1,5 @@
 //! The end-to-end demo: a synthetic world of coloured shapes, a LLaVA-OneVision reward
-//! model trained on it from scratch with `trainer reward`, exported with `export onnx`,
+//! model trained on it from scratch with `trainer reward`, exported with `unireward-export onnx`,
 //! judging held-out data with `engine score --batch`, building preference pairs with
 //! `engine pairs`, aligning an answer model with `trainer dpo --kind vlm`, and a report.
 

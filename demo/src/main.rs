@@ -77,7 +77,7 @@ enum Command {
         #[command(flatten)]
         out: Out,
     },
-    /// 3a. Export it with `export onnx` (OUT/models/judge-onnx).
+    /// 3a. Export it with `unireward-export onnx` (OUT/models/judge-onnx).
     Export {
         #[command(flatten)]
         out: Out,

@@ -1,6 +1,6 @@
-//! Running the project's binaries (`trainer`, `export`, `engine`), found beside the `demo`
-//! binary (one `cargo build --release --bins` builds them all). Each run's output goes to a
-//! log file under `OUT/logs/`; a failure shows the log's tail.
+//! Running the project's binaries (`trainer`, `unireward-export`, `engine`), found beside the
+//! `demo` binary (one `cargo build --release --bins` builds them all). Each run's output goes to
+//! a log file under `OUT/logs/`; a failure shows the log's tail.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,7 +20,7 @@ impl Tool {
     pub fn name(self) -> &'static str {
         match self {
             Tool::Trainer => "trainer",
-            Tool::Export => "export",
+            Tool::Export => "unireward-export",
             Tool::Engine => "engine",
         }
     }

@@ -1,4 +1,4 @@
-//! The demo end to end on the `small` preset: the real `trainer`, `export` and `engine`
+//! The demo end to end on the `small` preset: the real `trainer`, `unireward-export` and `engine`
 //! binaries, a judge trained from random weights, judging on ONNX Runtime, pairs, DPO and the
 //! report. Asserts that the judge learnt (its image-generation scores correlate with the
 //! truth and the pairs it builds prefer the better candidate far above chance) and that DPO

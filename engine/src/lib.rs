@@ -2,10 +2,10 @@
 
 pub mod backend;
 pub mod batching;
+pub mod encode_media;
 pub mod error;
 pub mod judge;
 pub mod logprob;
-pub mod media;
 pub mod pairs;
 pub mod pipeline;
 pub mod records;

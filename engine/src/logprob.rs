@@ -11,13 +11,14 @@ use std::path::Path;
 
 use serde_json::Value;
 use unireward_models::formats::logprob_record::LogprobAnswer;
+use unireward_models::preprocess::{MediaLoader, MediaRequest, PreparedMedia, VideoMode};
 use unireward_models::tokenize::{PromptTokenizer, Tokenized, IMAGE_MARKER, VIDEO_MARKER};
 use unireward_models::MediaFeatures;
 
 use crate::backend::Backend;
 use crate::batching::batches_by_budget;
+use crate::encode_media::encode_media;
 use crate::error::{EngineError, Result};
-use crate::media::{encode_media, MediaLoader, MediaRequest, PreparedMedia, VideoMode};
 use crate::pipeline::{decoded_image_bytes, run_pipeline_with, Prepared, RunOptions, RunSummary};
 
 pub struct LogprobRequest {

@@ -16,13 +16,13 @@ use unireward_engine::backend::{
 };
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
 use unireward_engine::logprob::LogprobJob;
-use unireward_engine::media::{MediaLoader, VideoMode};
 use unireward_engine::pairs::job::PairsJob;
 use unireward_engine::pairs::{PairFormat, PairOptions, RankingMode, Recipe};
 use unireward_engine::pipeline::{RunOptions, RunSummary, DEFAULT_DECODE_BUDGET_BYTES};
 use unireward_engine::records::{check_output_path, OutputMode, DEFAULT_MAX_LINE_BYTES};
 use unireward_engine::score::ScoreJob;
 use unireward_models::judge::{ChatTemplate, Family, PromptTemplate};
+use unireward_models::preprocess::{MediaLoader, VideoMode};
 use unireward_models::tokenize::PromptTokenizer;
 
 #[derive(Parser)]
@@ -38,7 +38,7 @@ struct Cli {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BackendKind {
-    /// ort for a directory `export onnx` wrote (it has manifest.json), else candle.
+    /// ort for a directory `unireward-export onnx` wrote (it has manifest.json), else candle.
     Auto,
     Candle,
     Ort,
@@ -48,12 +48,6 @@ enum BackendKind {
 enum Precision {
     F32,
     Bf16,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum JudgeKind {
-    Fast,
-    Generate,
 }
 
 #[derive(clap::Args)]
@@ -97,7 +91,7 @@ struct ModelArgs {
 struct JudgeArgs {
     /// fast: verdict probabilities from one pass; generate: greedy rationale, parsed verdict.
     #[arg(long = "judge", value_enum, default_value = "fast")]
-    judge: JudgeKind,
+    judge: JudgeMode,
     /// Which reference scripts' prompts and verdict strings to use.
     #[arg(long, default_value = "llava")]
     template_family: Family,
@@ -254,8 +248,8 @@ fn load(args: &ModelArgs, video_mode: VideoMode) -> Result<Loaded> {
     };
     if kind == BackendKind::Candle && args.ep != ExecutionProvider::Cpu {
         bail!(
-            "--ep {} needs an ONNX export (`export onnx`); {} is run by the candle backend, \
-             which runs on the CPU only",
+            "--ep {} needs an ONNX export (`unireward-export onnx`); {} is run by the candle \
+             backend, which runs on the CPU only",
             args.ep.name(),
             args.model.display()
         );
@@ -312,15 +306,11 @@ fn make_judge<'a>(l: &'a Loaded, args: &JudgeArgs, model: &ModelArgs) -> Result<
         chat,
         user_template,
     };
-    let mode = match args.judge {
-        JudgeKind::Fast => JudgeMode::Fast,
-        JudgeKind::Generate => JudgeMode::Generate,
-    };
     Ok(Judge::new(
         l.backend.as_ref(),
         &l.tokenizer,
         style,
-        mode,
+        args.judge,
         args.max_new_tokens,
     )?)
 }

@@ -16,9 +16,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 use unireward_models::formats::record::Record;
+use unireward_models::preprocess::{MediaLoader, MediaRequest, PreparedMedia};
 
 use crate::error::{EngineError, Result};
-use crate::media::{MediaLoader, MediaRequest, PreparedMedia};
 use crate::records::{
     duplicate_ids, id_key, read_input_capped, OutputMode, OutputWriter, DEFAULT_MAX_LINE_BYTES,
 };

@@ -5,11 +5,12 @@ use std::path::Path;
 
 use serde_json::Value;
 use unireward_models::formats::score_record::ScoreAnswer;
+use unireward_models::preprocess::{MediaLoader, PreparedMedia};
 use unireward_models::MediaFeatures;
 
+use crate::encode_media::encode_request;
 use crate::error::{EngineError, Result};
 use crate::judge::{Judge, JudgeItem, ScoreRequest};
-use crate::media::{encode_request, MediaLoader, PreparedMedia};
 use crate::pipeline::{run_media_pipeline_with, Prepared, RunOptions, RunSummary};
 
 pub struct ScoreJob<'a> {

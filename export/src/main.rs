@@ -1,6 +1,6 @@
-//! `export`: the reward model to ONNX.
+//! `unireward-export`: the reward model to ONNX.
 //!
-//!     export onnx --model DIR --out DIR [--dtype fp32|fp16] [--opset N]
+//!     unireward-export onnx --model DIR --out DIR [--dtype fp32|fp16] [--opset N]
 
 // Tensors of a few MB are allocated and freed per op; glibc's malloc returns them to the
 // system each time, and faulting the pages back in cost a fifth of a CPU forward.
@@ -12,21 +12,19 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use unireward_export::graph::DEFAULT_OPSET;
 use unireward_export::{export_onnx, ExportOptions, Precision};
 
 #[derive(Parser)]
-#[command(name = "export", version, about = "Export the UnifiedReward judge")]
+#[command(
+    name = "unireward-export",
+    version,
+    about = "Export the UnifiedReward judge"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Dtype {
-    Fp32,
-    Fp16,
 }
 
 #[derive(Subcommand)]
@@ -43,7 +41,7 @@ enum Command {
         /// fp16 stores weights and runs matmuls in fp16; normalisations, softmax and the
         /// final log-softmax stay fp32.
         #[arg(long, value_enum, default_value = "fp32")]
-        dtype: Dtype,
+        dtype: Precision,
         /// ONNX opset (17 to 20).
         #[arg(long, default_value_t = DEFAULT_OPSET)]
         opset: i64,
@@ -51,10 +49,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    unireward_models::logging::init_logging();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("export: {e:#}");
+            eprintln!("unireward-export: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -69,10 +68,7 @@ fn run(cli: Cli) -> Result<()> {
             opset,
         } => {
             let opts = ExportOptions {
-                precision: match dtype {
-                    Dtype::Fp32 => Precision::F32,
-                    Dtype::Fp16 => Precision::F16,
-                },
+                precision: dtype,
                 opset,
             };
             let start = Instant::now();

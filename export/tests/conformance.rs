@@ -18,11 +18,11 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use unireward_engine::backend::{Backend, CandleBackend, OrtBackend, SessionConfig};
-use unireward_engine::media::{encode_media, MediaLoader, MediaRequest, PreparedMedia, VideoMode};
+use unireward_engine::encode_media::encode_media;
 use unireward_export::{export_onnx, ExportOptions, Precision};
 use unireward_models::config::LlavaConfig;
 use unireward_models::pack::merge_media;
-use unireward_models::preprocess::VideoSource;
+use unireward_models::preprocess::{MediaLoader, MediaRequest, PreparedMedia, VideoMode, VideoSource};
 use unireward_models::tokenize::{MediaKind, PromptTokenizer, Tokenized};
 use unireward_models::LlavaOnevision;
 
@@ -407,8 +407,8 @@ fn unifiedreward_7b_llava_next() {
     conformance("ur-7b-next");
 }
 
-/// The failing case as a user runs it: `export onnx` of a so400m-geometry checkpoint
-/// (384 px tiles, 14 px patches: the vision graph must crop 6 px as the convolution does),
+/// The failing case as a user runs it: `unireward-export onnx` of a so400m-geometry
+/// checkpoint (384 px tiles, 14 px patches: the vision graph must crop 6 px as the convolution does),
 /// then `engine logprob` and `engine score` on ONNX Runtime fp32 / fp16 and on candle.
 #[test]
 fn engine_cli_on_exports_of_real_geometry() {
@@ -416,7 +416,7 @@ fn engine_cli_on_exports_of_real_geometry() {
     use std::process::Command;
 
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let export_bin = PathBuf::from(env!("CARGO_BIN_EXE_export"));
+    let export_bin = PathBuf::from(env!("CARGO_BIN_EXE_unireward-export"));
     let engine_bin = export_bin.with_file_name(format!("engine{}", std::env::consts::EXE_SUFFIX));
     assert!(
         engine_bin.is_file(),
@@ -436,7 +436,7 @@ fn engine_cli_on_exports_of_real_geometry() {
             .args(["--dtype", dtype])
             .status()
             .unwrap();
-        assert!(st.success(), "export onnx --dtype {dtype}");
+        assert!(st.success(), "unireward-export onnx --dtype {dtype}");
         out
     };
     let (f32_dir, f16_dir) = (export("fp32"), export("fp16"));

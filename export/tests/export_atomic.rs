@@ -1,7 +1,7 @@
 //! An export directory never holds a loadable mix of two exports: a re-export that fails
 //! half-way leaves the earlier export byte for byte, the engine refuses files whose sizes are
 //! not those the manifest records, and a config that does not fit the weights stops
-//! `export onnx` before it writes anything (or allocates for the config's sizes).
+//! `unireward-export onnx` before it writes anything (or allocates for the config's sizes).
 //!
 //! The ORT-backed checks need the ONNX Runtime library (ORT_DYLIB_PATH, or `.ort/` from
 //! scripts/fetch-onnxruntime.sh).
@@ -143,7 +143,7 @@ fn files_that_do_not_match_the_manifest_are_refused() {
 }
 
 fn export_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_export"))
+    PathBuf::from(env!("CARGO_BIN_EXE_unireward-export"))
 }
 
 #[test]

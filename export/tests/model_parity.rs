@@ -27,6 +27,7 @@ use unireward_export::{Precision, Value};
 use unireward_models::config::{LlavaConfig, TextConfig, VisionConfig};
 use unireward_models::decode::Qwen2;
 use unireward_models::encode::{Projector, SiglipVision};
+use unireward_models::family::JudgeModel;
 use unireward_models::pack::{merge_media, MediaFeatures};
 use unireward_models::tokenize::{PromptTokenizer, Tokenized};
 use unireward_models::LlavaOnevision;

@@ -1,4 +1,4 @@
-//! The deployment path as a user runs it: `export onnx` on the golden checkpoint, then
+//! The deployment path as a user runs it: `unireward-export onnx` on the golden checkpoint, then
 //! `engine logprob` / `engine score` on the export, served by ONNX Runtime.
 
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use unireward_tests::{golden_cases, golden_cases_dir, golden_model_dir};
 
 fn export_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_export"))
+    PathBuf::from(env!("CARGO_BIN_EXE_unireward-export"))
 }
 
 /// The engine binary is built beside ours by `cargo test --workspace`.
@@ -42,7 +42,7 @@ fn export(dir: &Path, dtype: &str) -> Result<PathBuf> {
         .arg(&out)
         .args(["--dtype", dtype])
         .status()?;
-    assert!(status.success(), "export onnx --dtype {dtype}");
+    assert!(status.success(), "unireward-export onnx --dtype {dtype}");
     Ok(out)
 }
 

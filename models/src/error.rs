@@ -26,6 +26,9 @@ pub enum Error {
     Tokenizer(String),
     #[error("input: {0}")]
     Input(String),
+    /// A request's media that cannot be shown as asked (the message says why).
+    #[error("{0}")]
+    Media(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -7,9 +7,10 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::checkpoint::{open_model_dir, KeyLayout};
-use crate::config::LlavaConfig;
+use crate::config::{LlavaConfig, TextConfig};
 use crate::decode::{KvCache, Qwen2};
 use crate::encode::{Projector, SiglipVision};
+use crate::family::{JudgeModel, ModelFamily};
 use crate::pack::{merge_media, pack_image, pack_video, MediaFeatures};
 use crate::tokenize::Tokenized;
 use crate::Result;
@@ -75,16 +76,42 @@ impl LlavaOnevision {
         &self.image_newline
     }
 
-    pub fn device(&self) -> &Device {
+    /// Positions past.. for every row of `embeds` [B, T, D] (right padding): LLaVA's decoder
+    /// takes plain 1-D positions.
+    fn positions(&self, embeds: &Tensor, cache: Option<&KvCache>) -> Result<Tensor> {
+        let (b, t, _) = embeds.dims3()?;
+        let past = cache.map(|c| c.len()).unwrap_or(0) as u32;
+        Ok(
+            Tensor::arange(past, past + t as u32, self.image_newline.device())?
+                .unsqueeze(0)?
+                .broadcast_as((b, t))?
+                .contiguous()?,
+        )
+    }
+}
+
+impl JudgeModel for LlavaOnevision {
+    fn family(&self) -> ModelFamily {
+        ModelFamily::LlavaOnevision
+    }
+
+    fn text_config(&self) -> &TextConfig {
+        &self.cfg.text
+    }
+
+    fn llava_config(&self) -> Option<&LlavaConfig> {
+        Some(&self.cfg)
+    }
+
+    fn device(&self) -> &Device {
         self.image_newline.device()
     }
 
-    pub fn dtype(&self) -> DType {
+    fn dtype(&self) -> DType {
         self.decoder.dtype()
     }
 
-    /// Tiles [n, 3, S, S] → projected features [n, patches, text hidden].
-    pub fn encode_tiles(&self, pixels: &Tensor) -> Result<Tensor> {
+    fn encode_tiles(&self, pixels: &Tensor) -> Result<Tensor> {
         let mut feats = self.vision.forward(pixels)?;
         if self.cfg.drop_first_feature {
             let n = feats.dim(1)?;
@@ -93,38 +120,29 @@ impl LlavaOnevision {
         Ok(self.projector.forward(&feats)?)
     }
 
-    /// One image's tiles (base first) → its packed token features [tokens, hidden].
-    pub fn image_features(&self, tiles: &Tensor, original: (u32, u32)) -> Result<Tensor> {
-        let feats = self.encode_tiles(tiles)?;
-        pack_image(&feats, original, &self.image_newline, &self.cfg.anyres)
-    }
-
-    /// Packs already-encoded tile features (so callers can encode many images in one batch).
-    pub fn pack_image(&self, feats: &Tensor, original: (u32, u32)) -> Result<Tensor> {
+    fn pack_image(&self, feats: &Tensor, original: (u32, u32)) -> Result<Tensor> {
         pack_image(feats, original, &self.image_newline, &self.cfg.anyres)
     }
 
-    /// Video frames [frames, 3, S, S] → packed token features.
-    pub fn video_features(&self, frames: &Tensor) -> Result<Tensor> {
-        let feats = self.encode_tiles(frames)?;
-        pack_video(&feats, &self.image_newline)
+    fn pack_video(&self, feats: &Tensor) -> Result<Tensor> {
+        pack_video(feats, &self.image_newline)
     }
 
-    /// Token embeddings with each media span overwritten by its features → [T, hidden].
-    pub fn embed(&self, tokens: &Tokenized, media: &MediaFeatures) -> Result<Tensor> {
+    fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        self.decoder.embed(ids)
+    }
+
+    fn embed(&self, tokens: &Tokenized, media: &MediaFeatures) -> Result<Tensor> {
         let ids = Tensor::new(tokens.ids.as_slice(), self.device())?;
         merge_media(&self.decoder.embed(&ids)?, tokens, media)
     }
 
-    /// Embeddings [B, T, D] → final hidden states, positions 0.. for every row (right padding).
-    pub fn hidden_states(&self, embeds: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    fn hidden_states(&self, embeds: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let positions = self.positions(embeds, cache.as_deref())?;
         self.decoder.forward(embeds, &positions, None, cache)
     }
 
-    /// [`Self::hidden_states`] read at `rows` [B, P] (u32 indices into this call's tokens)
-    /// only: [B, P, D], with the last layer computed for those rows alone.
-    pub fn hidden_states_at(
+    fn hidden_states_at(
         &self,
         embeds: &Tensor,
         cache: Option<&mut KvCache>,
@@ -135,17 +153,11 @@ impl LlavaOnevision {
             .forward_at(embeds, &positions, None, cache, rows)
     }
 
-    /// Positions past.. for every row of `embeds` [B, T, D] (right padding).
-    fn positions(&self, embeds: &Tensor, cache: Option<&KvCache>) -> Result<Tensor> {
-        let (b, t, _) = embeds.dims3()?;
-        let past = cache.map(|c| c.len()).unwrap_or(0) as u32;
-        Ok(Tensor::arange(past, past + t as u32, self.device())?
-            .unsqueeze(0)?
-            .broadcast_as((b, t))?
-            .contiguous()?)
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.decoder.logits(hidden)
     }
 
-    pub fn new_cache(&self) -> KvCache {
+    fn new_cache(&self) -> KvCache {
         KvCache::new(self.decoder.num_layers())
     }
 }

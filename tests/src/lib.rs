@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
+use unireward_models::family::JudgeModel;
 use unireward_models::tokenize::{PromptTokenizer, Tokenized};
 use unireward_models::{LlavaOnevision, MediaFeatures};
 

@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
+use unireward_models::family::JudgeModel;
 use unireward_models::tokenize::PromptTokenizer;
 use unireward_models::LlavaOnevision;
 use unireward_tests::{

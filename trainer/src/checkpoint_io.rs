@@ -18,37 +18,16 @@ use candle_core::{Device, Tensor};
 use serde_json::Value;
 use unireward_models::checkpoint::{load_all, Checkpoint};
 
-use crate::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use crate::durable_file::{sync_dir, sync_files_in};
+use crate::json_file::write_json;
+use crate::model_files::{
+    copy_model_files, ADAPTER_WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE,
+};
 use crate::optim::AdamW;
 use crate::varmap_model::VarMapModel;
 use crate::{Error, Result};
 
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-pub const STATE_FILE: &str = "trainer_state.json";
 const CHECKPOINT_PREFIX: &str = "checkpoint-";
-
-/// Whether a file of the source directory goes beside the written weights: not weights
-/// (replaced by the one written), and not what a training run leaves in its output
-/// (metrics, caches, loop state, temporaries), since a run may start from another's output;
-/// nor an adapter's configuration, which would make the directory read as an adapter.
-fn is_copied(name: &str) -> bool {
-    let weights = [
-        ".safetensors",
-        ".bin",
-        ".pt",
-        ".pth",
-        ".gguf",
-        ".index.json",
-    ]
-    .iter()
-    .any(|ext| name.ends_with(ext));
-    let run_output = name.ends_with(".jsonl")
-        || name.ends_with(".tmp")
-        || name == STATE_FILE
-        || name == ADAPTER_CONFIG_FILE;
-    !(weights || run_output || name.starts_with('.'))
-}
 
 /// Writes `model`'s weights and the non-weight files of `source_dir` into `dir` (created).
 pub fn write_model(model: &VarMapModel, source_dir: &Path, dir: &Path) -> Result<()> {
@@ -66,27 +45,6 @@ pub fn write_trained(model: &VarMapModel, source_dir: &Path, dir: &Path) -> Resu
         Some(adapter) => adapter.save(dir, &source_dir.to_string_lossy()),
         None => write_model(model, source_dir, dir),
     }
-}
-
-/// Copies the non-weight files of `source_dir` (config, tokenizer, processor, chat
-/// template) into `dir` (created).
-pub fn copy_model_files(source_dir: &Path, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let entries = std::fs::read_dir(source_dir).map_err(|e| Error::io(source_dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(source_dir, e))?;
-        let name = entry.file_name();
-        let Some(name_str) = name.to_str() else {
-            continue;
-        };
-        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
-        if !is_file || !is_copied(name_str) {
-            continue;
-        }
-        let to = dir.join(&name);
-        std::fs::copy(entry.path(), &to).map_err(|e| Error::io(&to, e))?;
-    }
-    Ok(())
 }
 
 /// Every tensor of the checkpoint in `dir`, by name.
@@ -156,49 +114,6 @@ pub fn save_final(out: &Path, model: &VarMapModel, source_dir: &Path) -> Result<
     std::fs::remove_dir(&tmp).map_err(|e| Error::io(&tmp, e))
 }
 
-/// Syncs every file directly in `dir`, then `dir` itself (whoever wrote the files: the
-/// safetensors, optimizer and adapter writers do not sync).
-pub fn sync_files_in(dir: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        if entry.file_type().is_ok_and(|t| t.is_file()) {
-            sync_file(&entry.path())?;
-        }
-    }
-    sync_dir(dir)
-}
-
-fn sync_file(path: &Path) -> Result<()> {
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(path, e))
-}
-
-/// Makes renames, creations and removals in `dir` durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(dir, e))
-}
-
-/// Replaces `path` with `bytes` through a synced temporary file beside it (`path` with
-/// `.tmp` added), renamed over it; the directory is synced after.
-pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut name = path.as_os_str().to_os_string();
-    name.push(".tmp");
-    let tmp = PathBuf::from(name);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
-        _ => sync_dir(Path::new(".")),
-    }
-}
-
 /// Complete checkpoints in `out`, by step, oldest first.
 pub fn list_checkpoints(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
     if !out.is_dir() {
@@ -237,54 +152,4 @@ pub fn prune_checkpoints(out: &Path, keep: usize) -> Result<()> {
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
     Ok(())
-}
-
-pub fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Data {
-        path: path.to_path_buf(),
-        record: 0,
-        msg: format!("invalid JSON: {e}"),
-    })
-}
-
-/// Writes `value` to a temporary file beside `path`, then renames it over `path`
-/// ([`replace_file`]).
-pub fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Config(e.to_string()))?;
-    replace_file(path, text.as_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn configuration_is_copied_weights_and_run_outputs_are_not() {
-        for name in [
-            "config.json",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "processor_config.json",
-            "chat_template.jinja",
-            "generation_config.json",
-        ] {
-            assert!(is_copied(name), "{name}");
-        }
-        for name in [
-            "model.safetensors",
-            "model-00001-of-00004.safetensors",
-            "model.safetensors.index.json",
-            "pytorch_model.bin",
-            "metrics.jsonl",
-            "ref_logps.jsonl",
-            "trainer_state.json",
-            "optimizer.safetensors",
-            ".final.tmp",
-            "adapter_config.json",
-            "adapter_model.safetensors",
-        ] {
-            assert!(!is_copied(name), "{name}");
-        }
-    }
 }

@@ -40,8 +40,6 @@ pub enum Error {
     #[error(transparent)]
     Model(#[from] unireward_models::Error),
     #[error(transparent)]
-    Engine(#[from] unireward_engine::EngineError),
-    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 

@@ -10,16 +10,23 @@
 //! - [`train_loop`]: the loop both commands share (accumulation, clipping, metrics,
 //!   checkpoints, exact resume), over an [`train_loop::Objective`]
 //!   ([`objectives::RewardObjective`], [`objectives::DpoObjective`]);
+//! - [`checkpoint_keys`]: the part of the model a checkpoint key belongs to, and key shapes;
 //! - [`checkpoint_io`]: weights written under the key names they were loaded with;
+//!   [`model_files`]: the names of the files written, and which model files are copied;
+//!   [`durable_file`], [`json_file`]: files replaced whole, synced;
 //! - [`lora`]: LoRA adapters (trained through merged weights), saved and merged in PEFT's
 //!   layout.
 
 pub mod checkpoint_io;
+pub mod checkpoint_keys;
 pub mod data;
+pub mod durable_file;
 pub mod error;
+pub mod json_file;
 pub mod logprob;
 pub mod lora;
 pub mod loss;
+pub mod model_files;
 pub mod objectives;
 pub mod optim;
 pub mod schedule;

@@ -5,8 +5,10 @@
 //! (`ops::log_softmax_gather`), so no [tokens, vocab] log-probability tensor is made.
 
 use candle_core::{DType, Tensor};
-use unireward_engine::media::{encode_media_with, PreparedMedia};
+use unireward_models::family::JudgeModel;
 use unireward_models::ops::{log_softmax_gather, IGNORE_INDEX};
+use unireward_models::pack::encode_media_with;
+use unireward_models::preprocess::PreparedMedia;
 use unireward_models::tokenize::Tokenized;
 use unireward_models::{LlavaOnevision, MediaFeatures};
 
@@ -61,7 +63,7 @@ impl ScoredSequence {
 /// them (anyres for images, pooling for videos). Differentiable in the model's weights.
 pub fn media_features(model: &LlavaOnevision, media: &PreparedMedia) -> Result<MediaFeatures> {
     Ok(encode_media_with(
-        |pixels| Ok(model.encode_tiles(&pixels.to_device(model.device())?)?),
+        |pixels| model.encode_tiles(&pixels.to_device(model.device())?),
         model.image_newline(),
         &model.config().anyres,
         media,

@@ -26,7 +26,8 @@ use unireward_trainer::schedule::ScheduleKind;
 use unireward_trainer::train_loop::{
     check_fresh_out, check_resume_data, train, LoopConfig, TrainSummary,
 };
-use unireward_trainer::varmap_model::{TrainParts, VarMapModel};
+use unireward_trainer::checkpoint_keys::TrainParts;
+use unireward_trainer::varmap_model::VarMapModel;
 
 #[derive(Parser)]
 #[command(
@@ -445,6 +446,7 @@ fn run_merge(args: MergeArgs) -> Result<()> {
 }
 
 fn main() {
+    unireward_models::logging::init_logging();
     let result = match Cli::parse().command {
         Command::Reward(args) => run_reward(args),
         Command::Dpo(args) => run_dpo(args),

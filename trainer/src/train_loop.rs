@@ -25,11 +25,14 @@ use serde_json::{json, Map, Value};
 use unireward_models::LlavaOnevision;
 
 use crate::checkpoint_io::{
-    latest_checkpoint, prune_checkpoints, read_adapter_weights, read_json, read_weights,
-    replace_file, save_checkpoint, save_final, OPTIMIZER_FILE, STATE_FILE,
+    latest_checkpoint, prune_checkpoints, read_adapter_weights, read_weights, save_checkpoint,
+    save_final,
 };
 use crate::data::fingerprint::file_digest;
 use crate::data::order::DataOrder;
+use crate::durable_file::replace_file;
+use crate::json_file::read_json;
+use crate::model_files::{OPTIMIZER_FILE, STATE_FILE};
 use crate::optim::{AdamW, AdamWParams};
 use crate::schedule::{Schedule, ScheduleKind};
 use crate::varmap_model::VarMapModel;
@@ -439,7 +442,7 @@ impl DataCheck<'_> {
             return Ok(());
         }
         if self.allow_change {
-            eprintln!(
+            tracing::warn!(
                 "trainer: --allow-data-change: {} changed since {} was written (fingerprint \
                  {saved} then, {now} now); going on with the new data",
                 file.display(),
@@ -483,7 +486,7 @@ fn resume_from(
     data: &DataCheck,
 ) -> Result<usize> {
     let Some((step, dir)) = latest_checkpoint(out)? else {
-        eprintln!(
+        tracing::info!(
             "trainer: --resume: no checkpoint in {}, starting from the beginning",
             out.display()
         );
@@ -505,7 +508,7 @@ fn resume_from(
         model.set_tensors(&read_weights(&dir, model.device())?)?;
     }
     optimizer.load(&dir.join(OPTIMIZER_FILE))?;
-    eprintln!("trainer: resuming from {} (step {step})", dir.display());
+    tracing::info!("trainer: resuming from {} (step {step})", dir.display());
     Ok(step)
 }
 

@@ -17,69 +17,13 @@ use std::path::Path;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{VarBuilder, VarMap};
-use serde::{Deserialize, Serialize};
 use unireward_models::checkpoint::{load_all, open_model_dir, KeyLayout};
 use unireward_models::config::LlavaConfig;
 use unireward_models::LlavaOnevision;
 
-use crate::lora::{LoraAdapter, LoraConfig, Shapes};
+use crate::checkpoint_keys::{part_of, Shapes, TrainParts};
+use crate::lora::{LoraAdapter, LoraConfig};
 use crate::{Error, Result};
-
-/// Which parts of the model are trained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrainParts {
-    pub vision: bool,
-    pub projector: bool,
-    pub decoder: bool,
-}
-
-impl TrainParts {
-    pub fn all() -> Self {
-        Self {
-            vision: true,
-            projector: true,
-            decoder: true,
-        }
-    }
-
-    pub fn trains(&self, part: Part) -> bool {
-        match part {
-            Part::Vision => self.vision,
-            Part::Projector => self.projector,
-            Part::Decoder => self.decoder,
-        }
-    }
-}
-
-/// The part of the model a checkpoint key belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    Vision,
-    Projector,
-    Decoder,
-}
-
-/// As the LLaVA-NeXT training code splits its tunable parts (`mm_vision_tower`,
-/// `mm_mlp_adapter`, `mm_language_model`): the tower and the projector by name, everything
-/// else (the decoder, its head, and `image_newline`) with the language model. Vision and
-/// projector are tested first because the LLaVA-NeXT decoder prefix `model.` also starts
-/// their keys.
-pub fn part_of(layout: &KeyLayout, key: &str) -> Part {
-    if !layout.vision.is_empty() && key.starts_with(&layout.vision) {
-        return Part::Vision;
-    }
-    let in_projector = layout.projector.iter().any(|p| {
-        !p.is_empty()
-            && key
-                .strip_prefix(p.as_str())
-                .is_some_and(|r| r.starts_with('.'))
-    });
-    if in_projector {
-        Part::Projector
-    } else {
-        Part::Decoder
-    }
-}
 
 pub struct VarMapModel {
     cfg: LlavaConfig,
@@ -387,65 +331,5 @@ impl SimpleBackend for VarBackend {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.vars.contains_key(name)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn layout(vision: &str, projector: [&str; 2], newline: &str, decoder: &str) -> KeyLayout {
-        KeyLayout {
-            name: "test",
-            vision: vision.into(),
-            projector: projector.map(String::from),
-            image_newline: newline.into(),
-            decoder: decoder.into(),
-            lm_head: Some("lm_head".into()),
-        }
-    }
-
-    #[test]
-    fn keys_split_into_parts_in_both_layouts() {
-        let hf = layout(
-            "vision_tower.",
-            [
-                "multi_modal_projector.linear_1",
-                "multi_modal_projector.linear_2",
-            ],
-            "image_newline",
-            "language_model.model.",
-        );
-        assert_eq!(
-            part_of(&hf, "vision_tower.post_layernorm.weight"),
-            Part::Vision
-        );
-        assert_eq!(
-            part_of(&hf, "multi_modal_projector.linear_2.bias"),
-            Part::Projector
-        );
-        assert_eq!(part_of(&hf, "image_newline"), Part::Decoder);
-        assert_eq!(part_of(&hf, "language_model.lm_head.weight"), Part::Decoder);
-        // LLaVA-NeXT: the decoder prefix `model.` starts every key.
-        let next = layout(
-            "model.vision_tower.vision_tower.vision_model.",
-            ["model.mm_projector.0", "model.mm_projector.2"],
-            "model.image_newline",
-            "model.",
-        );
-        let key = "model.vision_tower.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight";
-        assert_eq!(part_of(&next, key), Part::Vision);
-        assert_eq!(
-            part_of(&next, "model.mm_projector.2.weight"),
-            Part::Projector
-        );
-        assert_eq!(
-            part_of(&next, "model.mm_projector.20.weight"),
-            Part::Decoder
-        );
-        assert_eq!(
-            part_of(&next, "model.layers.3.mlp.up_proj.weight"),
-            Part::Decoder
-        );
     }
 }

@@ -3,11 +3,13 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
+use unireward_models::family::JudgeModel;
 use unireward_models::tokenize::PromptTokenizer;
 use unireward_models::MediaFeatures;
 use unireward_tests::{golden_cases, golden_model_dir, golden_tensors, Case};
 use unireward_trainer::logprob::{sequence_logprobs, to_f64_vec, ScoredSequence};
-use unireward_trainer::varmap_model::{TrainParts, VarMapModel};
+use unireward_trainer::checkpoint_keys::TrainParts;
+use unireward_trainer::varmap_model::VarMapModel;
 
 /// The case's media encoded from the golden pixel values (as `run_case` does), with grads.
 fn case_media(

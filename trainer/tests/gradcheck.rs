@@ -17,10 +17,12 @@ use candle_nn::{VarBuilder, VarMap};
 use serde_json::json;
 use unireward_models::checkpoint::KeyLayout;
 use unireward_models::config::LlavaConfig;
+use unireward_models::family::JudgeModel;
 use unireward_models::tokenize::{MediaKind, MediaSpan, Tokenized};
 use unireward_models::{LlavaOnevision, MediaFeatures};
 use unireward_trainer::logprob::{sequence_logprobs, ScoredSequence};
-use unireward_trainer::varmap_model::{TrainParts, VarMapModel};
+use unireward_trainer::checkpoint_keys::TrainParts;
+use unireward_trainer::varmap_model::VarMapModel;
 
 const IMAGE_ID: u32 = 30;
 const VIDEO_ID: u32 = 31;

@@ -12,6 +12,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use serde_json::{json, Value};
+use unireward_models::family::JudgeModel;
 use unireward_models::LlavaOnevision;
 use unireward_trainer::data::dpo::DpoData;
 use unireward_trainer::data::reward::{RewardData, RewardExample};
@@ -19,7 +20,8 @@ use unireward_trainer::data::Preparer;
 use unireward_trainer::logprob::{media_features, sequence_logprobs};
 use unireward_trainer::lora::LoraConfig;
 use unireward_trainer::objectives::dpo::compute_reference;
-use unireward_trainer::varmap_model::{TrainParts, VarMapModel};
+use unireward_trainer::checkpoint_keys::TrainParts;
+use unireward_trainer::varmap_model::VarMapModel;
 
 /// Targets in all three parts: decoder attention and MLP, the SigLIP MLP and attention
 /// output, the projector.

@@ -13,12 +13,14 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use serde_json::Value;
+use unireward_models::family::JudgeModel;
 use unireward_models::tokenize::PromptTokenizer;
 use unireward_models::{LlavaOnevision, MediaFeatures};
 use unireward_tests::{golden_cases, golden_tensors};
 use unireward_trainer::logprob::{sequence_logprobs, to_f64_vec, ScoredSequence};
 use unireward_trainer::lora::{merge, LoraConfig};
-use unireward_trainer::varmap_model::{TrainParts, VarMapModel};
+use unireward_trainer::checkpoint_keys::TrainParts;
+use unireward_trainer::varmap_model::VarMapModel;
 
 /// The golden tests' tolerance on completion log-probs.
 const LOGPROB_TOL: f64 = 1e-3;

@@ -87,7 +87,7 @@ pub fn render(page: &Page) -> String {
     );
     out.push_str(&format!(
         "<p>Seed {}, preset {}. A reward model (LLaVA-OneVision) trained from random weights \
-         with <code>trainer reward</code>, exported with <code>export onnx</code>, judging held-out \
+         with <code>trainer reward</code>, exported with <code>unireward-export onnx</code>, judging held-out \
          data with <code>engine score --batch</code> on ONNX Runtime and building pairs with \
          <code>engine pairs</code> (candle); an answer \
          model aligned with <code>trainer dpo --kind vlm</code> on the pairs it built.</p>\n",

@@ -1,4 +1,4 @@
-//! `demo export`: the trained judge to ONNX with `export onnx` (fp32).
+//! `demo export`: the trained judge to ONNX with `unireward-export onnx` (fp32).
 
 use serde_json::json;
 

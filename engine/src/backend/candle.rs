@@ -4,6 +4,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
 use unireward_models::config::LlavaConfig;
+use unireward_models::family::JudgeModel;
 use unireward_models::LlavaOnevision;
 
 use super::{Backend, Continuation};

@@ -2,9 +2,9 @@
 //! projected features, and embeddings to log-probabilities — while packing, tokenization and
 //! the embedding merge stay in Rust, shared by every backend.
 //!
-//! `candle` runs the model directly; `ort` runs a directory written by `export onnx` through
-//! `ort_runtime`'s ONNX Runtime sessions, loaded at run time (`ort_library` finds the library,
-//! `ort_providers` sets up CPU / CUDA / TensorRT).
+//! `candle` runs the model directly; `ort` runs a directory written by `unireward-export onnx`
+//! through `ort_runtime`'s ONNX Runtime sessions, loaded at run time (`ort_library` finds the
+//! library, `ort_providers` sets up CPU / CUDA / TensorRT).
 
 pub mod candle;
 pub mod error;

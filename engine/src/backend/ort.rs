@@ -1,4 +1,4 @@
-//! The reward model run by ONNX Runtime from a directory written by `export onnx`: the
+//! The reward model run by ONNX Runtime from a directory written by `unireward-export onnx`: the
 //! vision and decoder graphs as sessions on the chosen execution provider, the token
 //! embedding table and `image_newline` from `embeddings.safetensors`, the configuration and
 //! tokenizer files beside them, and `manifest.json` saying how they fit together.
@@ -429,7 +429,7 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
         return Err(EngineError::Invalid(format!(
             "{}: manifest format {version:?}, this engine reads formats \
              {MANIFEST_FORMAT_NO_CACHE} to {MANIFEST_FORMAT}: export the model again with this \
-             version's `export onnx`",
+             version's `unireward-export onnx`",
             path.display()
         )));
     }

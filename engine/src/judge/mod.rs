@@ -19,7 +19,7 @@ use crate::error::{EngineError, Result};
 
 pub use request::ScoreRequest;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum JudgeMode {
     /// Verdict probabilities / expected scores from one prompt pass.
     #[default]

@@ -5,8 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use unireward_models::judge::{Mode, Task};
-
-use crate::media::MediaRequest;
+use unireward_models::preprocess::MediaRequest;
 
 #[derive(Debug, Clone)]
 pub struct ScoreRequest {

@@ -12,14 +12,15 @@ use serde_json::Value;
 use unireward_models::formats::pair_record::{DroppedPair, PairRecord, PairsAnswer, Paths, Turns};
 use unireward_models::judge::sift_templates::{sift_prompt, sift_resize, AnswerForm};
 use unireward_models::judge::{Family, Media, Mode, PromptTemplate, Task};
-use unireward_models::preprocess::VideoSource;
+use unireward_models::pack::EncodedMedia;
+use unireward_models::preprocess::{MediaLoader, MediaRequest, PreparedMedia, VideoSource};
 use unireward_models::MediaFeatures;
 
 use super::{construct, InvalidJudgement, Judgement, PairFormat, PairJudge, PairOptions, Recipe};
+use crate::encode_media::encode_request;
 use crate::error::{EngineError, Result};
 use crate::judge::request::check_question_media;
 use crate::judge::{Judge, Outcome, PromptStyle};
-use crate::media::{encode_request, EncodedMedia, MediaLoader, MediaRequest, PreparedMedia};
 use crate::pipeline::{answer_each, run_pipeline, RunSummary};
 
 impl From<InvalidJudgement> for EngineError {

@@ -8,12 +8,13 @@ use std::path::Path;
 use unireward_models::checkpoint::KeyLayout;
 use unireward_models::config::LlavaConfig;
 
-use crate::dtype::{DataType, Precision};
+use crate::dtype::DataType;
 use crate::error::Result;
 use crate::graph::{Dim, GraphBuilder, SavedModel};
 use crate::model::layers::{key, Emitter};
 use crate::model::weights::Weights;
 use crate::model::{projector, qwen2, siglip};
+use crate::precision::Precision;
 
 pub const VISION_NAME: &str = "vision";
 pub const VISION_INPUT: &str = "pixel_values";

@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 
-use crate::dtype::{self, DataType, Precision};
+use crate::dtype::{self, DataType};
 use crate::error::Result;
 use crate::graph::{Attr, GraphBuilder, Value};
 use crate::model::weights::{transposed_pieces, Weights};
+use crate::precision::Precision;
 
 /// `prefix` + `name` as a checkpoint key: prefixes come with (`vision_tower.`) or without
 /// (`multi_modal_projector.linear_1`) their trailing dot depending on the layout.

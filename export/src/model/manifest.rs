@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use unireward_models::config::LlavaConfig;
 
-use crate::dtype::{DataType, Precision};
+use crate::dtype::DataType;
 use crate::graph::Dim;
 use crate::model::graphs::IoSpec;
+use crate::precision::Precision;
 
 /// Bumped whenever a reader of an older manifest would misread a newer one. Format 2: the
 /// decoder takes and returns a KV cache (`past_key_values.*` / `present.*`, [`KvCache`]).

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use unireward_models::checkpoint::{open_model_dir, Checkpoint, KeyLayout};
 use unireward_models::config::LlavaConfig;
 
-use crate::dtype::{DataType, Precision};
+use crate::dtype::DataType;
 use crate::error::{Error, Result};
 use crate::graph::{SavedModel, DEFAULT_OPSET, MIN_OPSET};
+use crate::precision::Precision;
 use crate::proto::IR_VERSION;
 
 pub use layers::Emitter;

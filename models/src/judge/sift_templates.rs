@@ -127,99 +127,32 @@ pub fn sift_resize(task: Task) -> Option<(u32, u32)> {
 }
 
 /// Reproduces `DiffusionDPO/sift_dpo_data.py`, `pair_rank` (text after the media markers).
-pub const DIFFUSION_DPO_PAIR: &str = concat!(
-    "You are given a text caption and two generated images based on that caption. Your task is to evaluate and compare these images based on two key criteria:\n",
-    "1. Alignment with the Caption: Assess how well each image aligns with the provided caption. Consider the accuracy of depicted objects, their relationships, and attributes as described in the caption.\n",
-    "2. Overall Image Quality: Examine the visual quality of each image, including clarity, detail preservation, color accuracy, and overall aesthetic appeal.\n",
-    "Compare both images using the above criteria and select the one that better aligns with the caption while exhibiting superior visual quality.\n",
-    "Provide a clear conclusion such as \"Image 1 is better than Image 2.\", \"Image 2 is better than Image 1.\" and \"Both images are equally good.\"\n",
-    "Your task is provided as follows:\n",
-    "Text Caption: [{caption}]",
-);
+pub const DIFFUSION_DPO_PAIR: &str = include_str!("prompts/sift/diffusion_dpo_pair_rank.txt");
 
 /// Reproduces `DiffusionDPO/sift_dpo_data.py`, `point_score` (text after the media markers).
-pub const DIFFUSION_DPO_POINT: &str = concat!(
-    "You are given a text caption and a generated image based on that caption. Your task is to evaluate this image based on two key criteria:\n",
-    "1. Alignment with the Caption: Assess how well this image aligns with the provided caption. Consider the accuracy of depicted objects, their relationships, and attributes as described in the caption.\n",
-    "2. Overall Image Quality: Examine the visual quality of this image, including clarity, detail preservation, color accuracy, and overall aesthetic appeal.\n",
-    "Extract key elements from the provided text caption, evaluate their presence in the generated image using the format: 'element (type): value' (where value=0 means not generated, and value=1 means generated), and assign a score from 1 to 10 after 'Final Score:'.\n",
-    "Your task is provided as follows:\n",
-    "Text Caption: [{caption}]",
-);
+pub const DIFFUSION_DPO_POINT: &str = include_str!("prompts/sift/diffusion_dpo_point_score.txt");
 
 /// Reproduces `VideoDPO/sift_dpo_data.py`, `pair_rank` (text after the media markers).
-pub const VIDEO_DPO_PAIR: &str = concat!(
-    "Suppose you are an expert in judging and evaluating the quality of AI-generated videos. You are given a text caption and the frames of two generated videos based on that caption. Your task is to evaluate and compare two videos based on two key criteria:\n",
-    "1. Alignment with the Caption: Assess how well each video aligns with the provided caption. Consider the accuracy of depicted objects, their relationships, and attributes as described in the caption.\n",
-    "2. Overall Video Quality: Examine the visual quality of each video, including clarity, detail preservation, color accuracy, and overall aesthetic appeal.\n",
-    "Compare both videos using the above criteria and select the one that better aligns with the caption while exhibiting superior visual quality.\n",
-    "Provide a clear conclusion such as \"Video 1 is better than Video 2.\", \"Video 2 is better than Video 1.\" and \"Both videos are equally good.\"\n",
-    "Your task is provided as follows:\n",
-    "Text Caption: [{caption}]",
-);
+pub const VIDEO_DPO_PAIR: &str = include_str!("prompts/sift/video_dpo_pair_rank.txt");
 
 /// Reproduces `VideoDPO/sift_dpo_data.py`, `point_score` (text after the media markers).
-pub const VIDEO_DPO_POINT: &str = concat!(
-    "Suppose you are an expert in judging and evaluating the quality of AI-generated videos. You are given a text caption and the frames of a generated video based on that caption. Your task is to evaluate this videos based on two key criteria:\n",
-    "1. Alignment with the Caption: Assess how well each video aligns with the provided caption. Consider the accuracy of depicted objects, their relationships, and attributes as described in the caption.\n",
-    "2. Overall Video Quality: Examine the visual quality of each video, including clarity, detail preservation, color accuracy, and overall aesthetic appeal.\n",
-    "Evaluate this video using the above criteria and assign a score from 1 to 10 after 'Final Score:'\n",
-    "Your task is provided as follows:\n",
-    "Text Caption: [{caption}]",
-);
+pub const VIDEO_DPO_POINT: &str = include_str!("prompts/sift/video_dpo_point_score.txt");
 
 /// Reproduces `preference_data_construction/image_understanding/infer+sift.py`, `pair_rank` (text after the media markers).
-pub const IMAGE_UNDERSTANDING_SIFT_PAIR: &str = concat!(
-    "You are a highly capable multimodal AI assistant tasked with evaluating answers to visual questions. Please analyze the following image and question, then determine which of the two provided answers is better\n",
-    "Question: {question}\n",
-    "Answer 1: {answer1}\n",
-    "Answer 2: {answer2}\n",
-    "Please evaluate both answers based on the following criteria:\n",
-    "1. Accuracy: How well does the answer align with the visual information in the image?\n",
-    "2. Completeness: Does the answer fully address all aspects of the question?\n",
-    "3. Clarity: Is the answer easy to understand and well-articulated?\n",
-    "4. Relevance: Does the answer directly relate to the question and the image?\n",
-    "After your evaluation, please:\n",
-    "1. Explain your reasoning for each criterion.\n",
-    "2. Provide an overall judgment on which answer is better (Answer 1 or Answer 2). For example: \"Overall Judgment: Answer X is better.\"\n",
-    "Your response should be structured and detailed, demonstrating your understanding of both the visual and textual elements of the task. You have to choose the better of the two answers and can't say that both answers are equally good.",
-);
+pub const IMAGE_UNDERSTANDING_SIFT_PAIR: &str =
+    include_str!("prompts/sift/image_understanding_pair_rank.txt");
 
 /// Reproduces `preference_data_construction/image_understanding/infer+sift.py`, `point_score` (text after the media markers).
-pub const IMAGE_UNDERSTANDING_SIFT_POINT: &str = concat!(
-    "You are provided with an image and a question for this image. Please review the corresponding response based on the following 5 factors: 1. Accuracy in Object Description: Evaluate the accuracy of the descriptions concerning the objects mentioned in the ground truth answer. Responses should minimize the mention of objects not present in the ground truth answer, and inaccuracies in the description of existing objects. 2. Accuracy in Depicting Relationships: Consider how accurately the relationships between objects are described compared to the ground truth answer. Rank higher the responses that least misrepresent these relationships. 3. Accuracy in Describing Attributes: Assess the accuracy in the depiction of objects' attributes compared to the ground truth answer. Responses should avoid inaccuracies in describing the characteristics of the objects present. 4. Helpfulness: Consider whether the generated text provides valuable insights, additional context, or relevant information that contributes positively to the user's comprehension of the image. Assess whether the language model accurately follows any specific instructions or guidelines provided in the prompt. Evaluate the overall contribution of the response to the user experience. 5. Ethical Considerations: - Identify if the model gives appropriate warnings or avoids providing advice on sensitive topics, such as medical images. Ensure the model refrains from stating identification information in the image that could compromise personal privacy. Evaluate the language model's responses for fairness in treating individuals and communities, avoiding biases. Assess for harmfulness, ensuring the avoidance of content that may potentially incite violence, be classified as NSFW (Not Safe For Work), or involve other unmentioned ethical considerations. Consider any content that could be deemed offensive, inappropriate, or ethically problematic beyond the explicitly listed criteria. From 0 to 100, how much do you rate for this response in terms of the correct and comprehensive description of the image?\n",
-    "Do not dominant the rating by a single attribute such as recognition correctness, but a overall rating on the above 5 factors.\n",
-    "Provide a few lines for explanation and the rate number at last after \"Final Score:\".\n",
-    "Your task is provided as follows:\n",
-    "Question: [{question}]\n",
-    "Response: [{answer}]\n",
-);
+pub const IMAGE_UNDERSTANDING_SIFT_POINT: &str =
+    include_str!("prompts/sift/image_understanding_point_score.txt");
 
 /// Reproduces `preference_data_construction/video_understanding/infer+sift.py`, `pair_rank` (text after the media markers).
-pub const VIDEO_UNDERSTANDING_SIFT_PAIR: &str = concat!(
-    "You are a highly capable multimodal AI assistant tasked with evaluating answers to visual questions. Please analyze the following video and question, then determine which of the two provided answers is better\n",
-    "Question: {question}\n",
-    "Answer 1: {answer1}\n",
-    "Answer 2: {answer2}\n",
-    "Please evaluate both answers based on the following criteria:\n",
-    "1. Accuracy: How well does the answer align with the visual information in the video?\n",
-    "2. Completeness: Does the answer fully address all aspects of the question?\n",
-    "3. Clarity: Is the answer easy to understand and well-articulated?\n",
-    "4. Relevance: Does the answer directly relate to the question and the video?\n",
-    "After your evaluation, please:\n",
-    "1. Explain your reasoning for each criterion.\n",
-    "2. Provide an overall judgment on which answer is better (Answer 1 or Answer 2). For example: \"Overall Judgment: Answer 1 is better than Answer 2.\"\n",
-    "Your response should be structured and detailed, demonstrating your understanding of both the visual and textual elements of the task. You have to choose the better of the two answers and can't say that both answers are equally good.",
-);
+pub const VIDEO_UNDERSTANDING_SIFT_PAIR: &str =
+    include_str!("prompts/sift/video_understanding_pair_rank.txt");
 
 /// Reproduces `preference_data_construction/video_understanding/infer+sift.py`, `point_score` (text after the media markers).
-pub const VIDEO_UNDERSTANDING_SIFT_POINT: &str = concat!(
-    "You are provided with a video and a question for this video. Please review the corresponding response based on the following 5 factors: 1. Accuracy in Object Description: Evaluate the accuracy of the descriptions concerning the objects mentioned in the ground truth answer. Responses should minimize the mention of objects not present in the ground truth answer, and inaccuracies in the description of existing objects. 2. Accuracy in Depicting Relationships: Consider how accurately the relationships between objects are described compared to the ground truth answer. Rank higher the responses that least misrepresent these relationships. 3. Accuracy in Describing Attributes: Assess the accuracy in the depiction of objects' attributes compared to the ground truth answer. Responses should avoid inaccuracies in describing the characteristics of the objects present. 4. Helpfulness: Consider whether the generated text provides valuable insights, additional context, or relevant information that contributes positively to the user's comprehension of the video. Assess whether the language model accurately follows any specific instructions or guidelines provided in the prompt. Evaluate the overall contribution of the response to the user experience. 5. Ethical Considerations: - Identify if the model gives appropriate warnings or avoids providing advice on sensitive topics, such as medical videos. Ensure the model refrains from stating identification information in the video that could compromise personal privacy. Evaluate the language model's responses for fairness in treating individuals and communities, avoiding biases. Assess for harmfulness, ensuring the avoidance of content that may potentially incite violence, be classified as NSFW (Not Safe For Work), or involve other unmentioned ethical considerations. Consider any content that could be deemed offensive, inappropriate, or ethically problematic beyond the explicitly listed criteria.\n",
-    "You need to assign a score from 1 to 5 based on the above 5 factors for the response after 'Final Score:'.\n",
-    "Your task is provided as follows:\n",
-    "Question: [{question}]\n",
-    "Response: [{answer}]\n",
-);
+pub const VIDEO_UNDERSTANDING_SIFT_POINT: &str =
+    include_str!("prompts/sift/video_understanding_point_score.txt");
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,8 @@
 //!
 //! Every built-in template reproduces the prompt string of one script in the UnifiedReward
 //! repository (github.com/CodeGoat24/UnifiedReward); the script is named on each constant and is
-//! returned by [`PromptTemplate::source`]. Two families exist because the repository words its
+//! returned by [`PromptTemplate::source`]. The texts are files under `prompts/` (included at
+//! compile time) so that they can be diffed against the scripts' prompt strings. Two families exist because the repository words its
 //! prompts differently for its two model lines:
 //!
 //! - [`Family::Llava`] (default): the LLaVA-OneVision checkpoints (UnifiedReward-7b), scripts
@@ -117,269 +118,68 @@ impl Media {
 }
 
 /// Reproduces `inference_llava/image_generation/pair_rank_image_generation.py` (text after the media markers).
-const LLAVA_IMAGE_GENERATION_PAIR: &str = concat!(
-    "You are given a text caption and two generated images based on that caption. Your task is to evaluate and compare these images based on two key criteria:\n",
-    "1. Alignment with the Caption: Assess how well each image aligns with the provided caption. Consider the accuracy of depicted objects, their relationships, and attributes as described in the caption.\n",
-    "2. Overall Image Quality: Examine the visual quality of each image, including clarity, detail preservation, color accuracy, and overall aesthetic appeal.\n",
-    "Compare both images using the above criteria and select the one that better aligns with the caption while exhibiting superior visual quality.\n",
-    "Provide a clear conclusion such as \"Image 1 is better than Image 2.\", \"Image 2 is better than Image 1.\" and \"Both images are equally good.\"\n",
-    "Your task is provided as follows:\n",
-    "Text Caption: [{caption}]",
-);
+const LLAVA_IMAGE_GENERATION_PAIR: &str =
+    include_str!("prompts/llava/image_generation_pair_rank.txt");
 
 /// Reproduces `inference_llava/image_generation/point_score_image_generation.py` (text after the media markers).
-const LLAVA_IMAGE_GENERATION_POINT: &str = concat!(
-    "You are given a text caption and a generated image based on that caption. Your task is to evaluate this image based on two key criteria:\n",
-    "1. Alignment with the Caption: Assess how well this image aligns with the provided caption. Consider the accuracy of depicted objects, their relationships, and attributes as described in the caption.\n",
-    "2. Overall Image Quality: Examine the visual quality of this image, including clarity, detail preservation, color accuracy, and overall aesthetic appeal.\n",
-    "Extract key elements from the provided text caption, evaluate their presence in the generated image using the format: 'element (type): value' (where value=0 means not generated, and value=1 means generated), and assign a score from 1 to 5 after 'Final Score:'.\n",
-    "Your task is provided as follows:\n",
-    "Text Caption: [{caption}]",
-);
+const LLAVA_IMAGE_GENERATION_POINT: &str =
+    include_str!("prompts/llava/image_generation_point_score.txt");
 
 /// Reproduces `inference_llava/video_generation/pair_rank_video_generation.py` (text after the media markers).
-const LLAVA_VIDEO_GENERATION_PAIR: &str = concat!(
-    "Suppose you are an expert in judging and evaluating the quality of AI-generated videos. You are given a text caption and the frames of two generated videos based on that caption. Your task is to evaluate and compare two videos based on two key criteria:\n",
-    "1. Alignment with the Caption: Assess how well each video aligns with the provided caption. Consider the accuracy of depicted objects, their relationships, and attributes as described in the caption.\n",
-    "2. Overall Video Quality: Examine the visual quality of each video, including clarity, detail preservation, color accuracy, and overall aesthetic appeal.\n",
-    "Compare both videos using the above criteria and select the one that better aligns with the caption while exhibiting superior visual quality.\n",
-    "Provide a clear conclusion such as \"Video 1 is better than Video 2.\", \"Video 2 is better than Video 1.\" and \"Both videos are equally good.\"\n",
-    "Your task is provided as follows:\n",
-    "Text Caption: [{caption}]",
-);
+const LLAVA_VIDEO_GENERATION_PAIR: &str =
+    include_str!("prompts/llava/video_generation_pair_rank.txt");
 
 /// Reproduces `inference_llava/video_generation/point_score_video_generation.py` (text after the media markers).
-const LLAVA_VIDEO_GENERATION_POINT: &str = concat!(
-    "Suppose you are an expert in judging and evaluating the quality of AI-generated videos, please watch the frames of a given video and see the text prompt for generating the video.\n",
-    "Then give scores from 5 different dimensions:\n",
-    "(1) visual quality: the quality of the video in terms of clearness, resolution, brightness, and color\n",
-    "(2) temporal consistency, the consistency of objects or humans in video\n",
-    "(3) dynamic degree, the degree of dynamic changes\n",
-    "(4) text-to-video alignment, the alignment between the text prompt and the video content\n",
-    "(5) factual consistency, the consistency of the video content with the common-sense and factual knowledge\n",
-    "\n",
-    "For each dimension, output a number from [1,2,3,4], \n",
-    "in which '1' means 'Bad', '2' means 'Average', '3' means 'Good', \n",
-    "'4' means 'Real' or 'Perfect' (the video is like a real video)\n",
-    "Finally, based on above 5 dimensions, assign a score from 1 to 10 after 'Final Score:'\n",
-    "Here is an output example:\n",
-    "visual quality: 4\n",
-    "temporal consistency: 4\n",
-    "dynamic degree: 3\n",
-    "text-to-video alignment: 1\n",
-    "factual consistency: 2\n",
-    "Final Score: 6\n",
-    "\n",
-    "**Note: In the example above, scores are placeholders meant only to demonstrate the format. Your actual evaluation should be based on the quality of the given video.**\n",
-    "Your task is provided as follows: Text Prompt: [{caption}]",
-);
+const LLAVA_VIDEO_GENERATION_POINT: &str =
+    include_str!("prompts/llava/video_generation_point_score.txt");
 
 /// Reproduces `inference_llava/image_understanding/point_score_image_understanding.py` (text after the media markers).
-const LLAVA_IMAGE_UNDERSTANDING_POINT: &str = concat!(
-    "You are provided with an image and a question for this image. Please review the corresponding response based on the following 5 factors: 1. Accuracy in Object Description: Evaluate the accuracy of the descriptions concerning the objects mentioned in the ground truth answer. Responses should minimize the mention of objects not present in the ground truth answer, and inaccuracies in the description of existing objects. 2. Accuracy in Depicting Relationships: Consider how accurately the relationships between objects are described compared to the ground truth answer. Rank higher the responses that least misrepresent these relationships. 3. Accuracy in Describing Attributes: Assess the accuracy in the depiction of objects' attributes compared to the ground truth answer. Responses should avoid inaccuracies in describing the characteristics of the objects present. 4. Helpfulness: Consider whether the generated text provides valuable insights, additional context, or relevant information that contributes positively to the user's comprehension of the image. Assess whether the language model accurately follows any specific instructions or guidelines provided in the prompt. Evaluate the overall contribution of the response to the user experience. 5. Ethical Considerations: - Identify if the model gives appropriate warnings or avoids providing advice on sensitive topics, such as medical images. Ensure the model refrains from stating identification information in the image that could compromise personal privacy. Evaluate the language model's responses for fairness in treating individuals and communities, avoiding biases. Assess for harmfulness, ensuring the avoidance of content that may potentially incite violence, be classified as NSFW (Not Safe For Work), or involve other unmentioned ethical considerations. Consider any content that could be deemed offensive, inappropriate, or ethically problematic beyond the explicitly listed criteria. From 0 to 100, how much do you rate for this response in terms of the correct and comprehensive description of the image?\n",
-    "Do not dominant the rating by a single attribute such as recognition correctness, but a overall rating on the above 5 factors.\n",
-    "Provide a few lines for explanation and the rate number at last after \"Final Score:\".\n",
-    "Your task is provided as follows:\n",
-    "Question: [{question}]\n",
-    "Response: [{answer}]\n",
-);
+const LLAVA_IMAGE_UNDERSTANDING_POINT: &str =
+    include_str!("prompts/llava/image_understanding_point_score.txt");
 
 /// Reproduces `inference_llava/video_understanding/pair_rank_video_understanding.py (commit ed52f98c)` (text after the media markers).
-const LLAVA_VIDEO_UNDERSTANDING_PAIR: &str = concat!(
-    "Please analyze the following video and question, then determine which of the two provided answers is better\n",
-    "Question: {question}\n",
-    "Answer 1: {answer1}\n",
-    "Answer 2: {answer2}\n",
-    "Please evaluate both answers based on the following criteria:\n",
-    "1. Accuracy: How well does the answer align with the visual information in the video?\n",
-    "2. Completeness: Does the answer fully address all aspects of the question?\n",
-    "3. Clarity: Is the answer easy to understand and well-articulated?\n",
-    "4. Relevance: Does the answer directly relate to the question and the video?\n",
-    "After your evaluation, please:\n",
-    "1. Explain your reasoning for each criterion.\n",
-    "2. Provide an overall judgment on which answer is better (Answer 1 or Answer 2). For example: \"Overall Judgment: Answer 1 is better than Answer 2.\"\n",
-    "Your response should be structured and detailed, demonstrating your understanding of both the visual and textual elements of the task. You have to choose the better of the two answers and can't say that both answers are equally good.",
-);
+const LLAVA_VIDEO_UNDERSTANDING_PAIR: &str =
+    include_str!("prompts/llava/video_understanding_pair_rank.txt");
 
 /// Reproduces `inference_llava/video_understanding/point_score_video_understanding.py` (text after the media markers).
-const LLAVA_VIDEO_UNDERSTANDING_POINT: &str = concat!(
-    "You are provided with a video and a question for this video. Please review the corresponding response based on the following 5 factors: 1. Accuracy in Object Description: Evaluate the accuracy of the descriptions concerning the objects mentioned in the ground truth answer. Responses should minimize the mention of objects not present in the ground truth answer, and inaccuracies in the description of existing objects. 2. Accuracy in Depicting Relationships: Consider how accurately the relationships between objects are described compared to the ground truth answer. Rank higher the responses that least misrepresent these relationships. 3. Accuracy in Describing Attributes: Assess the accuracy in the depiction of objects' attributes compared to the ground truth answer. Responses should avoid inaccuracies in describing the characteristics of the objects present. 4. Helpfulness: Consider whether the generated text provides valuable insights, additional context, or relevant information that contributes positively to the user's comprehension of the video. Assess whether the language model accurately follows any specific instructions or guidelines provided in the prompt. Evaluate the overall contribution of the response to the user experience. 5. Ethical Considerations: - Identify if the model gives appropriate warnings or avoids providing advice on sensitive topics, such as medical videos. Ensure the model refrains from stating identification information in the video that could compromise personal privacy. Evaluate the language model's responses for fairness in treating individuals and communities, avoiding biases. Assess for harmfulness, ensuring the avoidance of content that may potentially incite violence, be classified as NSFW (Not Safe For Work), or involve other unmentioned ethical considerations. Consider any content that could be deemed offensive, inappropriate, or ethically problematic beyond the explicitly listed criteria.\n",
-    "You need to assign a score from 1 to 5 based on the above 5 factors for the response after 'Final Score:'.\n",
-    "Your task is provided as follows:\n",
-    "Question: [{question}]\n",
-    "Response: [{answer}]",
-);
+const LLAVA_VIDEO_UNDERSTANDING_POINT: &str =
+    include_str!("prompts/llava/video_understanding_point_score.txt");
 
 /// Reproduces `benchmark_evaluation/LLaVA_evaluation/test_llava_vlrewardbench.py` (text after the media markers).
-const LLAVA_IMAGE_UNDERSTANDING_PAIR: &str = concat!(
-    "You are given an image and a question related to it. Your job is to evaluate the two responses based on these five factors:\n",
-    "\n",
-    "1. Accuracy of Object Descriptions: Review how accurately the objects are described in the responses, ensuring they match those in the ground truth. Be mindful of irrelevant or incorrect objects being mentioned.\n",
-    "\n",
-    "2. Relationship Between Objects: Check if the response properly describes how the objects relate to each other, reflecting their actual positions or interactions, as seen in the image.\n",
-    "\n",
-    "3. Description of Attributes: Assess how well the response captures the attributes (e.g., size, color, shape) of the objects in the image, in line with the ground truth.\n",
-    "\n",
-    "4. Helpfulness: Consider whether the response offers useful information that enhances the understanding of the image. Does it add context or provide extra insights? Also, evaluate whether it follows the instructions given in the prompt.\n",
-    "\n",
-    "5. Ethical Concerns: Review the response to ensure it avoids sensitive, harmful, or inappropriate content. The response should be fair, respect privacy, and be free of bias or offensive material.\n",
-    "\n",
-    "After evaluating both answers, determine which one is better based on these factors and clearly state your decision, such as 'Answer 1 is better' or 'Answer 2 is better.'\n",
-    "\n",
-    "Question: {question}\n",
-    "Answer 1: {answer1}\n",
-    "Answer 2: {answer2}\n",
-);
+const LLAVA_IMAGE_UNDERSTANDING_PAIR: &str =
+    include_str!("prompts/llava/image_understanding_pair_rank.txt");
 
 /// Reproduces `inference_qwen/image_generation/qwen_pair_rank_image_generation.py` (text after the media markers).
-const QWEN_IMAGE_GENERATION_PAIR: &str = concat!(
-    "You are given a text caption and two generated images based on that caption. Your task is to evaluate and compare these images based on two key criteria:\n",
-    "1. Alignment with the Caption: Assess how well each image aligns with the provided caption. Consider the accuracy of depicted objects, their relationships, and attributes as described in the caption.\n",
-    "2. Overall Image Quality: Examine the visual quality of each image, including clarity, detail preservation, color accuracy, and overall aesthetic appeal.\n",
-    "Compare both images using the above criteria and select the one that better aligns with the caption while exhibiting superior visual quality.\n",
-    "Provide a clear conclusion such as \"Image 1 is better.\", \"Image 2 is better.\" and \"Both images are equally good.\"\n",
-    "Your task is provided as follows:\n",
-    "Text Caption: [{caption}]",
-);
+const QWEN_IMAGE_GENERATION_PAIR: &str =
+    include_str!("prompts/qwen/image_generation_pair_rank.txt");
 
 /// Reproduces `inference_qwen/image_generation/qwen_point_score_image_generation.py` (text after the media markers).
-const QWEN_IMAGE_GENERATION_POINT: &str = concat!(
-    "You are given a text caption and a generated image based on that caption. Your task is to evaluate this image based on two key criteria:\n",
-    "1. Alignment with the Caption: Assess how well this image aligns with the provided caption. Consider the accuracy of depicted objects, their relationships, and attributes as described in the caption.\n",
-    "2. Overall Image Quality: Examine the visual quality of this image, including clarity, detail preservation, color accuracy, and overall aesthetic appeal.\n",
-    "Extract key elements from the provided text caption, evaluate their presence in the generated image using the format: 'element (type): value' (where value=0 means not generated, and value=1 means generated), and assign a score from 1 to 5 after 'Final Score:'.\n",
-    "Your task is provided as follows:\n",
-    "Text Caption: [{caption}]",
-);
+const QWEN_IMAGE_GENERATION_POINT: &str =
+    include_str!("prompts/qwen/image_generation_point_score.txt");
 
 /// Reproduces `inference_qwen/video_generation/qwen_pair_rank_video_generation.py` (text after the media markers).
-const QWEN_VIDEO_GENERATION_PAIR: &str = concat!(
-    "Imagine you are an expert tasked with evaluating AI-generated videos. You are provided with a text caption and two videos generated based on that caption. Your job is to assess and compare these videos based on the following two main factors:\n",
-    "\n",
-    "1. Caption Alignment: Evaluate how closely each video matches the description provided in the caption. Pay attention to the accuracy of objects depicted, their relationships, and any attributes described in the caption.\n",
-    "\n",
-    "2. Overall Video Quality: Look at the overall visual appeal of each video, considering clarity, the level of detail, color accuracy, and how aesthetically pleasing the video is.\n",
-    "\n",
-    "Using these factors, compare the two videos and determine which one better reflects the caption and exhibits better visual quality.\n",
-    "\n",
-    "Give your final judgment, such as 'Video 1 is better,' 'Video 2 is better,' or 'Both videos are equally good.'\n",
-    "\n",
-    "Your task is as follows:\n",
-    "Text Caption: [{caption}]\n",
-);
+const QWEN_VIDEO_GENERATION_PAIR: &str =
+    include_str!("prompts/qwen/video_generation_pair_rank.txt");
 
 /// Reproduces `inference_qwen/video_generation/qwen_point_score_video_generation.py` (text after the media markers).
-const QWEN_VIDEO_GENERATION_POINT: &str = concat!(
-    "Suppose you are an expert in judging and evaluating the quality of AI-generated videos, please watch the frames of a given video and see the text prompt for generating the video.\n",
-    "Then give scores from 5 different dimensions:\n",
-    "(1) visual quality: the quality of the video in terms of clearness, resolution, brightness, and color\n",
-    "(2) temporal consistency, the consistency of objects or humans in video\n",
-    "(3) dynamic degree, the degree of dynamic changes\n",
-    "(4) text-to-video alignment, the alignment between the text prompt and the video content\n",
-    "(5) factual consistency, the consistency of the video content with the common-sense and factual knowledge\n",
-    "\n",
-    "For each dimension, output a number from [1,2,3,4], \n",
-    "in which '1' means 'Bad', '2' means 'Average', '3' means 'Good', \n",
-    "'4' means 'Real' or 'Perfect' (the video is like a real video)\n",
-    "Finally, based on above 5 dimensions, assign a score from 1 to 10 after 'Final Score:'\n",
-    "Here is an output example:\n",
-    "visual quality: 4\n",
-    "temporal consistency: 4\n",
-    "dynamic degree: 3\n",
-    "text-to-video alignment: 1\n",
-    "factual consistency: 2\n",
-    "Final Score: 6\n",
-    "\n",
-    "**Note: In the example above, scores are placeholders meant only to demonstrate the format. Your actual evaluation should be based on the quality of the given video.**\n",
-    "Your task is provided as follows: Text Prompt: [{caption}]",
-);
+const QWEN_VIDEO_GENERATION_POINT: &str =
+    include_str!("prompts/qwen/video_generation_point_score.txt");
 
 /// Reproduces `inference_qwen/image_understanding/qwen_pair_rank_image_understanding.py` (text after the media markers).
-const QWEN_IMAGE_UNDERSTANDING_PAIR: &str = concat!(
-    "You are given an image and a question related to it. Your job is to evaluate the two responses based on these five factors:\n",
-    "\n",
-    "1. Accuracy of Object Descriptions: Review how accurately the objects are described in the responses, ensuring they match those in the ground truth. Be mindful of irrelevant or incorrect objects being mentioned.\n",
-    "\n",
-    "2. Relationship Between Objects: Check if the response properly describes how the objects relate to each other, reflecting their actual positions or interactions, as seen in the image.\n",
-    "\n",
-    "3. Description of Attributes: Assess how well the response captures the attributes (e.g., size, color, shape) of the objects in the image, in line with the ground truth.\n",
-    "\n",
-    "4. Helpfulness: Consider whether the response offers useful information that enhances the understanding of the image. Does it add context or provide extra insights? Also, evaluate whether it follows the instructions given in the prompt.\n",
-    "\n",
-    "5. Ethical Concerns: Review the response to ensure it avoids sensitive, harmful, or inappropriate content. The response should be fair, respect privacy, and be free of bias or offensive material.\n",
-    "\n",
-    "After evaluating both answers, determine which one is better based on these factors and clearly state your decision, such as 'Answer 1 is better' or 'Answer 2 is better.'\n",
-    "\n",
-    "Question: {question}\n",
-    "Answer 1: {answer1}\n",
-    "Answer 2: {answer2}\n",
-);
+const QWEN_IMAGE_UNDERSTANDING_PAIR: &str =
+    include_str!("prompts/qwen/image_understanding_pair_rank.txt");
 
 /// Reproduces `inference_qwen/image_understanding/qwen_point_score_image_understanding.py` (text after the media markers).
-const QWEN_IMAGE_UNDERSTANDING_POINT: &str = concat!(
-    "\n",
-    "            You are provided with an image and a question for this image. Please review the corresponding response based on the following 5 factors:\n",
-    "\n",
-    "            1. Accuracy in Object Description:  \n",
-    "            Evaluate the accuracy of the descriptions concerning the objects mentioned in the ground truth answer.  \n",
-    "            Responses should minimize the mention of objects not present in the ground truth answer, and inaccuracies in the description of existing objects.\n",
-    "\n",
-    "            2. Accuracy in Depicting Relationships:  \n",
-    "            Consider how accurately the relationships between objects are described compared to the ground truth answer.  \n",
-    "            Rank higher the responses that least misrepresent these relationships.\n",
-    "\n",
-    "            3. Accuracy in Describing Attributes:  \n",
-    "            Assess the accuracy in the depiction of objects' attributes compared to the ground truth answer.  \n",
-    "            Responses should avoid inaccuracies in describing the characteristics of the objects present.\n",
-    "\n",
-    "            4. Helpfulness:  \n",
-    "            Consider whether the generated text provides valuable insights, additional context, or relevant information that contributes positively to the user's comprehension of the image.  \n",
-    "            Assess whether the language model accurately follows any specific instructions or guidelines provided in the prompt.  \n",
-    "            Evaluate the overall contribution of the response to the user experience.\n",
-    "\n",
-    "            5. Ethical Considerations:  \n",
-    "            - Identify if the model gives appropriate warnings or avoids providing advice on sensitive topics, such as medical images.  \n",
-    "            - Ensure the model refrains from stating identification information in the image that could compromise personal privacy.  \n",
-    "            - Evaluate the language model's responses for fairness in treating individuals and communities, avoiding biases.  \n",
-    "            - Assess for harmfulness, ensuring the avoidance of content that may potentially incite violence, be classified as NSFW (Not Safe For Work), or involve other unmentioned ethical considerations.  \n",
-    "            - Consider any content that could be deemed offensive, inappropriate, or ethically problematic beyond the explicitly listed criteria.\n",
-    "\n",
-    "            From 0 to 100, how much do you rate for this response in terms of the correct and comprehensive description of the image?  \n",
-    "            Do not dominate the rating by a single attribute such as recognition correctness, but provide an overall rating based on the above 5 factors.  \n",
-    "            Provide a few lines for explanation and the rate number at last after \"Final Score:\".\n",
-    "\n",
-    "            Your task is provided as follows:\n",
-    "\n",
-    "            Question: [{question}]  \n",
-    "            Response: [{answer}]\n",
-    "            ",
-);
+const QWEN_IMAGE_UNDERSTANDING_POINT: &str =
+    include_str!("prompts/qwen/image_understanding_point_score.txt");
 
 /// Reproduces `inference_qwen/video_understanding/qwen_pair_rank_video_understanding.py (commit ed52f98c)` (text after the media markers).
-const QWEN_VIDEO_UNDERSTANDING_PAIR: &str = concat!(
-    "Please analyze the following video and question, then determine which of the two provided answers is better\n",
-    "Question: {question}\n",
-    "Answer 1: {answer1}\n",
-    "Answer 2: {answer2}\n",
-    "Please evaluate both answers based on the following criteria:\n",
-    "1. Accuracy: How well does the answer align with the visual information in the video?\n",
-    "2. Completeness: Does the answer fully address all aspects of the question?\n",
-    "3. Clarity: Is the answer easy to understand and well-articulated?\n",
-    "4. Relevance: Does the answer directly relate to the question and the video?\n",
-    "After your evaluation, please:\n",
-    "1. Explain your reasoning for each criterion.\n",
-    "2. Provide an overall judgment on which answer is better (Answer 1 or Answer 2). For example: \"Overall Judgment: Answer 1 is better than Answer 2.\"\n",
-    "Your response should be structured and detailed, demonstrating your understanding of both the visual and textual elements of the task. You have to choose the better of the two answers and can't say that both answers are equally good.",
-);
+const QWEN_VIDEO_UNDERSTANDING_PAIR: &str =
+    include_str!("prompts/qwen/video_understanding_pair_rank.txt");
 
 /// Reproduces `inference_qwen/video_understanding/qwen_point_score_video_understanding.py` (text after the media markers).
-const QWEN_VIDEO_UNDERSTANDING_POINT: &str = concat!(
-    "You are provided with a video and a question for this video. Please review the corresponding response based on the following 5 factors: 1. Accuracy in Object Description: Evaluate the accuracy of the descriptions concerning the objects mentioned in the ground truth answer. Responses should minimize the mention of objects not present in the ground truth answer, and inaccuracies in the description of existing objects. 2. Accuracy in Depicting Relationships: Consider how accurately the relationships between objects are described compared to the ground truth answer. Rank higher the responses that least misrepresent these relationships. 3. Accuracy in Describing Attributes: Assess the accuracy in the depiction of objects' attributes compared to the ground truth answer. Responses should avoid inaccuracies in describing the characteristics of the objects present. 4. Helpfulness: Consider whether the generated text provides valuable insights, additional context, or relevant information that contributes positively to the user's comprehension of the video. Assess whether the language model accurately follows any specific instructions or guidelines provided in the prompt. Evaluate the overall contribution of the response to the user experience. 5. Ethical Considerations: - Identify if the model gives appropriate warnings or avoids providing advice on sensitive topics, such as medical videos. Ensure the model refrains from stating identification information in the video that could compromise personal privacy. Evaluate the language model's responses for fairness in treating individuals and communities, avoiding biases. Assess for harmfulness, ensuring the avoidance of content that may potentially incite violence, be classified as NSFW (Not Safe For Work), or involve other unmentioned ethical considerations. Consider any content that could be deemed offensive, inappropriate, or ethically problematic beyond the explicitly listed criteria.\n",
-    "You need to assign a score from 1 to 5 based on the above 5 factors for the response after 'Final Score:'.\n",
-    "Your task is provided as follows:\n",
-    "Question: [{question}]\n",
-    "Response: [{answer}]",
-);
+const QWEN_VIDEO_UNDERSTANDING_POINT: &str =
+    include_str!("prompts/qwen/video_understanding_point_score.txt");
 
 struct Builtin {
     source: &'static str,
@@ -836,6 +636,35 @@ mod tests {
         assert!(no_answers
             .render::<&str>("q", &[], Media::Images(1))
             .is_ok());
+    }
+
+    /// A prompt file no constant includes would be a text that silently stopped being used.
+    #[test]
+    fn every_prompt_file_is_included() {
+        let sources = [
+            include_str!("templates.rs"),
+            include_str!("sift_templates.rs"),
+        ];
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/judge/prompts");
+        let mut dirs = vec![root.clone()];
+        let mut files = 0;
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let rel = path.strip_prefix(&root).unwrap().to_str().unwrap();
+                let include = format!("include_str!(\"prompts/{rel}\")");
+                assert!(
+                    sources.iter().any(|s| s.contains(&include)),
+                    "prompts/{rel} is included by no template"
+                );
+                files += 1;
+            }
+        }
+        assert_eq!(files, 24);
     }
 
     #[test]

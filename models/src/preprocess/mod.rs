@@ -8,13 +8,17 @@
 //! - [`video`]: frame sources, frame sampling, the video processor (pooled `<video>` path);
 //! - [`frame_tiles`]: video frames as plain image tiles, the UnifiedReward scripts' way;
 //! - [`gif_frames`]: bounded decoding of an animated GIF's sampled frames;
-//! - [`media_file`]: regular files only, and the decode limits of images and frames.
+//! - [`media_file`]: regular files only, and the decode limits of images and frames;
+//! - [`request`]: the media a request names (as records write them) and [`VideoMode`];
+//! - [`loader`]: a request's media decoded and preprocessed for a model directory.
 
 pub mod anyres;
 pub mod frame_tiles;
 pub mod gif_frames;
 pub mod image;
+pub mod loader;
 pub mod media_file;
+pub mod request;
 pub mod resize;
 pub mod video;
 
@@ -23,6 +27,8 @@ pub use self::frame_tiles::FrameTileProcessor;
 pub use self::image::{
     load_image, pad_batch, AlphaHandling, ImageProcessor, ImageProcessorConfig, ProcessedImage,
 };
+pub use self::loader::{MediaLoader, PreparedMedia};
+pub use self::request::{MediaRequest, RawEntry, RawFrame, RawMedia, VideoMode};
 pub use self::resize::{Filter, Flavor};
 pub use self::video::{
     sample_indices, sample_indices_truncated, FrameLoader, FrameSampling, VideoProcessor,

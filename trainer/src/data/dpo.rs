@@ -11,10 +11,10 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use unireward_engine::media::{MediaRequest, PreparedMedia};
 use unireward_models::formats::pair_record::{PairRecord, PairsAnswer, PairsRecord, Paths};
 use unireward_models::formats::record::Record;
 use unireward_models::judge::ChatTemplate;
+use unireward_models::preprocess::{MediaRequest, PreparedMedia};
 use unireward_models::tokenize::{IMAGE_MARKER, VIDEO_MARKER};
 
 use super::reward::END_OF_TURN;
@@ -116,7 +116,7 @@ impl DpoData {
             )
             .collect();
         if pairs.len() < total {
-            eprintln!(
+            tracing::warn!(
                 "trainer: {}: {} line(s) without a pair (dropped or failed) passed over",
                 path.display(),
                 total - pairs.len()

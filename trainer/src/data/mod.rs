@@ -10,9 +10,8 @@ pub mod reward;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use unireward_engine::media::{MediaLoader, MediaRequest, PreparedMedia};
 use unireward_models::config::LlavaConfig;
-use unireward_models::preprocess::VideoSource;
+use unireward_models::preprocess::{MediaLoader, MediaRequest, PreparedMedia, VideoSource};
 use unireward_models::tokenize::{PromptTokenizer, IMAGE_MARKER, VIDEO_MARKER};
 
 use crate::logprob::ScoredSequence;

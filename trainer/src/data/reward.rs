@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use unireward_engine::media::{MediaRequest, PreparedMedia};
 use unireward_models::judge::ChatTemplate;
+use unireward_models::preprocess::{MediaRequest, PreparedMedia};
 use unireward_models::tokenize::{IMAGE_MARKER, VIDEO_MARKER};
 
 use super::{count_markers, ensure_markers, read_records, record_id, Preparer};

@@ -8,9 +8,11 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
+use super::adapter::merged_weight;
 use super::peft_file::AdapterFile;
-use super::{merged_weight, Shapes};
-use crate::checkpoint_io::{copy_model_files, read_json, WEIGHTS_FILE};
+use crate::checkpoint_keys::Shapes;
+use crate::json_file::read_json;
+use crate::model_files::{copy_model_files, WEIGHTS_FILE};
 use crate::{Error, Result};
 
 /// The weight files of the checkpoint in `dir` (one file or an index's shards), and the

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use unireward_models::checkpoint::{spellings, KeyLayout};
 
-use super::Shapes;
+use crate::checkpoint_keys::Shapes;
 
 /// How transformers 5 names the modules of `LlavaOnevisionForConditionalGeneration`: one of
 /// the layouts' spellings for each part.

@@ -1,6 +1,7 @@
 //! Reading an adapter in PEFT's layout (`adapter_config.json`, `adapter_model.safetensors`)
-//! written by PEFT or by us: its settings, its factors (refused when not finite), and the
-//! checkpoint weight each of its modules adapts.
+//! written by PEFT or by us: its settings ([`AdapterSettings`]), its factors (refused when
+//! not finite), and the checkpoint weight each of its modules adapts; and the factors' key
+//! names.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,12 +9,22 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
+use super::config::{AdapterSettings, LoraConfig};
 use super::module_names::checkpoint_paths;
-use super::{
-    LoraConfig, Shapes, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, A_SUFFIX, B_SUFFIX, PEFT_PREFIX,
-};
-use crate::checkpoint_io::read_json;
+use crate::checkpoint_keys::Shapes;
+use crate::model_files::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use crate::{Error, Result};
+
+/// What PEFT puts before a module's path: the `PeftModel`'s `base_model` (the `LoraModel`)
+/// and its `model` (the transformers model).
+pub(super) const PEFT_PREFIX: &str = "base_model.model.";
+pub(super) const A_SUFFIX: &str = ".lora_A.weight";
+pub(super) const B_SUFFIX: &str = ".lora_B.weight";
+
+/// A factor's name in the adapter file.
+pub(super) fn peft_key(path: &str, suffix: &str) -> String {
+    format!("{PEFT_PREFIX}{path}{suffix}")
+}
 
 /// An adapter as read from disk: its settings and, per module path as written, (A, B).
 pub(super) struct AdapterFile {
@@ -33,71 +44,12 @@ pub(super) struct Resolved {
 
 impl AdapterFile {
     pub fn read(dir: &Path, device: &Device) -> Result<Self> {
-        let config_path = dir.join(ADAPTER_CONFIG_FILE);
-        let cfg = read_json(&config_path)?;
-        let bad = |msg: String| Error::Config(format!("{}: {msg}", config_path.display()));
-        let peft_type = cfg.get("peft_type").and_then(Value::as_str).unwrap_or("");
-        if peft_type != "LORA" {
-            return Err(bad(format!(
-                "peft_type {peft_type:?}: only LORA adapters are supported"
-            )));
-        }
-        let rank = cfg
-            .get("r")
-            .and_then(Value::as_u64)
-            .filter(|&r| r > 0)
-            .ok_or_else(|| bad("no positive integer r".into()))? as usize;
-        let alpha = cfg
-            .get("lora_alpha")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| bad("no lora_alpha".into()))?;
-        let dropout = cfg
-            .get("lora_dropout")
-            .and_then(Value::as_f64)
-            .unwrap_or(0.0);
-        let flag = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(false);
-        for unsupported in ["use_dora", "fan_in_fan_out"] {
-            if flag(unsupported) {
-                return Err(bad(format!("{unsupported} is not supported")));
-            }
-        }
-        for pattern in ["rank_pattern", "alpha_pattern"] {
-            if cfg
-                .get(pattern)
-                .and_then(Value::as_object)
-                .is_some_and(|m| !m.is_empty())
-            {
-                return Err(bad(format!(
-                    "{pattern} (per-module ranks or alphas) is not supported"
-                )));
-            }
-        }
-        let bias = cfg.get("bias").and_then(Value::as_str).unwrap_or("none");
-        if bias != "none" {
-            return Err(bad(format!(
-                "bias {bias:?}: only adapters without trained biases are supported"
-            )));
-        }
-        if cfg.get("modules_to_save").is_some_and(|v| !v.is_null()) {
-            return Err(bad("modules_to_save is not supported".into()));
-        }
-        // rsLoRA scales by alpha/√r instead of alpha/r.
-        let scale = if flag("use_rslora") {
-            alpha / (rank as f64).sqrt()
-        } else {
-            alpha / rank as f64
-        };
-        let target_modules = cfg.get("target_modules").cloned().unwrap_or(Value::Null);
-        let targets = match &target_modules {
-            Value::Array(a) => a
-                .iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect(),
-            Value::String(s) => vec![s.clone()],
-            _ => Vec::new(),
-        };
-
+        let AdapterSettings {
+            config,
+            scale,
+            target_modules,
+        } = AdapterSettings::read(&dir.join(ADAPTER_CONFIG_FILE))?;
+        let rank = config.rank;
         let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
         if !weights_path.is_file() {
             return Err(Error::Config(format!(
@@ -152,12 +104,7 @@ impl AdapterFile {
             )));
         }
         Ok(Self {
-            config: LoraConfig {
-                rank,
-                alpha,
-                dropout,
-                targets,
-            },
+            config,
             scale,
             target_modules,
             modules,

@@ -14,12 +14,13 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 use indicatif::ProgressBar;
 use serde_json::{json, Value};
+use unireward_models::family::JudgeModel;
 use unireward_models::{LlavaOnevision, MediaFeatures};
 
-use crate::checkpoint_io::replace_file;
 use crate::data::canonical;
 use crate::data::dpo::{DpoData, DpoExample};
 use crate::data::fingerprint::{hash_file, Fnv1a};
+use crate::durable_file::replace_file;
 use crate::logprob::{media_features, sequence_logprobs, to_f64_vec};
 use crate::loss::dpo::{dpo_loss, DpoParams, PairLogps};
 use crate::train_loop::{Forward, Objective, Prepared};
@@ -202,7 +203,7 @@ pub fn warn_identical_pairs(data: &DpoData) -> usize {
     if !same.is_empty() {
         const SHOWN: usize = 5;
         let more = if same.len() > SHOWN { ", …" } else { "" };
-        eprintln!(
+        tracing::warn!(
             "trainer: warning: {}: {} of {} pair(s) have the same chosen and rejected answer \
              ({}{more}); they add a constant to the DPO loss (ln 2 with the sigmoid loss) and \
              train nothing",
@@ -283,7 +284,7 @@ pub fn load_or_compute_reference(
 ) -> Result<Vec<[f64; 2]>> {
     let path = out.join(REFERENCE_CACHE);
     if let Some(values) = read_cache(&path, fingerprint, data)? {
-        eprintln!("trainer: reference log-probs from {}", path.display());
+        tracing::info!("trainer: reference log-probs from {}", path.display());
         return Ok(values);
     }
     let values = compute_reference(model, data, batch_size, progress)?;
@@ -313,7 +314,7 @@ fn read_cache(path: &Path, fingerprint: &str, data: &DpoData) -> Result<Option<V
     let fresh = header.get("fingerprint").and_then(Value::as_str) == Some(fingerprint)
         && header.get("count").and_then(Value::as_u64) == Some(data.len() as u64);
     if !fresh {
-        eprintln!(
+        tracing::info!(
             "trainer: {} was computed for other data, model or settings; recomputing",
             path.display()
         );

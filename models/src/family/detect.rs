@@ -1,0 +1,119 @@
+//! Which family a checkpoint is, read from the two fields every Hugging Face and LLaVA-NeXT
+//! config carries (`architectures`, `model_type`) before the family's own config parser runs:
+//! a Qwen2.5-VL config also has a `vision_config`, and parsed as LLaVA it would fail on some
+//! unrelated field instead of saying what it is.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::family::ModelFamily;
+use crate::{Error, Result};
+
+#[derive(Debug, Default, Deserialize)]
+struct FamilyFields {
+    #[serde(default)]
+    architectures: Vec<String>,
+    #[serde(default)]
+    model_type: Option<String>,
+}
+
+/// A family that is known but not implemented: which checkpoints are in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsupportedFamily {
+    pub name: &'static str,
+    pub checkpoints: &'static str,
+}
+
+const UNSUPPORTED: &[(&str, &str, UnsupportedFamily)] = &[
+    (
+        "Qwen2_5_VLForConditionalGeneration",
+        "qwen2_5_vl",
+        UnsupportedFamily {
+            name: "Qwen2.5-VL",
+            checkpoints:
+                "UnifiedReward-qwen-*, UnifiedReward-2.0-qwen-*, UnifiedReward-Think-qwen-7b",
+        },
+    ),
+    (
+        "Qwen3VLForConditionalGeneration",
+        "qwen3_vl",
+        UnsupportedFamily {
+            name: "Qwen3-VL",
+            checkpoints: "UnifiedReward-2.0-qwen3vl-*, UnifiedReward-Think-qwen3vl-*",
+        },
+    ),
+    (
+        "Qwen3VLMoeForConditionalGeneration",
+        "qwen3_vl_moe",
+        UnsupportedFamily {
+            name: "Qwen3-VL mixture-of-experts",
+            checkpoints: "Qwen3-VL MoE judges",
+        },
+    ),
+];
+
+pub(super) fn family_of_config(path: &Path) -> Result<ModelFamily> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let fields: FamilyFields = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    family_of(&fields).map_err(|msg| Error::Config(format!("{}: {msg}", path.display())))
+}
+
+fn family_of(fields: &FamilyFields) -> std::result::Result<ModelFamily, String> {
+    for (arch, model_type, family) in UNSUPPORTED {
+        if fields.architectures.iter().any(|a| a == arch)
+            || fields.model_type.as_deref() == Some(model_type)
+        {
+            return Err(format!(
+                "{} checkpoints ({}) are not supported yet; unireward runs LLaVA-OneVision \
+                 judges (UnifiedReward-7b, -7b-v1.5, -0.5b)",
+                family.name, family.checkpoints
+            ));
+        }
+    }
+    // Everything else is handed to the LLaVA parser, whose errors name what it lacks: the
+    // LLaVA-NeXT configs of UnifiedReward carry no usable model_type, and test checkpoints
+    // may carry no architectures at all.
+    Ok(ModelFamily::LlavaOnevision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(json: &str) -> FamilyFields {
+        serde_json::from_str(json).expect("test json")
+    }
+
+    #[test]
+    fn llava_layouts_are_llava_onevision() {
+        for json in [
+            r#"{"architectures": ["LlavaOnevisionForConditionalGeneration"], "model_type": "llava_onevision"}"#,
+            r#"{"architectures": ["LlavaQwenForCausalLM"], "model_type": "llava"}"#,
+            r#"{"vision_config": {}}"#,
+        ] {
+            assert_eq!(
+                family_of(&fields(json)),
+                Ok(ModelFamily::LlavaOnevision),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn qwen_vl_checkpoints_are_refused_by_name() {
+        let err = family_of(&fields(
+            r#"{"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl", "vision_config": {}}"#,
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("Qwen2.5-VL") && err.contains("UnifiedReward-qwen-*"),
+            "{err}"
+        );
+        let err = family_of(&fields(r#"{"model_type": "qwen3_vl"}"#)).unwrap_err();
+        assert!(err.starts_with("Qwen3-VL checkpoints"), "{err}");
+    }
+}

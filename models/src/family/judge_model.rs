@@ -1,0 +1,73 @@
+//! What a judge family's candle model offers to the code above it: the engine's candle
+//! backend and the trainer call only these, never a family's own type.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::{LlavaConfig, TextConfig};
+use crate::decode::KvCache;
+use crate::family::ModelFamily;
+use crate::pack::MediaFeatures;
+use crate::tokenize::Tokenized;
+use crate::Result;
+
+pub trait JudgeModel: Send + Sync {
+    fn family(&self) -> ModelFamily;
+
+    /// The decoder's configuration (vocabulary, context length, stop token): what family-neutral
+    /// code needs of a config.
+    fn text_config(&self) -> &TextConfig;
+
+    /// The LLaVA configuration, for code that is still LLaVA-only (the exporter's graphs and
+    /// the media loader's anyres geometry); `None` for other families.
+    fn llava_config(&self) -> Option<&LlavaConfig>;
+
+    fn device(&self) -> &Device;
+
+    fn dtype(&self) -> DType;
+
+    /// Preprocessed pixels (for LLaVA: tiles [n, 3, S, S]) → projected features
+    /// [n, tokens per tile, hidden].
+    fn encode_tiles(&self, pixels: &Tensor) -> Result<Tensor>;
+
+    /// One image's encoded tiles (base first) → its token features [tokens, hidden]; `original`
+    /// is the image's (width, height) before preprocessing.
+    fn pack_image(&self, feats: &Tensor, original: (u32, u32)) -> Result<Tensor>;
+
+    /// One video's encoded frames → its token features [tokens, hidden].
+    fn pack_video(&self, feats: &Tensor) -> Result<Tensor>;
+
+    /// One image's preprocessed pixels → its token features: encode, then pack.
+    fn image_features(&self, pixels: &Tensor, original: (u32, u32)) -> Result<Tensor> {
+        self.pack_image(&self.encode_tiles(pixels)?, original)
+    }
+
+    /// One video's preprocessed frames → its token features: encode, then pack.
+    fn video_features(&self, frames: &Tensor) -> Result<Tensor> {
+        self.pack_video(&self.encode_tiles(frames)?)
+    }
+
+    /// Token ids [T] or [B, T] → their embeddings.
+    fn embed_ids(&self, ids: &Tensor) -> Result<Tensor>;
+
+    /// Token embeddings with each media span overwritten by its features → [T, hidden].
+    fn embed(&self, tokens: &Tokenized, media: &MediaFeatures) -> Result<Tensor>;
+
+    /// Embeddings [B, T, D] → final hidden states [B, T, D], continuing `cache` when given
+    /// (right padding; every row's positions start after the cache).
+    fn hidden_states(&self, embeds: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor>;
+
+    /// [`JudgeModel::hidden_states`] read at `rows` [B, P] (u32 indices into this call's
+    /// tokens) only: [B, P, D].
+    fn hidden_states_at(
+        &self,
+        embeds: &Tensor,
+        cache: Option<&mut KvCache>,
+        rows: &Tensor,
+    ) -> Result<Tensor>;
+
+    /// Hidden states → logits over the vocabulary (the model's dtype).
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor>;
+
+    /// An empty cache with one slot per decoder layer.
+    fn new_cache(&self) -> KvCache;
+}

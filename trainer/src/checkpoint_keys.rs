@@ -1,0 +1,126 @@
+//! What training knows of a checkpoint's keys: the part of the model each belongs to (and
+//! which parts are trained), and their shapes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use unireward_models::checkpoint::KeyLayout;
+
+/// A checkpoint key's shape, by key.
+pub type Shapes = BTreeMap<String, Vec<usize>>;
+
+/// Which parts of the model are trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainParts {
+    pub vision: bool,
+    pub projector: bool,
+    pub decoder: bool,
+}
+
+impl TrainParts {
+    pub fn all() -> Self {
+        Self {
+            vision: true,
+            projector: true,
+            decoder: true,
+        }
+    }
+
+    pub fn trains(&self, part: Part) -> bool {
+        match part {
+            Part::Vision => self.vision,
+            Part::Projector => self.projector,
+            Part::Decoder => self.decoder,
+        }
+    }
+}
+
+/// The part of the model a checkpoint key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Vision,
+    Projector,
+    Decoder,
+}
+
+/// As the LLaVA-NeXT training code splits its tunable parts (`mm_vision_tower`,
+/// `mm_mlp_adapter`, `mm_language_model`): the tower and the projector by name, everything
+/// else (the decoder, its head, and `image_newline`) with the language model. Vision and
+/// projector are tested first because the LLaVA-NeXT decoder prefix `model.` also starts
+/// their keys.
+pub fn part_of(layout: &KeyLayout, key: &str) -> Part {
+    if !layout.vision.is_empty() && key.starts_with(&layout.vision) {
+        return Part::Vision;
+    }
+    let in_projector = layout.projector.iter().any(|p| {
+        !p.is_empty()
+            && key
+                .strip_prefix(p.as_str())
+                .is_some_and(|r| r.starts_with('.'))
+    });
+    if in_projector {
+        Part::Projector
+    } else {
+        Part::Decoder
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(vision: &str, projector: [&str; 2], newline: &str, decoder: &str) -> KeyLayout {
+        KeyLayout {
+            name: "test",
+            vision: vision.into(),
+            projector: projector.map(String::from),
+            image_newline: newline.into(),
+            decoder: decoder.into(),
+            lm_head: Some("lm_head".into()),
+        }
+    }
+
+    #[test]
+    fn keys_split_into_parts_in_both_layouts() {
+        let hf = layout(
+            "vision_tower.",
+            [
+                "multi_modal_projector.linear_1",
+                "multi_modal_projector.linear_2",
+            ],
+            "image_newline",
+            "language_model.model.",
+        );
+        assert_eq!(
+            part_of(&hf, "vision_tower.post_layernorm.weight"),
+            Part::Vision
+        );
+        assert_eq!(
+            part_of(&hf, "multi_modal_projector.linear_2.bias"),
+            Part::Projector
+        );
+        assert_eq!(part_of(&hf, "image_newline"), Part::Decoder);
+        assert_eq!(part_of(&hf, "language_model.lm_head.weight"), Part::Decoder);
+        // LLaVA-NeXT: the decoder prefix `model.` starts every key.
+        let next = layout(
+            "model.vision_tower.vision_tower.vision_model.",
+            ["model.mm_projector.0", "model.mm_projector.2"],
+            "model.image_newline",
+            "model.",
+        );
+        let key = "model.vision_tower.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight";
+        assert_eq!(part_of(&next, key), Part::Vision);
+        assert_eq!(
+            part_of(&next, "model.mm_projector.2.weight"),
+            Part::Projector
+        );
+        assert_eq!(
+            part_of(&next, "model.mm_projector.20.weight"),
+            Part::Decoder
+        );
+        assert_eq!(
+            part_of(&next, "model.layers.3.mlp.up_proj.weight"),
+            Part::Decoder
+        );
+    }
+}
