@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use unireward_models::judge::Mode;
+use unireward_models::formats::score_record::{ScoreAnswer, ScoreRecord};
 #[cfg(test)]
 use unireward_models::judge::Task;
+use unireward_models::judge::{Mode, Verdict};
 
 use crate::judge_data::Truth;
 
@@ -21,34 +21,44 @@ pub struct ControlFigures {
 }
 
 /// Pair accuracy per control set.
-pub fn control_figures(answers: &[Value], truth: &[Truth]) -> BTreeMap<String, ControlFigures> {
-    let by_id: BTreeMap<&str, &Value> = answers
-        .iter()
-        .filter_map(|a| a.get("id").and_then(Value::as_str).map(|id| (id, a)))
-        .collect();
+pub fn control_figures(
+    answers: &[ScoreRecord],
+    truth: &[Truth],
+) -> BTreeMap<String, ControlFigures> {
+    let by_id = answers_by_id(answers);
     let mut out: BTreeMap<String, (ControlFigures, usize)> = BTreeMap::new();
     for t in truth {
         let (Some(name), Some(answer)) = (&t.control, by_id.get(t.id.as_str())) else {
             continue;
         };
         let (fig, right) = out.entry(name.clone()).or_default();
-        if answer.get("error").is_some() || t.mode != Mode::Pair {
+        if answer.error().is_some() || t.mode != Mode::Pair {
             fig.failed += 1;
             continue;
         }
         let wanted = if t.qualities[0] > t.qualities[1] {
-            "first"
+            Verdict::First
         } else {
-            "second"
+            Verdict::Second
         };
         fig.pairs += 1;
-        *right += usize::from(answer.get("verdict").and_then(Value::as_str) == Some(wanted));
+        *right += usize::from(
+            matches!(answer.answer(), Some(ScoreAnswer::Pair(p)) if p.verdict == wanted),
+        );
     }
     out.into_iter()
         .map(|(k, (mut fig, right))| {
             fig.accuracy = (fig.pairs > 0).then(|| right as f64 / fig.pairs as f64);
             (k, fig)
         })
+        .collect()
+}
+
+/// The answers by their string ids (the demo names every request with a string).
+fn answers_by_id(answers: &[ScoreRecord]) -> BTreeMap<&str, &ScoreRecord> {
+    answers
+        .iter()
+        .filter_map(|a| a.id().as_str().map(|id| (id, a)))
         .collect()
 }
 
@@ -89,11 +99,8 @@ pub struct TaskFigures {
 }
 
 /// Judge figures per task from the engine's answers and the ground truth.
-pub fn judge_figures(answers: &[Value], truth: &[Truth]) -> BTreeMap<String, TaskFigures> {
-    let by_id: BTreeMap<&str, &Value> = answers
-        .iter()
-        .filter_map(|a| a.get("id").and_then(Value::as_str).map(|id| (id, a)))
-        .collect();
+pub fn judge_figures(answers: &[ScoreRecord], truth: &[Truth]) -> BTreeMap<String, TaskFigures> {
+    let by_id = answers_by_id(answers);
     let mut out: BTreeMap<String, TaskFigures> = BTreeMap::new();
     let mut hits: BTreeMap<&'static str, (usize, f64)> = BTreeMap::new();
     let mut points: BTreeMap<&'static str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
@@ -102,7 +109,7 @@ pub fn judge_figures(answers: &[Value], truth: &[Truth]) -> BTreeMap<String, Tas
         let Some(answer) = by_id.get(t.id.as_str()) else {
             continue;
         };
-        if let Some(err) = answer.get("error").and_then(Value::as_str) {
+        if let Some(err) = answer.error() {
             match t.mode {
                 Mode::Pair => fig.pair_errors += 1,
                 Mode::Point => fig.point_errors += 1,
@@ -113,22 +120,31 @@ pub fn judge_figures(answers: &[Value], truth: &[Truth]) -> BTreeMap<String, Tas
         match t.mode {
             Mode::Pair => {
                 let first_better = t.qualities[0] > t.qualities[1];
-                let verdict = answer.get("verdict").and_then(Value::as_str).unwrap_or("");
-                let right = if first_better { "first" } else { "second" };
-                let p = answer
-                    .get("probs")
-                    .and_then(|p| p.get(right))
-                    .and_then(Value::as_f64)
-                    .unwrap_or(0.0);
+                let (right, p) = match answer.answer() {
+                    Some(ScoreAnswer::Pair(a)) => {
+                        let right = if first_better {
+                            Verdict::First
+                        } else {
+                            Verdict::Second
+                        };
+                        let p = if first_better {
+                            a.probs.first
+                        } else {
+                            a.probs.second
+                        };
+                        (a.verdict == right, p)
+                    }
+                    _ => (false, 0.0),
+                };
                 let h = hits.entry(t.task.as_str()).or_default();
-                h.0 += usize::from(verdict == right);
+                h.0 += usize::from(right);
                 h.1 += p;
                 fig.pairs += 1;
             }
             Mode::Point => {
-                if let (Some(score), Some(truth_score)) =
-                    (answer.get("score").and_then(Value::as_f64), t.score)
+                if let (Some(ScoreAnswer::Point(a)), Some(truth_score)) = (answer.answer(), t.score)
                 {
+                    let score = a.score;
                     let e = points.entry(t.task.as_str()).or_default();
                     e.0.push(score);
                     e.1.push(truth_score);
@@ -194,14 +210,18 @@ mod tests {
                 control: None,
             });
         }
-        let answers = vec![
+        // As `engine score` writes them.
+        let answers: Vec<ScoreRecord> = [
             json!({"id": "a", "verdict": "first", "probs": {"first": 0.9, "second": 0.1, "tie": 0.0}}),
             json!({"id": "b", "verdict": "first", "probs": {"first": 0.6, "second": 0.4, "tie": 0.0}}),
             json!({"id": "c", "error": "broken"}),
-            json!({"id": "p0", "score": 1.5}),
-            json!({"id": "p1", "score": 2.5}),
-            json!({"id": "p2", "score": 4.5}),
-        ];
+            json!({"id": "p0", "score": 1.5, "score_argmax": 1.0}),
+            json!({"id": "p1", "score": 2.5, "score_argmax": 3.0}),
+            json!({"id": "p2", "score": 4.5, "score_argmax": 5.0}),
+        ]
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
         let figs = judge_figures(&answers, &truth);
         let f = &figs["image_generation"];
         assert_eq!(f.pairs, 2);

@@ -9,7 +9,8 @@
 
 use std::path::Path;
 
-use serde_json::{json, Value};
+use serde_json::Value;
+use unireward_models::formats::logprob_record::LogprobAnswer;
 use unireward_models::preprocess::{MediaLoader, MediaRequest, PreparedMedia, VideoMode};
 use unireward_models::tokenize::{PromptTokenizer, Tokenized, IMAGE_MARKER, VIDEO_MARKER};
 use unireward_models::MediaFeatures;
@@ -18,9 +19,7 @@ use crate::backend::Backend;
 use crate::batching::batches_by_budget;
 use crate::encode_media::encode_media;
 use crate::error::{EngineError, Result};
-use crate::pipeline::{
-    decoded_image_bytes, run_pipeline_with, with_id, Prepared, RunOptions, RunSummary,
-};
+use crate::pipeline::{decoded_image_bytes, run_pipeline_with, Prepared, RunOptions, RunSummary};
 
 pub struct LogprobRequest {
     pub prompt: String,
@@ -142,14 +141,14 @@ impl LogprobJob<'_> {
         })
     }
 
-    /// Answers a window of records, one value per record in order.
-    fn score(&self, batch: Vec<Prepared<LogprobRequest>>) -> Vec<Value> {
-        let mut answers: Vec<Option<Value>> = vec![None; batch.len()];
+    /// Answers a window of records, one answer or error per record in order.
+    fn score(&self, batch: Vec<Prepared<LogprobRequest>>) -> Vec<Result<LogprobAnswer>> {
+        let mut answers: Vec<Option<Result<LogprobAnswer>>> = batch.iter().map(|_| None).collect();
         let mut ready: Vec<(usize, Embedded)> = Vec::new();
         for (i, (_, (req, media))) in batch.iter().enumerate() {
             match self.prepare(req, media) {
                 Ok(e) => ready.push((i, e)),
-                Err(e) => answers[i] = Some(json!({"error": e.to_string()})),
+                Err(e) => answers[i] = Some(Err(e)),
             }
         }
         let lens: Vec<usize> = ready.iter().map(|(_, e)| e.tokens.ids.len()).collect();
@@ -162,20 +161,20 @@ impl LogprobJob<'_> {
                     }
                 }
                 Err(e) => {
+                    let msg = e.to_string();
                     for (i, _) in group {
-                        answers[*i] = Some(json!({"error": e.to_string()}));
+                        answers[*i] = Some(Err(EngineError::Invalid(msg.clone())));
                     }
                 }
             }
         }
-        batch
-            .iter()
-            .zip(answers)
-            .map(|((id, _), v)| with_id(id, v.unwrap_or_else(|| json!({"error": "not answered"}))))
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(EngineError::Invalid("not answered".into()))))
             .collect()
     }
 
-    fn decode_group(&self, group: &[(usize, Embedded)]) -> Result<Vec<Value>> {
+    fn decode_group(&self, group: &[(usize, Embedded)]) -> Result<Vec<Result<LogprobAnswer>>> {
         let mut seqs = Vec::with_capacity(group.len());
         let mut positions = Vec::with_capacity(group.len());
         for (_, e) in group {
@@ -200,15 +199,15 @@ impl LogprobJob<'_> {
                     .map(|(&t, row)| row[t as usize] as f64)
                     .sum();
                 if !total.is_finite() {
-                    return Ok(json!({"error": format!(
+                    return Ok(Err(EngineError::Invalid(format!(
                         "the model's log-probability is {total}: its outputs are not finite \
                          (broken weights, or an overflow at this precision)"
-                    )}));
+                    ))));
                 }
-                Ok(json!({
-                    "logprob": total,
-                    "prompt_tokens": e.prompt_len,
-                    "completion_tokens": targets.len(),
+                Ok(Ok(LogprobAnswer {
+                    logprob: total,
+                    prompt_tokens: e.prompt_len,
+                    completion_tokens: targets.len(),
                 }))
             })
             .collect()

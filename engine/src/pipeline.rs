@@ -1,6 +1,9 @@
 //! The run loop every batch command shares: read JSONL, skip what `--resume` finds answered,
 //! prepare records (media decoding, resizing) on worker threads while the model works on the
 //! previous window, write answers in input order and flush them window by window.
+//!
+//! Commands answer each record with their typed answer or an error; the pipeline alone puts
+//! the record's id on it and turns an error into the error record ([`Record`]).
 
 use std::io::IsTerminal;
 use std::ops::Range;
@@ -10,13 +13,14 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use unireward_models::formats::record::Record;
 use unireward_models::preprocess::{MediaLoader, MediaRequest, PreparedMedia};
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::records::{
-    duplicate_ids, error_record, id_key, read_input_capped, OutputMode, OutputWriter,
-    DEFAULT_MAX_LINE_BYTES,
+    duplicate_ids, id_key, read_input_capped, OutputMode, OutputWriter, DEFAULT_MAX_LINE_BYTES,
 };
 
 /// Records per window: what is prepared ahead and written at once.
@@ -76,26 +80,12 @@ pub struct RunSummary {
     pub skipped: usize,
 }
 
-/// Puts `"id"` first in an answer object.
-pub fn with_id(id: &Value, answer: Value) -> Value {
-    let mut out = serde_json::Map::new();
-    out.insert("id".into(), id.clone());
-    if let Value::Object(fields) = answer {
-        for (k, v) in fields {
-            if k != "id" {
-                out.insert(k, v);
-            }
-        }
-    }
-    Value::Object(out)
-}
-
 /// A record and its loaded media, as `process` receives them.
 pub type Prepared<R> = (Value, (R, PreparedMedia));
 
 /// [`run_pipeline`] for requests with media: `parse` reads a record and names its media,
 /// which are loaded on the workers (relative paths from the input file's directory).
-pub fn run_media_pipeline<R, F, G>(
+pub fn run_media_pipeline<R, A, F, G>(
     input: &Path,
     out: &Path,
     resume: bool,
@@ -106,14 +96,15 @@ pub fn run_media_pipeline<R, F, G>(
 where
     R: Send,
     F: Fn(&Value) -> std::result::Result<(R, MediaRequest), String> + Sync,
-    G: FnMut(Vec<Prepared<R>>) -> Vec<Value>,
+    A: Serialize,
+    G: FnMut(Vec<Prepared<R>>) -> Vec<Result<A>>,
 {
     let opts = RunOptions::installed(resume);
     run_media_pipeline_with(&opts, input, out, loader, parse, process)
 }
 
 /// [`run_media_pipeline`] with explicit options.
-pub fn run_media_pipeline_with<R, F, G>(
+pub fn run_media_pipeline_with<R, A, F, G>(
     opts: &RunOptions,
     input: &Path,
     out: &Path,
@@ -124,7 +115,8 @@ pub fn run_media_pipeline_with<R, F, G>(
 where
     R: Send,
     F: Fn(&Value) -> std::result::Result<(R, MediaRequest), String> + Sync,
-    G: FnMut(Vec<Prepared<R>>) -> Vec<Value>,
+    A: Serialize,
+    G: FnMut(Vec<Prepared<R>>) -> Vec<Result<A>>,
 {
     let base = input.parent().unwrap_or(Path::new(".")).to_path_buf();
     run_pipeline_with(
@@ -188,28 +180,25 @@ pub fn groups_within_budget(costs: &[u64], budget: u64) -> Vec<Range<usize>> {
     out
 }
 
-/// Answers each record on its own; a failure becomes that record's `"error"`.
-pub fn answer_each<R>(
+/// Answers each record on its own.
+pub fn answer_each<R, A>(
     batch: Vec<Prepared<R>>,
-    answer: impl Fn(&R, &PreparedMedia) -> Result<Value>,
-) -> Vec<Value> {
+    answer: impl Fn(&R, &PreparedMedia) -> Result<A>,
+) -> Vec<Result<A>> {
     batch
         .into_iter()
-        .map(|(id, (req, media))| {
-            let v = answer(&req, &media).unwrap_or_else(|e| json!({"error": e.to_string()}));
-            with_id(&id, v)
-        })
+        .map(|(_, (req, media))| answer(&req, &media))
         .collect()
 }
 
 enum Slot<P> {
     Ready(Value, P),
-    Failed(Value),
+    Failed(Value, String),
 }
 
 /// `prepare` runs on worker threads per record; `process` answers the prepared records of a
-/// window, one value per record, in order.
-pub fn run_pipeline<P, F, G>(
+/// window, one answer or error per record, in order.
+pub fn run_pipeline<P, A, F, G>(
     input: &Path,
     out: &Path,
     resume: bool,
@@ -219,7 +208,8 @@ pub fn run_pipeline<P, F, G>(
 where
     P: Send,
     F: Fn(&Value) -> std::result::Result<P, String> + Sync,
-    G: FnMut(Vec<(Value, P)>) -> Vec<Value>,
+    A: Serialize,
+    G: FnMut(Vec<(Value, P)>) -> Vec<Result<A>>,
 {
     let opts = RunOptions::installed(resume);
     run_pipeline_with(&opts, input, out, |_: &Value| 0, prepare, process)
@@ -227,7 +217,7 @@ where
 
 /// [`run_pipeline`] with explicit options; `cost` is what preparing a record holds in memory
 /// (decoded image bytes), bounded across the workers by `opts.decode_budget_bytes`.
-pub fn run_pipeline_with<P, C, F, G>(
+pub fn run_pipeline_with<P, A, C, F, G>(
     opts: &RunOptions,
     input: &Path,
     out: &Path,
@@ -239,7 +229,8 @@ where
     P: Send,
     C: Fn(&Value) -> u64 + Sync,
     F: Fn(&Value) -> std::result::Result<P, String> + Sync,
-    G: FnMut(Vec<(Value, P)>) -> Vec<Value>,
+    A: Serialize,
+    G: FnMut(Vec<(Value, P)>) -> Vec<Result<A>>,
 {
     let lines = read_input_capped(input, opts.max_line_bytes)?;
     warn_duplicates(&lines, opts.output.resume);
@@ -271,16 +262,11 @@ where
                         let id = line.id();
                         let value = match &line.value {
                             Ok(v) => v,
-                            Err(e) => {
-                                return Slot::Failed(error_record(
-                                    &id,
-                                    &format!("line {}: {e}", line.line),
-                                ))
-                            }
+                            Err(e) => return Slot::Failed(id, format!("line {}: {e}", line.line)),
                         };
                         match prepare(value) {
                             Ok(p) => Slot::Ready(id, p),
-                            Err(e) => Slot::Failed(error_record(&id, &e)),
+                            Err(e) => Slot::Failed(id, e),
                         }
                     }));
                 }
@@ -290,32 +276,34 @@ where
             }
         });
         for slots in rx {
-            let mut order: Vec<Option<Value>> = Vec::with_capacity(slots.len());
+            let mut order: Vec<Option<Record<A>>> = Vec::with_capacity(slots.len());
             let mut ready = Vec::new();
             let mut ready_at = Vec::new();
             for (i, slot) in slots.into_iter().enumerate() {
                 match slot {
                     Slot::Ready(id, p) => {
-                        ready_at.push(i);
+                        ready_at.push((i, id.clone()));
                         ready.push((id, p));
                         order.push(None);
                     }
-                    Slot::Failed(v) => order.push(Some(v)),
+                    Slot::Failed(id, error) => order.push(Some(Record::Error { id, error })),
                 }
             }
-            let ids: Vec<Value> = ready.iter().map(|(id, _)| id.clone()).collect();
-            let answers = process(ready);
-            for (k, i) in ready_at.into_iter().enumerate() {
-                let v = answers
-                    .get(k)
-                    .cloned()
-                    .unwrap_or_else(|| error_record(&ids[k], "not answered"));
-                order[i] = Some(v);
+            let mut answers = process(ready).into_iter();
+            for (i, id) in ready_at {
+                let answer = answers
+                    .next()
+                    .unwrap_or_else(|| Err(EngineError::Invalid("not answered".into())));
+                order[i] = Some(match answer {
+                    Ok(answer) => Record::Answer { id, answer },
+                    Err(e) => Record::Error {
+                        id,
+                        error: e.to_string(),
+                    },
+                });
             }
-            let records: Vec<Value> = order
-                .into_iter()
-                .map(|v| v.unwrap_or_else(|| json!({"error": "not answered"})))
-                .collect();
+            // Every slot was filled above: a failed one at once, a ready one by its answer.
+            let records: Vec<Record<A>> = order.into_iter().flatten().collect();
             writer.write_batch(&records)?;
             progress.advance(records.len(), writer.failed);
         }
@@ -345,7 +333,7 @@ fn warn_duplicates(lines: &[crate::records::InputLine], resume: bool) {
         })
         .collect();
     let more = dups.len().saturating_sub(shown.len());
-    eprintln!(
+    tracing::warn!(
         "warning: {} id(s) given on more than one line: {}{}; each line is answered, so the \
          output has as many records with that id{}",
         dups.len(),
@@ -374,7 +362,7 @@ struct Progress {
 impl Progress {
     fn new(total: usize, skipped: usize) -> Self {
         if skipped > 0 {
-            eprintln!("resuming: {skipped} record(s) already answered");
+            tracing::info!("resuming: {skipped} record(s) already answered");
         }
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(total as u64);
@@ -407,7 +395,7 @@ impl Progress {
                 let secs = self.start.elapsed().as_secs_f64();
                 let rate = done as f64 / secs.max(1e-9);
                 let eta = (self.total - done) as f64 / rate.max(1e-9);
-                eprintln!(
+                tracing::info!(
                     "{done}/{} records, {rate:.2} records/s, ETA {eta:.0}s, {failed} failed",
                     self.total
                 );
@@ -419,7 +407,7 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        eprintln!(
+        tracing::info!(
             "answered {written} record(s) in {:.1}s, {failed} failed",
             self.start.elapsed().as_secs_f64()
         );
@@ -439,6 +427,49 @@ mod tests {
         );
         assert_eq!(groups_within_budget(&[0; 5], 0), vec![0..5]);
         assert!(groups_within_budget(&[], 8).is_empty());
+    }
+
+    #[test]
+    fn the_pipeline_puts_the_id_on_every_answer_and_error() {
+        let dir = std::env::temp_dir().join(format!("unireward-ids-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (input, out) = (dir.join("in.jsonl"), dir.join("out.jsonl"));
+        std::fs::write(
+            &input,
+            "{\"id\":\"a\",\"n\":1}\n{\"n\":2}\n{\"id\":3,\"n\":-1}\n{\"id\":4,\"n\":4}\n",
+        )
+        .unwrap();
+        #[derive(Serialize)]
+        struct Doubled {
+            twice: i64,
+        }
+        let summary = run_pipeline_with(
+            &RunOptions::default(),
+            &input,
+            &out,
+            |_: &Value| 0,
+            |v: &Value| match v["n"].as_i64() {
+                Some(n) if n >= 0 => Ok(n),
+                _ => Err("n must not be negative".to_string()),
+            },
+            |batch| {
+                batch
+                    .into_iter()
+                    .map(|(_, n)| match n {
+                        4 => Err(EngineError::Invalid("four is refused".into())),
+                        n => Ok(Doubled { twice: 2 * n }),
+                    })
+                    .collect()
+            },
+        )
+        .unwrap();
+        assert_eq!((summary.answered, summary.failed), (4, 2));
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "{\"id\":\"a\",\"twice\":2}\n{\"id\":\"line 2\",\"twice\":4}\n\
+             {\"id\":3,\"error\":\"n must not be negative\"}\n{\"id\":4,\"error\":\"four is refused\"}\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -472,7 +503,7 @@ mod tests {
                 |batch| {
                     batch
                         .into_iter()
-                        .map(|(id, ())| json!({"id": id}))
+                        .map(|_| Ok(serde_json::Map::new()))
                         .collect()
                 },
             )

@@ -8,7 +8,10 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use serde::de::IgnoredAny;
+use serde::Serialize;
 use serde_json::Value;
+use unireward_models::formats::record::Record;
 
 use crate::error::{EngineError, Result};
 
@@ -252,24 +255,20 @@ impl OutputWriter {
             let mut kept = String::with_capacity(text.len());
             let mut dropped = 0;
             for line in text.lines() {
-                let Ok(v) = serde_json::from_str::<Value>(line) else {
-                    kept.push_str(line);
-                    kept.push('\n');
-                    continue;
-                };
-                if mode.retry_failed && v.get("error").is_some() {
-                    dropped += 1;
-                    continue;
-                }
-                if let Some(id) = v.get("id") {
-                    done.insert(id_key(id));
+                // Any command's answers: only their ids and errors matter here.
+                if let Ok(record) = serde_json::from_str::<Record<IgnoredAny>>(line) {
+                    if mode.retry_failed && record.error().is_some() {
+                        dropped += 1;
+                        continue;
+                    }
+                    done.insert(id_key(record.id()));
                 }
                 kept.push_str(line);
                 kept.push('\n');
             }
             if dropped > 0 {
                 file = replace_contents(path, kept.as_bytes())?;
-                eprintln!("retrying {dropped} failed record(s) of {}", path.display());
+                tracing::info!("retrying {dropped} failed record(s) of {}", path.display());
             }
         }
         file.seek(SeekFrom::End(0)).map_err(io)?;
@@ -285,13 +284,16 @@ impl OutputWriter {
     }
 
     /// Writes records and flushes them: once this returns they survive a kill.
-    pub fn write_batch(&mut self, records: &[Value]) -> Result<()> {
+    pub fn write_batch<A: Serialize>(&mut self, records: &[Record<A>]) -> Result<()> {
         let mut buf = String::new();
         for r in records {
-            if r.get("error").is_some() {
+            let line = serde_json::to_string(r).map_err(|e| {
+                EngineError::Invalid(format!("writing the answer to {}: {e}", r.id()))
+            })?;
+            if r.error().is_some() {
                 self.failed += 1;
             }
-            buf.push_str(&r.to_string());
+            buf.push_str(&line);
             buf.push('\n');
         }
         self.written += records.len();
@@ -362,14 +364,14 @@ fn repair_torn_tail(file: &mut File, path: &Path) -> Result<()> {
     file.set_len(keep as u64).map_err(io)
 }
 
-/// `{"id", "error"}` for a record that could not be answered.
-pub fn error_record(id: &Value, msg: &str) -> Value {
-    serde_json::json!({"id": id, "error": msg})
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An answer record holding `fields` after the id.
+    fn answered(id: Value, fields: Value) -> Record<Value> {
+        Record::Answer { id, answer: fields }
+    }
 
     fn scratch(name: &str) -> PathBuf {
         let dir =
@@ -389,7 +391,8 @@ mod tests {
         .unwrap();
         let (mut w, done) = OutputWriter::open(&path, true).unwrap();
         assert!(done.contains("\"a\"") && done.contains("2") && done.len() == 2);
-        w.write_batch(&[serde_json::json!({"id": "c"})]).unwrap();
+        w.write_batch(&[answered(serde_json::json!("c"), serde_json::json!({}))])
+            .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"id\":\"a\",\"x\":1}\n{\"id\":2}\n{\"id\":\"c\"}\n");
     }
@@ -449,7 +452,7 @@ mod tests {
         };
         let (mut w, done) = OutputWriter::open_with(&path, mode).unwrap();
         assert_eq!(done, HashSet::from(["1".to_string(), "3".to_string()]));
-        w.write_batch(&[serde_json::json!({"id": 2, "x": 2})])
+        w.write_batch(&[answered(serde_json::json!(2), serde_json::json!({"x": 2}))])
             .unwrap();
         drop(w);
         assert_eq!(
@@ -469,7 +472,9 @@ mod tests {
         let dir = scratch("lock");
         let path = dir.join("out.jsonl");
         let (mut first, _) = OutputWriter::open(&path, false).unwrap();
-        first.write_batch(&[serde_json::json!({"id": 1})]).unwrap();
+        first
+            .write_batch(&[answered(serde_json::json!(1), serde_json::json!({}))])
+            .unwrap();
         let err = OutputWriter::open(&path, false).err().unwrap();
         assert!(err.to_string().contains("another engine run"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"id\":1}\n");

@@ -3,14 +3,15 @@
 
 use std::path::Path;
 
-use serde_json::{json, Value};
+use serde_json::Value;
+use unireward_models::formats::score_record::ScoreAnswer;
 use unireward_models::preprocess::{MediaLoader, PreparedMedia};
 use unireward_models::MediaFeatures;
 
 use crate::encode_media::encode_request;
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::judge::{Judge, JudgeItem, ScoreRequest};
-use crate::pipeline::{run_media_pipeline_with, with_id, Prepared, RunOptions, RunSummary};
+use crate::pipeline::{run_media_pipeline_with, Prepared, RunOptions, RunSummary};
 
 pub struct ScoreJob<'a> {
     pub judge: &'a Judge<'a>,
@@ -36,13 +37,13 @@ impl ScoreJob<'_> {
     }
 
     /// Answers a window of records: media encoded per record, prompt passes batched.
-    fn answer_batch(&self, batch: Vec<Prepared<ScoreRequest>>) -> Vec<Value> {
-        let mut answers: Vec<Option<Value>> = batch.iter().map(|_| None).collect();
+    fn answer_batch(&self, batch: Vec<Prepared<ScoreRequest>>) -> Vec<Result<ScoreAnswer>> {
+        let mut answers: Vec<Option<Result<ScoreAnswer>>> = batch.iter().map(|_| None).collect();
         let mut inputs = Vec::new();
         for (i, (_, (req, media))) in batch.iter().enumerate() {
             match self.inputs(req, media) {
                 Ok((text, features)) => inputs.push((i, text, features)),
-                Err(e) => answers[i] = Some(json!({"error": e.to_string()})),
+                Err(e) => answers[i] = Some(Err(e)),
             }
         }
         let items: Vec<JudgeItem> = inputs
@@ -56,15 +57,11 @@ impl ScoreJob<'_> {
             .collect();
         let outcomes = self.judge.judge_batch(&items, self.token_budget);
         for ((i, _, _), outcome) in inputs.iter().zip(outcomes) {
-            answers[*i] = Some(match outcome {
-                Ok(o) => o.to_json(),
-                Err(e) => json!({"error": e.to_string()}),
-            });
+            answers[*i] = Some(outcome.map(|o| o.answer()));
         }
-        batch
-            .iter()
-            .zip(answers)
-            .map(|((id, _), a)| with_id(id, a.unwrap_or_else(|| json!({"error": "not answered"}))))
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(EngineError::Invalid("not answered".into()))))
             .collect()
     }
 

@@ -215,11 +215,11 @@ fn generate_is_deterministic_greedy_decoding() -> Result<()> {
     // random model writes no verdict, reported the same way).
     let r1 = cached
         .judge(task, Mode::Pair, &text, &media)
-        .map(|o| o.to_json())
+        .map(|o| o.answer())
         .map_err(|e| e.to_string());
     let r2 = plain
         .judge(task, Mode::Pair, &text, &media)
-        .map(|o| o.to_json())
+        .map(|o| o.answer())
         .map_err(|e| e.to_string());
     assert_eq!(r1, r2);
     Ok(())

@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::Result;
 use serde_json::{json, Value};
 use unireward_models::config::LlavaConfig;
-use unireward_models::judge::pair_record::{PairRecord, Turns};
+use unireward_models::formats::pair_record::{PairRecord, Turns};
 use unireward_models::preprocess::image::to_rgb;
 use unireward_models::preprocess::resize::resize_pillow;
 use unireward_models::preprocess::{load_image, Filter, MediaLoader, MediaRequest, VideoSource};

@@ -4,9 +4,14 @@
 //! Field names moved between transformers versions (`rope_theta` beside the other text fields
 //! in the hub's files, inside `rope_parameters` in what transformers 5 writes), so every field
 //! is looked up where any version puts it, with the library's default when absent.
+//!
+//! The file is read into raw structs that mirror it ([`RawConfig`] and the sections it holds),
+//! then converted with the checks into [`LlavaConfig`].
 
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use crate::preprocess::anyres::{parse_pinpoints, AnyresGeometry};
@@ -121,10 +126,16 @@ impl LlavaConfig {
     /// Every field is checked for its type and range here, once, so that a bad value is
     /// refused by name instead of falling back to a default or failing later per record.
     pub fn from_json(v: &Value, dir: Option<&Path>) -> Result<Self> {
-        let cfg = if v.get("mm_vision_tower").is_some() || v.get("mm_projector_type").is_some() {
-            Self::from_llava_next(v, dir)?
-        } else if v.get("vision_config").is_some() || v.get("text_config").is_some() {
-            Self::from_hf(v)?
+        let raw = match v {
+            Value::Object(_) => {
+                RawConfig::deserialize(v).map_err(|e| Error::Config(e.to_string()))?
+            }
+            _ => RawConfig::default(),
+        };
+        let cfg = if raw.mm_vision_tower.is_some() || raw.mm_projector_type.is_some() {
+            Self::from_llava_next(&raw, v, dir)?
+        } else if raw.vision_config.is_some() || raw.text_config.is_some() {
+            Self::from_hf(&raw)?
         } else {
             return Err(Error::Config(
                 "neither a LlavaOnevisionConfig (vision_config/text_config) nor a \
@@ -136,27 +147,27 @@ impl LlavaConfig {
         Ok(cfg)
     }
 
-    fn from_hf(v: &Value) -> Result<Self> {
-        let empty = Value::Object(Default::default());
-        let top = Section::top(v);
-        let vision_json = top.object("vision_config")?.unwrap_or(&empty);
-        let text_json = top.object("text_config")?.unwrap_or(&empty);
-        let vision_section = Section::new(vision_json, "vision_config.");
-        let text_section = Section::new(text_json, "text_config.");
-        let vision = vision_from_json(&vision_section, &VisionConfig::so400m())?;
-        let mut text = text_from_json(&text_section)?;
-        if let Some(tied) = top.bool("tie_word_embeddings")? {
+    fn from_hf(raw: &RawConfig) -> Result<Self> {
+        let top = Checks::new("");
+        let vision_raw: RawVision = top.section("vision_config", &raw.vision_config)?;
+        let text_raw: RawText = top.section("text_config", &raw.text_config)?;
+        let vision = vision_from_raw(&vision_raw, "vision_config.", &VisionConfig::so400m())?;
+        let mut text = text_from_raw(&text_raw, "text_config.")?;
+        if let Some(tied) = top.bool("tie_word_embeddings", &raw.tie_word_embeddings)? {
             // The outer flag is what transformers ties by when the inner one is absent.
-            if text_section.get("tie_word_embeddings").is_none() {
+            if text_raw.tie_word_embeddings.is_none() {
                 text.tie_word_embeddings = tied;
             }
         }
-        let strategy = top.string("vision_feature_select_strategy")?;
-        let aspect = top.string("vision_aspect_ratio")?;
+        let strategy = top.string(
+            "vision_feature_select_strategy",
+            &raw.vision_feature_select_strategy,
+        )?;
+        let aspect = top.string("vision_aspect_ratio", &raw.vision_aspect_ratio)?;
         // The hub's defaults (151646, 151647) are not checked against the vocabulary: a small
         // model used for text alone never reaches them.
-        let image = top.token_id(&["image_token_index", "image_token_id"])?;
-        let video = top.token_id(&["video_token_index", "video_token_id"])?;
+        let image = top.token_id(raw.image_token())?;
+        let video = top.token_id(raw.video_token())?;
         for (name, id) in [("image_token_index", image), ("video_token_index", video)] {
             if let Some(id) = id {
                 check_token_id(name, id, text.vocab_size)?;
@@ -170,35 +181,41 @@ impl LlavaConfig {
             video_token_id: Some(video.unwrap_or(151647)),
             anyres: anyres(
                 &vision,
-                v.get("image_grid_pinpoints"),
+                raw.image_grid_pinpoints.as_ref(),
                 aspect.as_deref().unwrap_or("anyres_max_9"),
             )?,
-            vision_feature_layer: top.feature_layer("vision_feature_layer")?.unwrap_or(-1),
+            vision_feature_layer: top
+                .feature_layer("vision_feature_layer", &raw.vision_feature_layer)?
+                .unwrap_or(-1),
             drop_first_feature: feature_strategy(strategy.as_deref().unwrap_or("full"))?,
-            projector_bias: top.bool("multimodal_projector_bias")?.unwrap_or(true),
+            projector_bias: top
+                .bool("multimodal_projector_bias", &raw.multimodal_projector_bias)?
+                .unwrap_or(true),
         })
     }
 
-    fn from_llava_next(v: &Value, dir: Option<&Path>) -> Result<Self> {
-        let top = Section::top(v);
-        let text = text_from_json(&top)?;
-        let vision = match local_vision_config(v, dir) {
+    /// `v` is the whole file: the LLaVA-NeXT layout keeps the decoder's fields at the top.
+    fn from_llava_next(raw: &RawConfig, v: &Value, dir: Option<&Path>) -> Result<Self> {
+        let top = Checks::new("");
+        let text_raw = RawText::deserialize(v).map_err(|e| Error::Config(e.to_string()))?;
+        let text = text_from_raw(&text_raw, "")?;
+        let vision = match local_vision_config(raw, dir) {
             Some(found) => found?,
             None => VisionConfig::so400m(),
         };
-        let projector = top.string("mm_projector_type")?;
+        let projector = top.string("mm_projector_type", &raw.mm_projector_type)?;
         let projector = projector.as_deref().unwrap_or("mlp2x_gelu");
         if projector != "mlp2x_gelu" {
             return Err(Error::Config(format!(
                 "mm_projector_type {projector:?}: only mlp2x_gelu (Linear-GELU-Linear) is supported"
             )));
         }
-        let strategy = top.string("mm_vision_select_feature")?;
+        let strategy = top.string("mm_vision_select_feature", &raw.mm_vision_select_feature)?;
         let strategy = strategy.as_deref().unwrap_or("patch");
-        let aspect = top.string("image_aspect_ratio")?;
+        let aspect = top.string("image_aspect_ratio", &raw.image_aspect_ratio)?;
         // The original code marks images with the id -200, never tokenized: no token.
-        let image = top.llava_next_token_id(&["image_token_index", "image_token_id"])?;
-        let video = top.llava_next_token_id(&["video_token_index", "video_token_id"])?;
+        let image = top.llava_next_token_id(raw.image_token())?;
+        let video = top.llava_next_token_id(raw.video_token())?;
         for (name, id) in [("image_token_index", image), ("video_token_index", video)] {
             if let Some(id) = id {
                 check_token_id(name, id, text.vocab_size)?;
@@ -212,7 +229,7 @@ impl LlavaConfig {
             video_token_id: video,
             anyres: anyres(
                 &vision,
-                v.get("image_grid_pinpoints"),
+                raw.image_grid_pinpoints.as_ref(),
                 aspect.as_deref().unwrap_or("anyres_max_9"),
             )?,
             // The original tower drops its last layer and reads the output of what is left;
@@ -260,25 +277,111 @@ fn check_token_id(name: &str, id: u32, vocab: usize) -> Result<()> {
 /// so400m's is 384.
 const MAX_IMAGE_SIZE: usize = 1 << 16;
 
-/// One object of the config (the top level or `text_config` / `vision_config`), read with
-/// checks: a key that is absent or `null` takes the library's default, a key of the wrong
-/// type or out of range is an error naming it (`prefix` + key).
-struct Section<'a> {
-    v: &'a Value,
+/// `config.json` as written, in either layout: the hub's `LlavaOnevisionConfig` (the towers'
+/// settings in `vision_config` / `text_config`) or LLaVA-NeXT's `LlavaQwenForCausalLM` (`mm_*`
+/// keys, the decoder's settings at the top, read as [`RawText`] from the same object). Values
+/// stay JSON until [`Checks`] converts them, so that a value of the wrong type or range is
+/// refused naming its key and what it holds. A key that is absent or `null` takes the
+/// library's default.
+#[derive(Debug, Default, Deserialize)]
+struct RawConfig {
+    /// Present (even `null`) marks the hub layout.
+    #[serde(default, deserialize_with = "present")]
+    vision_config: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    text_config: Option<Value>,
+    tie_word_embeddings: Option<Value>,
+    vision_feature_select_strategy: Option<Value>,
+    vision_aspect_ratio: Option<Value>,
+    image_token_index: Option<Value>,
+    image_token_id: Option<Value>,
+    video_token_index: Option<Value>,
+    video_token_id: Option<Value>,
+    image_grid_pinpoints: Option<Value>,
+    vision_feature_layer: Option<Value>,
+    multimodal_projector_bias: Option<Value>,
+    /// Present (even `null`) marks the LLaVA-NeXT layout.
+    #[serde(default, deserialize_with = "present")]
+    mm_vision_tower: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    mm_projector_type: Option<Value>,
+    mm_vision_select_feature: Option<Value>,
+    image_aspect_ratio: Option<Value>,
+}
+
+impl RawConfig {
+    /// The token id keys, in the order they are looked up: the older name first.
+    fn image_token(&self) -> [(&'static str, &Option<Value>); 2] {
+        [
+            ("image_token_index", &self.image_token_index),
+            ("image_token_id", &self.image_token_id),
+        ]
+    }
+
+    fn video_token(&self) -> [(&'static str, &Option<Value>); 2] {
+        [
+            ("video_token_index", &self.video_token_index),
+            ("video_token_id", &self.video_token_id),
+        ]
+    }
+}
+
+/// The SigLIP tower's settings (`vision_config`, or a tower's own config.json).
+#[derive(Debug, Default, Deserialize)]
+struct RawVision {
+    hidden_size: Option<Value>,
+    intermediate_size: Option<Value>,
+    num_hidden_layers: Option<Value>,
+    num_attention_heads: Option<Value>,
+    num_channels: Option<Value>,
+    image_size: Option<Value>,
+    patch_size: Option<Value>,
+    layer_norm_eps: Option<Value>,
+    hidden_act: Option<Value>,
+}
+
+/// The decoder's settings (`text_config`, or the top level of a LLaVA-NeXT config).
+#[derive(Debug, Default, Deserialize)]
+struct RawText {
+    vocab_size: Option<Value>,
+    hidden_size: Option<Value>,
+    intermediate_size: Option<Value>,
+    num_hidden_layers: Option<Value>,
+    num_attention_heads: Option<Value>,
+    num_key_value_heads: Option<Value>,
+    max_position_embeddings: Option<Value>,
+    rope_theta: Option<Value>,
+    /// Where transformers 5 puts `rope_theta` and the rotary kind.
+    rope_parameters: Option<Value>,
+    rope_scaling: Option<Value>,
+    rms_norm_eps: Option<Value>,
+    tie_word_embeddings: Option<Value>,
+    eos_token_id: Option<Value>,
+}
+
+/// `rope_parameters` / `rope_scaling`.
+#[derive(Debug, Default, Deserialize)]
+struct RawRope {
+    rope_theta: Option<Value>,
+    rope_type: Option<Value>,
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+}
+
+/// A key's value kept as given, `null` included: what marks a layout is the key's presence.
+fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// Converts the values of one object of the config (the top level, `text_config`,
+/// `vision_config`, ...): an error names the key with the object's `prefix`.
+struct Checks {
     prefix: &'static str,
 }
 
-impl<'a> Section<'a> {
-    fn new(v: &'a Value, prefix: &'static str) -> Self {
-        Self { v, prefix }
-    }
-
-    fn top(v: &'a Value) -> Self {
-        Self::new(v, "")
-    }
-
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.v.get(key).filter(|x| !x.is_null())
+impl Checks {
+    fn new(prefix: &'static str) -> Self {
+        Self { prefix }
     }
 
     fn bad(&self, key: &str, want: &str, got: &Value) -> Error {
@@ -286,8 +389,8 @@ impl<'a> Section<'a> {
     }
 
     /// A size: an integer of at least 1.
-    fn size(&self, key: &str, default: usize) -> Result<usize> {
-        match self.get(key) {
+    fn size(&self, key: &str, x: &Option<Value>, default: usize) -> Result<usize> {
+        match given(x) {
             None => Ok(default),
             Some(x) => x
                 .as_u64()
@@ -298,8 +401,8 @@ impl<'a> Section<'a> {
     }
 
     /// A finite number above zero (epsilons, rope_theta).
-    fn positive(&self, key: &str) -> Result<Option<f64>> {
-        match self.get(key) {
+    fn positive(&self, key: &str, x: &Option<Value>) -> Result<Option<f64>> {
+        match given(x) {
             None => Ok(None),
             Some(x) => x
                 .as_f64()
@@ -309,8 +412,8 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn bool(&self, key: &str) -> Result<Option<bool>> {
-        match self.get(key) {
+    fn bool(&self, key: &str, x: &Option<Value>) -> Result<Option<bool>> {
+        match given(x) {
             None => Ok(None),
             Some(x) => x
                 .as_bool()
@@ -319,8 +422,8 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn string(&self, key: &str) -> Result<Option<String>> {
-        match self.get(key) {
+    fn string(&self, key: &str, x: &Option<Value>) -> Result<Option<String>> {
+        match given(x) {
             None => Ok(None),
             Some(x) => x
                 .as_str()
@@ -329,17 +432,20 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn object(&self, key: &str) -> Result<Option<&'a Value>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(x) if x.is_object() => Ok(Some(x)),
+    /// A nested object read as `T`; absent, it is `T`'s all-absent default.
+    fn section<T: DeserializeOwned + Default>(&self, key: &str, x: &Option<Value>) -> Result<T> {
+        match given(x) {
+            None => Ok(T::default()),
+            Some(x) if x.is_object() => {
+                T::deserialize(x).map_err(|e| Error::Config(format!("{}{key}: {e}", self.prefix)))
+            }
             Some(x) => Err(self.bad(key, "an object", x)),
         }
     }
 
     /// The first of `keys` present, as a token id (an integer 0..2^32).
-    fn token_id(&self, keys: &[&str]) -> Result<Option<u32>> {
-        let Some((key, x)) = keys.iter().find_map(|k| Some((*k, self.get(k)?))) else {
+    fn token_id(&self, keys: [(&'static str, &Option<Value>); 2]) -> Result<Option<u32>> {
+        let Some((key, x)) = keys.iter().find_map(|(k, x)| Some((*k, given(x)?))) else {
             return Ok(None);
         };
         x.as_u64()
@@ -350,10 +456,13 @@ impl<'a> Section<'a> {
 
     /// As [`Self::token_id`], except that a negative id (the original code's `-200` image
     /// marker) means there is no such token.
-    fn llava_next_token_id(&self, keys: &[&str]) -> Result<Option<u32>> {
+    fn llava_next_token_id(
+        &self,
+        keys: [(&'static str, &Option<Value>); 2],
+    ) -> Result<Option<u32>> {
         let negative = keys
             .iter()
-            .find_map(|k| self.get(k))
+            .find_map(|(_, x)| given(x))
             .and_then(Value::as_i64)
             .is_some_and(|n| n < 0);
         if negative {
@@ -363,14 +472,14 @@ impl<'a> Section<'a> {
     }
 
     /// `eos_token_id`: a number, or a list of numbers whose first ends generation.
-    fn eos_id(&self) -> Result<Option<u32>> {
+    fn eos_id(&self, x: &Option<Value>) -> Result<Option<u32>> {
         let key = "eos_token_id";
         let id = |x: &Value| -> Result<u32> {
             x.as_u64()
                 .and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(|| self.bad(key, "a token id or a list of token ids", x))
         };
-        match self.get(key) {
+        match given(x) {
             None => Ok(None),
             Some(Value::Array(a)) => {
                 let ids = a.iter().map(id).collect::<Result<Vec<_>>>()?;
@@ -381,8 +490,8 @@ impl<'a> Section<'a> {
     }
 
     /// One layer index (negative counts from the end); a list of layers is not supported.
-    fn feature_layer(&self, key: &str) -> Result<Option<i64>> {
-        match self.get(key) {
+    fn feature_layer(&self, key: &str, x: &Option<Value>) -> Result<Option<i64>> {
+        match given(x) {
             None => Ok(None),
             Some(x) => x
                 .as_i64()
@@ -392,18 +501,38 @@ impl<'a> Section<'a> {
     }
 }
 
-fn vision_from_json(s: &Section, d: &VisionConfig) -> Result<VisionConfig> {
+/// A value that is there and not `null`.
+fn given(x: &Option<Value>) -> Option<&Value> {
+    x.as_ref().filter(|x| !x.is_null())
+}
+
+fn vision_from_raw(r: &RawVision, prefix: &'static str, d: &VisionConfig) -> Result<VisionConfig> {
+    let s = Checks::new(prefix);
     let cfg = VisionConfig {
-        hidden_size: s.size("hidden_size", d.hidden_size)?,
-        intermediate_size: s.size("intermediate_size", d.intermediate_size)?,
-        num_hidden_layers: s.size("num_hidden_layers", d.num_hidden_layers)?,
-        num_attention_heads: s.size("num_attention_heads", d.num_attention_heads)?,
-        num_channels: s.size("num_channels", d.num_channels)?,
-        image_size: s.size("image_size", d.image_size)?,
-        patch_size: s.size("patch_size", d.patch_size)?,
-        layer_norm_eps: s.positive("layer_norm_eps")?.unwrap_or(d.layer_norm_eps),
+        hidden_size: s.size("hidden_size", &r.hidden_size, d.hidden_size)?,
+        intermediate_size: s.size(
+            "intermediate_size",
+            &r.intermediate_size,
+            d.intermediate_size,
+        )?,
+        num_hidden_layers: s.size(
+            "num_hidden_layers",
+            &r.num_hidden_layers,
+            d.num_hidden_layers,
+        )?,
+        num_attention_heads: s.size(
+            "num_attention_heads",
+            &r.num_attention_heads,
+            d.num_attention_heads,
+        )?,
+        num_channels: s.size("num_channels", &r.num_channels, d.num_channels)?,
+        image_size: s.size("image_size", &r.image_size, d.image_size)?,
+        patch_size: s.size("patch_size", &r.patch_size, d.patch_size)?,
+        layer_norm_eps: s
+            .positive("layer_norm_eps", &r.layer_norm_eps)?
+            .unwrap_or(d.layer_norm_eps),
     };
-    if let Some(act) = s.string("hidden_act")? {
+    if let Some(act) = s.string("hidden_act", &r.hidden_act)? {
         if act != "gelu_pytorch_tanh" {
             return Err(Error::Config(format!(
                 "{}hidden_act {act:?}: SigLIP uses gelu_pytorch_tanh",
@@ -434,25 +563,33 @@ fn vision_from_json(s: &Section, d: &VisionConfig) -> Result<VisionConfig> {
     Ok(cfg)
 }
 
-fn text_from_json(s: &Section) -> Result<TextConfig> {
-    let rope = s
-        .object("rope_parameters")?
-        .map(|r| Section::new(r, "rope_parameters."));
-    let rope_theta = match s.positive("rope_theta")? {
+fn text_from_raw(r: &RawText, prefix: &'static str) -> Result<TextConfig> {
+    let s = Checks::new(prefix);
+    let rope = match given(&r.rope_parameters) {
+        Some(_) => Some(s.section::<RawRope>("rope_parameters", &r.rope_parameters)?),
+        None => None,
+    };
+    let rope_checks = Checks::new("rope_parameters.");
+    let rope_theta = match s.positive("rope_theta", &r.rope_theta)? {
         Some(t) => t,
         None => match &rope {
-            Some(r) => r.positive("rope_theta")?.unwrap_or(10000.0),
+            Some(rp) => rope_checks
+                .positive("rope_theta", &rp.rope_theta)?
+                .unwrap_or(10000.0),
             None => 10000.0,
         },
     };
-    let scaling = match s.object("rope_scaling")? {
-        Some(r) => Some(Section::new(r, "rope_scaling.")),
-        None => rope,
+    let scaling = match given(&r.rope_scaling) {
+        Some(_) => Some((
+            s.section::<RawRope>("rope_scaling", &r.rope_scaling)?,
+            Checks::new("rope_scaling."),
+        )),
+        None => rope.map(|rp| (rp, rope_checks)),
     };
-    if let Some(r) = scaling {
-        let kind = match r.string("rope_type")? {
+    if let Some((rp, checks)) = scaling {
+        let kind = match checks.string("rope_type", &rp.rope_type)? {
             Some(k) => Some(k),
-            None => r.string("type")?,
+            None => checks.string("type", &rp.kind)?,
         };
         if let Some(kind) = kind.filter(|k| k != "default") {
             return Err(Error::Config(format!(
@@ -460,19 +597,25 @@ fn text_from_json(s: &Section) -> Result<TextConfig> {
             )));
         }
     }
-    let heads = s.size("num_attention_heads", 28)?;
+    let heads = s.size("num_attention_heads", &r.num_attention_heads, 28)?;
     let cfg = TextConfig {
-        vocab_size: s.size("vocab_size", 152064)?,
-        hidden_size: s.size("hidden_size", 3584)?,
-        intermediate_size: s.size("intermediate_size", 18944)?,
-        num_hidden_layers: s.size("num_hidden_layers", 28)?,
+        vocab_size: s.size("vocab_size", &r.vocab_size, 152064)?,
+        hidden_size: s.size("hidden_size", &r.hidden_size, 3584)?,
+        intermediate_size: s.size("intermediate_size", &r.intermediate_size, 18944)?,
+        num_hidden_layers: s.size("num_hidden_layers", &r.num_hidden_layers, 28)?,
         num_attention_heads: heads,
-        num_key_value_heads: s.size("num_key_value_heads", heads)?,
-        max_position_embeddings: s.size("max_position_embeddings", 32768)?,
+        num_key_value_heads: s.size("num_key_value_heads", &r.num_key_value_heads, heads)?,
+        max_position_embeddings: s.size(
+            "max_position_embeddings",
+            &r.max_position_embeddings,
+            32768,
+        )?,
         rope_theta,
-        rms_norm_eps: s.positive("rms_norm_eps")?.unwrap_or(1e-6),
-        tie_word_embeddings: s.bool("tie_word_embeddings")?.unwrap_or(false),
-        eos_token_id: s.eos_id()?,
+        rms_norm_eps: s.positive("rms_norm_eps", &r.rms_norm_eps)?.unwrap_or(1e-6),
+        tie_word_embeddings: s
+            .bool("tie_word_embeddings", &r.tie_word_embeddings)?
+            .unwrap_or(false),
+        eos_token_id: s.eos_id(&r.eos_token_id)?,
     };
     if !cfg.hidden_size.is_multiple_of(heads) || !heads.is_multiple_of(cfg.num_key_value_heads) {
         return Err(Error::Config(format!(
@@ -495,10 +638,17 @@ fn text_from_json(s: &Section) -> Result<TextConfig> {
     Ok(cfg)
 }
 
+/// A SigLIP tower's own config.json: its settings in `vision_config`, or at the top.
+#[derive(Debug, Default, Deserialize)]
+struct RawTowerFile {
+    #[serde(default, deserialize_with = "present")]
+    vision_config: Option<Value>,
+}
+
 /// The original code names its tower (`mm_vision_tower`); when that is a local directory with
 /// a SigLIP config, it is the truth about the tower's shape.
-fn local_vision_config(v: &Value, dir: Option<&Path>) -> Option<Result<VisionConfig>> {
-    let name = v.get("mm_vision_tower")?.as_str()?;
+fn local_vision_config(raw: &RawConfig, dir: Option<&Path>) -> Option<Result<VisionConfig>> {
+    let name = raw.mm_vision_tower.as_ref()?.as_str()?;
     let candidates = [
         Some(Path::new(name).to_path_buf()),
         dir.map(|d| d.join(name)),
@@ -514,12 +664,19 @@ fn local_vision_config(v: &Value, dir: Option<&Path>) -> Option<Result<VisionCon
             path: cfg_path.clone(),
             source,
         })?;
-        let inner = json.get("vision_config").unwrap_or(&json);
-        vision_from_json(
-            &Section::new(inner, "vision_config."),
-            &VisionConfig::so400m(),
-        )
-        .map_err(|e| match e {
+        let file = match &json {
+            Value::Object(_) => RawTowerFile::deserialize(&json)
+                .map_err(|e| Error::Config(format!("{}: {e}", cfg_path.display())))?,
+            _ => RawTowerFile::default(),
+        };
+        let inner = file.vision_config.as_ref().unwrap_or(&json);
+        // Anything but an object holds no settings: the tower is so400m.
+        let tower = match inner {
+            Value::Object(_) => RawVision::deserialize(inner)
+                .map_err(|e| Error::Config(format!("{}: {e}", cfg_path.display())))?,
+            _ => RawVision::default(),
+        };
+        vision_from_raw(&tower, "vision_config.", &VisionConfig::so400m()).map_err(|e| match e {
             Error::Config(msg) => Error::Config(format!("{}: {msg}", cfg_path.display())),
             other => other,
         })
@@ -716,6 +873,25 @@ mod tests {
             LlavaConfig::from_json(&v, None).unwrap().image_token_id,
             None
         );
+    }
+
+    #[test]
+    fn a_layout_is_marked_by_its_keys_even_when_null() {
+        let next = json!({"mm_vision_tower": null, "hidden_size": 896,
+                          "num_attention_heads": 14, "num_key_value_heads": 2});
+        assert_eq!(
+            LlavaConfig::from_json(&next, None).unwrap().flavour,
+            ConfigFlavour::LlavaNext
+        );
+        let hub = json!({"vision_config": null, "text_config": {"hidden_size": 896,
+                         "num_attention_heads": 14, "num_key_value_heads": 2}});
+        let cfg = LlavaConfig::from_json(&hub, None).unwrap();
+        assert_eq!(cfg.flavour, ConfigFlavour::HuggingFace);
+        assert_eq!(cfg.vision, VisionConfig::so400m());
+        let err = refusal(&json!(["vision_config"]));
+        assert!(err.contains("neither a LlavaOnevisionConfig"), "{err}");
+        let err = refusal(&json!({"vision_config": "so400m"}));
+        assert!(err.contains("vision_config: expected an object"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use unireward_models::formats::logprob_record::LogprobRecord;
+use unireward_models::formats::pair_record::PairsRecord;
 use unireward_models::judge::ChatTemplate;
 
 use crate::error::{Error, Result};
@@ -150,10 +152,10 @@ pub fn evaluate(dir: &RunDir, model: &std::path::Path, which: &str) -> Result<An
         &dir.root.join(format!("logs/engine-logprob-{which}.log")),
         &[1],
     )?;
-    let lines: Vec<Value> = jsonl::read(&out)?;
+    let lines: Vec<LogprobRecord> = jsonl::read(&out)?;
     let lp: BTreeMap<&str, f64> = lines
         .iter()
-        .filter_map(|l| Some((l.get("id")?.as_str()?, l.get("logprob")?.as_f64()?)))
+        .filter_map(|l| Some((l.id().as_str()?, l.answer()?.logprob)))
         .collect();
     let mut fig = AnswerFigures::default();
     let (mut right, mut quality) = (0usize, 0usize);
@@ -217,7 +219,7 @@ pub fn run_sft(dir: &RunDir, settings: &Settings) -> Result<()> {
 
 /// `demo dpo`: DPO on the judge's pairs and the accuracy after.
 pub fn run_dpo(dir: &RunDir, settings: &Settings) -> Result<()> {
-    let pairs: Vec<Value> = jsonl::read(&dir.dpo_pairs())?;
+    let pairs: Vec<PairsRecord> = jsonl::read(&dir.dpo_pairs())?;
     if pairs.is_empty() {
         return Err(Error::Missing(format!(
             "{} holds no preference pair (engine pairs dropped every prompt)",

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use unireward_models::formats::pair_record::{PairsAnswer, PairsRecord, Turns};
+use unireward_models::formats::record::Record;
 use unireward_models::judge::Task;
 
 use crate::error::Result;
@@ -148,15 +150,15 @@ pub fn run(dir: &RunDir) -> Result<()> {
         &dir.root.join("logs/engine-pairs.log"),
         &[1],
     )?;
-    let lines: Vec<Value> = jsonl::read(&out)?;
+    let lines: Vec<PairsRecord> = jsonl::read(&out)?;
 
     let mut figures: BTreeMap<String, PairFigures> = BTreeMap::new();
     let mut judged: Vec<JudgedPair> = Vec::new();
-    let mut dpo: Vec<Value> = Vec::new();
+    let mut dpo: Vec<PairsRecord> = Vec::new();
     for line in &lines {
         let Some(k) = line
-            .get("id")
-            .and_then(Value::as_str)
+            .id()
+            .as_str()
             .and_then(|id| known.get(id).map(|k| (id, k)))
         else {
             continue;
@@ -164,21 +166,30 @@ pub fn run(dir: &RunDir) -> Result<()> {
         let (id, k) = k;
         let fig = figures.entry(k.task.to_string()).or_default();
         fig.prompts += 1;
-        if line.get("error").is_some() {
-            fig.failed += 1;
-            continue;
-        }
-        if line.get("dropped").is_some() {
-            fig.dropped += 1;
-            continue;
-        }
-        let side = |key: &str| {
-            line.get(key)
-                .and_then(Value::as_str)
-                .and_then(|c| k.candidates.get(c))
-                .cloned()
+        let pair = match line {
+            Record::Error { .. } => {
+                fig.failed += 1;
+                continue;
+            }
+            Record::Answer {
+                answer: PairsAnswer::Dropped(_),
+                ..
+            } => {
+                fig.dropped += 1;
+                continue;
+            }
+            Record::Answer {
+                answer: PairsAnswer::Pair(pair),
+                ..
+            } => pair,
         };
-        let (Some((chosen, cq)), Some((rejected, rq))) = (side("chosen"), side("rejected")) else {
+        // Plain pairs name their candidates as the request gave them.
+        let side = |turns: &Turns| match turns {
+            Turns::Text(c) => k.candidates.get(c).cloned(),
+            Turns::Messages(_) => None,
+        };
+        let (Some((chosen, cq)), Some((rejected, rq))) = (side(&pair.chosen), side(&pair.rejected))
+        else {
             fig.failed += 1;
             continue;
         };

@@ -2,7 +2,8 @@
 //! `engine score --batch` on ONNX Runtime; pair accuracy and point-score correlation per
 //! task against the ground truth.
 
-use serde_json::{json, Value};
+use serde_json::json;
+use unireward_models::formats::score_record::ScoreRecord;
 
 use crate::error::Result;
 use crate::jsonl::{self, write_json};
@@ -38,7 +39,7 @@ pub fn run(dir: &RunDir) -> Result<()> {
         &dir.root.join("logs/engine-score.log"),
         &[1],
     )?;
-    let answers: Vec<Value> = jsonl::read(&out)?;
+    let answers: Vec<ScoreRecord> = jsonl::read(&out)?;
     let truth: Vec<Truth> = jsonl::read(&dir.heldout_truth())?;
     let figures = judge_figures(&answers, &truth);
     let controls = control_figures(&answers, &truth);

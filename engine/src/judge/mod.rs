@@ -6,7 +6,7 @@ pub mod generate;
 pub mod request;
 
 use candle_core::Tensor;
-use serde_json::{json, Value};
+use unireward_models::formats::score_record::{PairAnswer, PointAnswer, ScoreAnswer};
 use unireward_models::judge::sift_templates::AnswerForm;
 use unireward_models::judge::{
     ChatTemplate, Family, Media, Mode, PairProbs, PointScore, PromptTemplate, Task,
@@ -51,21 +51,20 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The answer record's fields (without the id).
-    pub fn to_json(&self) -> Value {
-        let (mut v, text) = match self {
-            Outcome::Pair { probs, text } => {
-                (json!({"verdict": probs.verdict(), "probs": probs}), text)
-            }
-            Outcome::Point { score, text } => (
-                json!({"score": score.expected, "score_argmax": score.argmax}),
+    /// The answer record's fields (the pipeline puts the id before them).
+    pub fn answer(&self) -> ScoreAnswer {
+        match self.clone() {
+            Outcome::Pair { probs, text } => ScoreAnswer::Pair(PairAnswer {
+                verdict: probs.verdict(),
+                probs,
                 text,
-            ),
-        };
-        if let (Some(t), Some(obj)) = (text, v.as_object_mut()) {
-            obj.insert("text".into(), json!(t));
+            }),
+            Outcome::Point { score, text } => ScoreAnswer::Point(PointAnswer {
+                score: score.expected,
+                score_argmax: score.argmax,
+                text,
+            }),
         }
-        v
     }
 }
 

@@ -1,6 +1,8 @@
 //! Score requests (DESIGN.md "Request formats"):
 //! `{"id", "task", "mode", "prompt", "images", "videos", "answers"}`.
 
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use unireward_models::judge::{Mode, Task};
 use unireward_models::preprocess::MediaRequest;
@@ -15,34 +17,57 @@ pub struct ScoreRequest {
     pub answers: Vec<String>,
 }
 
+/// The request line as written. A field of another type than it should have is read as
+/// not given (or kept as it is), so that the conversion refuses it in its own words.
+#[derive(Deserialize)]
+struct RawScoreRequest {
+    #[serde(default, deserialize_with = "if_of_type")]
+    task: Option<String>,
+    #[serde(default, deserialize_with = "if_of_type")]
+    mode: Option<String>,
+    #[serde(default, deserialize_with = "if_of_type")]
+    prompt: Option<String>,
+    #[serde(default)]
+    answers: Option<RawAnswers>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawAnswers {
+    Texts(Vec<String>),
+    Other(Value),
+}
+
+/// The value as `T` when it is one, else none.
+fn if_of_type<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    Ok(serde_json::from_value(Value::deserialize(d)?).ok())
+}
+
 impl ScoreRequest {
     pub fn parse(v: &Value) -> Result<Self, String> {
-        let field = |k: &str| v.get(k).and_then(Value::as_str);
-        let task: Task = field("task")
+        let raw = RawScoreRequest::deserialize(v).map_err(|e| e.to_string())?;
+        let task: Task = raw
+            .task
             .ok_or("missing string field \"task\"")?
             .parse()
             .map_err(|e: unireward_models::Error| e.to_string())?;
-        let mode: Mode = match field("mode") {
+        let mode: Mode = match raw.mode {
             Some(m) => m
                 .parse()
                 .map_err(|e: unireward_models::Error| e.to_string())?,
             None => return Err("missing string field \"mode\" (pair or point)".into()),
         };
-        let prompt = field("prompt")
-            .ok_or("missing string field \"prompt\"")?
-            .to_string();
+        let prompt = raw.prompt.ok_or("missing string field \"prompt\"")?;
         let media = MediaRequest::parse(v, "images", "videos")?;
-        let answers = match v.get("answers") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|x| {
-                    x.as_str()
-                        .map(str::to_string)
-                        .ok_or("\"answers\" must be strings")
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err("\"answers\" must be a list of strings".into()),
+        let answers = match raw.answers {
+            None => Vec::new(),
+            Some(RawAnswers::Texts(a)) => a,
+            Some(RawAnswers::Other(Value::Array(_))) => {
+                return Err("\"answers\" must be strings".into())
+            }
+            Some(RawAnswers::Other(_)) => {
+                return Err("\"answers\" must be a list of strings".into())
+            }
         };
         let req = Self {
             task,
@@ -124,5 +149,38 @@ mod tests {
             .contains("audio_generation"));
         let und = json!({"task": "image_understanding", "mode": "point", "prompt": "q", "images": ["a.png"], "answers": ["x", "y"]});
         assert!(ScoreRequest::parse(&und).unwrap_err().contains("1 answer"));
+    }
+
+    #[test]
+    fn fields_of_the_wrong_type_are_refused_in_the_parser_s_words() {
+        let base = json!({"task": "image_understanding", "mode": "point", "prompt": "q",
+                          "images": ["a.png"], "answers": ["x"]});
+        assert!(ScoreRequest::parse(&base).is_ok());
+        let with = |key: &str, value: Value| {
+            let mut v = base.clone();
+            v[key] = value;
+            ScoreRequest::parse(&v).unwrap_err()
+        };
+        assert_eq!(with("task", json!(3)), "missing string field \"task\"");
+        assert_eq!(
+            with("mode", Value::Null),
+            "missing string field \"mode\" (pair or point)"
+        );
+        assert_eq!(
+            with("prompt", json!(["q"])),
+            "missing string field \"prompt\""
+        );
+        assert_eq!(
+            with("answers", json!(["x", 2])),
+            "\"answers\" must be strings"
+        );
+        assert_eq!(
+            with("answers", json!("x")),
+            "\"answers\" must be a list of strings"
+        );
+        assert_eq!(
+            with("answers", Value::Null),
+            "image_understanding point judges 1 answer(s); the request has 0"
+        );
     }
 }

@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
-use unireward_models::judge::pair_record::{PairRecord, Paths, Turns};
+use serde_json::Value;
+use unireward_models::formats::pair_record::{DroppedPair, PairRecord, PairsAnswer, Paths, Turns};
 use unireward_models::judge::sift_templates::{sift_prompt, sift_resize, AnswerForm};
 use unireward_models::judge::{Family, Media, Mode, PromptTemplate, Task};
 use unireward_models::pack::EncodedMedia;
@@ -136,7 +136,7 @@ impl PairsJob<'_> {
     }
 
     /// The preference pair of one prompt, or why it was dropped.
-    pub fn pair(&self, req: &PairsRequest, media: &PreparedMedia) -> Result<Value> {
+    pub fn pair(&self, req: &PairsRequest, media: &PreparedMedia) -> Result<PairsAnswer> {
         let features = encode_request(self.judge.backend, media)?;
         let mut judge = ModelJudge {
             judge: self.judge,
@@ -149,11 +149,11 @@ impl PairsJob<'_> {
         let pair = match built.outcome() {
             Ok(p) => p,
             Err(dropped) => {
-                let mut out = json!({"prompt": req.prompt, "dropped": dropped.to_string()});
-                if !unranked.is_empty() {
-                    out["unranked"] = json!(unranked);
-                }
-                return Ok(out);
+                return Ok(PairsAnswer::Dropped(DroppedPair {
+                    prompt: req.prompt.clone(),
+                    dropped: dropped.to_string(),
+                    unranked,
+                }))
             }
         };
         let (chosen, rejected) = (&req.candidates[pair.chosen], &req.candidates[pair.rejected]);
@@ -171,7 +171,7 @@ impl PairsJob<'_> {
                 Turns::Text(rejected.clone()),
             ),
         };
-        let record = PairRecord {
+        Ok(PairsAnswer::Pair(PairRecord {
             prompt,
             chosen,
             rejected,
@@ -188,16 +188,16 @@ impl PairsJob<'_> {
             }),
             video: req.media.videos.first().map(video_path),
             unranked,
-        };
-        serde_json::to_value(&record)
-            .map_err(|e| EngineError::Invalid(format!("writing the pair: {e}")))
+        }))
     }
 }
 
+/// A video as the request named it: a path, or its frames' paths.
 fn video_path(v: &VideoSource) -> Value {
+    let path = |p: &Path| Value::String(p.to_string_lossy().into_owned());
     match v {
-        VideoSource::FrameDir(p) | VideoSource::Gif(p) | VideoSource::File(p) => json!(p),
-        VideoSource::FrameFiles(fs) => json!(fs),
+        VideoSource::FrameDir(p) | VideoSource::Gif(p) | VideoSource::File(p) => path(p),
+        VideoSource::FrameFiles(fs) => Value::Array(fs.iter().map(|p| path(p)).collect()),
     }
 }
 
@@ -295,6 +295,7 @@ impl PairJudge for ModelJudge<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use unireward_models::judge::ScoreRange;
 
     fn user_turn(recipe: Recipe, task: Task, mode: Mode, media: Media) -> (String, AnswerForm) {

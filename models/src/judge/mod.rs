@@ -1,7 +1,6 @@
 //! The judge's model-independent parts: tasks, prompt templates and chat wrapping, verdict
 //! strings, answer parsing and the fast-mode arithmetic.
 
-pub mod pair_record;
 pub mod sift_templates;
 pub mod task;
 pub mod templates;

@@ -11,7 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use unireward_models::judge::pair_record::{PairRecord, Paths};
+use unireward_models::formats::pair_record::{PairRecord, PairsAnswer, PairsRecord, Paths};
+use unireward_models::formats::record::Record;
 use unireward_models::judge::ChatTemplate;
 use unireward_models::preprocess::{MediaRequest, PreparedMedia};
 use unireward_models::tokenize::{IMAGE_MARKER, VIDEO_MARKER};
@@ -34,6 +35,11 @@ pub struct DpoRecord {
 impl DpoRecord {
     pub fn parse(v: &Value, position: usize) -> std::result::Result<Self, String> {
         let rec: PairRecord = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+        Self::from_pair(record_id(v, position), rec)
+    }
+
+    /// The pair `rec`, named `id`, as the model is to read it.
+    fn from_pair(id: String, rec: PairRecord) -> std::result::Result<Self, String> {
         let media = MediaRequest::parse(
             &json!({"images": rec.images.as_ref().map(Paths::to_vec), "videos": rec.video}),
             "images",
@@ -57,7 +63,7 @@ impl DpoRecord {
             .trim()
             .to_string();
         Ok(Self {
-            id: record_id(v, position),
+            id,
             prompt: ensure_markers(&bare, media.images.len(), media.videos.len()),
             chosen: rec.chosen.text(),
             rejected: rec.rejected.text(),
@@ -95,9 +101,19 @@ impl DpoData {
     pub fn read(path: &Path, preparer: Preparer) -> Result<Self> {
         let all = read_records(path)?;
         let total = all.len();
-        let pairs: Vec<(usize, Value)> = all
+        // A line that is not a record of a pair file stays, to be refused below by position.
+        let pairs: Vec<(usize, Value, std::result::Result<PairRecord, String>)> = all
             .into_iter()
-            .filter(|(_, v)| v.get("dropped").is_none() && v.get("error").is_none())
+            .filter_map(
+                |(pos, v)| match serde_json::from_value::<PairsRecord>(v.clone()) {
+                    Ok(Record::Answer {
+                        answer: PairsAnswer::Pair(rec),
+                        ..
+                    }) => Some((pos, v, Ok(rec))),
+                    Ok(_) => None,
+                    Err(e) => Some((pos, v, Err(e.to_string()))),
+                },
+            )
             .collect();
         if pairs.len() < total {
             tracing::warn!(
@@ -108,13 +124,15 @@ impl DpoData {
         }
         let records = pairs
             .into_iter()
-            .map(|(pos, v)| {
+            .map(|(pos, v, rec)| {
                 let bad = |msg| Error::Data {
                     path: path.to_path_buf(),
                     record: pos,
                     msg,
                 };
-                let rec = DpoRecord::parse(&v, pos).map_err(bad)?;
+                let rec = rec
+                    .and_then(|rec| DpoRecord::from_pair(record_id(&v, pos), rec))
+                    .map_err(bad)?;
                 if preparer.is_media_file(&rec.chosen) && preparer.is_media_file(&rec.rejected) {
                     return Err(bad(
                         "chosen and rejected are files: pairs of generated images or videos \

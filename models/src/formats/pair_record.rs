@@ -11,9 +11,15 @@
 //! Both carry the optional `chosen_score` / `rejected_score`, the question's media
 //! (`images`, or `image`; `video`, or `videos`) and `unranked`, the candidates that pair
 //! construction put in neither list.
+//!
+//! A line of `engine pairs` output is a [`Record`] over [`PairsAnswer`]: the pair, or why the
+//! prompt gave none ([`DroppedPair`]).
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+
+use super::record::Record;
 
 /// One item of a message's content.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +155,40 @@ pub struct PairRecord {
     pub unranked: Vec<usize>,
 }
 
+/// A prompt that gave no pair, and why (DESIGN.md "Pair construction").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DroppedPair {
+    pub prompt: String,
+    pub dropped: String,
+    /// Candidates (by index) in neither the chosen nor the rejected list of pair ranking.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unranked: Vec<usize>,
+}
+
+/// What `engine pairs` answers a prompt with.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum PairsAnswer {
+    Pair(PairRecord),
+    Dropped(DroppedPair),
+}
+
+impl<'de> Deserialize<'de> for PairsAnswer {
+    /// A line with `"dropped"` is a dropped prompt; any other is read as a pair, so that a
+    /// missing field of the pair is named.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        let answer = if v.get("dropped").is_some() {
+            serde_json::from_value(v).map(PairsAnswer::Dropped)
+        } else {
+            serde_json::from_value(v).map(PairsAnswer::Pair)
+        };
+        answer.map_err(D::Error::custom)
+    }
+}
+
+pub type PairsRecord = Record<PairsAnswer>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +240,91 @@ mod tests {
         let back = serde_json::to_value(&rec).unwrap();
         assert_eq!(back["images"], json!("x.png"));
         assert!(back.get("video").is_none());
+    }
+
+    fn pairs_records() -> Vec<PairsRecord> {
+        vec![
+            Record::Answer {
+                id: json!("p1"),
+                answer: PairsAnswer::Pair(PairRecord {
+                    prompt: Turns::user("What is it?", 1, 0),
+                    chosen: Turns::assistant("A cat."),
+                    rejected: Turns::assistant("A dog."),
+                    chosen_score: Some(0.875),
+                    rejected_score: Some(0.125),
+                    images: Some(Paths::Many(vec!["a.png".into()])),
+                    video: None,
+                    unranked: vec![],
+                }),
+            },
+            Record::Answer {
+                id: json!("p2"),
+                answer: PairsAnswer::Pair(PairRecord {
+                    prompt: Turns::Text("a red cube".into()),
+                    chosen: Turns::Text("c1.png".into()),
+                    rejected: Turns::Text("c0.png".into()),
+                    chosen_score: Some(4.0),
+                    rejected_score: Some(2.5),
+                    images: None,
+                    video: Some(json!(["f0.png", "f1.png"])),
+                    unranked: vec![2, 3],
+                }),
+            },
+            Record::Answer {
+                id: json!(3),
+                answer: PairsAnswer::Dropped(DroppedPair {
+                    prompt: "a blue ball".into(),
+                    dropped: "every candidate scored 3".into(),
+                    unranked: vec![1],
+                }),
+            },
+            Record::Error {
+                id: json!(4),
+                error: "x.png: not found".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn pairs_records_are_written_as_before() {
+        // The text `engine pairs` wrote when its lines were built as JSON values.
+        let texts: Vec<String> = pairs_records()
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                concat!(
+                    r#"{"id":"p1","prompt":[{"role":"user","content":[{"type":"image"},"#,
+                    r#"{"type":"text","text":"What is it?"}]}],"chosen":[{"role":"assistant","#,
+                    r#""content":[{"type":"text","text":"A cat."}]}],"rejected":[{"role":"#,
+                    r#""assistant","content":[{"type":"text","text":"A dog."}]}],"#,
+                    r#""chosen_score":0.875,"rejected_score":0.125,"images":["a.png"]}"#
+                ),
+                concat!(
+                    r#"{"id":"p2","prompt":"a red cube","chosen":"c1.png","rejected":"c0.png","#,
+                    r#""chosen_score":4.0,"rejected_score":2.5,"video":["f0.png","f1.png"],"#,
+                    r#""unranked":[2,3]}"#
+                ),
+                r#"{"id":3,"prompt":"a blue ball","dropped":"every candidate scored 3","unranked":[1]}"#,
+                r#"{"id":4,"error":"x.png: not found"}"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn pairs_records_read_back_equal() {
+        for r in pairs_records() {
+            let text = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<PairsRecord>(&text).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn a_pair_missing_a_field_is_refused_by_name() {
+        let err = serde_json::from_str::<PairsRecord>(r#"{"id":1,"prompt":"q","chosen":"a"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("rejected"), "{err}");
     }
 }
