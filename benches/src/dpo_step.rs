@@ -30,7 +30,7 @@ use candle_core::{DType, Device};
 use clap::Parser;
 use image::{Rgb, RgbImage};
 use serde_json::{json, Value};
-use unireward_models::LlavaOnevision;
+use unireward_models::family::JudgeModel;
 use unireward_trainer::checkpoint_keys::TrainParts;
 use unireward_trainer::data::dpo::DpoData;
 use unireward_trainer::data::Preparer;
@@ -82,7 +82,7 @@ impl<O: Objective> Objective for Timed<O> {
 
     fn forward(
         &self,
-        model: &LlavaOnevision,
+        model: &dyn JudgeModel,
         batch: &O::Batch,
     ) -> unireward_trainer::Result<Forward> {
         let t = Instant::now();

@@ -11,7 +11,8 @@ use crate::config::{LlavaConfig, TextConfig};
 use crate::decode::{KvCache, Qwen2};
 use crate::encode::{Projector, SiglipVision};
 use crate::family::{JudgeModel, ModelFamily};
-use crate::pack::{merge_media, pack_image, pack_video, MediaFeatures};
+use crate::pack::{encode_media_with, merge_media, pack_image, pack_video, MediaFeatures};
+use crate::preprocess::PreparedMedia;
 use crate::tokenize::Tokenized;
 use crate::Result;
 
@@ -126,6 +127,15 @@ impl JudgeModel for LlavaOnevision {
 
     fn pack_video(&self, feats: &Tensor) -> Result<Tensor> {
         pack_video(feats, &self.image_newline)
+    }
+
+    fn media_features(&self, media: &PreparedMedia) -> Result<MediaFeatures> {
+        encode_media_with(
+            |pixels| self.encode_tiles(&pixels.to_device(self.device())?),
+            &self.image_newline,
+            &self.cfg.anyres,
+            media,
+        )
     }
 
     fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use serde::Deserialize;
 use unireward_models::family::JudgeModel;
 use unireward_models::tokenize::{PromptTokenizer, Tokenized};
-use unireward_models::{LlavaOnevision, MediaFeatures};
+use unireward_models::MediaFeatures;
 
 /// `fixtures/golden` of this repository (transformers' outputs on tiny checkpoints).
 pub fn golden_dir() -> Result<PathBuf> {
@@ -67,20 +67,20 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
 
 /// Runs `case` through `model` on the golden pixel values → (tokens, logits [seq, vocab] f32).
 pub fn run_case(
-    model: &LlavaOnevision,
+    model: &dyn JudgeModel,
     tok: &PromptTokenizer,
     case: &Case,
     expected: &HashMap<String, Tensor>,
 ) -> Result<(Tokenized, Tensor)> {
     let (tokens, embeds) = case_embeds(model, tok, case, expected)?;
     let hidden = model.hidden_states(&embeds, None)?;
-    let logits = model.decoder().logits(&hidden)?.squeeze(0)?;
+    let logits = model.logits(&hidden)?.squeeze(0)?;
     Ok((tokens, logits))
 }
 
 /// `case`'s tokens and input embeddings [1, seq, hidden], media from the golden pixel values.
 pub fn case_embeds(
-    model: &LlavaOnevision,
+    model: &dyn JudgeModel,
     tok: &PromptTokenizer,
     case: &Case,
     expected: &HashMap<String, Tensor>,

@@ -7,10 +7,9 @@
 use candle_core::{DType, Tensor};
 use unireward_models::family::JudgeModel;
 use unireward_models::ops::{log_softmax_gather, IGNORE_INDEX};
-use unireward_models::pack::encode_media_with;
 use unireward_models::preprocess::PreparedMedia;
 use unireward_models::tokenize::Tokenized;
-use unireward_models::{LlavaOnevision, MediaFeatures};
+use unireward_models::MediaFeatures;
 
 use crate::{Error, Result};
 
@@ -61,20 +60,15 @@ impl ScoredSequence {
 
 /// Encodes a record's images and videos through `model` in one batch of tiles and packs
 /// them (anyres for images, pooling for videos). Differentiable in the model's weights.
-pub fn media_features(model: &LlavaOnevision, media: &PreparedMedia) -> Result<MediaFeatures> {
-    Ok(encode_media_with(
-        |pixels| model.encode_tiles(&pixels.to_device(model.device())?),
-        model.image_newline(),
-        &model.config().anyres,
-        media,
-    )?)
+pub fn media_features(model: &dyn JudgeModel, media: &PreparedMedia) -> Result<MediaFeatures> {
+    Ok(model.media_features(media)?)
 }
 
 /// Summed log-probabilities of each sequence's scored tokens → `[batch]` (f32, or f64 when
 /// the logits are). One decoder call over the right-padded batch; logits are taken only at
 /// positions from the earliest one that predicts a scored token.
 pub fn sequence_logprobs(
-    model: &LlavaOnevision,
+    model: &dyn JudgeModel,
     batch: &[(&ScoredSequence, &MediaFeatures)],
 ) -> Result<Tensor> {
     if batch.is_empty() {
@@ -112,7 +106,7 @@ pub fn sequence_logprobs(
     // Position p predicts token p + 1: positions first - 1 ..= t_max - 2.
     let span = t_max - first;
     let hidden = hidden.narrow(1, first - 1, span)?;
-    let logits = model.decoder().logits(&hidden)?;
+    let logits = model.logits(&hidden)?;
     let mut labels = Vec::with_capacity(batch.len() * span);
     for (seq, _) in batch {
         for tok in first..t_max {

@@ -405,7 +405,7 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
     let data = DpoData::read(&c.data, c.preparer(&model, &c.data)?)?;
     warn_identical_pairs(&data);
     let reference = match args.reference {
-        RefKind::Frozen => Reference::Frozen(Box::new(model.frozen_copy()?)),
+        RefKind::Frozen => Reference::Frozen(model.frozen_copy()?),
         RefKind::Precompute => {
             // The reference is the starting model: a resumed run reads the cache (or
             // recomputes it from --model, which is still the start).

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
-use unireward_models::LlavaOnevision;
+use unireward_models::family::JudgeModel;
 
 use crate::checkpoint_io::{
     latest_checkpoint, prune_checkpoints, read_adapter_weights, read_weights, save_checkpoint,
@@ -62,10 +62,10 @@ pub trait Objective {
     /// Loads and tokenizes the examples at `indices`.
     fn prepare(&self, indices: &[usize]) -> Result<Prepared<Self::Batch>>;
 
-    fn forward(&self, model: &LlavaOnevision, batch: &Self::Batch) -> Result<Forward>;
+    fn forward(&self, model: &dyn JudgeModel, batch: &Self::Batch) -> Result<Forward>;
 
     /// Held-out metrics, merged into the line of the steps they are computed at.
-    fn evaluate(&self, _model: &LlavaOnevision) -> Result<Vec<(String, f64)>> {
+    fn evaluate(&self, _model: &dyn JudgeModel) -> Result<Vec<(String, f64)>> {
         Ok(Vec::new())
     }
 
@@ -325,7 +325,7 @@ struct Accumulated {
 }
 
 fn accumulate<O: Objective>(
-    model: &LlavaOnevision,
+    model: &dyn JudgeModel,
     objective: &O,
     micro: &[Prepared<O::Batch>],
     vars: &[(String, Var)],

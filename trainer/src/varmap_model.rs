@@ -19,7 +19,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{VarBuilder, VarMap};
 use unireward_models::checkpoint::{load_all, open_model_dir, KeyLayout};
 use unireward_models::config::LlavaConfig;
-use unireward_models::LlavaOnevision;
+use unireward_models::family::{build_llava, JudgeModel, ModelFamily};
 
 use crate::checkpoint_keys::{part_of, Shapes, TrainParts};
 use crate::lora::{LoraAdapter, LoraConfig};
@@ -34,12 +34,16 @@ pub struct VarMapModel {
     dtype: DType,
     device: Device,
     lora: Option<LoraAdapter>,
-    model: LlavaOnevision,
+    model: Box<dyn JudgeModel>,
 }
 
 impl VarMapModel {
     /// Reads `config.json` and every tensor of the checkpoint in `dir`, converted to `dtype`.
     pub fn load(dir: &Path, dtype: DType, device: &Device, parts: TrainParts) -> Result<Self> {
+        // A family the trainer cannot build is refused by name before any weight is read.
+        match ModelFamily::of_dir(dir)? {
+            ModelFamily::LlavaOnevision => {}
+        }
         // As `LlavaOnevision::load`: config fixed up and checked against the stored shapes.
         let (cfg, ckpt, layout) = open_model_dir(dir)?;
         let tensors = load_all(&ckpt, device)?;
@@ -82,8 +86,8 @@ impl VarMapModel {
         })
     }
 
-    pub fn model(&self) -> &LlavaOnevision {
-        &self.model
+    pub fn model(&self) -> &dyn JudgeModel {
+        self.model.as_ref()
     }
 
     pub fn config(&self) -> &LlavaConfig {
@@ -231,7 +235,7 @@ impl VarMapModel {
 
     /// A model over copies of the current weights (adapters merged) that never change and
     /// track no gradient: the DPO reference.
-    pub fn frozen_copy(&self) -> Result<LlavaOnevision> {
+    pub fn frozen_copy(&self) -> Result<Box<dyn JudgeModel>> {
         let copies = {
             let data = lock(&self.varmap)?;
             data.iter()
@@ -246,11 +250,7 @@ impl VarMapModel {
                 .collect::<Result<HashMap<_, _>>>()?
         };
         let vb = VarBuilder::from_tensors(copies, self.dtype, &self.device);
-        Ok(LlavaOnevision::new(
-            self.cfg.clone(),
-            self.layout.clone(),
-            vb,
-        )?)
+        Ok(build_llava(self.cfg.clone(), self.layout.clone(), vb)?)
     }
 }
 
@@ -269,7 +269,7 @@ fn build(
     lora: Option<&LoraAdapter>,
     dtype: DType,
     device: &Device,
-) -> Result<LlavaOnevision> {
+) -> Result<Box<dyn JudgeModel>> {
     let vars = lock(varmap)?.clone();
     let backend = VarBackend {
         vars,
@@ -277,7 +277,7 @@ fn build(
         lora: lora.cloned(),
     };
     let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
-    Ok(LlavaOnevision::new(cfg.clone(), layout.clone(), vb)?)
+    Ok(build_llava(cfg.clone(), layout.clone(), vb)?)
 }
 
 /// Serves trained weights as their `Var`s, frozen ones as detached views, and adapted ones

@@ -3,7 +3,6 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use unireward_models::family::JudgeModel;
 use unireward_models::tokenize::PromptTokenizer;
 use unireward_models::MediaFeatures;
 use unireward_tests::{golden_cases, golden_model_dir, golden_tensors, Case};

@@ -154,7 +154,7 @@ fn inputs(cfg: &LlavaConfig, rng: &mut Lcg) -> Result<Inputs> {
 }
 
 /// −(sum of both sequences' answer log-probs), through the training path.
-fn loss(model: &LlavaOnevision, x: &Inputs) -> Result<Tensor> {
+fn loss(model: &dyn JudgeModel, x: &Inputs) -> Result<Tensor> {
     let media = MediaFeatures {
         images: vec![model.image_features(&x.image_tiles, (8, 16))?],
         videos: vec![model.video_features(&x.video_frames)?],

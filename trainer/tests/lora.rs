@@ -58,16 +58,14 @@ fn image_example(model_dir: &Path, tmp: &Path) -> Result<RewardExample> {
     Ok(RewardData::read(&data, prep)?.prepare(0)?)
 }
 
-fn logits(model: &LlavaOnevision, ex: &RewardExample) -> Result<Tensor> {
+fn logits(model: &dyn JudgeModel, ex: &RewardExample) -> Result<Tensor> {
     let feats = media_features(model, &ex.media)?;
     let embeds = model.embed(&ex.seq.tokens, &feats)?.unsqueeze(0)?;
-    Ok(model
-        .decoder()
-        .logits(&model.hidden_states(&embeds, None)?)?)
+    Ok(model.logits(&model.hidden_states(&embeds, None)?)?)
 }
 
 /// −(the answer's summed log-probability).
-fn loss(model: &LlavaOnevision, ex: &RewardExample) -> Result<Tensor> {
+fn loss(model: &dyn JudgeModel, ex: &RewardExample) -> Result<Tensor> {
     let feats = media_features(model, &ex.media)?;
     let lp = sequence_logprobs(model, &[(&ex.seq, &feats)])?;
     Ok(lp.to_dtype(DType::F64)?.sum_all()?.neg()?)

@@ -45,8 +45,8 @@ fn safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 }
 
 /// The golden cases' completion log-probs under `model`, from the golden pixel values.
-fn completion_logprobs(model: &LlavaOnevision, dir: &Path) -> Result<BTreeMap<String, f64>> {
-    let tok = PromptTokenizer::load(dir, model.config())?;
+fn completion_logprobs(model: &dyn JudgeModel, dir: &Path) -> Result<BTreeMap<String, f64>> {
+    let tok = PromptTokenizer::load(dir, model.llava_config().context("a LLaVA model")?)?;
     let expected = golden_tensors()?;
     let mut out = BTreeMap::new();
     for case in golden_cases()? {

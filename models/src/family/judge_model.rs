@@ -7,6 +7,7 @@ use crate::config::{LlavaConfig, TextConfig};
 use crate::decode::KvCache;
 use crate::family::ModelFamily;
 use crate::pack::MediaFeatures;
+use crate::preprocess::PreparedMedia;
 use crate::tokenize::Tokenized;
 use crate::Result;
 
@@ -45,6 +46,10 @@ pub trait JudgeModel: Send + Sync {
     fn video_features(&self, frames: &Tensor) -> Result<Tensor> {
         self.pack_video(&self.encode_tiles(frames)?)
     }
+
+    /// A request's prepared images and videos → their token features, encoded in one batch
+    /// and packed as this family packs them. Differentiable in the model's weights.
+    fn media_features(&self, media: &PreparedMedia) -> Result<MediaFeatures>;
 
     /// Token ids [T] or [B, T] → their embeddings.
     fn embed_ids(&self, ids: &Tensor) -> Result<Tensor>;

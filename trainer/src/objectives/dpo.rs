@@ -15,7 +15,7 @@ use candle_core::{DType, Tensor};
 use indicatif::ProgressBar;
 use serde_json::{json, Value};
 use unireward_models::family::JudgeModel;
-use unireward_models::{LlavaOnevision, MediaFeatures};
+use unireward_models::MediaFeatures;
 
 use crate::data::canonical;
 use crate::data::dpo::{DpoData, DpoExample};
@@ -31,7 +31,7 @@ pub const REFERENCE_CACHE: &str = "ref_logps.jsonl";
 pub enum Reference {
     /// (chosen, rejected) summed log-probabilities per record.
     Precomputed(Vec<[f64; 2]>),
-    Frozen(Box<LlavaOnevision>),
+    Frozen(Box<dyn JudgeModel>),
 }
 
 impl Reference {
@@ -57,7 +57,7 @@ pub struct DpoBatch {
 
 /// (chosen, rejected) summed log-probabilities `[B]` each, one decoder call for all 2B
 /// answers (chosen first), each pair's media encoded once for both of its answers.
-fn pair_logprobs(model: &LlavaOnevision, examples: &[DpoExample]) -> Result<(Tensor, Tensor)> {
+fn pair_logprobs(model: &dyn JudgeModel, examples: &[DpoExample]) -> Result<(Tensor, Tensor)> {
     let feats: Vec<MediaFeatures> = examples
         .iter()
         .map(|ex| media_features(model, &ex.media))
@@ -81,7 +81,7 @@ impl DpoObjective {
     ) -> Result<(Tensor, Tensor)> {
         match &self.reference {
             Reference::Frozen(model) => {
-                let (c, r) = pair_logprobs(model, &batch.examples)?;
+                let (c, r) = pair_logprobs(model.as_ref(), &batch.examples)?;
                 Ok((c.detach(), r.detach()))
             }
             Reference::Precomputed(values) => {
@@ -124,7 +124,7 @@ impl Objective for DpoObjective {
         })
     }
 
-    fn forward(&self, model: &LlavaOnevision, batch: &DpoBatch) -> Result<Forward> {
+    fn forward(&self, model: &dyn JudgeModel, batch: &DpoBatch) -> Result<Forward> {
         let (pc, pr) = pair_logprobs(model, &batch.examples)?;
         let (rc, rr) = self.reference_logps(batch, model.device())?;
         let chosen_tokens: Vec<usize> = batch
@@ -219,7 +219,7 @@ pub fn warn_identical_pairs(data: &DpoData) -> usize {
 /// The reference's (chosen, rejected) log-probabilities of every record, `batch_size` pairs
 /// per decoder call.
 pub fn compute_reference(
-    model: &LlavaOnevision,
+    model: &dyn JudgeModel,
     data: &DpoData,
     batch_size: usize,
     progress: bool,
@@ -277,7 +277,7 @@ pub fn reference_fingerprint(data: &Path, model_dir: &Path, settings: &str) -> R
 pub fn load_or_compute_reference(
     out: &Path,
     fingerprint: &str,
-    model: &LlavaOnevision,
+    model: &dyn JudgeModel,
     data: &DpoData,
     batch_size: usize,
     progress: bool,

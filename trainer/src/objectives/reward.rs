@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde_json::{json, Value};
-use unireward_models::LlavaOnevision;
+use unireward_models::family::JudgeModel;
 
 use crate::data::canonical;
 use crate::data::reward::{RewardData, RewardExample};
@@ -21,7 +21,7 @@ pub struct RewardObjective {
 
 /// Summed log-probabilities of the examples' answers → `[B]` with its graph.
 fn batch_logprobs(
-    model: &LlavaOnevision,
+    model: &dyn JudgeModel,
     examples: &[RewardExample],
 ) -> Result<candle_core::Tensor> {
     let feats = examples
@@ -37,7 +37,7 @@ fn batch_logprobs(
 }
 
 /// Mean negative log-likelihood per answer token of `data` under `model`.
-pub fn mean_nll(model: &LlavaOnevision, data: &RewardData, batch_size: usize) -> Result<f64> {
+pub fn mean_nll(model: &dyn JudgeModel, data: &RewardData, batch_size: usize) -> Result<f64> {
     let (mut nll, mut tokens) = (0.0, 0usize);
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
@@ -69,7 +69,7 @@ impl Objective for RewardObjective {
         Ok(Prepared { batch, weight })
     }
 
-    fn forward(&self, model: &LlavaOnevision, batch: &Self::Batch) -> Result<Forward> {
+    fn forward(&self, model: &dyn JudgeModel, batch: &Self::Batch) -> Result<Forward> {
         let lp = batch_logprobs(model, batch)?;
         Ok(Forward {
             loss_sum: lp.sum_all()?.neg()?,
@@ -77,7 +77,7 @@ impl Objective for RewardObjective {
         })
     }
 
-    fn evaluate(&self, model: &LlavaOnevision) -> Result<Vec<(String, f64)>> {
+    fn evaluate(&self, model: &dyn JudgeModel) -> Result<Vec<(String, f64)>> {
         match &self.eval {
             Some(eval) => Ok(vec![(
                 "eval_loss".into(),
