@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod batching;
+pub mod decoding;
 pub mod error;
 pub mod judge;
 pub mod logprob;
