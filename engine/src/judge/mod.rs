@@ -196,7 +196,8 @@ impl<'a> Judge<'a> {
     }
 
     /// Judges several prompts; in fast mode their prompt passes run as batches of at most
-    /// `token_budget` padded tokens. One result per prompt, in order.
+    /// `token_budget` padded tokens and of at most the prompts one decoder call of the backend
+    /// takes. One result per prompt, in order.
     pub fn judge_batch(&self, items: &[JudgeItem], token_budget: usize) -> Vec<Result<Outcome>> {
         if self.mode == JudgeMode::Generate {
             return items
