@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use unireward_engine::backend::{
-    Backend, CandleBackend, ExecutionProvider, OrtBackend, SessionConfig,
+    Backend, CandleBackend, Decoding, ExecutionProvider, OrtBackend, SessionConfig,
 };
 use unireward_export::{export_onnx, ExportOptions};
 use unireward_models::tokenize::{MediaKind, MediaSpan, Tokenized};

@@ -5,9 +5,9 @@
 //! `cargo run --release -p unireward-benches --bin bench-pairs -- --prompts 4`
 //!
 //! `--backend ort` exports bench-small first (fp32, not timed) and runs the export in ONNX
-//! Runtime on the CPU; `--recompute` then scores and decodes with the `Backend` trait's
-//! defaults, which rerun the whole prompt per continuation and per token (what a format-1
-//! export without a KV cache does).
+//! Runtime on the CPU; `--recompute` then scores and decodes through `Recomputing`, which
+//! reruns the whole prompt per continuation and per token (what a format-1 export without a
+//! KV cache does).
 
 // Tensors of a few MB are allocated and freed per op; glibc's malloc returns them to the
 // system each time, and faulting the pages back in cost a fifth of a CPU forward.
@@ -24,7 +24,9 @@ use candle_core::{DType, Device};
 use clap::{Parser, ValueEnum};
 use image::{Rgb, RgbImage};
 use serde_json::json;
-use unireward_engine::backend::{Backend, CandleBackend, OrtBackend, Recomputing, SessionConfig};
+use unireward_engine::backend::{
+    Backend, CandleBackend, Decoding, OrtBackend, Recomputing, SessionConfig,
+};
 use unireward_engine::encode_media::encode_media;
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
 use unireward_engine::pairs::job::PairsJob;

@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod batching;
+pub mod decoding;
 pub mod encode_media;
 pub mod error;
 pub mod judge;

@@ -17,6 +17,7 @@ use unireward_models::MediaFeatures;
 
 use crate::backend::Backend;
 use crate::batching::batches_by_budget;
+use crate::decoding::Decoding;
 use crate::encode_media::encode_media;
 use crate::error::{EngineError, Result};
 use crate::pipeline::{decoded_image_bytes, run_pipeline_with, Prepared, RunOptions, RunSummary};
@@ -152,7 +153,8 @@ impl LogprobJob<'_> {
             }
         }
         let lens: Vec<usize> = ready.iter().map(|(_, e)| e.tokens.ids.len()).collect();
-        for range in batches_by_budget(&lens, self.token_budget) {
+        let per_call = self.backend.limits().batch();
+        for range in batches_by_budget(&lens, self.token_budget, per_call) {
             let group = &ready[range];
             match self.decode_group(group) {
                 Ok(vals) => {

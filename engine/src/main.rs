@@ -21,6 +21,7 @@ use unireward_engine::pairs::{PairFormat, PairOptions, RankingMode, Recipe};
 use unireward_engine::pipeline::{RunOptions, RunSummary, DEFAULT_DECODE_BUDGET_BYTES};
 use unireward_engine::records::{check_output_path, OutputMode, DEFAULT_MAX_LINE_BYTES};
 use unireward_engine::score::ScoreJob;
+use unireward_models::formats::export_manifest;
 use unireward_models::judge::{ChatTemplate, Family, PromptTemplate};
 use unireward_models::preprocess::{MediaLoader, VideoMode};
 use unireward_models::tokenize::PromptTokenizer;
@@ -242,7 +243,9 @@ fn load(args: &ModelArgs, video_mode: VideoMode) -> Result<Loaded> {
         Precision::Bf16 => DType::BF16,
     };
     let kind = match args.backend {
-        BackendKind::Auto if args.model.join("manifest.json").is_file() => BackendKind::Ort,
+        BackendKind::Auto if args.model.join(export_manifest::FILE_NAME).is_file() => {
+            BackendKind::Ort
+        }
         BackendKind::Auto => BackendKind::Candle,
         k => k,
     };

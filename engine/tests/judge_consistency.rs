@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use unireward_engine::backend::{Backend, CandleBackend, Recomputing};
+use unireward_engine::backend::{Backend, CandleBackend, Decoding, Recomputing};
 use unireward_engine::encode_media::encode_media;
 use unireward_engine::judge::{Judge, JudgeMode, Outcome, PromptStyle};
 use unireward_models::judge::{pair_verdicts, verdict_lead, Family, Media, Mode, Task};

@@ -15,8 +15,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use unireward_engine::backend::{
-    Backend, CandleBackend, Continuation, InputTensor, OrtBackend, OrtSession, Recomputing,
-    SessionConfig,
+    Backend, CandleBackend, Continuation, Decoding, InputTensor, OrtBackend, OrtSession,
+    Recomputing, SessionConfig,
 };
 use unireward_export::model::graphs::{self, KvKind};
 use unireward_export::{export_onnx, ExportOptions, Precision};

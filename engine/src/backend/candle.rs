@@ -1,13 +1,15 @@
 //! The reward model run directly by candle.
 
+use std::any::Any;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
 use unireward_models::config::LlavaConfig;
+use unireward_models::decode::KvCache;
 use unireward_models::family::JudgeModel;
 use unireward_models::LlavaOnevision;
 
-use super::{Backend, Continuation};
+use super::{own_cache, Backend, DecoderCache, Limits, Rows};
 use crate::error::{EngineError, Result};
 
 pub struct CandleBackend {
@@ -53,47 +55,75 @@ impl Backend for CandleBackend {
         Ok(self.model.decoder().embed(&ids)?.to_dtype(DType::F32)?)
     }
 
-    fn log_probs_at(&self, seqs: &[Tensor], positions: &[Vec<usize>]) -> Result<Vec<Tensor>> {
-        if seqs.len() != positions.len() {
-            return Err(EngineError::Invalid(
-                "one position list per sequence".into(),
-            ));
+    fn limits(&self) -> Limits {
+        Limits {
+            max_batch: None,
+            max_length: None,
+            kv_cache: true,
         }
+    }
+
+    fn new_cache(&self) -> Result<Box<dyn DecoderCache>> {
+        Ok(Box::new(CandleCache(self.model.new_cache())))
+    }
+
+    fn decode(
+        &self,
+        seqs: &[Tensor],
+        rows: Rows<'_>,
+        cache: Option<&mut dyn DecoderCache>,
+    ) -> Result<Vec<Tensor>> {
+        let model = &self.model;
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
+        let cache = match cache {
+            Some(c) => Some(&mut own_cache::<CandleCache>(c)?.0),
+            None => None,
+        };
         let lens = seqs
             .iter()
             .map(|s| s.dim(0))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let max_len = lens.iter().copied().max().unwrap_or(0);
-        let dtype = self.model.dtype();
+        let longest = lens.iter().copied().max().unwrap_or(0);
         // Right padding: under a causal mask the pad rows after a sequence never reach it.
-        let rows = seqs
+        let padded = seqs
             .iter()
             .zip(&lens)
             .map(|(s, &n)| {
-                let s = s.to_dtype(dtype)?.to_device(self.model.device())?;
-                if n == max_len {
+                let s = s.to_dtype(model.dtype())?.to_device(model.device())?;
+                if n == longest {
                     Ok(s)
                 } else {
-                    s.pad_with_zeros(0, 0, max_len - n)
+                    s.pad_with_zeros(0, 0, longest - n)
                 }
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        for (pos, &n) in positions.iter().zip(&lens) {
-            if let Some(&bad) = pos.iter().find(|&&p| p >= n) {
-                return Err(EngineError::Invalid(format!(
-                    "position {bad} is past the sequence's {n} tokens"
-                )));
+        let input = Tensor::stack(&padded, 0)?;
+        let positions = match rows {
+            Rows::All => {
+                // Every row: the whole last layer, and the vocabulary projection in one go.
+                let hidden = model.hidden_states(&input, cache)?;
+                let rows = log_softmax_rows(model, &hidden)?;
+                return lens
+                    .iter()
+                    .enumerate()
+                    .map(|(b, &n)| Ok(rows.get(b)?.narrow(0, 0, n)?))
+                    .collect();
             }
+            Rows::At(positions) => positions,
+        };
+        if positions.len() != seqs.len() {
+            return Err(EngineError::Invalid(
+                "one position list per sequence".into(),
+            ));
         }
         // Every sequence asks for as many rows as the longest list; shorter lists repeat row
         // 0, whose result is dropped.
         let width = positions.iter().map(Vec::len).max().unwrap_or(0);
         if width == 0 {
-            let vocab = self.model.config().text.vocab_size;
-            let none = Tensor::zeros((0, vocab), DType::F32, self.model.device())?;
+            let vocab = model.config().text.vocab_size;
+            let none = Tensor::zeros((0, vocab), DType::F32, model.device())?;
             return Ok(vec![none; seqs.len()]);
         }
         let index: Vec<u32> = positions
@@ -104,137 +134,12 @@ impl Backend for CandleBackend {
                     .chain(std::iter::repeat_n(0, width - pos.len()))
             })
             .collect();
-        let index = Tensor::from_vec(index, (seqs.len(), width), self.model.device())?;
-        let hidden = self
-            .model
-            .hidden_states_at(&Tensor::stack(&rows, 0)?, None, &index)?;
+        let index = Tensor::from_vec(index, (seqs.len(), width), model.device())?;
+        let hidden = model.hidden_states_at(&input, cache, &index)?;
         positions
             .iter()
             .enumerate()
-            .map(|(b, pos)| {
-                let h = hidden.get(b)?.narrow(0, 0, pos.len())?;
-                let logits = self.model.decoder().logits(&h)?;
-                Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
-            })
-            .collect()
-    }
-
-    fn continuations(
-        &self,
-        prompt: &Tensor,
-        continuations: &[Vec<u32>],
-    ) -> Result<Vec<Continuation>> {
-        let mut all =
-            self.continuations_batch(std::slice::from_ref(prompt), &[continuations.to_vec()])?;
-        Ok(all.pop().unwrap_or_default())
-    }
-
-    fn continuations_batch(
-        &self,
-        prompts: &[Tensor],
-        continuations: &[Vec<Vec<u32>>],
-    ) -> Result<Vec<Vec<Continuation>>> {
-        let model = &self.model;
-        if prompts.is_empty() {
-            return Ok(Vec::new());
-        }
-        // One prompt pass for the batch, right-padded: under the causal mask a row's real
-        // tokens never see its padding, so each row's cache, cut to its length, is exact.
-        let lens = prompts
-            .iter()
-            .map(|p| p.dim(0))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        if lens.contains(&0) {
-            return Err(EngineError::Invalid("an empty prompt".into()));
-        }
-        let longest = lens.iter().copied().max().unwrap_or(0);
-        let rows = prompts
-            .iter()
-            .zip(&lens)
-            .map(|(p, &n)| p.to_dtype(model.dtype())?.pad_with_zeros(0, 0, longest - n))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let mut cache = model.new_cache();
-        let last_rows: Vec<u32> = lens.iter().map(|&n| n as u32 - 1).collect();
-        let last_rows = Tensor::from_vec(last_rows, (prompts.len(), 1), model.device())?;
-        let hidden =
-            model.hidden_states_at(&Tensor::stack(&rows, 0)?, Some(&mut cache), &last_rows)?;
-        (0..prompts.len())
-            .map(|b| {
-                let last = hidden.get(b)?;
-                let first = log_softmax_rows(model, &last)?.get(0)?;
-                let row_cache = cache.select(b, lens[b])?;
-                self.continue_from(&row_cache, &first, &continuations[b])
-            })
-            .collect()
-    }
-
-    fn generate(&self, prompt: &Tensor, max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
-        let model = &self.model;
-        if prompt.dim(0)? == 0 {
-            return Err(EngineError::Invalid("an empty prompt".into()));
-        }
-        let mut cache = model.new_cache();
-        let mut input = prompt.to_dtype(model.dtype())?.unsqueeze(0)?;
-        let mut out = Vec::new();
-        for _ in 0..max_new {
-            let last = Tensor::new(&[[input.dim(1)? as u32 - 1]], model.device())?;
-            let hidden = model.hidden_states_at(&input, Some(&mut cache), &last)?;
-            let logits = model.decoder().logits(&hidden.get(0)?)?;
-            let next = logits.get(0)?.argmax(0)?.to_scalar::<u32>()?;
-            if stop.contains(&next) {
-                break;
-            }
-            out.push(next);
-            let id = Tensor::new(&[[next]], model.device())?;
-            input = model.decoder().embed(&id)?;
-        }
-        Ok(out)
-    }
-}
-
-impl CandleBackend {
-    /// Scores `continuations` after a prompt whose cache is `cache` and whose last row's
-    /// log-softmax is `first`.
-    fn continue_from(
-        &self,
-        cache: &unireward_models::decode::KvCache,
-        first: &Tensor,
-        continuations: &[Vec<u32>],
-    ) -> Result<Vec<Continuation>> {
-        let model = &self.model;
-        let longest = continuations.iter().map(Vec::len).max().unwrap_or(0);
-        if longest == 0 {
-            return Ok(continuations
-                .iter()
-                .map(|_| Continuation {
-                    token_logprobs: Vec::new(),
-                    next: first.clone(),
-                })
-                .collect());
-        }
-        // All continuations in one batch over the shared prompt cache; right padding is
-        // harmless under the causal mask.
-        let k = continuations.len();
-        let ids: Vec<u32> = continuations
-            .iter()
-            .flat_map(|c| {
-                c.iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(0, longest - c.len()))
-            })
-            .collect();
-        let ids = Tensor::from_vec(ids, (k, longest), model.device())?;
-        let embeds = model.decoder().embed(&ids)?;
-        let mut batch_cache = cache.repeat_batch(k)?;
-        let hidden = model.hidden_states(&embeds, Some(&mut batch_cache))?;
-        let rows = log_softmax_rows(model, &hidden)?; // [k, longest, vocab]
-        continuations
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let all = Tensor::cat(&[&first.unsqueeze(0)?, &rows.get(i)?], 0)?;
-                Continuation::from_rows(c, &all)
-            })
+            .map(|(b, pos)| log_softmax_rows(model, &hidden.get(b)?.narrow(0, 0, pos.len())?))
             .collect()
     }
 }
@@ -245,4 +150,30 @@ fn log_softmax_rows(model: &LlavaOnevision, hidden: &Tensor) -> Result<Tensor> {
         &model.decoder().logits(hidden)?,
         D::Minus1,
     )?)
+}
+
+/// The model's cache (cloning shares its tensors).
+struct CandleCache(KvCache);
+
+impl DecoderCache for CandleCache {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn select(&self, b: usize, len: usize) -> Result<Box<dyn DecoderCache>> {
+        Ok(Box::new(Self(self.0.select(b, len)?)))
+    }
+
+    fn repeat(&self, n: usize) -> Result<Box<dyn DecoderCache>> {
+        Ok(Box::new(Self(self.0.repeat_batch(n)?)))
+    }
+
+    fn copies_per_call(&self) -> usize {
+        // No bound: every continuation of a prompt runs in one call, as it always has here.
+        usize::MAX
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
 }

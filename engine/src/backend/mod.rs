@@ -2,18 +2,20 @@
 //! projected features, and embeddings to log-probabilities — while packing, tokenization and
 //! the embedding merge stay in Rust, shared by every backend.
 //!
-//! `candle` runs the model directly; `ort` runs a directory written by `unireward-export onnx`
-//! through `ort_runtime`'s ONNX Runtime sessions, loaded at run time (`ort_library` finds the
-//! library, `ort_providers` sets up CPU / CUDA / TensorRT).
+//! A backend offers a few basic calls ([`Backend`]): encode tiles, embed tokens, and one
+//! decoder call over an optional KV cache ([`DecoderCache`]), with its limits. The algorithms
+//! built on them — scoring continuations after a prompt, greedy generation, log-probs at
+//! positions — are written once above the trait, in [`crate::decoding`].
+//!
+//! `candle` runs the model directly; `ort` runs a directory written by `unireward-export onnx` through
+//! ONNX Runtime, loaded at run time.
 
 pub mod candle;
 pub mod error;
 pub mod ort;
-pub mod ort_kv;
-pub mod ort_library;
-pub mod ort_providers;
-pub mod ort_runtime;
 pub mod recomputing;
+
+use std::any::Any;
 
 use candle_core::Tensor;
 use unireward_models::config::LlavaConfig;
@@ -21,17 +23,18 @@ use unireward_models::config::LlavaConfig;
 use crate::error::Result;
 
 pub use self::candle::CandleBackend;
-pub use self::ort::{EngineLimits, OrtBackend};
-pub use self::recomputing::Recomputing;
-pub use ort_library::LibrarySearch;
-pub use ort_providers::{
+pub use self::ort::library::LibrarySearch;
+pub use self::ort::providers::{
     CudaOptions, ExecutionProvider, ProfileDim, ProfileInput, ShapeLimits, ShapeProfile,
     TensorRtOptions,
 };
-pub use ort_runtime::{
+pub use self::ort::runtime::{
     InputTensor, OrtRuntime, OrtSession, OutputData, OutputTensor, Outputs, SessionConfig,
     TensorInfo,
 };
+pub use self::ort::{EngineLimits, OrtBackend};
+pub use self::recomputing::Recomputing;
+pub use crate::decoding::{Continuation, Decoding};
 
 pub trait Backend: Send + Sync {
     /// Short name for logs (`candle`, `ort-cpu`, …).
@@ -45,99 +48,89 @@ pub trait Backend: Send + Sync {
     /// Tiles [n, 3, S, S] f32 → projected features [n, patches, hidden].
     fn encode_tiles(&self, tiles: &Tensor) -> Result<Tensor>;
 
-    /// Token ids → embeddings [T, hidden].
+    /// Token ids → embeddings [T, hidden] f32.
     fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor>;
 
-    /// Sequences of embeddings ([T_i, hidden] each) → for each, the log-softmax over the
-    /// vocabulary at the requested positions ([positions_i, vocab] f32). The row at position
-    /// p predicts the token at p + 1.
-    fn log_probs_at(&self, seqs: &[Tensor], positions: &[Vec<usize>]) -> Result<Vec<Tensor>>;
+    /// What one decoder call takes, and whether the decoder has a cache.
+    fn limits(&self) -> Limits;
 
-    /// Continuations of one prompt ([T, hidden] embeddings): for each, the log-probability of
-    /// each of its tokens and the log-softmax row after its last token. Backends with a KV
-    /// cache run the prompt once; this default recomputes it with every continuation.
-    fn continuations(
+    /// An empty cache for [`Backend::decode`]; an error when `limits().kv_cache` is false.
+    fn new_cache(&self) -> Result<Box<dyn DecoderCache>>;
+
+    /// One decoder call: the sequences of embeddings ([T_i, hidden] each, at most
+    /// `limits().max_batch` of them), right-padded to the longest, continue the history in
+    /// `cache` (every sequence after the same number of cached positions), or start from
+    /// position 0 when `cache` is `None` (nothing is kept then). Returns for each sequence
+    /// the log-softmax over the vocabulary at the `rows` asked ([rows_i, vocab] f32); the
+    /// row at position p predicts the token at p + 1. The cache grows by the longest
+    /// sequence: a shorter one leaves padding there, which [`DecoderCache::select`] cuts off.
+    fn decode(
         &self,
-        prompt: &Tensor,
-        continuations: &[Vec<u32>],
-    ) -> Result<Vec<Continuation>> {
-        let t = prompt.dim(0)?;
-        let mut seqs = Vec::with_capacity(continuations.len());
-        let mut positions = Vec::with_capacity(continuations.len());
-        for c in continuations {
-            let seq = if c.is_empty() {
-                prompt.clone()
-            } else {
-                Tensor::cat(&[prompt, &self.embed_tokens(c)?], 0)?
-            };
-            seqs.push(seq);
-            positions.push((t - 1..t + c.len()).collect());
-        }
-        let rows = self.log_probs_at(&seqs, &positions)?;
-        continuations
-            .iter()
-            .zip(rows)
-            .map(|(c, lp)| Continuation::from_rows(c, &lp))
-            .collect()
-    }
+        seqs: &[Tensor],
+        rows: Rows<'_>,
+        cache: Option<&mut dyn DecoderCache>,
+    ) -> Result<Vec<Tensor>>;
+}
 
-    /// [`Backend::continuations`] for several prompts at once (one list of continuations per
-    /// prompt). Backends that can batch the prompt passes override this.
-    fn continuations_batch(
-        &self,
-        prompts: &[Tensor],
-        continuations: &[Vec<Vec<u32>>],
-    ) -> Result<Vec<Vec<Continuation>>> {
-        prompts
-            .iter()
-            .zip(continuations)
-            .map(|(p, c)| self.continuations(p, c))
-            .collect()
-    }
+/// The rows of a decoder call's sequences whose log-probabilities are wanted.
+#[derive(Debug, Clone, Copy)]
+pub enum Rows<'a> {
+    /// Every row of each sequence, 0 .. T_i.
+    All,
+    /// These rows of each sequence (one list per sequence, each position < T_i).
+    At(&'a [Vec<usize>]),
+}
 
-    /// Greedy decoding after a prompt ([T, hidden]) until a stop token or `max_new` tokens.
-    /// The stop token is not returned. This default recomputes the whole sequence per token.
-    fn generate(&self, prompt: &Tensor, max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
-        let mut seq = prompt.clone();
-        let mut out = Vec::new();
-        for _ in 0..max_new {
-            let last = seq.dim(0)? - 1;
-            let rows = self.log_probs_at(std::slice::from_ref(&seq), &[vec![last]])?;
-            let next = rows[0].get(0)?.argmax(0)?.to_scalar::<u32>()?;
-            if stop.contains(&next) {
-                break;
-            }
-            out.push(next);
-            seq = Tensor::cat(&[&seq, &self.embed_tokens(&[next])?], 0)?;
-        }
-        Ok(out)
+/// What one decoder call of a backend takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Sequences per decoder call (a TensorRT optimisation profile caps them); `None`: any.
+    pub max_batch: Option<usize>,
+    /// Tokens per sequence of a decoder call, cache included, where the backend caps them
+    /// (a TensorRT profile); `None`: the model's context length is the only bound.
+    pub max_length: Option<usize>,
+    /// Whether the decoder keeps a KV cache: continuations and generation then run the
+    /// prompt once, else they recompute it.
+    pub kv_cache: bool,
+}
+
+impl Limits {
+    /// How many sequences one decoder call takes, as a count to split work by.
+    pub fn batch(&self) -> usize {
+        self.max_batch.unwrap_or(usize::MAX).max(1)
     }
 }
 
-/// One continuation's log-probabilities.
-#[derive(Debug, Clone)]
-pub struct Continuation {
-    /// log p of each token given everything before it.
-    pub token_logprobs: Vec<f32>,
-    /// log-softmax over the vocabulary after the last token [vocab].
-    pub next: Tensor,
+/// A backend's KV cache: the keys and values of every layer for a batch of sequences that
+/// share one number of cached positions.
+pub trait DecoderCache: Send {
+    /// Cached positions per sequence.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sequence `b`, cut to its first `len` positions (its real tokens when the batch was
+    /// right-padded).
+    fn select(&self, b: usize, len: usize) -> Result<Box<dyn DecoderCache>>;
+
+    /// The history of this one sequence for `n` sequences: one prompt's cache shared by `n`
+    /// continuations.
+    fn repeat(&self, n: usize) -> Result<Box<dyn DecoderCache>>;
+
+    /// How many copies of this one-sequence cache one decoder call may hold (the backend's
+    /// memory bound on sharing it among continuations).
+    fn copies_per_call(&self) -> usize;
+
+    /// The backend's own cache type, for its decoder call.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
-impl Continuation {
-    /// From the rows at positions T-1 .. T-1+len (row j predicts token j).
-    pub fn from_rows(tokens: &[u32], rows: &Tensor) -> Result<Self> {
-        let token_logprobs = tokens
-            .iter()
-            .enumerate()
-            .map(|(j, &tok)| Ok(rows.get(j)?.get(tok as usize)?.to_scalar::<f32>()?))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            token_logprobs,
-            next: rows.get(tokens.len())?,
-        })
-    }
-
-    pub fn total(&self) -> f64 {
-        self.token_logprobs.iter().map(|&x| x as f64).sum()
-    }
+/// `cache` as the backend's own cache type `T`; an error when another backend made it.
+pub(crate) fn own_cache<T: 'static>(cache: &mut dyn DecoderCache) -> Result<&mut T> {
+    cache
+        .as_any_mut()
+        .downcast_mut::<T>()
+        .ok_or_else(|| crate::error::EngineError::Invalid("a cache made by another backend".into()))
 }

@@ -1,15 +1,15 @@
-//! A backend seen through the [`Backend`] trait's recomputing defaults: continuations and
-//! generation re-run the whole prompt instead of using the backend's KV cache. The ONNX
-//! Runtime backend falls back to it for exports without a cache; tests and benches compare
-//! cached paths against it.
+//! A backend seen without its KV cache: continuations and generation re-run the whole
+//! prompt ([`crate::decoding`]'s recomputing algorithms). The ONNX Runtime backend of a
+//! format-1 export has no cache of its own; tests and benches compare cached paths against
+//! this.
 
 use candle_core::Tensor;
 use unireward_models::config::LlavaConfig;
 
-use super::Backend;
-use crate::error::Result;
+use super::{Backend, DecoderCache, Limits, Rows};
+use crate::error::{EngineError, Result};
 
-/// `backend` with only its whole-sequence methods; everything else is the trait's default.
+/// `backend` with only its whole-sequence decoder calls.
 pub struct Recomputing<'a>(pub &'a dyn Backend);
 
 impl Backend for Recomputing<'_> {
@@ -33,7 +33,30 @@ impl Backend for Recomputing<'_> {
         self.0.embed_tokens(ids)
     }
 
-    fn log_probs_at(&self, seqs: &[Tensor], positions: &[Vec<usize>]) -> Result<Vec<Tensor>> {
-        self.0.log_probs_at(seqs, positions)
+    fn limits(&self) -> Limits {
+        Limits {
+            kv_cache: false,
+            ..self.0.limits()
+        }
     }
+
+    fn new_cache(&self) -> Result<Box<dyn DecoderCache>> {
+        Err(no_cache())
+    }
+
+    fn decode(
+        &self,
+        seqs: &[Tensor],
+        rows: Rows<'_>,
+        cache: Option<&mut dyn DecoderCache>,
+    ) -> Result<Vec<Tensor>> {
+        match cache {
+            Some(_) => Err(no_cache()),
+            None => self.0.decode(seqs, rows, None),
+        }
+    }
+}
+
+fn no_cache() -> EngineError {
+    EngineError::Invalid("a recomputing backend keeps no cache".into())
 }

@@ -5,6 +5,7 @@ use candle_core::Tensor;
 use unireward_models::judge::{parse_pair, parse_score, Mode, PairProbs, PointScore, Task};
 
 use super::{Judge, Outcome};
+use crate::decoding::Decoding;
 use crate::error::{EngineError, Result};
 
 pub fn judge(judge: &Judge, task: Task, mode: Mode, embeds: &Tensor) -> Result<Outcome> {

@@ -15,6 +15,7 @@ use unireward_models::tokenize::{unquote_user_text, PromptTokenizer};
 use unireward_models::MediaFeatures;
 
 use crate::backend::Backend;
+use crate::decoding::Decoding;
 use crate::error::{EngineError, Result};
 
 pub use request::ScoreRequest;
@@ -194,7 +195,8 @@ impl<'a> Judge<'a> {
     }
 
     /// Judges several prompts; in fast mode their prompt passes run as batches of at most
-    /// `token_budget` padded tokens. One result per prompt, in order.
+    /// `token_budget` padded tokens and of at most the prompts one decoder call of the backend
+    /// takes. One result per prompt, in order.
     pub fn judge_batch(&self, items: &[JudgeItem], token_budget: usize) -> Vec<Result<Outcome>> {
         if self.mode == JudgeMode::Generate {
             return items
@@ -221,7 +223,8 @@ impl<'a> Judge<'a> {
             .iter()
             .map(|(_, (e, _))| e.dim(0).unwrap_or(0))
             .collect();
-        for range in crate::batching::batches_by_budget(&lens, token_budget) {
+        let per_call = self.backend.limits().batch();
+        for range in crate::batching::batches_by_budget(&lens, token_budget, per_call) {
             let group = &ready[range];
             let prompts: Vec<Tensor> = group.iter().map(|(_, (e, _))| e.clone()).collect();
             let conts: Vec<Vec<Vec<u32>>> = group

@@ -16,41 +16,15 @@ use crate::model::weights::Weights;
 use crate::model::{projector, qwen2, siglip};
 use crate::precision::Precision;
 
+// The graphs' input and output names are part of the export directory's contract, which the
+// engine reads through the same module.
+pub use unireward_models::formats::export_manifest::{
+    past_name, present_name, KvKind, ATTENTION_MASK, INPUTS_EMBEDS, LOG_PROBS, POSITIONS,
+    POSITION_IDS, VISION_INPUT, VISION_OUTPUT,
+};
+
 pub const VISION_NAME: &str = "vision";
-pub const VISION_INPUT: &str = "pixel_values";
-pub const VISION_OUTPUT: &str = "image_features";
-
 pub const DECODER_NAME: &str = "decoder";
-pub const INPUTS_EMBEDS: &str = "inputs_embeds";
-pub const ATTENTION_MASK: &str = "attention_mask";
-pub const POSITION_IDS: &str = "position_ids";
-pub const POSITIONS: &str = "positions";
-pub const LOG_PROBS: &str = "log_probs";
-
-/// Layer `i`'s cached keys or values fed in: `past_key_values.{i}.key` / `.value`.
-pub fn past_name(layer: usize, kind: KvKind) -> String {
-    format!("past_key_values.{layer}.{}", kind.as_str())
-}
-
-/// Layer `i`'s keys or values after this call: `present.{i}.key` / `.value`.
-pub fn present_name(layer: usize, kind: KvKind) -> String {
-    format!("present.{layer}.{}", kind.as_str())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KvKind {
-    Key,
-    Value,
-}
-
-impl KvKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KvKind::Key => "key",
-            KvKind::Value => "value",
-        }
-    }
-}
 
 /// A graph input or output as the manifest lists it.
 #[derive(Debug, Clone, PartialEq)]

@@ -268,8 +268,8 @@ fn build_manifest(
             embed_tokens_dtype: embeddings::safetensors_dtype(table_type)?.to_string(),
         },
         config: manifest::Essentials::new(cfg, cfg.vision_layers_used()?),
-        kv_cache: manifest::KvCache::new(cfg, opts.precision),
+        kv_cache: Some(manifest::kv_cache(cfg, opts.precision)),
         files,
-        file_sizes,
+        file_sizes: Some(file_sizes),
     })
 }

@@ -3,10 +3,19 @@
 //! fed back as `past_key_values.*`, and the batch reshaping that scoring continuations needs
 //! (one prompt's cache shared by every continuation, one row cut out of a padded batch).
 
-use half::f16;
+use std::any::Any;
 
-use super::ort_runtime::{InputTensor, OutputData, Outputs};
+use half::f16;
+use unireward_models::formats::export_manifest::{past_names, present_names};
+
+use super::runtime::{InputTensor, OutputData, Outputs};
+use crate::backend::DecoderCache;
 use crate::error::{EngineError, Result};
+
+/// Continuations of one prompt scored in one decoder call hold a copy of the prompt's cache
+/// each; calls are split so the copies stay under this many bytes (a 7B model's cache of a
+/// 2,000-token prompt is ~115 MB in fp16, and a 0-100 score has 101 continuations).
+const CACHE_COPIES_BYTES: usize = 1 << 30;
 
 /// The cache layout an export declares (manifest format 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,18 +30,12 @@ pub struct KvLayout {
 impl KvLayout {
     /// `past_key_values.{i}.key`, `.value`, … for every layer, in the graph's input order.
     pub fn past_names(&self) -> Vec<String> {
-        self.names("past_key_values")
+        past_names(self.num_layers)
     }
 
     /// `present.{i}.key`, `.value`, … in the graph's output order.
     pub fn present_names(&self) -> Vec<String> {
-        self.names("present")
-    }
-
-    fn names(&self, prefix: &str) -> Vec<String> {
-        (0..self.num_layers)
-            .flat_map(|i| [format!("{prefix}.{i}.key"), format!("{prefix}.{i}.value")])
-            .collect()
+        present_names(self.num_layers)
     }
 }
 
@@ -224,10 +227,35 @@ impl PastKv {
     }
 }
 
+impl DecoderCache for PastKv {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn select(&self, b: usize, len: usize) -> Result<Box<dyn DecoderCache>> {
+        Ok(Box::new(PastKv::select(self, b, len)?))
+    }
+
+    fn repeat(&self, n: usize) -> Result<Box<dyn DecoderCache>> {
+        Ok(Box::new(self.repeat_batch(n)?))
+    }
+
+    fn copies_per_call(&self) -> usize {
+        let kv = self.layout;
+        let elem = if kv.half { 2 } else { 4 };
+        let copy = self.len * kv.num_layers * 2 * kv.kv_heads * kv.head_dim * elem;
+        CACHE_COPIES_BYTES / copy.max(1)
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::ort_runtime::OutputTensor;
+    use crate::backend::ort::runtime::OutputTensor;
 
     fn layout() -> KvLayout {
         KvLayout {

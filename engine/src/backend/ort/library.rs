@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::error::{Error, Result};
+use crate::backend::error::{Error, Result};
 
 /// Where to look, gathered from the process environment by [`LibrarySearch::from_environment`]
 /// or set by hand (tests).

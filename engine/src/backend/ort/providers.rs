@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use ort::ep::ExecutionProviderDispatch;
 
-use super::error::{Error, Result};
+use crate::backend::error::{Error, Result};
 
 /// Which execution provider a session runs on.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -11,9 +11,9 @@ use ort::environment::Environment;
 use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
-use super::error::{Error, Result};
-use super::ort_library::LibrarySearch;
-use super::ort_providers::ExecutionProvider;
+use super::library::LibrarySearch;
+use super::providers::ExecutionProvider;
+use crate::backend::error::{Error, Result};
 
 /// The loaded ONNX Runtime: one per process (the library cannot be swapped once loaded).
 pub struct OrtRuntime {
