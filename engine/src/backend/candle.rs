@@ -6,29 +6,42 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 use unireward_models::config::LlavaConfig;
 use unireward_models::decode::KvCache;
-use unireward_models::family::JudgeModel;
+use unireward_models::family::{JudgeModel, ModelFamily};
 use unireward_models::LlavaOnevision;
 
 use super::{own_cache, Backend, DecoderCache, Limits, Rows};
 use crate::error::{EngineError, Result};
 
+/// Runs a judge family's candle model ([`JudgeModel`]). The packing between the two graphs
+/// is still LLaVA's (the `Backend` trait hands out its config and newline row), so the
+/// backend keeps those beside the family-neutral model.
 pub struct CandleBackend {
-    model: LlavaOnevision,
+    model: Box<dyn JudgeModel>,
+    config: LlavaConfig,
     newline: Tensor,
 }
 
 impl CandleBackend {
+    /// Detects the checkpoint's family (refusing one that is not implemented, by name) and
+    /// loads it.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        Self::new(LlavaOnevision::load(dir, dtype, device)?)
+        match ModelFamily::of_dir(dir)? {
+            ModelFamily::LlavaOnevision => Self::new(LlavaOnevision::load(dir, dtype, device)?),
+        }
     }
 
     pub fn new(model: LlavaOnevision) -> Result<Self> {
         let newline = model.image_newline().to_dtype(DType::F32)?;
-        Ok(Self { model, newline })
+        let config = model.config().clone();
+        Ok(Self {
+            model: Box::new(model),
+            config,
+            newline,
+        })
     }
 
-    pub fn model(&self) -> &LlavaOnevision {
-        &self.model
+    pub fn model(&self) -> &dyn JudgeModel {
+        self.model.as_ref()
     }
 }
 
@@ -38,7 +51,7 @@ impl Backend for CandleBackend {
     }
 
     fn config(&self) -> &LlavaConfig {
-        self.model.config()
+        &self.config
     }
 
     fn image_newline(&self) -> &Tensor {
@@ -52,7 +65,7 @@ impl Backend for CandleBackend {
 
     fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
         let ids = Tensor::new(ids, self.model.device())?;
-        Ok(self.model.decoder().embed(&ids)?.to_dtype(DType::F32)?)
+        Ok(self.model.embed_ids(&ids)?.to_dtype(DType::F32)?)
     }
 
     fn limits(&self) -> Limits {
@@ -73,7 +86,7 @@ impl Backend for CandleBackend {
         rows: Rows<'_>,
         cache: Option<&mut dyn DecoderCache>,
     ) -> Result<Vec<Tensor>> {
-        let model = &self.model;
+        let model = self.model.as_ref();
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
@@ -122,7 +135,7 @@ impl Backend for CandleBackend {
         // 0, whose result is dropped.
         let width = positions.iter().map(Vec::len).max().unwrap_or(0);
         if width == 0 {
-            let vocab = model.config().text.vocab_size;
+            let vocab = model.text_config().vocab_size;
             let none = Tensor::zeros((0, vocab), DType::F32, model.device())?;
             return Ok(vec![none; seqs.len()]);
         }
@@ -145,9 +158,9 @@ impl Backend for CandleBackend {
 }
 
 /// Hidden states [.., hidden] → log-softmax over the vocabulary, f32.
-fn log_softmax_rows(model: &LlavaOnevision, hidden: &Tensor) -> Result<Tensor> {
+fn log_softmax_rows(model: &dyn JudgeModel, hidden: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::log_softmax(
-        &model.decoder().logits(hidden)?,
+        &model.logits(hidden)?,
         D::Minus1,
     )?)
 }

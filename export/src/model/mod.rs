@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use unireward_models::checkpoint::{open_model_dir, Checkpoint, KeyLayout};
 use unireward_models::config::LlavaConfig;
+use unireward_models::family::ModelFamily;
 
 use crate::dtype::DataType;
 use crate::error::{Error, Result};
@@ -102,8 +103,12 @@ impl ExportReport {
 /// The configuration, memory-mapped checkpoint and key layout of `model_dir`, as
 /// `LlavaOnevision::load` opens them (the configuration fixed up for LLaVA-NeXT and its
 /// sizes checked against the stored shapes).
+/// The exporter's graphs are LLaVA-OneVision's: a checkpoint of another family is refused by
+/// name before any weight is read.
 pub fn open_source(model_dir: &Path) -> Result<(LlavaConfig, Checkpoint, KeyLayout)> {
-    Ok(open_model_dir(model_dir)?)
+    match ModelFamily::of_dir(model_dir)? {
+        ModelFamily::LlavaOnevision => Ok(open_model_dir(model_dir)?),
+    }
 }
 
 /// Exports the checkpoint in `model_dir` to `out_dir` (created if needed): `vision.onnx`,
