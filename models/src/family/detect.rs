@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::family::ModelFamily;
+use super::kind::ModelFamily;
 use crate::{Error, Result};
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,7 +53,15 @@ const UNSUPPORTED: &[(&str, &str, UnsupportedFamily)] = &[
     ),
 ];
 
-pub(super) fn family_of_config(path: &Path) -> Result<ModelFamily> {
+impl ModelFamily {
+    /// The family of the checkpoint in `dir`, from its `config.json`; a known family that is
+    /// not implemented yet is refused by name, before any weight is read.
+    pub fn of_dir(dir: &Path) -> Result<Self> {
+        family_of_config(&dir.join("config.json"))
+    }
+}
+
+fn family_of_config(path: &Path) -> Result<ModelFamily> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let fields: FamilyFields = serde_json::from_str(&text).map_err(|source| Error::Json {
         path: path.to_path_buf(),

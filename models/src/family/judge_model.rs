@@ -3,9 +3,9 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use super::kind::ModelFamily;
 use crate::config::{LlavaConfig, TextConfig};
 use crate::decode::KvCache;
-use crate::family::ModelFamily;
 use crate::pack::MediaFeatures;
 use crate::preprocess::PreparedMedia;
 use crate::tokenize::Tokenized;
