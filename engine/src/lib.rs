@@ -11,5 +11,6 @@ pub mod pairs;
 pub mod pipeline;
 pub mod records;
 pub mod score;
+pub mod serve;
 
 pub use error::{EngineError, Result};

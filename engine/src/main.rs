@@ -21,7 +21,10 @@ use unireward_engine::pairs::{PairFormat, PairOptions, RankingMode, Recipe};
 use unireward_engine::pipeline::{RunOptions, RunSummary, DEFAULT_DECODE_BUDGET_BYTES};
 use unireward_engine::records::{check_output_path, OutputMode, DEFAULT_MAX_LINE_BYTES};
 use unireward_engine::score::ScoreJob;
+use unireward_engine::serve::media_inbox::MediaPolicy;
+use unireward_engine::serve::{serve, ServeModel, ServeOptions};
 use unireward_models::formats::export_manifest;
+use unireward_models::judge::sift_templates::sift_resize;
 use unireward_models::judge::{ChatTemplate, Family, PromptTemplate};
 use unireward_models::preprocess::{MediaLoader, VideoMode};
 use unireward_models::tokenize::PromptTokenizer;
@@ -83,12 +86,13 @@ struct ModelArgs {
     /// Frames sampled per video.
     #[arg(long, default_value_t = 8)]
     frames: usize,
-    /// Padded tokens per batched decoder pass (logprob; score's fast prompt passes).
-    #[arg(long, default_value_t = 4096)]
+    /// Padded tokens per batched decoder pass (logprob; score's fast prompt passes; the
+    /// server's batches across requests).
+    #[arg(long, alias = "max-batch-tokens", default_value_t = 4096)]
     token_budget: usize,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct JudgeArgs {
     /// fast: verdict probabilities from one pass; generate: greedy rationale, parsed verdict.
     #[arg(long = "judge", value_enum, default_value = "fast")]
@@ -211,6 +215,57 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Serve the judge over HTTP: OpenAI chat completions (as Flow-GRPO, Pref-GRPO and
+    /// MixGRPO call a vLLM server), /v1/score, /v1/rank, /health, /v1/models, /metrics.
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// --judge: /v1/score's default (a request may say ?judge=fast|generate);
+        /// --max-new-tokens caps every generated answer.
+        #[command(flatten)]
+        judge: JudgeArgs,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0: any free port (the address is printed on stdout).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Requests must send `Authorization: Bearer KEY` (also read from UNIREWARD_API_KEY).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// The model name the server answers as (default: the model directory's name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Most requests accepted and not yet answered; more are answered 429 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Largest request body, in MiB (413 above it).
+    #[arg(long, default_value_t = 64)]
+    max_body_mb: usize,
+    /// Most images and videos (a video's frames counted as images) in one request.
+    #[arg(long, default_value_t = 64)]
+    max_media_per_request: usize,
+    /// Most pixels of one image (its header is read before anything is decoded).
+    #[arg(long, default_value_t = 40_000_000)]
+    max_image_pixels: u64,
+    /// A folder whose files requests may name by path; without it only data: URIs are read.
+    #[arg(long)]
+    allowed_media_dir: Option<PathBuf>,
+    /// MiB of vision features kept for media sent again (0: off).
+    #[arg(long, default_value_t = 512)]
+    feature_cache_mb: usize,
+    /// /v1/rank judges each pair in both orders and averages (position bias).
+    #[arg(long)]
+    rank_swap: bool,
+    /// /v1/rank's prompts: sift (the DPO-data scripts', as `engine pairs`) or inference.
+    #[arg(long, default_value = "sift")]
+    rank_recipe: Recipe,
 }
 
 fn main() -> ExitCode {
@@ -392,5 +447,111 @@ fn run() -> Result<RunSummary> {
             opts.install();
             Ok(job.run(&input, &out, opts.output.resume)?)
         }
+        Command::Serve {
+            model,
+            judge,
+            serve,
+        } => {
+            run_server(&model, &judge, &serve)?;
+            Ok(RunSummary::default())
+        }
     }
+}
+
+fn run_server(model: &ModelArgs, judge: &JudgeArgs, args: &ServeArgs) -> Result<()> {
+    if args.rank_recipe == Recipe::Sift && judge.template_family != Family::Llava {
+        bail!(
+            "--rank-recipe sift judges with the LLaVA family's prompts; with --template-family {} \
+             use --rank-recipe inference",
+            judge.template_family
+        );
+    }
+    let l = load(model, judge.video_mode())?;
+    let fast = make_judge(
+        &l,
+        &JudgeArgs {
+            judge: JudgeMode::Fast,
+            ..judge.clone()
+        },
+        model,
+    )?;
+    let generate = make_judge(
+        &l,
+        &JudgeArgs {
+            judge: JudgeMode::Generate,
+            ..judge.clone()
+        },
+        model,
+    )?;
+    let rank_judge = make_judge(
+        &l,
+        &JudgeArgs {
+            judge: JudgeMode::Fast,
+            ..judge.clone()
+        },
+        model,
+    )?;
+    let serve_model = ServeModel {
+        fast,
+        generate,
+        rank: PairsJob {
+            judge: &rank_judge,
+            media: &l.media,
+            options: PairOptions {
+                ranking: RankingMode::RoundRobin,
+                swap: args.rank_swap,
+                recipe: args.rank_recipe,
+                format: PairFormat::default(),
+            },
+        },
+        token_budget: model.token_budget,
+        feature_cache_bytes: args.feature_cache_mb.saturating_mul(1 << 20),
+    };
+    let allowed_dir = args
+        .allowed_media_dir
+        .as_ref()
+        .map(|d| {
+            d.canonicalize()
+                .with_context(|| format!("--allowed-media-dir {}", d.display()))
+        })
+        .transpose()?;
+    let served_model_name = args.served_model_name.clone().unwrap_or_else(|| {
+        model
+            .model
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "unireward".into())
+    });
+    let options = ServeOptions {
+        host: args.host.clone(),
+        port: args.port,
+        // From the environment too, so that the key need not show in `ps`.
+        api_key: args.api_key.clone().or_else(|| {
+            std::env::var("UNIREWARD_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty())
+        }),
+        served_model_name,
+        max_queue: args.max_queue.max(1),
+        max_body_bytes: args.max_body_mb.saturating_mul(1 << 20),
+        policy: MediaPolicy {
+            allowed_dir,
+            max_media: args.max_media_per_request,
+            max_pixels: args.max_image_pixels,
+        },
+        default_judge: judge.judge,
+        rank_resize: match args.rank_recipe {
+            Recipe::Sift => sift_resize,
+            Recipe::Inference => |_| None,
+        },
+    };
+    let loader = MediaLoader::from_model_dir(&model.model, l.backend.config(), model.frames)?
+        .with_video_mode(judge.video_mode());
+    serve(&serve_model, loader, options, |address| {
+        // Scripts (and the tests) read the address from this line.
+        println!("listening on http://{address}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    })?;
+    Ok(())
 }

@@ -9,15 +9,25 @@ use crate::decoding::Decoding;
 use crate::error::{EngineError, Result};
 
 pub fn judge(judge: &Judge, task: Task, mode: Mode, embeds: &Tensor) -> Result<Outcome> {
+    let ids = judge
+        .backend
+        .generate(embeds, judge.max_new_tokens, &stop_tokens(judge))?;
+    let text = judge.tokenizer.decode(&ids)?;
+    outcome_of_text(judge, task, mode, text)
+}
+
+/// The tokens that end an answer: the chat turn's end, the text's end, and the model's EOS.
+pub fn stop_tokens(judge: &Judge) -> Vec<u32> {
     let mut stop: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
         .iter()
         .filter_map(|t| judge.tokenizer.token_id(t))
         .collect();
     stop.extend(judge.backend.config().text.eos_token_id);
-    let ids = judge
-        .backend
-        .generate(embeds, judge.max_new_tokens, &stop)?;
-    let text = judge.tokenizer.decode(&ids)?;
+    stop
+}
+
+/// The verdict a generated answer `text` gives, with the text kept.
+pub fn outcome_of_text(judge: &Judge, task: Task, mode: Mode, text: String) -> Result<Outcome> {
     let parse_err = |e: unireward_models::judge::ParseError| EngineError::Invalid(e.to_string());
     match mode {
         Mode::Pair => {

@@ -251,7 +251,9 @@ impl<'a> Judge<'a> {
             .collect()
     }
 
-    fn embed_prompt(&self, text: &str, media: &MediaFeatures) -> Result<Tensor> {
+    /// The rendered prompt's embeddings [T, hidden], media features merged in; an error when
+    /// the prompt leaves no room in the context for the answer.
+    pub fn embed_prompt(&self, text: &str, media: &MediaFeatures) -> Result<Tensor> {
         let lens = |ts: &[Tensor]| {
             ts.iter()
                 .map(|t| t.dim(0))

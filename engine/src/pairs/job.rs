@@ -16,7 +16,10 @@ use unireward_models::pack::EncodedMedia;
 use unireward_models::preprocess::{MediaLoader, MediaRequest, PreparedMedia, VideoSource};
 use unireward_models::MediaFeatures;
 
-use super::{construct, InvalidJudgement, Judgement, PairFormat, PairJudge, PairOptions, Recipe};
+use super::{
+    construct, ranking::round_robin, Construction, InvalidJudgement, Judgement, PairFormat,
+    PairJudge, PairOptions, Ranking, Recipe,
+};
 use crate::encode_media::encode_request;
 use crate::error::{EngineError, Result};
 use crate::judge::request::check_question_media;
@@ -84,7 +87,7 @@ impl PairsRequest {
     }
 
     /// The media to load: the candidates for generation tasks, else the question's.
-    fn media_to_load(&self) -> MediaRequest {
+    pub fn media_to_load(&self) -> MediaRequest {
         match self.task {
             Task::ImageGeneration => MediaRequest {
                 images: self.candidates.iter().map(PathBuf::from).collect(),
@@ -138,13 +141,7 @@ impl PairsJob<'_> {
     /// The preference pair of one prompt, or why it was dropped.
     pub fn pair(&self, req: &PairsRequest, media: &PreparedMedia) -> Result<PairsAnswer> {
         let features = encode_request(self.judge.backend, media)?;
-        let mut judge = ModelJudge {
-            judge: self.judge,
-            req,
-            features,
-            recipe: self.options.recipe,
-        };
-        let built = construct(&mut judge, req.candidates.len(), self.options)?;
+        let built = self.construct_encoded(req, features)?;
         let unranked = built.ranking.unranked.clone();
         let pair = match built.outcome() {
             Ok(p) => p,
@@ -189,6 +186,38 @@ impl PairsJob<'_> {
             video: req.media.videos.first().map(video_path),
             unranked,
         }))
+    }
+}
+
+impl PairsJob<'_> {
+    /// Ranking and sifting of one prompt whose media (`media_to_load`) are already encoded.
+    pub fn construct_encoded(
+        &self,
+        req: &PairsRequest,
+        features: EncodedMedia,
+    ) -> Result<Construction> {
+        let mut judge = self.model_judge(req, features);
+        construct(&mut judge, req.candidates.len(), self.options)
+    }
+
+    /// Every pair of one prompt's candidates judged, with the Bradley-Terry fit (what
+    /// `--ranking round-robin` ranks by), its media already encoded.
+    pub fn round_robin_encoded(
+        &self,
+        req: &PairsRequest,
+        features: EncodedMedia,
+    ) -> Result<Ranking> {
+        let mut judge = self.model_judge(req, features);
+        round_robin(&mut judge, req.candidates.len(), self.options.swap)
+    }
+
+    fn model_judge<'r>(&'r self, req: &'r PairsRequest, features: EncodedMedia) -> ModelJudge<'r> {
+        ModelJudge {
+            judge: self.judge,
+            req,
+            features,
+            recipe: self.options.recipe,
+        }
     }
 }
 

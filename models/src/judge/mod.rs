@@ -8,7 +8,7 @@ pub mod verdict;
 
 pub use task::{Medium, Mode, ScoreRange, Task};
 pub use templates::{
-    user_turn, ChatTemplate, Family, JinjaChat, Media, PromptTemplate, SYSTEM_PROMPT,
+    user_turn, ChatMessage, ChatTemplate, Family, JinjaChat, Media, PromptTemplate, SYSTEM_PROMPT,
 };
 pub use verdict::{
     answer_prefix, pair_probs, pair_verdicts, parse_pair, parse_score, point_score, verdict_lead,

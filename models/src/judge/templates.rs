@@ -572,16 +572,39 @@ impl ChatTemplate {
 
     /// The full prompt for one user turn, ending where the assistant's answer begins.
     pub fn render(&self, user: &str) -> Result<String> {
+        self.render_conversation(&[ChatMessage::new("user", user)])
+    }
+
+    /// The full prompt of a conversation, ending where the assistant's next answer begins.
+    /// Without a system message first, the default one ([`SYSTEM_PROMPT`]) opens it, as the
+    /// LLaVA scripts' `qwen_1_5` conversation and Qwen2's chat template both do.
+    pub fn render_conversation(&self, messages: &[ChatMessage]) -> Result<String> {
+        let default_system = ChatMessage::new("system", SYSTEM_PROMPT);
+        let with_system: Vec<&ChatMessage> = match messages.first() {
+            Some(m) if m.role == "system" => messages.iter().collect(),
+            _ => std::iter::once(&default_system).chain(messages).collect(),
+        };
         match self {
-            ChatTemplate::ChatMl => Ok(format!(
-                "<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-            )),
+            ChatTemplate::ChatMl => {
+                let mut out = String::new();
+                for m in with_system {
+                    out.push_str(&format!(
+                        "<|im_start|>{}\n{}<|im_end|>\n",
+                        m.role, m.content
+                    ));
+                }
+                out.push_str("<|im_start|>assistant\n");
+                Ok(out)
+            }
             ChatTemplate::Jinja(chat) => {
                 let template = chat
                     .env
                     .get_template(JINJA_NAME)
                     .map_err(|e| jinja_error(&chat.source, &e))?;
-                let messages = vec![message("system", SYSTEM_PROMPT), message("user", user)];
+                let messages: Vec<minijinja::Value> = with_system
+                    .iter()
+                    .map(|m| message(&m.role, &m.content))
+                    .collect();
                 template
                     .render(minijinja::context! {
                         messages => messages,
@@ -589,6 +612,23 @@ impl ChatTemplate {
                     })
                     .map_err(|e| jinja_error(&chat.source, &e))
             }
+        }
+    }
+}
+
+/// One message of a conversation, its content already holding its media markers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
         }
     }
 }
@@ -614,6 +654,35 @@ fn jinja_error(source: &str, e: &minijinja::Error) -> Error {
 mod tests {
     use super::*;
     use crate::tokenize::{unquote_user_text, USER_TEXT_START};
+
+    #[test]
+    fn a_conversation_gets_the_default_system_message_unless_it_has_one() {
+        let chat = ChatTemplate::ChatMl;
+        let user = ChatMessage::new("user", "<image>\nRate it.");
+        assert_eq!(
+            chat.render_conversation(std::slice::from_ref(&user))
+                .unwrap(),
+            chat.render("<image>\nRate it.").unwrap()
+        );
+        let own = chat
+            .render_conversation(&[ChatMessage::new("system", "Be terse."), user.clone()])
+            .unwrap();
+        assert_eq!(
+            own,
+            "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\n<image>\nRate it.<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let jinja = ChatTemplate::jinja(
+            "t",
+            "{% for m in messages %}[{{ m.role }}:{{ m.content }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}",
+        )
+        .unwrap();
+        assert_eq!(
+            jinja
+                .render_conversation(&[user, ChatMessage::new("assistant", "9")])
+                .unwrap(),
+            format!("[system:{SYSTEM_PROMPT}][user:<image>\nRate it.][assistant:9]>")
+        );
+    }
 
     #[test]
     fn a_template_that_leaves_an_answer_out_is_refused() {

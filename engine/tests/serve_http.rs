@@ -1,0 +1,600 @@
+//! `engine serve` driven over loopback as the RL trainers drive it: Flow-GRPO's exact chat
+//! body (PNG, `data:image;base64,`), a Pref-GRPO-style pair body (JPEG, `max_tokens`,
+//! `do_sample`), answers equal to `engine score` on the same inputs, `/v1/rank` equal to the
+//! round-robin ranking `engine pairs` computes, and the operational rules: 401, 429, 413,
+//! refused remote URLs and files, a graceful stop that answers every accepted request.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use unireward_models::judge::{user_turn, Family, Media, Mode, Task};
+use unireward_tests::golden_model_dir;
+
+fn engine() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_engine"))
+}
+
+fn scratch(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("unireward-serve-{}-{name}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A 512x512 picture (the size Flow-GRPO's generators make), different per `seed`.
+fn picture(seed: u32, format: image::ImageFormat, path: &Path) -> Result<Vec<u8>> {
+    let img = image::RgbImage::from_fn(512, 512, |x, y| {
+        image::Rgb([
+            ((x * (seed + 1)) % 256) as u8,
+            ((y * 3 + seed * 40) % 256) as u8,
+            (((x + y) / 4 + seed * 90) % 256) as u8,
+        ])
+    });
+    img.save_with_format(path, format)?;
+    Ok(std::fs::read(path)?)
+}
+
+fn data_uri(kind: &str, bytes: &[u8]) -> String {
+    format!(
+        "data:{kind};base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.body).with_context(|| format!("not JSON: {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 exchange on its own connection.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Reply> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(300)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    // A server may answer (413) before it reads the whole body; the reply is what counts.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no header end in {text:?}"))?;
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .ok_or_else(|| anyhow!("no status line"))?
+        .parse()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok(Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Result<Self> {
+        let mut child = engine()
+            .args(["serve", "--model"])
+            .arg(golden_model_dir()?)
+            .args(["--port", "0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(120))
+            .context("the server did not say where it listens")?;
+        Ok(Self { child, addr })
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Result<Reply> {
+        http(&self.addr, "POST", path, &[], body.to_string().as_bytes())
+    }
+
+    fn get(&self, path: &str) -> Result<Reply> {
+        http(&self.addr, "GET", path, &[], b"")
+    }
+
+    fn metric(&self, name: &str) -> Result<f64> {
+        let text = self.get("/metrics")?.body;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .ok_or_else(|| anyhow!("no metric {name} in\n{text}"))
+    }
+
+    fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill failed");
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("the server did not stop");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chat_body(content: Value) -> Value {
+    json!({"model": "UnifiedReward-7b-v1.5",
+        "messages": [{"role": "user", "content": content}], "temperature": 0})
+}
+
+fn content_of(reply: &Reply) -> Result<String> {
+    if reply.status != 200 {
+        bail!("status {}: {}", reply.status, reply.body);
+    }
+    let v = reply.json()?;
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("no content in {v}"))
+}
+
+/// `engine score` on `records` (written as JSONL beside the images), its output lines.
+fn engine_score(dir: &Path, records: &[Value], extra: &[&str]) -> Result<Vec<Value>> {
+    let input = dir.join("in.jsonl");
+    let out = dir.join("out.jsonl");
+    let _ = std::fs::remove_file(&out);
+    let lines: Vec<String> = records.iter().map(Value::to_string).collect();
+    std::fs::write(&input, lines.join("\n") + "\n")?;
+    let status = engine()
+        .args(["score", "--model"])
+        .arg(golden_model_dir()?)
+        .arg("--batch")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .args(extra)
+        .stderr(Stdio::null())
+        .status()?;
+    // Exit 1: some records are errors (the tiny model writes no verdict when it generates).
+    if status.code() == Some(2) {
+        bail!("engine score failed");
+    }
+    std::fs::read_to_string(&out)?
+        .lines()
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}
+
+/// Two JSON values equal, numbers within `tol` (batching changes the order of float sums).
+fn assert_close(a: &Value, b: &Value, tol: f64, at: &str) {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (
+                x.as_f64().unwrap_or(f64::NAN),
+                y.as_f64().unwrap_or(f64::NAN),
+            );
+            assert!((x - y).abs() <= tol, "{at}: {x} vs {y}");
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            assert_eq!(
+                x.keys().collect::<Vec<_>>(),
+                y.keys().collect::<Vec<_>>(),
+                "{at}: keys"
+            );
+            for (k, v) in x {
+                assert_close(v, &y[k], tol, &format!("{at}.{k}"));
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: length");
+            for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                assert_close(u, v, tol, &format!("{at}[{i}]"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
+
+const NEW_TOKENS: &str = "24";
+
+#[test]
+fn flow_grpo_and_pref_grpo_bodies_answer_as_engine_score_does() -> Result<()> {
+    let dir = scratch("flow")?;
+    let png = picture(1, image::ImageFormat::Png, &dir.join("gen.png"))?;
+    let caption = "a red bicycle leaning on a blue wall";
+    // The user turn `engine score` writes for an image-generation point request.
+    let text = user_turn(
+        Family::Llava,
+        Task::ImageGeneration,
+        Mode::Point,
+        caption,
+        &[] as &[String],
+        Media::Images(1),
+    )?;
+    assert!(text.starts_with("<image>\n"));
+    let server = Server::start(&["--max-new-tokens", NEW_TOKENS])?;
+
+    // Flow-GRPO's request: the image first, the text holding its <image> marker.
+    let flow = chat_body(json!([
+        {"type": "image_url", "image_url": {"url": data_uri("image", &png)}},
+        {"type": "text", "text": text},
+    ]));
+    let reply = server.post("/v1/chat/completions", &flow)?;
+    let answer = content_of(&reply)?;
+    let v = reply.json()?;
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(
+        v["model"], "model",
+        "the served name defaults to the model folder's"
+    );
+    assert!(v["id"].as_str().is_some_and(|s| s.starts_with("chatcmpl-")));
+    assert!(v["created"].as_u64().is_some());
+    let usage = &v["usage"];
+    assert!(usage["prompt_tokens"].as_u64().unwrap_or(0) > 100);
+    let completion = usage["completion_tokens"].as_u64().unwrap_or(0);
+    assert!(completion > 0 && completion <= 24);
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(usage["prompt_tokens"].as_u64().unwrap_or(0) + completion)
+    );
+    let finish = v["choices"][0]["finish_reason"].as_str().unwrap_or("");
+    assert!(finish == "length" || finish == "stop", "{finish}");
+    assert_eq!(reply.header("x-unireward-decoding"), Some("greedy"));
+
+    // engine score --judge generate on the same image and caption: the tiny random model
+    // writes no verdict, so its record is the parse error, which quotes the answer.
+    let record = json!({"id": "flow", "task": "image_generation", "mode": "point",
+        "prompt": caption, "images": ["gen.png"]});
+    let cli = engine_score(
+        &dir,
+        &[record.clone()],
+        &["--judge", "generate", "--max-new-tokens", NEW_TOKENS],
+    )?;
+    let error = cli[0]["error"].as_str().unwrap_or("");
+    assert!(
+        error.ends_with(&format!("{answer:?}")),
+        "engine score wrote {error:?}; the server answered {answer:?}"
+    );
+    // /v1/score in generate mode writes that very record.
+    let mut inline = record.clone();
+    inline["images"] = json!([data_uri("image/png", &png)]);
+    let batch = server.post("/v1/score?judge=generate", &json!([inline.clone()]))?;
+    assert_eq!(batch.status, 200, "{}", batch.body);
+    assert_eq!(batch.json()?, json!(cli));
+
+    // Fast /v1/score equals engine score's fast record.
+    let cli_fast = engine_score(&dir, &[record], &[])?;
+    let fast = server.post("/v1/score", &inline)?;
+    assert_eq!(fast.status, 200, "{}", fast.body);
+    assert_close(&fast.json()?, &cli_fast[0], 1e-5, "fast");
+
+    // The image was sent four times: encoded once.
+    let hits = server.metric("unireward_feature_cache_hits_total")?;
+    assert!(hits >= 2.0, "{hits} hits: {}", server.get("/metrics")?.body);
+
+    // Pref-GRPO / MixGRPO: JPEG data URIs, no markers, max_tokens and do_sample.
+    let a = picture(2, image::ImageFormat::Jpeg, &dir.join("a.jpg"))?;
+    let b = picture(3, image::ImageFormat::Jpeg, &dir.join("b.jpg"))?;
+    let pair_text = user_turn(
+        Family::Llava,
+        Task::ImageGeneration,
+        Mode::Pair,
+        caption,
+        &[] as &[String],
+        Media::Images(2),
+    )?;
+    let question = pair_text.replace("<image>", "");
+    let question = question.trim_start();
+    let pref = json!({"model": "UnifiedReward-7b-v1.5", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_uri("image/jpeg", &a)}},
+        {"type": "image_url", "image_url": {"url": data_uri("image/jpeg", &b)}},
+        {"type": "text", "text": pair_text},
+    ]}], "max_tokens": 4096, "do_sample": false, "temperature": 0.0});
+    let pref_answer = content_of(&server.post("/v1/chat/completions", &pref)?)?;
+    let cli = engine_score(
+        &dir,
+        &[
+            json!({"id": "pair", "task": "image_generation", "mode": "pair", "prompt": caption,
+            "images": ["a.jpg", "b.jpg"]}),
+        ],
+        &["--judge", "generate", "--max-new-tokens", NEW_TOKENS],
+    )?;
+    let error = cli[0]["error"].as_str().unwrap_or("");
+    assert!(
+        error.ends_with(&format!("{pref_answer:?}")),
+        "{error:?} vs {pref_answer:?}"
+    );
+    // Without markers the images go first, one line each: the LLaVA scripts' layout.
+    if pair_text == format!("<image>\n<image>\n{question}") {
+        let unmarked = json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_uri("image/jpeg", &a)}},
+            {"type": "image_url", "image_url": {"url": data_uri("image/jpeg", &b)}},
+            {"type": "text", "text": question},
+        ]}], "do_sample": false});
+        assert_eq!(
+            content_of(&server.post("/v1/chat/completions", &unmarked)?)?,
+            pref_answer
+        );
+    }
+    // Sampling asked: answered greedily, and said so.
+    let mut sampled = flow.clone();
+    sampled["temperature"] = json!(0.7);
+    let reply = server.post("/v1/chat/completions", &sampled)?;
+    assert_eq!(content_of(&reply)?, answer);
+    assert!(reply
+        .header("x-unireward-decoding")
+        .is_some_and(|h| h.contains("sampling was asked")));
+    Ok(())
+}
+
+#[test]
+fn bad_requests_are_refused_with_clear_json_errors() -> Result<()> {
+    let dir = scratch("refusals")?;
+    let png = picture(4, image::ImageFormat::Png, &dir.join("x.png"))?;
+    let server = Server::start(&["--api-key", "sekrit", "--max-body-mb", "1"])?;
+    let auth = [("Authorization", "Bearer sekrit")];
+    let post = |body: &Value| {
+        http(
+            &server.addr,
+            "POST",
+            "/v1/chat/completions",
+            &auth,
+            body.to_string().as_bytes(),
+        )
+    };
+    let body = chat_body(json!([
+        {"type": "image_url", "image_url": {"url": data_uri("image", &png)}},
+        {"type": "text", "text": "<image>\nRate it."},
+    ]));
+    // 401 without the key or with another; /health needs none.
+    let none = server.post("/v1/chat/completions", &body)?;
+    assert_eq!(none.status, 401);
+    assert_eq!(none.json()?["error"]["type"], "authentication_error");
+    let wrong = http(
+        &server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("Authorization", "Bearer nope")],
+        b"{}",
+    )?;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(server.get("/health")?.status, 200);
+    let models = http(&server.addr, "GET", "/v1/models", &auth, b"")?;
+    assert_eq!(models.json()?["data"][0]["id"], "model");
+    assert_eq!(post(&body)?.status, 200);
+
+    let refused = |url: &str| -> Result<String> {
+        let b = chat_body(json!([
+            {"type": "image_url", "image_url": {"url": url}},
+            {"type": "text", "text": "Rate it."},
+        ]));
+        let r = post(&b)?;
+        assert_eq!(r.status, 400, "{url}: {}", r.body);
+        Ok(r.json()?["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string())
+    };
+    assert!(refused("https://example.com/cat.png")?.contains("remote media"));
+    let secret = dir.join("x.png");
+    assert!(refused(&format!("file://{}", secret.display()))?.contains("--allowed-media-dir"));
+    assert!(refused(&secret.display().to_string())?.contains("--allowed-media-dir"));
+    assert!(refused("data:image;base64,bm90IGFuIGltYWdl")?.contains("not PNG"));
+    // Markers that do not match the images.
+    let mismatch = chat_body(json!([
+        {"type": "image_url", "image_url": {"url": data_uri("image", &png)}},
+        {"type": "text", "text": "<image> versus <image>"},
+    ]));
+    let r = post(&mismatch)?;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("2 <image>") && r.body.contains("1 image(s)"),
+        "{}",
+        r.body
+    );
+    // 413 over the body limit, as JSON.
+    let big = vec![b' '; 2 << 20];
+    let r = http(&server.addr, "POST", "/v1/chat/completions", &auth, &big)?;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()?["error"]["code"], 413);
+    // Requests by route and status are counted.
+    let metrics = server.get("/metrics")?.body;
+    assert!(
+        metrics
+            .contains("unireward_requests_total{route=\"/v1/chat/completions\",status=\"401\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("unireward_requests_total{route=\"/v1/chat/completions\",status=\"400\"}")
+    );
+    Ok(())
+}
+
+#[test]
+fn concurrent_requests_share_steps_a_full_queue_gets_429_and_a_stop_loses_nothing() -> Result<()> {
+    let dir = scratch("load")?;
+    let png = picture(5, image::ImageFormat::Png, &dir.join("y.png"))?;
+    let mut server = Server::start(&["--max-new-tokens", "400", "--max-queue", "3"])?;
+    let body = |n: usize| {
+        chat_body(json!([
+            {"type": "image_url", "image_url": {"url": data_uri("image", &png)}},
+            {"type": "text", "text": format!("<image>\nDescribe picture {n} at length.")},
+        ]))
+    };
+    // Alone first: the answers concurrent requests must equal.
+    let alone: Vec<String> = (0..3)
+        .map(|n| content_of(&server.post("/v1/chat/completions", &body(n))?))
+        .collect::<Result<_>>()?;
+    let addr = server.addr.clone();
+    let clients: Vec<_> = (0..3)
+        .map(|n| {
+            let addr = addr.clone();
+            let b = body(n).to_string();
+            std::thread::spawn(move || {
+                http(&addr, "POST", "/v1/chat/completions", &[], b.as_bytes())
+            })
+        })
+        .collect();
+    // All three accepted: the queue is full, the next one is turned away.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.metric("unireward_queue_depth")? < 3.0 {
+        if Instant::now() > deadline {
+            bail!("three requests never were in flight together");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let busy = server.post("/v1/chat/completions", &body(9))?;
+    assert_eq!(busy.status, 429, "{}", busy.body);
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    // SIGTERM now: every accepted request is still answered, then the server exits 0.
+    let status = server.terminate()?;
+    for (n, c) in clients.into_iter().enumerate() {
+        let reply = c.join().map_err(|_| anyhow!("client panicked"))??;
+        assert_eq!(
+            content_of(&reply)?,
+            alone[n],
+            "request {n} alone and in company"
+        );
+    }
+    assert!(status.success(), "{status}");
+    assert!(
+        TcpStream::connect(&addr).is_err(),
+        "the server no longer listens"
+    );
+    Ok(())
+}
+
+#[test]
+fn rank_answers_every_pair_as_engine_pairs_round_robin_ranks() -> Result<()> {
+    use unireward_engine::backend::{Backend, CandleBackend};
+    use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
+    use unireward_engine::pairs::job::{PairsJob, PairsRequest};
+    use unireward_engine::pairs::{PairOptions, RankingMode, Recipe};
+    use unireward_models::judge::sift_templates::sift_resize;
+    use unireward_models::preprocess::MediaLoader;
+    use unireward_models::tokenize::PromptTokenizer;
+
+    let dir = scratch("rank")?;
+    let mut uris = Vec::new();
+    let mut paths = Vec::new();
+    for seed in 0..4 {
+        let path = dir.join(format!("c{seed}.png"));
+        uris.push(data_uri(
+            "image/png",
+            &picture(10 + seed, image::ImageFormat::Png, &path)?,
+        ));
+        paths.push(path.display().to_string());
+    }
+    let server = Server::start(&[])?;
+    let reply = server.post(
+        "/v1/rank",
+        &json!({"id": "g1", "task": "image_generation", "prompt": "a lighthouse at dusk", "candidates": uris}),
+    )?;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let v = reply.json()?;
+    assert_eq!(v["id"], "g1");
+    assert_eq!(
+        v["comparisons"].as_array().map(Vec::len),
+        Some(6),
+        "C(4, 2) pairs"
+    );
+
+    // The library path `engine pairs --ranking round-robin` takes (sift recipe, 512x512).
+    let model = golden_model_dir()?;
+    let backend = CandleBackend::load(&model, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    let tokenizer = PromptTokenizer::load(&model, backend.config())?;
+    let judge = Judge::new(
+        &backend,
+        &tokenizer,
+        PromptStyle::default(),
+        JudgeMode::Fast,
+        64,
+    )?;
+    let loader = MediaLoader::from_model_dir(&model, backend.config(), 8)?;
+    let job = PairsJob {
+        judge: &judge,
+        media: &loader,
+        options: PairOptions {
+            ranking: RankingMode::RoundRobin,
+            recipe: Recipe::Sift,
+            ..Default::default()
+        },
+    };
+    let req = PairsRequest::parse(&json!({"task": "image_generation",
+        "prompt": "a lighthouse at dusk", "candidates": paths}))
+    .map_err(|e| anyhow!(e))?;
+    let media = loader.load_resized(&req.media_to_load(), &dir, sift_resize(req.task))?;
+    let features = unireward_engine::encode_media::encode_request(&backend, &media)?;
+    let ranking = job.round_robin_encoded(&req, features)?;
+    let fit = ranking.strengths.ok_or_else(|| anyhow!("no fit"))?;
+    for (i, s) in fit.strengths.iter().enumerate() {
+        let served = v["candidates"][i]["strength"].as_f64().unwrap_or(f64::NAN);
+        assert!((served - s).abs() < 1e-6, "candidate {i}: {served} vs {s}");
+        let rate = v["candidates"][i]["win_rate"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&rate));
+    }
+    assert_eq!(v["order"], json!(fit.order()));
+    Ok(())
+}
