@@ -309,7 +309,7 @@ fn flow_grpo_and_pref_grpo_bodies_answer_as_engine_score_does() -> Result<()> {
         "prompt": caption, "images": ["gen.png"]});
     let cli = engine_score(
         &dir,
-        &[record.clone()],
+        std::slice::from_ref(&record),
         &["--judge", "generate", "--max-new-tokens", NEW_TOKENS],
     )?;
     let error = cli[0]["error"].as_str().unwrap_or("");

@@ -65,6 +65,12 @@ pub struct ChatAnswer {
 
 pub type ScoreAnswers = Vec<std::result::Result<ScoreAnswer, String>>;
 
+/// A score request's prepared records and where their answers go.
+type ScoreWork = (
+    Vec<(ScoreRequest, PreparedInput)>,
+    oneshot::Sender<ScoreAnswers>,
+);
+
 pub enum Work {
     /// Score records that were prepared (the caller answers the others).
     Score {
@@ -349,7 +355,7 @@ impl Worker<'_, '_> {
         for (index, (req, input)) in records.iter().enumerate() {
             let judge = &self.model.generate;
             let prepared = self
-                .score_inputs(judge, req, &input)
+                .score_inputs(judge, req, input)
                 .and_then(|(text, features)| judge.embed_prompt(&text, &features));
             match prepared {
                 Ok(embeds) => {
@@ -392,13 +398,7 @@ impl Worker<'_, '_> {
     }
 
     /// Fast judgement of every record of these requests together.
-    fn judge_fast(
-        &mut self,
-        requests: Vec<(
-            Vec<(ScoreRequest, PreparedInput)>,
-            oneshot::Sender<ScoreAnswers>,
-        )>,
-    ) {
+    fn judge_fast(&mut self, requests: Vec<ScoreWork>) {
         let judge = &self.model.fast;
         let mut answers: Vec<ScoreAnswers> = Vec::with_capacity(requests.len());
         let mut inputs = Vec::new();
