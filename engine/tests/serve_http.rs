@@ -4,7 +4,7 @@
 //! round-robin ranking `engine pairs` computes, and the operational rules: 401, 429, 413,
 //! refused remote URLs and files, a graceful stop that answers every accepted request.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,6 +15,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use unireward_models::judge::{user_turn, Family, Media, Mode, Task};
 use unireward_tests::golden_model_dir;
+use unireward_tests::http::{http, metric, Reply};
 
 fn engine() -> Command {
     Command::new(env!("CARGO_BIN_EXE_engine"))
@@ -47,69 +48,6 @@ fn data_uri(kind: &str, bytes: &[u8]) -> String {
         "data:{kind};base64,{}",
         base64::engine::general_purpose::STANDARD.encode(bytes)
     )
-}
-
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Result<Value> {
-        serde_json::from_str(&self.body).with_context(|| format!("not JSON: {}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// One HTTP/1.1 exchange on its own connection.
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<Reply> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(300)))?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    // A server may answer (413) before it reads the whole body; the reply is what counts.
-    let _ = stream.write_all(body);
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("no header end in {text:?}"))?;
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .ok_or_else(|| anyhow!("no status line"))?
-        .parse()?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Ok(Reply {
-        status,
-        headers,
-        body: body.to_string(),
-    })
 }
 
 struct Server {
@@ -152,9 +90,7 @@ impl Server {
 
     fn metric(&self, name: &str) -> Result<f64> {
         let text = self.get("/metrics")?.body;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .ok_or_else(|| anyhow!("no metric {name} in\n{text}"))
+        metric(&text, name).ok_or_else(|| anyhow!("no metric {name} in\n{text}"))
     }
 
     fn terminate(&mut self) -> Result<std::process::ExitStatus> {

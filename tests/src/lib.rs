@@ -1,5 +1,7 @@
 //! Support for the workspace-level tests: where the golden data lives and what its cases say.
 
+pub mod http;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
