@@ -534,3 +534,49 @@ fn rank_answers_every_pair_as_engine_pairs_round_robin_ranks() -> Result<()> {
     assert_eq!(v["order"], json!(fit.order()));
     Ok(())
 }
+
+#[test]
+fn a_request_whose_client_leaves_is_dropped_from_the_batch() -> Result<()> {
+    use std::io::Write;
+    let dir = scratch("leave")?;
+    let png = picture(6, image::ImageFormat::Png, &dir.join("z.png"))?;
+    let server = Server::start(&["--max-new-tokens", "4000"])?;
+    let body = chat_body(json!([
+        {"type": "image_url", "image_url": {"url": data_uri("image", &png)}},
+        {"type": "text", "text": "<image>\nDescribe it, at great length."},
+    ]))
+    .to_string();
+    let mut stream = TcpStream::connect(&server.addr)?;
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    // Dropped while it generates.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.metric("unireward_generated_tokens_total")? < 1.0 {
+        if Instant::now() > deadline {
+            bail!("the request never started generating");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(stream);
+    while server.metric("unireward_cancelled_total")? < 1.0
+        || server.metric("unireward_queue_depth")? > 0.0
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "the request of a client that left was never dropped: {}",
+                server.get("/metrics")?.body
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // It left the running batch: no more tokens are generated for nobody.
+    std::thread::sleep(Duration::from_millis(200));
+    let settled = server.metric("unireward_generated_tokens_total")?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.metric("unireward_generated_tokens_total")?, settled);
+    assert!(settled < 4000.0);
+    Ok(())
+}

@@ -77,6 +77,7 @@ struct State {
     cache_hits: u64,
     cache_misses: u64,
     cache_bytes: usize,
+    cancelled: u64,
 }
 
 #[derive(Debug)]
@@ -99,6 +100,7 @@ impl Default for Metrics {
                 cache_hits: 0,
                 cache_misses: 0,
                 cache_bytes: 0,
+                cancelled: 0,
             }),
             queue_depth: AtomicUsize::new(0),
         }
@@ -139,6 +141,11 @@ impl Metrics {
             s.prompt_tokens += prompt as u64;
             s.generated_tokens += generated as u64;
         });
+    }
+
+    /// A request dropped because its client went away.
+    pub fn cancelled(&self) {
+        self.with(|s| s.cancelled += 1);
     }
 
     pub fn cache(&self, hits: u64, misses: u64, bytes: usize) {
@@ -182,6 +189,7 @@ impl Metrics {
                 ("unireward_generated_tokens_total", "Tokens generated (rate() gives tokens/s).", s.generated_tokens),
                 ("unireward_feature_cache_hits_total", "Media whose features came from the cache.", s.cache_hits),
                 ("unireward_feature_cache_misses_total", "Media encoded.", s.cache_misses),
+                ("unireward_cancelled_total", "Requests dropped before their answer because the client went away.", s.cancelled),
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
             }

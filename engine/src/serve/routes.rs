@@ -58,6 +58,28 @@ impl Drop for Ticket {
     }
 }
 
+/// Counts a request whose handler was dropped before it answered: its client went away
+/// (hyper drops the handler when it reads the connection's end).
+struct Abandoned<'m>(Option<&'m Metrics>);
+
+impl<'m> Abandoned<'m> {
+    fn watch(metrics: &'m Metrics) -> Self {
+        Self(Some(metrics))
+    }
+
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = self.0 {
+            m.cancelled();
+        }
+    }
+}
+
 impl Shared {
     fn admit(&self) -> Result<Ticket, ApiError> {
         let before = self.metrics.queue_depth.fetch_add(1, Ordering::SeqCst);
@@ -124,8 +146,10 @@ fn finish(
             e.into_response()
         }
     };
-    s.metrics
-        .request(route, response.status().as_u16(), started.elapsed());
+    let status = response.status().as_u16();
+    let took = started.elapsed();
+    tracing::debug!(route, status, ms = took.as_millis() as u64, "answered");
+    s.metrics.request(route, status, took);
     response
 }
 
@@ -183,7 +207,9 @@ pub async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
+    let abandoned = Abandoned::watch(&s.metrics);
     let result = chat_inner(&s, body).await;
+    abandoned.answered();
     finish(&s, "/v1/chat/completions", started, result)
 }
 
@@ -261,7 +287,9 @@ pub async fn score(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
+    let abandoned = Abandoned::watch(&s.metrics);
     let result = score_inner(&s, query, body).await;
+    abandoned.answered();
     finish(&s, "/v1/score", started, result)
 }
 
@@ -357,7 +385,9 @@ async fn score_inner(
 
 pub async fn rank(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
+    let abandoned = Abandoned::watch(&s.metrics);
     let result = rank_inner(&s, body).await;
+    abandoned.answered();
     finish(&s, "/v1/rank", started, result)
 }
 
