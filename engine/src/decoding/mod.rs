@@ -8,12 +8,15 @@
 //! [`Limits::max_batch`]: crate::backend::Limits::max_batch
 
 mod cached;
+mod generation_batch;
 mod recomputing;
 
 use candle_core::Tensor;
 
 use crate::backend::{Backend, Rows};
 use crate::error::{EngineError, Result};
+
+pub use self::generation_batch::{Finish, Generated, GenerationBatch};
 
 /// The algorithms every [`Backend`] gets.
 pub trait Decoding {
