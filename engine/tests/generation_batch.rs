@@ -8,9 +8,7 @@ mod scenario;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
-use unireward_engine::backend::{
-    Backend, CandleBackend, DecoderCache, Limits, Recomputing, Rows,
-};
+use unireward_engine::backend::{Backend, CandleBackend, DecoderCache, Limits, Recomputing, Rows};
 use unireward_engine::decoding::GenerationBatch;
 use unireward_engine::error::Result;
 use unireward_models::config::LlavaConfig;
@@ -156,6 +154,8 @@ fn a_step_is_one_decoder_call_for_every_running_sequence() {
                 .map(|&n| counting.embed_tokens(&vec![3; n]).unwrap())
                 .collect();
             let mut batch = GenerationBatch::new(&counting);
+            // A server runs the batch on a thread of its own.
+            send(&batch);
             let asks = prompts
                 .iter()
                 .enumerate()
@@ -177,7 +177,12 @@ fn a_step_is_one_decoder_call_for_every_running_sequence() {
                 assert_eq!(done.len(), if step == 5 { 5 } else { 0 });
             }
             assert!(batch.is_empty());
-            assert_eq!(counting.widest.load(Ordering::SeqCst), max_batch.unwrap_or(5));
+            assert_eq!(
+                counting.widest.load(Ordering::SeqCst),
+                max_batch.unwrap_or(5)
+            );
         }
     }
 }
+
+fn send<T: Send>(_: &T) {}

@@ -82,6 +82,9 @@ impl<K> Running<K> {
     }
 }
 
+/// A cache cut to some of its rows, and the slots of the original it kept (`None`: no cache).
+type Picked = Option<(Box<dyn DecoderCache>, Vec<usize>)>;
+
 /// A sequence waiting for its prompt pass.
 struct Joining<K> {
     index: usize,
@@ -114,7 +117,9 @@ impl<'b, K: Copy + Eq + std::fmt::Debug> GenerationBatch<'b, K> {
         let mut waiting = Vec::new();
         for (index, (key, prompt, max_new, stop)) in seqs.into_iter().enumerate() {
             let checked = if self.contains(key) || keys[..index].contains(&key) {
-                Err(EngineError::Invalid(format!("{key:?} is already generating")))
+                Err(EngineError::Invalid(format!(
+                    "{key:?} is already generating"
+                )))
             } else {
                 self.check_prompt(&prompt)
             };
@@ -199,7 +204,10 @@ impl<'b, K: Copy + Eq + std::fmt::Debug> GenerationBatch<'b, K> {
     /// Drops a running sequence (its client went away); false when `key` is not running.
     pub fn cancel(&mut self, key: K) -> bool {
         let found = self.groups.iter().enumerate().find_map(|(g, group)| {
-            let b = group.seqs.iter().position(|q| q.key == key && !q.cancelled)?;
+            let b = group
+                .seqs
+                .iter()
+                .position(|q| q.key == key && !q.cancelled)?;
             Some((g, b))
         });
         let Some((g, b)) = found else {
@@ -465,7 +473,7 @@ impl<K> Group<K> {
 
     /// The cache of the sequences `rows` with the slots any of them uses, and those slots;
     /// `None` when there is no cache.
-    fn pick(&self, rows: &[usize]) -> Result<Option<(Box<dyn DecoderCache>, Vec<usize>)>> {
+    fn pick(&self, rows: &[usize]) -> Result<Picked> {
         let Some(cache) = self.cache.as_ref().filter(|_| !rows.is_empty()) else {
             return Ok(None);
         };
@@ -476,7 +484,7 @@ impl<K> Group<K> {
     }
 
     /// Takes the cache `pick` made for the group's (now) sequences.
-    fn repick(&mut self, picked: Option<(Box<dyn DecoderCache>, Vec<usize>)>) {
+    fn repick(&mut self, picked: Picked) {
         let Some((cache, slots)) = picked else {
             self.cache = None;
             return;

@@ -34,7 +34,11 @@ impl Request {
             .collect();
         let prompt = backend.embed_tokens(&ids).unwrap();
         let free = backend.generate(&prompt, max_new.max(1), &[]).unwrap();
-        let stop: Vec<u32> = stop_at.and_then(|i| free.get(i)).copied().into_iter().collect();
+        let stop: Vec<u32> = stop_at
+            .and_then(|i| free.get(i))
+            .copied()
+            .into_iter()
+            .collect();
         let alone = backend.generate(&prompt, max_new, &stop).unwrap();
         Self {
             key,
@@ -46,7 +50,12 @@ impl Request {
     }
 
     fn ask(&self) -> (usize, Tensor, usize, Vec<u32>) {
-        (self.key, self.prompt.clone(), self.max_new, self.stop.clone())
+        (
+            self.key,
+            self.prompt.clone(),
+            self.max_new,
+            self.stop.clone(),
+        )
     }
 
     fn check(&self, got: &Generated<usize>) {
@@ -130,9 +139,15 @@ pub fn joins_and_leaves(backend: &dyn Backend) -> usize {
         assert!(steps < 100, "generation does not end");
     }
     assert!(batch.step().unwrap().is_empty());
-    assert!(!done.contains_key(&6), "a cancelled sequence is not reported");
+    assert!(
+        !done.contains_key(&6),
+        "a cancelled sequence is not reported"
+    );
     for r in all.iter().filter(|r| r.key != 6) {
-        r.check(done.get(&r.key).unwrap_or_else(|| panic!("{} not done", r.key)));
+        r.check(
+            done.get(&r.key)
+                .unwrap_or_else(|| panic!("{} not done", r.key)),
+        );
     }
     steps
 }

@@ -218,7 +218,12 @@ mod tests {
     fn keys(c: &mut KvCache) -> Vec<Vec<f32>> {
         let (k, v) = c.layer(0).kv.clone().unwrap();
         assert_eq!(
-            k.neg().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            k.neg()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
             v.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         );
         let (b, _, len, _) = k.dims4().unwrap();
