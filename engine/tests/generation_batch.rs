@@ -8,9 +8,12 @@ mod scenario;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
-use unireward_engine::backend::{Backend, CandleBackend, DecoderCache, Limits, Recomputing, Rows};
+use unireward_engine::backend::{
+    Backend, CandleBackend, DecoderCache, Decoding, Limits, Recomputing, Rows,
+};
 use unireward_engine::decoding::GenerationBatch;
 use unireward_engine::error::Result;
+use unireward_engine::EngineError;
 use unireward_models::config::LlavaConfig;
 use unireward_tests::golden_model_dir;
 
@@ -28,6 +31,8 @@ struct Counting<'a> {
     nexts: AtomicUsize,
     /// The most sequences one call was given.
     widest: AtomicUsize,
+    /// A whole-sequence call with a sequence of this many tokens fails.
+    refuse: Option<usize>,
 }
 
 impl<'a> Counting<'a> {
@@ -38,6 +43,7 @@ impl<'a> Counting<'a> {
             decodes: AtomicUsize::new(0),
             nexts: AtomicUsize::new(0),
             widest: AtomicUsize::new(0),
+            refuse: None,
         }
     }
 
@@ -97,6 +103,11 @@ impl Backend for Counting<'_> {
     ) -> Result<Vec<Tensor>> {
         self.seen(seqs.len());
         self.decodes.fetch_add(1, Ordering::SeqCst);
+        if let Some(n) = self.refuse {
+            if seqs.iter().any(|s| s.dim(0).unwrap() == n) {
+                return Err(EngineError::Invalid(format!("{n} tokens refused")));
+            }
+        }
         self.inner.decode(seqs, rows, cache)
     }
 
@@ -137,6 +148,40 @@ fn a_batch_limit_splits_the_steps_and_changes_no_tokens() {
     let capped = Counting::new(&recomputing, Some(2));
     scenario::joins_and_leaves(&capped);
     assert_eq!(capped.widest.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_failed_prompt_pass_fails_only_its_sequence() {
+    let backend = candle();
+    let mut refusing = Counting::new(&backend, None);
+    refusing.refuse = Some(13);
+    let prompts: Vec<Tensor> = [4usize, 13, 6]
+        .iter()
+        .map(|&n| backend.embed_tokens(&vec![9; n]).unwrap())
+        .collect();
+    let mut batch = GenerationBatch::new(&refusing);
+    let asks = prompts
+        .iter()
+        .enumerate()
+        .map(|(k, p)| (k, p.clone(), 5, Vec::new()))
+        .collect();
+    let answers = batch.admit(asks);
+    assert!(matches!(answers[0], (0, Ok(None))));
+    match &answers[1] {
+        (1, Err(e)) => assert!(e.to_string().contains("13 tokens refused"), "{e}"),
+        (k, other) => panic!("{k}: {:?}", other.as_ref().map(|_| ())),
+    }
+    assert!(matches!(answers[2], (2, Ok(None))));
+    assert_eq!(batch.len(), 2);
+    let mut done = Vec::new();
+    while !batch.is_empty() {
+        done.extend(batch.step().unwrap());
+    }
+    done.sort_by_key(|g| g.key);
+    assert_eq!(done.len(), 2);
+    for g in done {
+        assert_eq!(g.tokens, backend.generate(&prompts[g.key], 5, &[]).unwrap());
+    }
 }
 
 /// Every step is one decoder call for every running sequence, cache or not; more than the
