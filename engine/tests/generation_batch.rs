@@ -5,7 +5,9 @@
 #[path = "support/generation_scenario.rs"]
 mod scenario;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use unireward_engine::backend::{
@@ -33,6 +35,8 @@ struct Counting<'a> {
     widest: AtomicUsize,
     /// A whole-sequence call with a sequence of this many tokens fails.
     refuse: Option<usize>,
+    /// Its caches refuse to drop sequences while this is set.
+    stuck: Option<Arc<AtomicBool>>,
 }
 
 impl<'a> Counting<'a> {
@@ -44,6 +48,7 @@ impl<'a> Counting<'a> {
             nexts: AtomicUsize::new(0),
             widest: AtomicUsize::new(0),
             refuse: None,
+            stuck: None,
         }
     }
 
@@ -92,7 +97,14 @@ impl Backend for Counting<'_> {
     }
 
     fn new_cache(&self) -> Result<Box<dyn DecoderCache>> {
-        self.inner.new_cache()
+        let inner = self.inner.new_cache()?;
+        Ok(match &self.stuck {
+            Some(stuck) => Box::new(Stuck {
+                inner,
+                stuck: stuck.clone(),
+            }),
+            None => inner,
+        })
     }
 
     fn decode(
@@ -108,7 +120,7 @@ impl Backend for Counting<'_> {
                 return Err(EngineError::Invalid(format!("{n} tokens refused")));
             }
         }
-        self.inner.decode(seqs, rows, cache)
+        self.inner.decode(seqs, rows, cache.map(unwrap_stuck))
     }
 
     fn decode_next(
@@ -120,7 +132,61 @@ impl Backend for Counting<'_> {
     ) -> Result<Tensor> {
         self.seen(positions.len());
         self.nexts.fetch_add(1, Ordering::SeqCst);
-        self.inner.decode_next(embeds, positions, seen, cache)
+        self.inner
+            .decode_next(embeds, positions, seen, unwrap_stuck(cache))
+    }
+}
+
+/// A cache that cannot drop sequences while `stuck` is set.
+struct Stuck {
+    inner: Box<dyn DecoderCache>,
+    stuck: Arc<AtomicBool>,
+}
+
+impl DecoderCache for Stuck {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn select(&self, b: usize, len: usize) -> Result<Box<dyn DecoderCache>> {
+        self.inner.select(b, len)
+    }
+
+    fn repeat(&self, n: usize) -> Result<Box<dyn DecoderCache>> {
+        self.inner.repeat(n)
+    }
+
+    fn gather(&self, rows: &[usize], slots: &[usize]) -> Result<Box<dyn DecoderCache>> {
+        if self.stuck.load(Ordering::SeqCst) {
+            return Err(EngineError::Invalid("stuck".into()));
+        }
+        Ok(Box::new(Stuck {
+            inner: self.inner.gather(rows, slots)?,
+            stuck: self.stuck.clone(),
+        }))
+    }
+
+    fn append(&mut self, other: &mut dyn DecoderCache) -> Result<()> {
+        self.inner.append(unwrap_stuck(other))
+    }
+
+    fn copies_per_call(&self) -> usize {
+        self.inner.copies_per_call()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// The backend's own cache inside a [`Stuck`] one.
+fn unwrap_stuck(cache: &mut dyn DecoderCache) -> &mut dyn DecoderCache {
+    if !cache.as_any_mut().is::<Stuck>() {
+        return cache;
+    }
+    match cache.as_any_mut().downcast_mut::<Stuck>() {
+        Some(s) => s.inner.as_mut(),
+        None => unreachable!("a Stuck cache"),
     }
 }
 
@@ -182,6 +248,56 @@ fn a_failed_prompt_pass_fails_only_its_sequence() {
     for g in done {
         assert_eq!(g.tokens, backend.generate(&prompts[g.key], 5, &[]).unwrap());
     }
+}
+
+#[test]
+fn a_cancel_that_cannot_drop_its_row_at_once_drops_it_at_the_next_step() {
+    let backend = candle();
+    let stuck = Arc::new(AtomicBool::new(false));
+    let mut counting = Counting::new(&backend, None);
+    counting.stuck = Some(stuck.clone());
+    let prompts: Vec<Tensor> = [5usize, 8, 3]
+        .iter()
+        .map(|&n| backend.embed_tokens(&vec![11; n]).unwrap())
+        .collect();
+    let asks = |batch: &mut GenerationBatch<usize>, max_new: fn(usize) -> usize| {
+        let asks = prompts
+            .iter()
+            .enumerate()
+            .map(|(k, p)| (k, p.clone(), max_new(k), Vec::new()))
+            .collect();
+        assert!(batch.admit(asks).iter().all(|(_, a)| matches!(a, Ok(None))));
+    };
+    let mut batch = GenerationBatch::new(&counting);
+    asks(&mut batch, |_| 6);
+    assert!(batch.step().unwrap().is_empty());
+    stuck.store(true, Ordering::SeqCst);
+    assert!(batch.cancel(1));
+    assert_eq!(batch.len(), 2);
+    assert!(!batch.cancel(1));
+    stuck.store(false, Ordering::SeqCst);
+    let mut done = Vec::new();
+    while !batch.is_empty() {
+        done.extend(batch.step().unwrap());
+    }
+    done.sort_by_key(|g| g.key);
+    assert_eq!(done.iter().map(|g| g.key).collect::<Vec<_>>(), [0, 2]);
+    for g in done {
+        assert_eq!(g.tokens, backend.generate(&prompts[g.key], 6, &[]).unwrap());
+    }
+
+    // A step that fails (here: its first finished sequence cannot leave) ends every sequence.
+    let mut batch = GenerationBatch::new(&counting);
+    asks(&mut batch, |k| 4 + k);
+    stuck.store(true, Ordering::SeqCst);
+    let err = loop {
+        match batch.step() {
+            Ok(done) => assert!(done.is_empty()),
+            Err(e) => break e,
+        }
+    };
+    assert!(err.to_string().contains("stuck"), "{err}");
+    assert!(batch.is_empty());
 }
 
 /// Every step is one decoder call for every running sequence, cache or not; more than the
