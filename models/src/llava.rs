@@ -164,6 +164,16 @@ impl JudgeModel for LlavaOnevision {
             .forward_at(embeds, &positions, None, cache, rows)
     }
 
+    fn hidden_states_masked(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.decoder.forward(embeds, positions, Some(mask), cache)
+    }
+
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         self.decoder.logits(hidden)
     }

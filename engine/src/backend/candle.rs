@@ -155,6 +155,39 @@ impl Backend for CandleBackend {
             .map(|(b, pos)| log_softmax_rows(model, &hidden.get(b)?.narrow(0, 0, pos.len())?))
             .collect()
     }
+
+    fn decode_next(
+        &self,
+        embeds: &Tensor,
+        positions: &[usize],
+        seen: &[&[bool]],
+        cache: &mut dyn DecoderCache,
+    ) -> Result<Tensor> {
+        let model = self.model.as_ref();
+        let cache = &mut own_cache::<CandleCache>(cache)?.0;
+        let (batch, hidden) = embeds.dims2()?;
+        let past = cache.len();
+        super::check_next(batch, hidden, positions, seen, past, &self.config)?;
+        let input = embeds
+            .to_dtype(model.dtype())?
+            .to_device(model.device())?
+            .unsqueeze(1)?;
+        let positions: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let positions = Tensor::from_vec(positions, (batch, 1), model.device())?;
+        // Each token sees its sequence's slots and itself; f32's lowest rather than −inf, as
+        // the decoder's own masks.
+        let mask: Vec<f32> = seen
+            .iter()
+            .flat_map(|s| {
+                s.iter()
+                    .map(|&own| if own { 0.0 } else { f32::MIN })
+                    .chain([0.0])
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (batch, 1, 1, past + 1), model.device())?;
+        let hidden = model.hidden_states_masked(&input, &positions, &mask, Some(cache))?;
+        log_softmax_rows(model, &hidden.squeeze(1)?)
+    }
 }
 
 /// Hidden states [.., hidden] → log-softmax over the vocabulary, f32.
@@ -179,6 +212,15 @@ impl DecoderCache for CandleCache {
 
     fn repeat(&self, n: usize) -> Result<Box<dyn DecoderCache>> {
         Ok(Box::new(Self(self.0.repeat_batch(n)?)))
+    }
+
+    fn gather(&self, rows: &[usize], slots: &[usize]) -> Result<Box<dyn DecoderCache>> {
+        Ok(Box::new(Self(self.0.gather(rows, slots)?)))
+    }
+
+    fn append(&mut self, other: &mut dyn DecoderCache) -> Result<()> {
+        let other = &own_cache::<CandleCache>(other)?.0;
+        Ok(self.0.append(other)?)
     }
 
     fn copies_per_call(&self) -> usize {

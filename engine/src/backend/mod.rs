@@ -70,6 +70,27 @@ pub trait Backend: Send + Sync {
         rows: Rows<'_>,
         cache: Option<&mut dyn DecoderCache>,
     ) -> Result<Vec<Tensor>>;
+
+    /// One decoder call of one new token per sequence over a batch whose sequences cached
+    /// different histories (they joined a running generation at different times, see
+    /// [`DecoderCache::append`]): `embeds` [B, hidden] f32; `positions[b]` the position of
+    /// sequence b's token (its count of real cached tokens); `seen[b]` which of the
+    /// `cache.len()` slots are sequence b's tokens (the others are padding it must not
+    /// attend to). Returns the log-softmax over the vocabulary after each token [B, vocab]
+    /// f32; the cache grows by one slot. A backend without it (the default) says so.
+    fn decode_next(
+        &self,
+        embeds: &Tensor,
+        positions: &[usize],
+        seen: &[&[bool]],
+        cache: &mut dyn DecoderCache,
+    ) -> Result<Tensor> {
+        let _ = (embeds, positions, seen, cache);
+        Err(crate::error::EngineError::Invalid(format!(
+            "the {} backend has no decoder call over different histories",
+            self.name()
+        )))
+    }
 }
 
 /// The rows of a decoder call's sequences whose log-probabilities are wanted.
@@ -123,6 +144,27 @@ pub trait DecoderCache: Send {
     /// memory bound on sharing it among continuations).
     fn copies_per_call(&self) -> usize;
 
+    /// The sequences `rows` of this batch, each keeping only the cached slots `slots` (in
+    /// order): finished sequences leave a running batch, and slots that no remaining sequence
+    /// uses go with them. A cache without it (the default) says so.
+    fn gather(&self, rows: &[usize], slots: &[usize]) -> Result<Box<dyn DecoderCache>> {
+        let _ = (rows, slots);
+        Err(crate::error::EngineError::Invalid(
+            "this cache cannot drop sequences".into(),
+        ))
+    }
+
+    /// `other`'s sequences (a cache of the same backend) join this batch after its own; the
+    /// shorter history is padded at its end to the longer's length, with slots that the
+    /// sequences there must not attend to ([`Backend::decode_next`]'s `seen`). A cache
+    /// without it (the default) says so.
+    fn append(&mut self, other: &mut dyn DecoderCache) -> Result<()> {
+        let _ = other;
+        Err(crate::error::EngineError::Invalid(
+            "this cache cannot take more sequences".into(),
+        ))
+    }
+
     /// The backend's own cache type, for its decoder call.
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
@@ -133,4 +175,35 @@ pub(crate) fn own_cache<T: 'static>(cache: &mut dyn DecoderCache) -> Result<&mut
         .as_any_mut()
         .downcast_mut::<T>()
         .ok_or_else(|| crate::error::EngineError::Invalid("a cache made by another backend".into()))
+}
+
+/// The arguments of a [`Backend::decode_next`] call are of one batch and of the cache's length.
+pub(crate) fn check_next(
+    batch: usize,
+    hidden: usize,
+    positions: &[usize],
+    seen: &[&[bool]],
+    past: usize,
+    cfg: &LlavaConfig,
+) -> Result<()> {
+    if hidden != cfg.text.hidden_size {
+        return Err(crate::error::EngineError::Invalid(format!(
+            "embeddings of width {hidden}; the decoder takes {}",
+            cfg.text.hidden_size
+        )));
+    }
+    if positions.len() != batch || seen.len() != batch {
+        return Err(crate::error::EngineError::Invalid(format!(
+            "{batch} tokens with {} positions and {} slot masks",
+            positions.len(),
+            seen.len()
+        )));
+    }
+    if let Some(bad) = seen.iter().find(|s| s.len() != past) {
+        return Err(crate::error::EngineError::Invalid(format!(
+            "a slot mask of {} after a cache of {past}",
+            bad.len()
+        )));
+    }
+    Ok(())
 }

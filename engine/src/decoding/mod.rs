@@ -8,7 +8,7 @@
 //! [`Limits::max_batch`]: crate::backend::Limits::max_batch
 
 mod cached;
-pub mod generation_batch;
+mod generation_batch;
 mod recomputing;
 
 use candle_core::Tensor;
@@ -16,7 +16,7 @@ use candle_core::Tensor;
 use crate::backend::{Backend, Rows};
 use crate::error::{EngineError, Result};
 
-pub use generation_batch::{Finish, Generated, GenerationBatch};
+pub use self::generation_batch::{Finish, Generated, GenerationBatch};
 
 /// The algorithms every [`Backend`] gets.
 pub trait Decoding {

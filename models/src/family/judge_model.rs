@@ -70,6 +70,19 @@ pub trait JudgeModel: Send + Sync {
         rows: &Tensor,
     ) -> Result<Tensor>;
 
+    /// Embeddings [B, T, D] after `cache` at explicit `positions` [B, T] (u32), under an
+    /// additive `mask` broadcastable to [B, 1, T, past + T] (f32) → final hidden states
+    /// [B, T, D]. For sequences whose cached histories differ (they joined a running batch at
+    /// different times): each gets its own positions, and its mask hides the cache slots that
+    /// are not its tokens.
+    fn hidden_states_masked(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor>;
+
     /// Hidden states → logits over the vocabulary (the model's dtype).
     fn logits(&self, hidden: &Tensor) -> Result<Tensor>;
 

@@ -143,6 +143,51 @@ impl OrtBackend {
             .collect()
     }
 
+    /// [`crate::backend::Backend::decode_next`] on the exported decoder: the graph's
+    /// `attention_mask` hides each sequence's padding slots, its `position_ids` give each
+    /// token its own position.
+    pub(super) fn decode_next_seqs(
+        &self,
+        embeds: &Tensor,
+        positions: &[usize],
+        seen: &[&[bool]],
+        cache: &mut PastKv,
+    ) -> Result<Tensor> {
+        let vocab = self.cfg.text.vocab_size;
+        let (batch, hidden) = embeds.dims2()?;
+        let past = cache.len();
+        crate::backend::check_next(batch, hidden, positions, seen, past, &self.cfg)?;
+        if batch == 0 {
+            return Ok(Tensor::zeros((0, vocab), DType::F32, &Device::Cpu)?);
+        }
+        if cache.batch() != batch {
+            return Err(EngineError::Invalid(format!(
+                "{batch} tokens after a cache of {} sequences",
+                cache.batch()
+            )));
+        }
+        let call = DecoderCall {
+            batch,
+            len: 1,
+            hidden,
+            embeds: embeds
+                .to_device(&Device::Cpu)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            mask: seen
+                .iter()
+                .flat_map(|s| s.iter().map(|&own| own as i64).chain([1]))
+                .collect(),
+            position_ids: positions.iter().map(|&p| p as i64).collect(),
+            rows: vec![0; batch],
+            rows_per_seq: 1,
+        };
+        let (values, presents) = self.run_decoder(&call, Some(cache), true)?;
+        *cache = presents.ok_or_else(|| EngineError::Invalid("no cache came back".into()))?;
+        Ok(Tensor::from_vec(values, (batch, vocab), &Device::Cpu)?)
+    }
+
     /// Runs the decoder over `call` after `past` (required by a cached decoder, whose
     /// `attention_mask` then spans past + new positions; `None` for a format-1 one). Returns
     /// the log-probs [batch, rows_per_seq, vocab] and, with a cache and `want_cache`, the grown

@@ -9,7 +9,7 @@ use half::f16;
 use unireward_models::formats::export_manifest::{past_names, present_names};
 
 use super::runtime::{InputTensor, OutputData, Outputs};
-use crate::backend::DecoderCache;
+use crate::backend::{own_cache, DecoderCache};
 use crate::error::{EngineError, Result};
 
 /// Continuations of one prompt scored in one decoder call hold a copy of the prompt's cache
@@ -201,6 +201,79 @@ impl PastKv {
         })
     }
 
+    /// The sequences `rows`, each keeping only the positions `slots` (in order).
+    pub fn gather(&self, rows: &[usize], slots: &[usize]) -> Result<Self> {
+        if let Some(bad) = rows.iter().find(|&&b| b >= self.batch) {
+            return Err(EngineError::Invalid(format!(
+                "row {bad} of a cache of {} sequences",
+                self.batch
+            )));
+        }
+        if let Some(bad) = slots.iter().find(|&&s| s >= self.len) {
+            return Err(EngineError::Invalid(format!(
+                "position {bad} of a cache of {}",
+                self.len
+            )));
+        }
+        let (h, d) = (self.layout.kv_heads, self.layout.head_dim);
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|t| {
+                let mut out = Vec::with_capacity(rows.len() * h * slots.len() * d);
+                for &b in rows {
+                    for head in 0..h {
+                        let start = (b * h + head) * self.len * d;
+                        for &s in slots {
+                            out.extend_from_slice(&t[start + s * d..][..d]);
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        Ok(Self {
+            layout: self.layout,
+            batch: rows.len(),
+            len: slots.len(),
+            tensors,
+        })
+    }
+
+    /// `other`'s sequences after this batch's, the shorter history padded with zeros at its
+    /// end to the longer's length.
+    pub fn append(&mut self, other: &PastKv) -> Result<()> {
+        if self.layout != other.layout {
+            return Err(EngineError::Invalid(
+                "a cache of another layout joins this one".into(),
+            ));
+        }
+        if other.batch == 0 {
+            return Ok(());
+        }
+        if self.batch == 0 {
+            *self = other.clone();
+            return Ok(());
+        }
+        let len = self.len.max(other.len);
+        let (h, d) = (self.layout.kv_heads, self.layout.head_dim);
+        let padded = |t: &[f32], batch: usize, n: usize, out: &mut Vec<f32>| {
+            for run in t.chunks_exact(n * d).take(batch * h) {
+                out.extend_from_slice(run);
+                out.resize(out.len() + (len - n) * d, 0.0);
+            }
+        };
+        for (mine, theirs) in self.tensors.iter_mut().zip(&other.tensors) {
+            let mut out = Vec::with_capacity((self.batch + other.batch) * h * len * d);
+            padded(mine, self.batch, self.len, &mut out);
+            padded(theirs, other.batch, other.len, &mut out);
+            *mine = out;
+        }
+        self.batch += other.batch;
+        self.len = len;
+        Ok(())
+    }
+
     /// The cache as the graph's `past_key_values.*` inputs.
     pub fn feeds(&self) -> PastFeeds<'_> {
         let feeds = self
@@ -238,6 +311,15 @@ impl DecoderCache for PastKv {
 
     fn repeat(&self, n: usize) -> Result<Box<dyn DecoderCache>> {
         Ok(Box::new(self.repeat_batch(n)?))
+    }
+
+    fn gather(&self, rows: &[usize], slots: &[usize]) -> Result<Box<dyn DecoderCache>> {
+        Ok(Box::new(PastKv::gather(self, rows, slots)?))
+    }
+
+    fn append(&mut self, other: &mut dyn DecoderCache) -> Result<()> {
+        let other = own_cache::<PastKv>(other)?;
+        PastKv::append(self, other)
     }
 
     fn copies_per_call(&self) -> usize {
@@ -305,6 +387,34 @@ mod tests {
         let inputs = feeds.inputs();
         assert_eq!(inputs.len(), 2);
         assert_eq!(inputs[1].0, "past_key_values.0.value");
+    }
+
+    #[test]
+    fn append_pads_the_shorter_history_and_gather_keeps_rows_and_positions() {
+        let mut running = cache().select(1, 2).unwrap();
+        running.append(&cache()).unwrap();
+        assert_eq!((running.batch(), running.len()), (3, 3));
+        // Row 0 (the 2-position one) padded with a zero slot per head.
+        assert_eq!(
+            running.tensors[0],
+            [
+                100.0, 101.0, 0.0, 110.0, 111.0, 0.0, //
+                0.0, 1.0, 2.0, 10.0, 11.0, 12.0, //
+                100.0, 101.0, 102.0, 110.0, 111.0, 112.0,
+            ]
+        );
+        let kept = running.gather(&[2, 0], &[0, 2]).unwrap();
+        assert_eq!((kept.batch(), kept.len()), (2, 2));
+        assert_eq!(
+            kept.tensors[0],
+            [100.0, 102.0, 110.0, 112.0, 100.0, 0.0, 110.0, 0.0]
+        );
+        assert_eq!(kept.tensors[1][..2], [-100.0, -102.0]);
+        assert!(running.gather(&[3], &[0]).is_err());
+        assert!(running.gather(&[0], &[3]).is_err());
+        let mut empty = PastKv::empty(layout(), 0);
+        empty.append(&kept).unwrap();
+        assert_eq!(empty.tensors, kept.tensors);
     }
 
     #[test]

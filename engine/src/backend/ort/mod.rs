@@ -252,4 +252,14 @@ impl Backend for OrtBackend {
         };
         self.decode_seqs(seqs, rows, cache)
     }
+
+    fn decode_next(
+        &self,
+        embeds: &Tensor,
+        positions: &[usize],
+        seen: &[&[bool]],
+        cache: &mut dyn DecoderCache,
+    ) -> Result<Tensor> {
+        self.decode_next_seqs(embeds, positions, seen, own_cache::<PastKv>(cache)?)
+    }
 }
