@@ -255,7 +255,7 @@ fn main() -> Result<()> {
     if summary.failed > 0 {
         bail!("engine score failed {} records", summary.failed);
     }
-    drop(job);
+    // The in-process model is no longer needed: free its memory before the server loads its own.
     drop(judge);
     drop(backend);
 

@@ -442,6 +442,15 @@ fn concurrent_requests_share_steps_a_full_queue_gets_429_and_a_stop_loses_nothin
         std::thread::sleep(Duration::from_millis(5));
     }
     let busy = server.post("/v1/chat/completions", &body(9))?;
+    // Wait for the three to share a step before stopping the server.
+    let single = |page: &str| metric(page, "unireward_batch_size_bucket{le=\"1\"}").unwrap_or(0.0);
+    let calls = |page: &str| metric(page, "unireward_batch_size_count").unwrap_or(0.0);
+    let mut batched_steps = 0.0;
+    while batched_steps == 0.0 && Instant::now() < deadline {
+        let page = server.get("/metrics")?.body;
+        batched_steps = calls(&page) - single(&page);
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(busy.status, 429, "{}", busy.body);
     assert_eq!(busy.header("retry-after"), Some("1"));
     // SIGTERM now: every accepted request is still answered, then the server exits 0.
@@ -455,6 +464,8 @@ fn concurrent_requests_share_steps_a_full_queue_gets_429_and_a_stop_loses_nothin
         );
     }
     assert!(status.success(), "{status}");
+    // The three generated together: some decoder call held more than one sequence.
+    assert!(batched_steps > 0.0, "no decoder call held two sequences");
     assert!(
         TcpStream::connect(&addr).is_err(),
         "the server no longer listens"
