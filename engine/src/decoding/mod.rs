@@ -9,11 +9,15 @@
 
 mod cached;
 mod recomputing;
+mod shared_prefix;
 
 use candle_core::Tensor;
 
 use crate::backend::{Backend, Rows};
 use crate::error::{EngineError, Result};
+
+pub(crate) use shared_prefix::similar_length_batches;
+pub use shared_prefix::{continuations_of_families, PromptFamily};
 
 /// The algorithms every [`Backend`] gets.
 pub trait Decoding {
