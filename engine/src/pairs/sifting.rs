@@ -86,7 +86,7 @@ pub fn known_before_ranking(mode: RankingMode, n: usize) -> Option<Vec<usize>> {
     }
     match mode {
         RankingMode::Disjoint => Some((0..n / 2 * 2).collect()),
-        RankingMode::RoundRobin => (n % 2 == 0).then(|| (0..n).collect()),
+        RankingMode::RoundRobin => n.is_multiple_of(2).then(|| (0..n).collect()),
     }
 }
 
