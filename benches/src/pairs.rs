@@ -60,9 +60,11 @@ struct Args {
     one_by_one: bool,
 }
 
-/// Where the time of the judged run goes: the backend's calls, timed.
+/// Where the time of the judged run goes: the backend's calls, timed, and the rows its
+/// decoder calls ran (padding included), which do not vary with the machine's load.
 #[derive(Default)]
 struct Profile {
+    decoded_rows: usize,
     prompt_passes: (usize, f64),
     continuation_passes: (usize, f64),
     other_decodes: (usize, f64),
@@ -125,6 +127,14 @@ impl Backend for Profiled<'_> {
             (Rows::All, Some(false)) => 1,
             _ => 2,
         };
+        let longest = seqs
+            .iter()
+            .map(|s| s.dim(0).unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        if let Ok(mut p) = self.profile.lock() {
+            p.decoded_rows += seqs.len() * longest;
+        }
         let t0 = Instant::now();
         let out = self.inner.decode(seqs, rows, cache);
         self.add(
@@ -314,7 +324,8 @@ fn main() -> Result<()> {
     let accounted =
         p.prompt_passes.1 + p.continuation_passes.1 + p.other_decodes.1 + p.vision.1 + p.embed.1;
     println!(
-        "  fast per prompt ({grouping:?}): prompt passes {}; continuation passes {}; other decoder calls {}; vision {}; token embedding {}; the rest (tokenize, render, merge, reduce, write) {:.3} s",
+        "  fast per prompt ({grouping:?}): {} decoded rows; prompt passes {}; continuation passes {}; other decoder calls (shared beginnings' followers) {}; vision {}; token embedding {}; the rest (tokenize, render, merge, reduce, write) {:.3} s",
+        p.decoded_rows / args.prompts,
         per_prompt(p.prompt_passes),
         per_prompt(p.continuation_passes),
         per_prompt(p.other_decodes),
