@@ -17,21 +17,24 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench_model;
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use clap::{Parser, ValueEnum};
 use image::{Rgb, RgbImage};
 use serde_json::json;
 use unireward_engine::backend::{
-    Backend, CandleBackend, Decoding, OrtBackend, Recomputing, SessionConfig,
+    Backend, CandleBackend, DecoderCache, Decoding, Limits, OrtBackend, Recomputing, Rows,
+    SessionConfig,
 };
 use unireward_engine::encode_media::encode_media;
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
-use unireward_engine::pairs::job::PairsJob;
+use unireward_engine::pairs::job::{Grouping, PairsJob, DEFAULT_TOKEN_BUDGET};
 use unireward_engine::pairs::{PairOptions, Recipe};
 use unireward_export::{export_onnx, ExportOptions};
+use unireward_models::config::LlavaConfig;
 use unireward_models::judge::{Media, Mode, Task};
 use unireward_models::preprocess::{MediaLoader, MediaRequest};
 use unireward_models::tokenize::PromptTokenizer;
@@ -49,6 +52,101 @@ struct Args {
     /// instead of using the decoder's KV cache.
     #[arg(long)]
     recompute: bool,
+    /// Padded tokens per batched prompt pass.
+    #[arg(long, default_value_t = DEFAULT_TOKEN_BUDGET)]
+    token_budget: usize,
+    /// Each judgement its own prompt pass, one prompt at a time (as before issue 14).
+    #[arg(long)]
+    one_by_one: bool,
+}
+
+/// Where the time of the judged run goes: the backend's calls, timed, and the rows its
+/// decoder calls ran (padding included), which do not vary with the machine's load.
+#[derive(Default)]
+struct Profile {
+    decoded_rows: usize,
+    prompt_passes: (usize, f64),
+    continuation_passes: (usize, f64),
+    other_decodes: (usize, f64),
+    vision: (usize, f64),
+    embed: (usize, f64),
+}
+
+struct Profiled<'a> {
+    inner: &'a dyn Backend,
+    profile: Mutex<Profile>,
+}
+
+impl Profiled<'_> {
+    fn add(&self, which: impl FnOnce(&mut Profile) -> &mut (usize, f64), t0: Instant) {
+        let dt = t0.elapsed().as_secs_f64();
+        if let Ok(mut p) = self.profile.lock() {
+            let slot = which(&mut p);
+            slot.0 += 1;
+            slot.1 += dt;
+        }
+    }
+}
+
+impl Backend for Profiled<'_> {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn config(&self) -> &LlavaConfig {
+        self.inner.config()
+    }
+    fn image_newline(&self) -> &Tensor {
+        self.inner.image_newline()
+    }
+    fn encode_tiles(&self, tiles: &Tensor) -> unireward_engine::error::Result<Tensor> {
+        let t0 = Instant::now();
+        let out = self.inner.encode_tiles(tiles);
+        self.add(|p| &mut p.vision, t0);
+        out
+    }
+    fn embed_tokens(&self, ids: &[u32]) -> unireward_engine::error::Result<Tensor> {
+        let t0 = Instant::now();
+        let out = self.inner.embed_tokens(ids);
+        self.add(|p| &mut p.embed, t0);
+        out
+    }
+    fn limits(&self) -> Limits {
+        self.inner.limits()
+    }
+    fn new_cache(&self) -> unireward_engine::error::Result<Box<dyn DecoderCache>> {
+        self.inner.new_cache()
+    }
+    fn decode(
+        &self,
+        seqs: &[Tensor],
+        rows: Rows<'_>,
+        cache: Option<&mut dyn DecoderCache>,
+    ) -> unireward_engine::error::Result<Vec<Tensor>> {
+        let kind = match (&rows, cache.as_ref().map(|c| c.is_empty())) {
+            (Rows::At(_), Some(true)) => 0,
+            (Rows::All, Some(false)) => 1,
+            _ => 2,
+        };
+        let longest = seqs
+            .iter()
+            .map(|s| s.dim(0).unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        if let Ok(mut p) = self.profile.lock() {
+            p.decoded_rows += seqs.len() * longest;
+        }
+        let t0 = Instant::now();
+        let out = self.inner.decode(seqs, rows, cache);
+        self.add(
+            |p| match kind {
+                0 => &mut p.prompt_passes,
+                1 => &mut p.continuation_passes,
+                _ => &mut p.other_decodes,
+            },
+            t0,
+        );
+        out
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -110,6 +208,11 @@ fn main() -> Result<()> {
             }
         }
     };
+    let profiled = Profiled {
+        inner: backend,
+        profile: Mutex::new(Profile::default()),
+    };
+    let backend: &dyn Backend = &profiled;
     let tokenizer = PromptTokenizer::load(&model_dir, backend.config())?;
     let loader = MediaLoader::from_model_dir(&model_dir, backend.config(), 8)?;
     let judge = Judge::new(
@@ -150,9 +253,25 @@ fn main() -> Result<()> {
         },
     };
     let out = dir.join("pairs.jsonl");
+    let grouping = if args.one_by_one {
+        Grouping::OneByOne
+    } else {
+        Grouping::Batched {
+            token_budget: args.token_budget,
+        }
+    };
+    if let Ok(mut p) = profiled.profile.lock() {
+        *p = Profile::default();
+    }
     let t0 = Instant::now();
-    let summary = job.run(&input, &out, false)?;
+    let summary = job.run_grouped(&input, &out, false, grouping)?;
     let t_fast = t0.elapsed().as_secs_f64() / args.prompts as f64;
+    let fast_profile = std::mem::take(
+        &mut *profiled
+            .profile
+            .lock()
+            .map_err(|_| anyhow::anyhow!("profile lock poisoned"))?,
+    );
 
     // Generate mode: each prompt judges 5 pairs and scores up to 10 candidates, each a
     // prefill plus `new_tokens` greedy steps; measured on one pair and one point prompt.
@@ -194,6 +313,26 @@ fn main() -> Result<()> {
     println!("    preprocessing (decode, resize, tile) {t_pre:.3} s/prompt = {:.1}% of fast; vision encoding of the 10 candidates {t_vision:.3} s", 100.0 * t_pre / t_fast);
     println!("  generate:  {t_gen:.2} s/prompt = {:.4} prompts/s (5 pair + 10 point judgements x {} new tokens: {t_gen_pair:.2} s per pair, {t_gen_point:.2} s per point)", 1.0 / t_gen, args.new_tokens);
     println!("  fast is {:.1}x generate", t_gen / t_fast);
+    let per_prompt = |(n, t): (usize, f64)| {
+        format!(
+            "{:.1} calls {:.3} s",
+            n as f64 / args.prompts as f64,
+            t / args.prompts as f64
+        )
+    };
+    let p = &fast_profile;
+    let accounted =
+        p.prompt_passes.1 + p.continuation_passes.1 + p.other_decodes.1 + p.vision.1 + p.embed.1;
+    println!(
+        "  fast per prompt ({grouping:?}): {} decoded rows; prompt passes {}; continuation passes {}; other decoder calls (shared beginnings' followers) {}; vision {}; token embedding {}; the rest (tokenize, render, merge, reduce, write) {:.3} s",
+        p.decoded_rows / args.prompts,
+        per_prompt(p.prompt_passes),
+        per_prompt(p.continuation_passes),
+        per_prompt(p.other_decodes),
+        per_prompt(p.vision),
+        per_prompt(p.embed),
+        t_fast - accounted / args.prompts as f64
+    );
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -16,7 +16,7 @@ use unireward_engine::backend::{
 };
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
 use unireward_engine::logprob::LogprobJob;
-use unireward_engine::pairs::job::PairsJob;
+use unireward_engine::pairs::job::{Grouping, PairsJob};
 use unireward_engine::pairs::{PairFormat, PairOptions, RankingMode, Recipe};
 use unireward_engine::pipeline::{RunOptions, RunSummary, DEFAULT_DECODE_BUDGET_BYTES};
 use unireward_engine::records::{check_output_path, OutputMode, DEFAULT_MAX_LINE_BYTES};
@@ -445,7 +445,10 @@ fn run() -> Result<RunSummary> {
             // `PairsJob::run` takes only `resume`; the pipeline reads the rest from here.
             let opts = run.options();
             opts.install();
-            Ok(job.run(&input, &out, opts.output.resume)?)
+            let grouping = Grouping::Batched {
+                token_budget: model.token_budget,
+            };
+            Ok(job.run_grouped(&input, &out, opts.output.resume, grouping)?)
         }
         Command::Serve {
             model,

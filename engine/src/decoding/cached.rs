@@ -53,7 +53,7 @@ fn after_prompt_pass<B: Backend + ?Sized>(
 
 /// Scores `continuations` after a prompt whose cache (one sequence) is `cache` and whose
 /// last row's log-softmax is `first`, as many per decoder call as copies of the cache fit.
-fn continue_from<B: Backend + ?Sized>(
+pub(super) fn continue_from<B: Backend + ?Sized>(
     backend: &B,
     cache: &dyn DecoderCache,
     first: &Tensor,

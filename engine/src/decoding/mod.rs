@@ -10,6 +10,7 @@
 mod cached;
 mod generation_batch;
 mod recomputing;
+mod shared_prefix;
 
 use candle_core::Tensor;
 
@@ -17,6 +18,8 @@ use crate::backend::{Backend, Rows};
 use crate::error::{EngineError, Result};
 
 pub use self::generation_batch::{Finish, Generated, GenerationBatch};
+pub(crate) use shared_prefix::similar_length_batches;
+pub use shared_prefix::{continuations_of_families, PromptFamily};
 
 /// The algorithms every [`Backend`] gets.
 pub trait Decoding {

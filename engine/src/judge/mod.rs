@@ -251,6 +251,14 @@ impl<'a> Judge<'a> {
             .collect()
     }
 
+    /// A fast judgement's prompt embeddings and what to score after them, for a caller that
+    /// runs the prompt passes itself and reads the verdict with [`fast::reduce`].
+    pub fn fast_pass(&self, form: &AnswerForm, item: &JudgeItem) -> Result<(Tensor, fast::Plan)> {
+        let embeds = self.embed_prompt(&item.prompt_text, item.media)?;
+        let plan = fast::plan(self, item.task, item.mode, form, &item.prompt_text)?;
+        Ok((embeds, plan))
+    }
+
     /// The rendered prompt's embeddings [T, hidden], media features merged in; an error when
     /// the prompt leaves no room in the context for the answer.
     pub fn embed_prompt(&self, text: &str, media: &MediaFeatures) -> Result<Tensor> {

@@ -3,7 +3,10 @@
 //! read.
 //!
 //! Each candidate image or video is encoded once per prompt and its features reused by every
-//! pair and point prompt it appears in. With the default recipe the prompts, resizing and score
+//! pair and point prompt it appears in. The judgements of the prompts the pipeline hands over
+//! together run as few, full prompt passes ([`PairsJob::pairs_together`]): a prompt's
+//! comparisons and point scores are known before they are judged (all but the point scores of
+//! a round robin over an odd count), and prompts that begin alike run their beginning once. With the default recipe the prompts, resizing and score
 //! ranges are those of the reference's DPO-data scripts (`unireward_models::judge::sift_templates`).
 
 use std::path::{Path, PathBuf};
@@ -16,15 +19,17 @@ use unireward_models::pack::EncodedMedia;
 use unireward_models::preprocess::{MediaLoader, MediaRequest, PreparedMedia, VideoSource};
 use unireward_models::MediaFeatures;
 
+use super::ranking::{self, Ranking};
 use super::{
-    construct, ranking::round_robin, Construction, InvalidJudgement, Judgement, PairFormat,
-    PairJudge, PairOptions, Ranking, Recipe,
+    construct, Construction, InvalidJudgement, Judgement, PairFormat, PairJudge, PairOptions,
+    Recipe,
 };
+use super::{passes, sifting};
 use crate::encode_media::encode_request;
 use crate::error::{EngineError, Result};
 use crate::judge::request::check_question_media;
-use crate::judge::{Judge, Outcome, PromptStyle};
-use crate::pipeline::{answer_each, run_pipeline, RunSummary};
+use crate::judge::{Judge, JudgeItem, Outcome, PromptStyle};
+use crate::pipeline::{answer_each, run_pipeline, Prepared, RunSummary};
 
 impl From<InvalidJudgement> for EngineError {
     fn from(e: InvalidJudgement) -> Self {
@@ -102,6 +107,21 @@ impl PairsRequest {
     }
 }
 
+/// Padded tokens per batched prompt pass when the caller names none (`engine`'s
+/// `--token-budget` default).
+pub const DEFAULT_TOKEN_BUDGET: usize = 4096;
+
+/// How a job's judgements reach the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    /// Each judgement its own prompt pass, one prompt at a time.
+    OneByOne,
+    /// The judgements of a stage (every comparison, then every point score) of all the prompts
+    /// the pipeline hands over together, in prompt passes of at most `token_budget` padded
+    /// tokens.
+    Batched { token_budget: usize },
+}
+
 pub struct PairsJob<'a> {
     pub judge: &'a Judge<'a>,
     pub media: &'a MediaLoader,
@@ -109,7 +129,21 @@ pub struct PairsJob<'a> {
 }
 
 impl PairsJob<'_> {
+    /// [`Self::run_grouped`] with batched prompt passes of [`DEFAULT_TOKEN_BUDGET`] tokens.
     pub fn run(&self, input: &Path, out: &Path, resume: bool) -> Result<RunSummary> {
+        let grouping = Grouping::Batched {
+            token_budget: DEFAULT_TOKEN_BUDGET,
+        };
+        self.run_grouped(input, out, resume, grouping)
+    }
+
+    pub fn run_grouped(
+        &self,
+        input: &Path,
+        out: &Path,
+        resume: bool,
+        grouping: Grouping,
+    ) -> Result<RunSummary> {
         if self.options.recipe == Recipe::Sift && self.judge.style.family != Family::Llava {
             return Err(EngineError::Invalid(format!(
                 "the DPO-data scripts (--recipe sift) judge with the LLaVA family's prompts; \
@@ -134,14 +168,146 @@ impl PairsJob<'_> {
                     .map_err(|e| e.to_string())?;
                 Ok((req, media))
             },
-            |batch| answer_each(batch, |req, media| self.pair(req, media)),
+            |batch| match grouping {
+                Grouping::OneByOne => answer_each(batch, |req, media| self.pair(req, media)),
+                Grouping::Batched { token_budget } => self.pairs_together(batch, token_budget),
+            },
         )
+    }
+
+    /// The answers of several prompts, their judgements together: every comparison of every
+    /// prompt and the point scores known to be needed before ranking
+    /// ([`sifting::known_before_ranking`]), then the point scores that ranking decides. So the
+    /// prompt passes fill the token budget across prompts, and a pair prompt and the point
+    /// prompt of the candidate it shows first, which begin alike, are judged side by side
+    /// (their shared beginning runs once). A prompt that fails fails alone (unless its
+    /// judgements shared a failing decoder call with another's).
+    pub fn pairs_together(
+        &self,
+        batch: Vec<Prepared<PairsRequest>>,
+        token_budget: usize,
+    ) -> Vec<Result<PairsAnswer>> {
+        let options = self.options;
+        let mut failed: Vec<Option<EngineError>> = batch.iter().map(|_| None).collect();
+        let mut judges: Vec<Option<ModelJudge>> = Vec::with_capacity(batch.len());
+        for ((_, (req, media)), failure) in batch.iter().zip(&mut failed) {
+            match encode_request(self.judge.backend, media) {
+                Ok(features) => judges.push(Some(ModelJudge {
+                    judge: self.judge,
+                    req,
+                    features,
+                    recipe: options.recipe,
+                })),
+                Err(e) => {
+                    judges.push(None);
+                    *failure = Some(e);
+                }
+            }
+        }
+        let n = |p: usize| batch[p].1 .0.candidates.len();
+
+        // Stage 1: the comparisons, with the point scores already known to be needed.
+        let planned: Vec<Vec<(usize, usize)>> = (0..batch.len())
+            .map(|p| ranking::planned(options.ranking, n(p), options.swap))
+            .collect();
+        let early: Vec<Option<Vec<usize>>> = (0..batch.len())
+            .map(|p| sifting::known_before_ranking(options.ranking, n(p)))
+            .collect();
+        let asked: Vec<Vec<Shown>> = planned
+            .iter()
+            .zip(&early)
+            .map(|(pairs, points)| side_by_side(pairs, points.as_deref().unwrap_or(&[])))
+            .collect();
+        let judged = judge_together(self.judge, &judges, &asked, token_budget);
+        let mut rankings: Vec<Option<Ranking>> = Vec::with_capacity(batch.len());
+        let mut early_scores: Vec<Vec<f64>> = Vec::with_capacity(batch.len());
+        for (p, outcomes) in judged.into_iter().enumerate() {
+            let stage = outcomes.and_then(|outcomes| {
+                let outcome_of = |want: Shown| {
+                    asked[p]
+                        .iter()
+                        .position(|&s| s == want)
+                        .map(|at| outcomes[at].clone())
+                        .ok_or_else(|| EngineError::Invalid(format!("{want:?} was not judged")))
+                };
+                let judgements = planned[p]
+                    .iter()
+                    .map(|&(i, k)| pair_judgement(outcome_of(Shown::Pair(i, k))?))
+                    .collect::<Result<Vec<_>>>()?;
+                let scores = early[p]
+                    .iter()
+                    .flatten()
+                    .map(|&c| point_score(outcome_of(Shown::Point(c))?))
+                    .collect::<Result<Vec<_>>>()?;
+                let ranking =
+                    ranking::from_judgements(options.ranking, n(p), options.swap, &judgements)?;
+                Ok((ranking, scores))
+            });
+            match keep(&mut judges[p], &mut failed[p], stage) {
+                Some((ranking, scores)) => {
+                    rankings.push(Some(ranking));
+                    early_scores.push(scores);
+                }
+                None => {
+                    rankings.push(None);
+                    early_scores.push(Vec::new());
+                }
+            }
+        }
+
+        // Stage 2: the point scores that ranking decided.
+        let wanted: Vec<Vec<usize>> = rankings
+            .iter()
+            .zip(&early)
+            .map(|(r, early)| match (r, early) {
+                (Some(r), None) => sifting::to_score(&r.chosen, &r.rejected),
+                _ => Vec::new(),
+            })
+            .collect();
+        let asked: Vec<Vec<Shown>> = wanted
+            .iter()
+            .map(|cs| cs.iter().map(|&c| Shown::Point(c)).collect())
+            .collect();
+        let judged = judge_together(self.judge, &judges, &asked, token_budget);
+        let mut answers = Vec::with_capacity(batch.len());
+        for (p, outcomes) in judged.into_iter().enumerate() {
+            if let Some(e) = failed[p].take() {
+                answers.push(Err(e));
+                continue;
+            }
+            let req = &batch[p].1 .0;
+            let answer = rankings[p]
+                .take()
+                .ok_or_else(|| EngineError::Invalid("not ranked".into()))
+                .and_then(|ranking| {
+                    let (scored, scores) = match &early[p] {
+                        Some(early) => (early.clone(), std::mem::take(&mut early_scores[p])),
+                        None => {
+                            let scores = outcomes?
+                                .into_iter()
+                                .map(point_score)
+                                .collect::<Result<Vec<_>>>()?;
+                            (wanted[p].clone(), scores)
+                        }
+                    };
+                    let sifting =
+                        sifting::from_scores(&ranking.chosen, &ranking.rejected, &scored, &scores)?;
+                    self.answer(req, &Construction { ranking, sifting })
+                });
+            answers.push(answer);
+        }
+        answers
     }
 
     /// The preference pair of one prompt, or why it was dropped.
     pub fn pair(&self, req: &PairsRequest, media: &PreparedMedia) -> Result<PairsAnswer> {
         let features = encode_request(self.judge.backend, media)?;
         let built = self.construct_encoded(req, features)?;
+        self.answer(req, &built)
+    }
+
+    /// The record of one prompt's construction.
+    fn answer(&self, req: &PairsRequest, built: &Construction) -> Result<PairsAnswer> {
         let unranked = built.ranking.unranked.clone();
         let pair = match built.outcome() {
             Ok(p) => p,
@@ -208,7 +374,7 @@ impl PairsJob<'_> {
         features: EncodedMedia,
     ) -> Result<Ranking> {
         let mut judge = self.model_judge(req, features);
-        round_robin(&mut judge, req.candidates.len(), self.options.swap)
+        ranking::round_robin(&mut judge, req.candidates.len(), self.options.swap)
     }
 
     fn model_judge<'r>(&'r self, req: &'r PairsRequest, features: EncodedMedia) -> ModelJudge<'r> {
@@ -251,6 +417,118 @@ pub fn recipe_prompt(
     (style.user_template.clone().unwrap_or(template), form)
 }
 
+/// The value of a prompt's stage, or its failure recorded (and the prompt left out of later
+/// stages).
+fn keep<T>(
+    judge: &mut Option<ModelJudge>,
+    failed: &mut Option<EngineError>,
+    value: Result<T>,
+) -> Option<T> {
+    match value {
+        Ok(v) => Some(v),
+        Err(e) => {
+            if failed.is_none() {
+                *failed = Some(e);
+            }
+            *judge = None;
+            None
+        }
+    }
+}
+
+/// What one judgement shows: two candidates in this order, or one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    Pair(usize, usize),
+    Point(usize),
+}
+
+impl Shown {
+    fn shown_first(self) -> usize {
+        match self {
+            Shown::Pair(first, _) => first,
+            Shown::Point(c) => c,
+        }
+    }
+}
+
+/// The comparisons `pairs` and point scores `points`, each point score right after the
+/// comparisons showing its candidate first: for a generation task their prompts begin alike
+/// (the system turn, then that candidate's image or video).
+fn side_by_side(pairs: &[(usize, usize)], points: &[usize]) -> Vec<Shown> {
+    let mut all: Vec<Shown> = pairs.iter().map(|&(i, k)| Shown::Pair(i, k)).collect();
+    all.extend(points.iter().map(|&c| Shown::Point(c)));
+    // Stable: comparisons keep their order, and come before the point score of their first.
+    all.sort_by_key(|s| s.shown_first());
+    all
+}
+
+/// One judgement's prompt, rendered.
+struct Rendered {
+    task: Task,
+    mode: Mode,
+    form: AnswerForm,
+    text: String,
+    features: MediaFeatures,
+}
+
+/// The judgements `asked` of each prompt (none of a prompt without a judge), all through one
+/// [`passes::judge_all`]: one result per prompt, its outcomes in the order asked, or
+/// its first failure.
+fn judge_together(
+    judge: &Judge,
+    judges: &[Option<ModelJudge>],
+    asked: &[Vec<Shown>],
+    token_budget: usize,
+) -> Vec<Result<Vec<Outcome>>> {
+    let mut rendered: Vec<Result<Vec<Rendered>>> = judges
+        .iter()
+        .zip(asked)
+        .map(|(j, shown)| match j {
+            Some(j) => shown.iter().map(|&s| j.render(s)).collect(),
+            None => Ok(Vec::new()),
+        })
+        .collect();
+    let mut items = Vec::new();
+    let mut forms = Vec::new();
+    for r in rendered.iter().flatten() {
+        for one in r {
+            items.push(JudgeItem {
+                task: one.task,
+                mode: one.mode,
+                prompt_text: one.text.clone(),
+                media: &one.features,
+            });
+            forms.push(one.form);
+        }
+    }
+    let mut outcomes = passes::judge_all(judge, &items, &forms, token_budget).into_iter();
+    rendered
+        .iter_mut()
+        .map(|r| {
+            let count = r.as_ref().map_or(0, Vec::len);
+            let mine: Vec<Result<Outcome>> = outcomes.by_ref().take(count).collect();
+            let r = std::mem::replace(r, Ok(Vec::new()));
+            r?;
+            mine.into_iter().collect()
+        })
+        .collect()
+}
+
+fn pair_judgement(outcome: Outcome) -> Result<Judgement> {
+    match outcome {
+        Outcome::Pair { probs, .. } => Ok(Judgement::Probs(probs)),
+        Outcome::Point { .. } => Err(EngineError::Invalid("a pair prompt gave a score".into())),
+    }
+}
+
+fn point_score(outcome: Outcome) -> Result<f64> {
+    match outcome {
+        Outcome::Point { score, .. } => Ok(score.expected),
+        Outcome::Pair { .. } => Err(EngineError::Invalid("a point prompt gave a verdict".into())),
+    }
+}
+
 /// The model as pair construction's judge, over one prompt's encoded media.
 struct ModelJudge<'a> {
     judge: &'a Judge<'a>,
@@ -284,8 +562,12 @@ impl ModelJudge<'_> {
         }
     }
 
-    fn outcome(&self, mode: Mode, shown: &[usize]) -> Result<Outcome> {
-        let (features, marks, answers) = self.inputs(shown)?;
+    fn render(&self, shown: Shown) -> Result<Rendered> {
+        let (mode, shown) = match shown {
+            Shown::Pair(i, k) => (Mode::Pair, vec![i, k]),
+            Shown::Point(c) => (Mode::Point, vec![c]),
+        };
+        let (features, marks, answers) = self.inputs(&shown)?;
         let task = self.req.task;
         let (template, form) = recipe_prompt(self.recipe, &self.judge.style, task, mode);
         let text = self.judge.prompt_text_with(
@@ -297,7 +579,19 @@ impl ModelJudge<'_> {
             &answers,
             marks,
         )?;
-        self.judge.judge_with(&form, task, mode, &text, &features)
+        Ok(Rendered {
+            task,
+            mode,
+            form,
+            text,
+            features,
+        })
+    }
+
+    fn outcome(&self, shown: Shown) -> Result<Outcome> {
+        let r = self.render(shown)?;
+        self.judge
+            .judge_with(&r.form, r.task, r.mode, &r.text, &r.features)
     }
 }
 
@@ -305,19 +599,11 @@ impl PairJudge for ModelJudge<'_> {
     type Error = EngineError;
 
     fn compare(&mut self, first: usize, second: usize) -> Result<Judgement> {
-        match self.outcome(Mode::Pair, &[first, second])? {
-            Outcome::Pair { probs, .. } => Ok(Judgement::Probs(probs)),
-            Outcome::Point { .. } => Err(EngineError::Invalid("a pair prompt gave a score".into())),
-        }
+        pair_judgement(self.outcome(Shown::Pair(first, second))?)
     }
 
     fn score(&mut self, candidate: usize) -> Result<f64> {
-        match self.outcome(Mode::Point, &[candidate])? {
-            Outcome::Point { score, .. } => Ok(score.expected),
-            Outcome::Pair { .. } => {
-                Err(EngineError::Invalid("a point prompt gave a verdict".into()))
-            }
-        }
+        point_score(self.outcome(Shown::Point(candidate))?)
     }
 }
 

@@ -27,6 +27,7 @@
 
 pub mod bradley_terry;
 pub mod job;
+mod passes;
 pub mod ranking;
 pub mod sifting;
 
@@ -63,6 +64,17 @@ pub trait PairJudge {
 
     /// The point score of one candidate, on the task's scale.
     fn score(&mut self, candidate: usize) -> Result<f64, Self::Error>;
+
+    /// [`Self::compare`] of each ordered pair, in order: what a judge that batches its
+    /// prompt passes overrides.
+    fn compare_many(&mut self, pairs: &[(usize, usize)]) -> Result<Vec<Judgement>, Self::Error> {
+        pairs.iter().map(|&(i, j)| self.compare(i, j)).collect()
+    }
+
+    /// [`Self::score`] of each candidate, in order.
+    fn score_many(&mut self, candidates: &[usize]) -> Result<Vec<f64>, Self::Error> {
+        candidates.iter().map(|&c| self.score(c)).collect()
+    }
 }
 
 /// How the chosen and rejected lists are formed.
@@ -197,10 +209,8 @@ pub fn construct<J: PairJudge>(
     n: usize,
     options: PairOptions,
 ) -> Result<Construction, J::Error> {
-    let ranking = match options.ranking {
-        RankingMode::Disjoint => ranking::disjoint_pairs(judge, n, options.swap)?,
-        RankingMode::RoundRobin => ranking::round_robin(judge, n, options.swap)?,
-    };
+    let judgements = judge.compare_many(&ranking::planned(options.ranking, n, options.swap))?;
+    let ranking = ranking::from_judgements(options.ranking, n, options.swap, &judgements)?;
     let sifting = sifting::sift(judge, &ranking.chosen, &ranking.rejected)?;
     Ok(Construction { ranking, sifting })
 }

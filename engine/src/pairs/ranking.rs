@@ -9,7 +9,7 @@
 //! candidate would weigh that one twice; [`Ranking::unranked`] names it, and so does the record.
 
 use super::bradley_terry::{self, BtFit, BtOptions};
-use super::{InvalidJudgement, Judgement, PairJudge, PairProbs, Verdict};
+use super::{InvalidJudgement, Judgement, PairJudge, PairProbs, RankingMode, Verdict};
 
 /// One judged pair.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,9 +72,25 @@ pub fn judge_pair<J: PairJudge>(
     second: usize,
     swap: bool,
 ) -> Result<Comparison, J::Error> {
-    let mut probs = checked_probs(first, second, judge.compare(first, second)?)?;
-    if swap {
-        let reversed = checked_probs(second, first, judge.compare(second, first)?)?;
+    let forward = judge.compare(first, second)?;
+    let reversed = if swap {
+        Some(judge.compare(second, first)?)
+    } else {
+        None
+    };
+    Ok(comparison(first, second, forward, reversed)?)
+}
+
+/// A comparison from its judgement(s), `reversed` being `second` shown first.
+fn comparison(
+    first: usize,
+    second: usize,
+    forward: Judgement,
+    reversed: Option<Judgement>,
+) -> Result<Comparison, InvalidJudgement> {
+    let mut probs = checked_probs(first, second, forward)?;
+    if let Some(r) = reversed {
+        let reversed = checked_probs(second, first, r)?;
         probs = probs.mean(&reversed.swapped());
     }
     let (winner, loser) = if probs.second > probs.first {
@@ -92,40 +108,96 @@ pub fn judge_pair<J: PairJudge>(
     })
 }
 
+/// The pairs `mode` compares among `n` candidates: (0, 1), (2, 3), ... or every (i, j), i < j.
+fn pairs(mode: RankingMode, n: usize) -> Vec<(usize, usize)> {
+    match mode {
+        RankingMode::Disjoint => (0..n / 2).map(|p| (2 * p, 2 * p + 1)).collect(),
+        RankingMode::RoundRobin => (0..n)
+            .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+            .collect(),
+    }
+}
+
+/// Every ordered comparison a ranking asks the judge for, in the order a judge sees them one
+/// at a time: each pair, followed by its reverse when `swap`. All are known before any is
+/// judged, so they can be judged together.
+pub fn planned(mode: RankingMode, n: usize, swap: bool) -> Vec<(usize, usize)> {
+    pairs(mode, n)
+        .into_iter()
+        .flat_map(|(i, j)| {
+            let reverse = swap.then_some((j, i));
+            std::iter::once((i, j)).chain(reverse)
+        })
+        .collect()
+}
+
+/// The ranking from the judgements of [`planned`]`(mode, n, swap)`, in its order.
+pub fn from_judgements(
+    mode: RankingMode,
+    n: usize,
+    swap: bool,
+    judgements: &[Judgement],
+) -> Result<Ranking, InvalidJudgement> {
+    let pairs = pairs(mode, n);
+    let per_pair = if swap { 2 } else { 1 };
+    if judgements.len() != pairs.len() * per_pair {
+        return Err(InvalidJudgement(format!(
+            "{} judgements for {} comparisons",
+            judgements.len(),
+            pairs.len() * per_pair
+        )));
+    }
+    let comparisons = pairs
+        .iter()
+        .zip(judgements.chunks(per_pair))
+        .map(|(&(i, j), js)| comparison(i, j, js[0], js.get(1).copied()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(match mode {
+        RankingMode::Disjoint => disjoint_ranking(n, comparisons),
+        RankingMode::RoundRobin => round_robin_ranking(n, comparisons),
+    })
+}
+
 /// The reference ranking: (0, 1), (2, 3), ...
 pub fn disjoint_pairs<J: PairJudge>(
     judge: &mut J,
     n: usize,
     swap: bool,
 ) -> Result<Ranking, J::Error> {
-    let mut ranking = Ranking {
-        chosen: Vec::with_capacity(n / 2),
-        rejected: Vec::with_capacity(n / 2),
-        unranked: Vec::new(),
-        comparisons: Vec::with_capacity(n / 2),
-        strengths: None,
-    };
-    for pair in 0..n / 2 {
-        let c = judge_pair(judge, 2 * pair, 2 * pair + 1, swap)?;
-        ranking.chosen.push(c.winner);
-        ranking.rejected.push(c.loser);
-        ranking.comparisons.push(c);
-    }
-    if n % 2 == 1 {
-        ranking.unranked.push(n - 1);
-    }
-    Ok(ranking)
+    ranked(judge, RankingMode::Disjoint, n, swap)
 }
 
 /// Every pair (i, j), i < j, with a Bradley-Terry fit in which a tie counts half a win for
 /// each side and a comparison counts its probabilities as fractional wins.
 pub fn round_robin<J: PairJudge>(judge: &mut J, n: usize, swap: bool) -> Result<Ranking, J::Error> {
-    let mut comparisons = Vec::with_capacity(n * n.saturating_sub(1) / 2);
-    for i in 0..n {
-        for j in i + 1..n {
-            comparisons.push(judge_pair(judge, i, j, swap)?);
-        }
+    ranked(judge, RankingMode::RoundRobin, n, swap)
+}
+
+fn ranked<J: PairJudge>(
+    judge: &mut J,
+    mode: RankingMode,
+    n: usize,
+    swap: bool,
+) -> Result<Ranking, J::Error> {
+    let judgements = judge.compare_many(&planned(mode, n, swap))?;
+    Ok(from_judgements(mode, n, swap, &judgements)?)
+}
+
+fn disjoint_ranking(n: usize, comparisons: Vec<Comparison>) -> Ranking {
+    let mut ranking = Ranking {
+        chosen: comparisons.iter().map(|c| c.winner).collect(),
+        rejected: comparisons.iter().map(|c| c.loser).collect(),
+        unranked: Vec::new(),
+        comparisons,
+        strengths: None,
+    };
+    if n % 2 == 1 {
+        ranking.unranked.push(n - 1);
     }
+    ranking
+}
+
+fn round_robin_ranking(n: usize, comparisons: Vec<Comparison>) -> Ranking {
     let mut wins = vec![vec![0.0; n]; n];
     for c in &comparisons {
         wins[c.first][c.second] += c.probs.first + 0.5 * c.probs.tie;
@@ -137,11 +209,11 @@ pub fn round_robin<J: PairJudge>(judge: &mut J, n: usize, swap: bool) -> Result<
     let chosen = order[..half].to_vec();
     let rejected = order[n - half..].iter().rev().copied().collect();
     let unranked = order[half..n - half].to_vec();
-    Ok(Ranking {
+    Ranking {
         chosen,
         rejected,
         unranked,
         comparisons,
         strengths: Some(fit),
-    })
+    }
 }

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use super::{InvalidJudgement, PairJudge};
+use super::{InvalidJudgement, PairJudge, RankingMode};
 
 /// The preference pair of one prompt.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,31 +60,34 @@ pub struct Sifting {
     pub outcome: Result<SiftedPair, Dropped>,
 }
 
-fn score_all<J: PairJudge>(
-    judge: &mut J,
-    candidates: &[usize],
-    scores: &mut Vec<(usize, f64)>,
-) -> Result<Vec<f64>, J::Error> {
-    let mut out = Vec::with_capacity(candidates.len());
-    for &c in candidates {
-        let known = scores.iter().find(|(k, _)| *k == c).map(|(_, s)| *s);
-        let s = match known {
-            Some(s) => s,
-            None => {
-                let s = judge.score(c)?;
-                if !s.is_finite() {
-                    return Err(InvalidJudgement(format!(
-                        "candidate {c}: score {s} is not a number"
-                    ))
-                    .into());
-                }
-                scores.push((c, s));
-                s
-            }
-        };
-        out.push(s);
+/// The candidates sifting scores: the chosen list, then the rejected one, each once; none
+/// when either list is empty (the prompt is then dropped unscored). All are known before any
+/// is scored, so they can be scored together.
+pub fn to_score(chosen: &[usize], rejected: &[usize]) -> Vec<usize> {
+    if chosen.is_empty() || rejected.is_empty() {
+        return Vec::new();
     }
-    Ok(out)
+    let mut out: Vec<usize> = Vec::with_capacity(chosen.len() + rejected.len());
+    for &c in chosen.iter().chain(rejected) {
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The candidates sifting will score whatever the ranking says, when that is known before
+/// ranking: every candidate in a pair of disjoint pairs, and with round robin every candidate
+/// when their count is even (with an odd count the unranked one is known only after). So
+/// they can be scored together with the comparisons.
+pub fn known_before_ranking(mode: RankingMode, n: usize) -> Option<Vec<usize>> {
+    if n < 2 {
+        return None;
+    }
+    match mode {
+        RankingMode::Disjoint => Some((0..n / 2 * 2).collect()),
+        RankingMode::RoundRobin => n.is_multiple_of(2).then(|| (0..n).collect()),
+    }
 }
 
 /// Scores every candidate of both lists and pairs the best chosen with the worst rejected.
@@ -93,6 +96,19 @@ pub fn sift<J: PairJudge>(
     chosen: &[usize],
     rejected: &[usize],
 ) -> Result<Sifting, J::Error> {
+    let wanted = to_score(chosen, rejected);
+    let scores = judge.score_many(&wanted)?;
+    Ok(from_scores(chosen, rejected, &wanted, &scores)?)
+}
+
+/// Sifting from the `scores` of the candidates `scored` (in its order), which include those
+/// [`to_score`] names (they may include more: scored before the lists were known).
+pub fn from_scores(
+    chosen: &[usize],
+    rejected: &[usize],
+    scored: &[usize],
+    scores: &[f64],
+) -> Result<Sifting, InvalidJudgement> {
     if chosen.is_empty() || rejected.is_empty() {
         return Ok(Sifting {
             scores: Vec::new(),
@@ -102,9 +118,37 @@ pub fn sift<J: PairJudge>(
             }),
         });
     }
-    let mut scores = Vec::with_capacity(chosen.len() + rejected.len());
-    let chosen_scores = score_all(judge, chosen, &mut scores)?;
-    let rejected_scores = score_all(judge, rejected, &mut scores)?;
+    if scored.len() != scores.len() {
+        return Err(InvalidJudgement(format!(
+            "{} scores for {} candidates",
+            scores.len(),
+            scored.len()
+        )));
+    }
+    let score_of = |c: usize| {
+        let s = scored
+            .iter()
+            .position(|&k| k == c)
+            .map(|at| scores[at])
+            .ok_or_else(|| InvalidJudgement(format!("candidate {c} was not scored")))?;
+        if !s.is_finite() {
+            return Err(InvalidJudgement(format!(
+                "candidate {c}: score {s} is not a number"
+            )));
+        }
+        Ok(s)
+    };
+    let scores = to_score(chosen, rejected)
+        .into_iter()
+        .map(|c| Ok((c, score_of(c)?)))
+        .collect::<Result<Vec<(usize, f64)>, InvalidJudgement>>()?;
+    let listed = |list: &[usize]| {
+        list.iter()
+            .map(|&c| score_of(c))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let chosen_scores = listed(chosen)?;
+    let rejected_scores = listed(rejected)?;
     let mut best = 0;
     for (k, s) in chosen_scores.iter().enumerate() {
         if *s > chosen_scores[best] {
@@ -134,4 +178,43 @@ pub fn sift<J: PairJudge>(
         })
     };
     Ok(Sifting { scores, outcome })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pairs::ranking::{from_judgements, planned};
+    use crate::pairs::{Judgement, PairProbs};
+
+    /// Whatever the verdicts, the candidates scored early are those sifting asks for.
+    #[test]
+    fn the_early_scores_are_those_sifting_asks_for() {
+        for mode in [RankingMode::Disjoint, RankingMode::RoundRobin] {
+            for n in 2..8 {
+                for seed in 0..5usize {
+                    let judgements: Vec<Judgement> = planned(mode, n, false)
+                        .iter()
+                        .map(|&(i, j)| {
+                            let x = ((i * 7 + j * 13 + seed * 5) % 11) as f64 / 10.0;
+                            Judgement::Probs(PairProbs {
+                                first: x,
+                                second: 1.0 - x,
+                                tie: 0.0,
+                            })
+                        })
+                        .collect();
+                    let ranking = from_judgements(mode, n, false, &judgements).unwrap();
+                    let mut asked = to_score(&ranking.chosen, &ranking.rejected);
+                    asked.sort_unstable();
+                    match known_before_ranking(mode, n) {
+                        Some(early) => assert_eq!(early, asked, "{mode} n={n}"),
+                        None => {
+                            assert!(mode == RankingMode::RoundRobin && n % 2 == 1);
+                            assert_eq!(asked.len(), n - 1);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
