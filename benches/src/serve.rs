@@ -17,9 +17,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench_model;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -34,7 +33,7 @@ use unireward_engine::score::ScoreJob;
 use unireward_models::judge::{user_turn, Family, Media, Mode, Task};
 use unireward_models::preprocess::MediaLoader;
 use unireward_models::tokenize::PromptTokenizer;
-use unireward_tests::http::{http, metric};
+use unireward_tests::http::{http, metric, ServerProcess};
 
 #[derive(Parser)]
 struct Args {
@@ -69,20 +68,9 @@ fn picture(k: usize, path: &Path) -> Result<Vec<u8>> {
     Ok(std::fs::read(path)?)
 }
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(engine: &Path, model: &Path, new_tokens: usize) -> Result<Server> {
-    let mut child = Command::new(engine)
+fn start_server(engine: &Path, model: &Path, new_tokens: usize) -> Result<ServerProcess> {
+    let mut command = Command::new(engine);
+    command
         .args(["serve", "--model"])
         .arg(model)
         .args([
@@ -94,21 +82,8 @@ fn start_server(engine: &Path, model: &Path, new_tokens: usize) -> Result<Server
             "0",
         ])
         .args(["--max-new-tokens", &new_tokens.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", engine.display()))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .ok_or_else(|| anyhow!("the server exited before listening"))??;
-        if let Some(a) = line.strip_prefix("listening on http://") {
-            break a.to_string();
-        }
-    };
-    Ok(Server { child, addr })
+        .stderr(Stdio::null());
+    ServerProcess::spawn(command).with_context(|| format!("starting {}", engine.display()))
 }
 
 struct Level {

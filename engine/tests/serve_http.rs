@@ -4,18 +4,17 @@
 //! round-robin ranking `engine pairs` computes, and the operational rules: 401, 429, 413,
 //! refused remote URLs and files, a graceful stop that answers every accepted request.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use unireward_models::judge::{user_turn, Family, Media, Mode, Task};
 use unireward_tests::golden_model_dir;
-use unireward_tests::http::{http, metric, Reply};
+use unireward_tests::http::{http, metric, Reply, ServerProcess};
 
 fn engine() -> Command {
     Command::new(env!("CARGO_BIN_EXE_engine"))
@@ -50,59 +49,39 @@ fn data_uri(kind: &str, bytes: &[u8]) -> String {
     )
 }
 
-struct Server {
-    child: Child,
-    addr: String,
+/// `engine serve` on the golden checkpoint, on a free loopback port.
+struct Server(ServerProcess);
+
+impl std::ops::Deref for Server {
+    type Target = ServerProcess;
+
+    fn deref(&self) -> &ServerProcess {
+        &self.0
+    }
 }
 
 impl Server {
     fn start(extra: &[&str]) -> Result<Self> {
-        let mut child = engine()
+        let mut command = engine();
+        command
             .args(["serve", "--model"])
             .arg(golden_model_dir()?)
             .args(["--port", "0"])
             .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(120))
-            .context("the server did not say where it listens")?;
-        Ok(Self { child, addr })
-    }
-
-    fn post(&self, path: &str, body: &Value) -> Result<Reply> {
-        http(&self.addr, "POST", path, &[], body.to_string().as_bytes())
-    }
-
-    fn get(&self, path: &str) -> Result<Reply> {
-        http(&self.addr, "GET", path, &[], b"")
-    }
-
-    fn metric(&self, name: &str) -> Result<f64> {
-        let text = self.get("/metrics")?.body;
-        metric(&text, name).ok_or_else(|| anyhow!("no metric {name} in\n{text}"))
+            .stderr(Stdio::inherit());
+        Ok(Self(ServerProcess::spawn(command)?))
     }
 
     fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.0.child.id().to_string()])
             .status()?;
         if !status.success() {
             bail!("kill failed");
         }
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            if let Some(s) = self.child.try_wait()? {
+            if let Some(s) = self.0.child.try_wait()? {
                 return Ok(s);
             }
             if Instant::now() > deadline {
@@ -110,13 +89,6 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -589,5 +561,60 @@ fn a_request_whose_client_leaves_is_dropped_from_the_batch() -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(server.metric("unireward_generated_tokens_total")?, settled);
     assert!(settled < 4000.0);
+    Ok(())
+}
+
+#[test]
+fn a_video_as_frame_images_answers_as_engine_score_does() -> Result<()> {
+    let dir = scratch("video")?;
+    let frames: Vec<Vec<u8>> = (0..4)
+        .map(|k| {
+            picture(
+                20 + k,
+                image::ImageFormat::Png,
+                &dir.join(format!("f{k}.png")),
+            )
+        })
+        .collect::<Result<_>>()?;
+    let caption = "a ball rolling across a table";
+    // The user turn `engine score` writes for a video-generation point request in frames mode
+    // (one <image> line per sampled frame) is the chat text with its <video> marker expanded.
+    let sampled = 4;
+    let text = user_turn(
+        Family::Llava,
+        Task::VideoGeneration,
+        Mode::Point,
+        caption,
+        &[] as &[String],
+        Media::Images(sampled),
+    )?;
+    let after_markers = text.replace("<image>\n", "");
+    let server = Server::start(&["--max-new-tokens", NEW_TOKENS, "--frames", "4"])?;
+    let uris: Vec<String> = frames.iter().map(|f| data_uri("image/png", f)).collect();
+    let body = chat_body(json!([
+        {"type": "video_url", "video_url": {"url": uris}},
+        {"type": "text", "text": format!("<video>\n{after_markers}")},
+    ]));
+    let answer = content_of(&server.post("/v1/chat/completions", &body)?)?;
+    let cli = engine_score(
+        &dir,
+        &[
+            json!({"id": "v", "task": "video_generation", "mode": "point", "prompt": caption,
+            "videos": [["f0.png", "f1.png", "f2.png", "f3.png"]]}),
+        ],
+        &[
+            "--judge",
+            "generate",
+            "--max-new-tokens",
+            NEW_TOKENS,
+            "--frames",
+            "4",
+        ],
+    )?;
+    let error = cli[0]["error"].as_str().unwrap_or("");
+    assert!(
+        error.ends_with(&format!("{answer:?}")),
+        "{error:?} vs {answer:?}"
+    );
     Ok(())
 }

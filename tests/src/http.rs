@@ -1,8 +1,9 @@
 //! A minimal HTTP/1.1 client for driving `engine serve` from tests and benches: one request
 //! per connection (`Connection: close`), the whole answer read back.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -78,4 +79,52 @@ pub fn metric(page: &str, name: &str) -> Option<f64> {
         let (key, value) = l.rsplit_once(' ')?;
         (key == name).then(|| value.parse().ok())?
     })
+}
+
+/// A server process (`engine serve --port 0 ...`) and the address its `listening on
+/// http://ADDR` line gave; killed when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl ServerProcess {
+    /// Starts `command` with its stdout read for the address (stderr as the command has it).
+    pub fn spawn(mut command: Command) -> Result<Self> {
+        let mut child = command.stdout(Stdio::piped()).spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(300))
+            .context("the server did not say where it listens")?;
+        Ok(Self { child, addr })
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Result<Reply> {
+        http(&self.addr, "POST", path, &[], body.to_string().as_bytes())
+    }
+
+    pub fn get(&self, path: &str) -> Result<Reply> {
+        http(&self.addr, "GET", path, &[], b"")
+    }
+
+    /// A metric of the server's `/metrics` page.
+    pub fn metric(&self, name: &str) -> Result<f64> {
+        let page = self.get("/metrics")?.body;
+        metric(&page, name).ok_or_else(|| anyhow!("no metric {name} in\n{page}"))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
