@@ -486,19 +486,12 @@ fn run_server(model: &ModelArgs, judge: &JudgeArgs, args: &ServeArgs) -> Result<
         },
         model,
     )?;
-    let rank_judge = make_judge(
-        &l,
-        &JudgeArgs {
-            judge: JudgeMode::Fast,
-            ..judge.clone()
-        },
-        model,
-    )?;
+    // One fast judge for /v1/score and /v1/rank: building one scans the whole vocabulary.
     let serve_model = ServeModel {
-        fast,
+        fast: &fast,
         generate,
         rank: PairsJob {
-            judge: &rank_judge,
+            judge: &fast,
             media: &l.media,
             options: PairOptions {
                 ranking: RankingMode::RoundRobin,

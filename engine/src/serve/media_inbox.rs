@@ -150,16 +150,31 @@ impl<'p> Inbox<'p> {
                 key: None,
             });
         }
-        let bytes = read_file(&real)?;
+        let err = |e: String| ApiError::bad_request(format!("{}: {e}", real.display()));
+        unireward_models::preprocess::media_file::check_regular_file(&real)
+            .map_err(|e| err(e.to_string()))?;
         if expect == Expect::Image {
-            image_extension(&bytes, self.policy.max_pixels)?;
+            let mut head = Vec::new();
+            std::fs::File::open(&real)
+                .and_then(|f| f.take(IMAGE_HEAD_BYTES).read_to_end(&mut head))
+                .map_err(|e| err(e.to_string()))?;
+            image_extension(&head, self.policy.max_pixels)?;
         }
+        // Streamed, so that a large video file is hashed without being held in memory.
+        let mut hasher = Sha256::new();
+        std::fs::File::open(&real)
+            .and_then(|mut f| std::io::copy(&mut f, &mut hasher))
+            .map_err(|e| err(e.to_string()))?;
         Ok(Localized {
-            key: Some(Sha256::digest(&bytes).into()),
+            key: Some(hasher.finalize().into()),
             path: real,
         })
     }
 }
+
+/// Bytes of an image file read to find its format and size: the header, and room for the
+/// metadata some JPEGs put before their frame header.
+const IMAGE_HEAD_BYTES: u64 = 1 << 20;
 
 /// The content hashes of a request's images and videos, in [`MediaRequest`] order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -218,17 +233,6 @@ impl Inbox<'_> {
             }
         }
     }
-}
-
-fn read_file(path: &Path) -> Result<Vec<u8>, ApiError> {
-    let err = |e: String| ApiError::bad_request(format!("{}: {e}", path.display()));
-    unireward_models::preprocess::media_file::check_regular_file(path)
-        .map_err(|e| err(e.to_string()))?;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| err(e.to_string()))?;
-    Ok(bytes)
 }
 
 fn decode_base64(payload: &str) -> Result<Vec<u8>, ApiError> {

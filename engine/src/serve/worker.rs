@@ -33,8 +33,8 @@ use crate::pairs::Ranking;
 
 /// What the model thread holds.
 pub struct ServeModel<'a> {
-    /// Fast judging (`/v1/score` in fast mode).
-    pub fast: Judge<'a>,
+    /// Fast judging (`/v1/score` in fast mode); `rank` judges with the same one.
+    pub fast: &'a Judge<'a>,
     /// Greedy decoding (chat completions, `/v1/score` in generate mode); its
     /// `max_new_tokens` caps every answer.
     pub generate: Judge<'a>,
@@ -333,12 +333,22 @@ impl Worker<'_, '_> {
         if let Some(slot) = g.answers.get_mut(index) {
             *slot = Some(answer);
         }
-        if g.answers.iter().all(Option::is_some) {
-            if let Some(g) = self.groups.remove(&group) {
-                let answers = g.answers.into_iter().flatten().collect();
-                if let Some(reply) = g.reply {
-                    let _ = reply.send(answers);
-                }
+        self.reply_if_complete(group);
+    }
+
+    /// Sends a score group's answers once every record has one.
+    fn reply_if_complete(&mut self, group: u64) {
+        let complete = self
+            .groups
+            .get(&group)
+            .is_some_and(|g| g.answers.iter().all(Option::is_some));
+        if !complete {
+            return;
+        }
+        if let Some(g) = self.groups.remove(&group) {
+            let answers = g.answers.into_iter().flatten().collect();
+            if let Some(reply) = g.reply {
+                let _ = reply.send(answers);
             }
         }
     }
@@ -365,7 +375,6 @@ impl Worker<'_, '_> {
                 Err(e) => answers.push(Some(Err(e.to_string()))),
             }
         }
-        let done = started.is_empty();
         self.groups.insert(
             group,
             ScoreGroup {
@@ -387,19 +396,13 @@ impl Worker<'_, '_> {
             let max_new = self.model.generate.max_new_tokens;
             new_generations.push((key, embeds, max_new, self.stop.clone()));
         }
-        if done {
-            if let Some(g) = self.groups.remove(&group) {
-                let answers = g.answers.into_iter().flatten().collect();
-                if let Some(reply) = g.reply {
-                    let _ = reply.send(answers);
-                }
-            }
-        }
+        // Every record failed before generating: nothing will complete the group later.
+        self.reply_if_complete(group);
     }
 
     /// Fast judgement of every record of these requests together.
     fn judge_fast(&mut self, requests: Vec<ScoreWork>) {
-        let judge = &self.model.fast;
+        let judge = self.model.fast;
         let mut answers: Vec<ScoreAnswers> = Vec::with_capacity(requests.len());
         let mut inputs = Vec::new();
         for (r, (records, _)) in requests.iter().enumerate() {
