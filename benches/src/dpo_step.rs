@@ -11,7 +11,11 @@
 //!
 //! Data: synthetic pairs, each a 224x224 PNG (drawn here) with a question and two answers.
 //!
-//! `cargo run --release -p unireward-benches --bin bench-dpo-step -- --steps 5`
+//! With `--torch PYTHON`, the same steps run in PyTorch eager + transformers in the same
+//! sitting (benches/reference/dpo_step_torch.py, on the same checkpoint and pairs), and the
+//! ratios are printed.
+//!
+//! `cargo run --release -p unireward-benches --bin bench-dpo-step -- --steps 5 [--torch python3]`
 
 // Tensors of a few MB are allocated and freed per op; glibc's malloc returns them to the
 // system each time, and faulting the pages back in cost a fifth of a CPU forward.
@@ -21,12 +25,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench_model;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
+use std::process::Command;
 use std::time::Instant;
 
-use anyhow::Result;
-use candle_core::{DType, Device};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use image::{Rgb, RgbImage};
 use serde_json::{json, Value};
@@ -34,6 +40,7 @@ use unireward_models::family::JudgeModel;
 use unireward_trainer::checkpoint_keys::TrainParts;
 use unireward_trainer::data::dpo::DpoData;
 use unireward_trainer::data::Preparer;
+use unireward_trainer::lora::LoraConfig;
 use unireward_trainer::loss::dpo::{DpoLossKind, DpoParams};
 use unireward_trainer::objectives::dpo::compute_reference;
 use unireward_trainer::objectives::{DpoObjective, Reference};
@@ -55,6 +62,13 @@ struct Args {
     pairs: usize,
     #[arg(long, value_delimiter = ',', default_values_t = [1, 2])]
     batch_sizes: Vec<usize>,
+    /// Also time the step in PyTorch eager + transformers with this python (torch,
+    /// transformers; peft for the LoRA row).
+    #[arg(long)]
+    torch: Option<std::path::PathBuf>,
+    /// Rank of the LoRA row (adapters on the decoder's attention, alpha = 2 x rank).
+    #[arg(long, default_value_t = 16)]
+    lora_rank: usize,
 }
 
 /// Times the train loop's calls to the objective it wraps.
@@ -142,27 +156,45 @@ struct Measured {
     forward_s: f64,
 }
 
+/// One row of the table: what is trained and how.
+struct Setup {
+    label: String,
+    parts: TrainParts,
+    lora_rank: Option<usize>,
+    grad_checkpointing: bool,
+    batch_sizes: Vec<usize>,
+    /// The matching reference run's flags for dpo_step_torch.py, if it has one.
+    torch_flags: Option<Vec<String>>,
+}
+
 fn run_config(
     args: &Args,
     model_dir: &Path,
     data: &Path,
     out: &Path,
     batch_size: usize,
-    parts: TrainParts,
-    label: &str,
+    setup: &Setup,
 ) -> Result<Measured> {
-    let mut model = VarMapModel::load(model_dir, DType::F32, &Device::Cpu, parts)?;
-    let trained_params = model
-        .trained_vars()?
-        .iter()
-        .map(|(_, v)| v.as_tensor().elem_count())
-        .sum();
+    let mut model = VarMapModel::load(model_dir, DType::F32, &Device::Cpu, setup.parts)?;
+    // The reference is the model as loaded (adapters start as a no-op).
     let root = data.parent().unwrap_or(Path::new(".")).to_path_buf();
     let preparer = Preparer::new(model_dir, model.config(), root, 8, None)?;
     let pairs = DpoData::read(data, preparer)?;
     let t = Instant::now();
     let reference = compute_reference(model.model(), &pairs, batch_size, false)?;
     let reference_s = t.elapsed().as_secs_f64();
+    if let Some(rank) = setup.lora_rank {
+        model.add_lora(
+            &LoraConfig::new(rank, Some(2.0 * rank as f64), 0.0, Vec::new()),
+            42,
+        )?;
+    }
+    model.set_grad_checkpointing(setup.grad_checkpointing)?;
+    let trained_params = model
+        .trained_vars()?
+        .iter()
+        .map(|(_, v)| v.as_tensor().elem_count())
+        .sum();
     let objective = Timed {
         inner: DpoObjective {
             data: pairs,
@@ -211,7 +243,7 @@ fn run_config(
         .collect();
     let mean = |v: Vec<f64>| v[timed.clone()].iter().sum::<f64>() / args.steps as f64;
     Ok(Measured {
-        label: label.to_string(),
+        label: setup.label.clone(),
         batch_size,
         trained_params,
         reference_s,
@@ -261,23 +293,55 @@ fn main() -> Result<()> {
         "{:<26} {:>5} {:>12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "trained", "batch", "params", "ref s", "step s", "min s", "max s", "prep s", "fwd s"
     );
-    let configs = [
-        (
-            "decoder+projector",
-            TrainParts {
-                vision: false,
-                projector: true,
-                decoder: true,
-            },
-        ),
-        ("decoder+projector+vision", TrainParts::all()),
+    let dec_proj = TrainParts {
+        vision: false,
+        projector: true,
+        decoder: true,
+    };
+    let setups = [
+        Setup {
+            label: "decoder+projector".into(),
+            parts: dec_proj,
+            lora_rank: None,
+            grad_checkpointing: false,
+            batch_sizes: args.batch_sizes.clone(),
+            torch_flags: Some(Vec::new()),
+        },
+        Setup {
+            label: "decoder+projector ckpt".into(),
+            parts: dec_proj,
+            lora_rank: None,
+            grad_checkpointing: true,
+            batch_sizes: vec![1],
+            torch_flags: Some(vec!["--grad-checkpointing".into()]),
+        },
+        Setup {
+            label: format!("lora r{} (decoder attn)", args.lora_rank),
+            parts: dec_proj,
+            lora_rank: Some(args.lora_rank),
+            grad_checkpointing: false,
+            batch_sizes: vec![1],
+            torch_flags: Some(vec!["--lora-rank".into(), args.lora_rank.to_string()]),
+        },
+        Setup {
+            label: "decoder+projector+vision".into(),
+            parts: TrainParts::all(),
+            lora_rank: None,
+            grad_checkpointing: false,
+            batch_sizes: args.batch_sizes.clone(),
+            torch_flags: None,
+        },
     ];
+    if args.torch.is_some() {
+        write_torch_pairs(&dir, &model_dir, &data)?;
+    }
     let mut run = 0;
-    for (label, parts) in configs {
-        for &batch_size in &args.batch_sizes {
+    let mut ratios = Vec::new();
+    for setup in &setups {
+        for &batch_size in &setup.batch_sizes {
             run += 1;
             let out = dir.join(format!("run-{run}"));
-            let m = run_config(&args, &model_dir, &data, &out, batch_size, parts, label)?;
+            let m = run_config(&args, &model_dir, &data, &out, batch_size, setup)?;
             let mean = m.step_s.iter().sum::<f64>() / m.step_s.len() as f64;
             let min = m.step_s.iter().copied().fold(f64::INFINITY, f64::min);
             let max = m.step_s.iter().copied().fold(0.0, f64::max);
@@ -294,15 +358,96 @@ fn main() -> Result<()> {
                 m.forward_s
             );
             std::fs::remove_dir_all(&out)?;
+            if let (Some(python), Some(flags), 1) = (&args.torch, &setup.torch_flags, batch_size) {
+                match time_torch(python, &dir, &args, flags) {
+                    Ok(torch) => ratios.push((setup.label.clone(), mean, torch)),
+                    Err(e) => println!("{:<26} skipped: {e:#}", "torch"),
+                }
+            }
         }
     }
     println!(
         "step s: mean seconds per optimizer step over {} steps after {} warm-up; prep s and \
          fwd s: the step's data preparation and forward pass (the rest is backward, clipping, \
-         AdamW and the model's rebuild); ref s: precomputing the reference log-probs of all \
+         AdamW and the metrics line); ref s: precomputing the reference log-probs of all \
          pairs",
         args.steps, args.warmup
     );
+    for (label, ours, torch) in ratios {
+        println!(
+            "{label}, batch 1: {ours:.3} s/step, PyTorch {torch:.3} s/step: {:.2}x PyTorch's time",
+            ours / torch
+        );
+    }
     std::fs::remove_dir_all(&dir)?;
     Ok(())
+}
+
+/// Every pair's sequences, scored-token flags, tiles and image size, for
+/// benches/reference/dpo_step_torch.py: the inputs the trainer's step gets.
+fn write_torch_pairs(dir: &Path, model_dir: &Path, data: &Path) -> Result<()> {
+    let model = VarMapModel::load(model_dir, DType::F32, &Device::Cpu, TrainParts::all())?;
+    let root = data.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let pairs = DpoData::read(
+        data,
+        Preparer::new(model_dir, model.config(), root, 8, None)?,
+    )?;
+    let dev = Device::Cpu;
+    let mut tensors = HashMap::new();
+    tensors.insert("pairs".to_string(), Tensor::new(pairs.len() as i64, &dev)?);
+    for i in 0..pairs.len() {
+        let ex = pairs.prepare(i)?;
+        let image = ex
+            .media
+            .images
+            .first()
+            .context("a bench pair without its image")?;
+        for (name, seq) in [("chosen", &ex.chosen), ("rejected", &ex.rejected)] {
+            let ids: Vec<i64> = seq.tokens.ids.iter().map(|&t| i64::from(t)).collect();
+            let targets: Vec<u8> = seq.targets.iter().map(|&t| u8::from(t)).collect();
+            tensors.insert(
+                format!("{i}.{name}_ids"),
+                Tensor::new(ids.as_slice(), &dev)?,
+            );
+            tensors.insert(
+                format!("{i}.{name}_targets"),
+                Tensor::new(targets.as_slice(), &dev)?,
+            );
+        }
+        tensors.insert(format!("{i}.pixel_values"), image.pixel_values.clone());
+        let (h, w) = image.original_size;
+        tensors.insert(
+            format!("{i}.image_size"),
+            Tensor::new(&[i64::from(h), i64::from(w)], &dev)?,
+        );
+    }
+    candle_core::safetensors::save(&tensors, dir.join("torch_pairs.safetensors"))?;
+    Ok(())
+}
+
+/// Runs benches/reference/dpo_step_torch.py with `flags`; its mean seconds per step.
+fn time_torch(python: &Path, dir: &Path, args: &Args, flags: &[String]) -> Result<f64> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/dpo_step_torch.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .arg("--dir")
+        .arg(dir)
+        .args(["--steps", &args.steps.to_string()])
+        .args(["--warmup", &args.warmup.to_string()])
+        .args(flags)
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().last().unwrap_or_default();
+        bail!("{} failed: {last}", script.display());
+    }
+    print!("{stdout}");
+    // The mean is the 5th column, after the label's words, batch and parameter count.
+    stdout
+        .split_whitespace()
+        .filter_map(|w| w.parse::<f64>().ok())
+        .nth(2)
+        .with_context(|| format!("no mean in {stdout:?}"))
 }

@@ -2,12 +2,14 @@
 //! checkpoint layouts.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::checkpoint::{open_model_dir, KeyLayout};
 use crate::config::{LlavaConfig, TextConfig};
+use crate::decode::checkpointing::Checkpointing;
 use crate::decode::{KvCache, Qwen2};
 use crate::encode::{Projector, SiglipVision};
 use crate::family::judge_model::JudgeModel;
@@ -180,5 +182,10 @@ impl JudgeModel for LlavaOnevision {
 
     fn new_cache(&self) -> KvCache {
         KvCache::new(self.decoder.num_layers())
+    }
+
+    fn set_checkpointing(&mut self, grads: Option<Arc<Checkpointing>>) -> Result<()> {
+        self.decoder.set_checkpointing(grads);
+        Ok(())
     }
 }

@@ -26,6 +26,7 @@ pub mod json_file;
 pub mod logprob;
 pub mod lora;
 pub mod loss;
+pub mod memory_estimate;
 pub mod model_files;
 pub mod objectives;
 pub mod optim;

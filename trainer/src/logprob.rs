@@ -53,6 +53,12 @@ impl ScoredSequence {
         self.targets.iter().skip(1).filter(|&&t| t).count()
     }
 
+    /// Positions from the first that predicts a scored token to the end: the rows whose
+    /// logits are computed.
+    pub fn scored_span(&self) -> usize {
+        self.first_target().map_or(0, |f| self.len() - f)
+    }
+
     fn first_target(&self) -> Option<usize> {
         self.targets.iter().skip(1).position(|&t| t).map(|i| i + 1)
     }

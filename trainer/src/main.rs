@@ -163,9 +163,15 @@ struct Common {
     max_grad_norm: f64,
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
-    /// Weight dtype: f32, f64 or bf16.
+    /// Compute dtype of the model: f32, f64 or bf16. With bf16 the trained weights keep
+    /// f32 master copies and AdamW's moments are f32 (mixed precision, as on a GPU).
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Recompute each decoder layer in backward instead of keeping its intermediates: one
+    /// hidden state per layer and token is kept, for about one more forward of compute.
+    /// The gradients are the same.
+    #[arg(long)]
+    grad_checkpointing: bool,
     /// Frames sampled per video.
     #[arg(long, default_value_t = 8)]
     frames: usize,
@@ -324,6 +330,7 @@ impl Common {
         if let Some(lora) = self.lora.config() {
             model.add_lora(&lora, self.seed)?;
         }
+        model.set_grad_checkpointing(self.grad_checkpointing)?;
         Ok(model)
     }
 

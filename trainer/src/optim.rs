@@ -36,6 +36,11 @@ impl Default for AdamWParams {
 
 pub struct AdamW {
     vars: Vec<(String, Var)>,
+    /// f32 master copies of the bf16 / f16 variables: the update is applied to them and the
+    /// variable gets the rounded result. Without them an update smaller than half the
+    /// variable's spacing (bf16 near 1.0: 2⁻⁸; a DPO step at lr 5e-7 is far smaller) would
+    /// round away and the weight never move.
+    master: Vec<Option<Tensor>>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
     /// Steps taken per variable (PyTorch keeps one count per parameter).
@@ -48,6 +53,19 @@ fn moment_dtype(dtype: DType) -> DType {
         DType::F64
     } else {
         DType::F32
+    }
+}
+
+/// A variable of this dtype trains through an f32 master copy.
+fn needs_master(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
+}
+
+fn master_of(var: &Var) -> candle_core::Result<Option<Tensor>> {
+    if needs_master(var.dtype()) {
+        Ok(Some(var.as_detached_tensor().to_dtype(DType::F32)?))
+    } else {
+        Ok(None)
     }
 }
 
@@ -65,8 +83,13 @@ impl AdamW {
             .map(|(_, v)| zeros(v))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let steps = vec![0; vars.len()];
+        let master = vars
+            .iter()
+            .map(|(_, v)| master_of(v))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             vars,
+            master,
             exp_avg,
             exp_avg_sq,
             steps,
@@ -109,22 +132,37 @@ impl AdamW {
             let bias1 = 1.0 - beta1.powi(t);
             let bias2 = 1.0 - beta2.powi(t);
             let denom = ((v.sqrt()? / bias2.sqrt())? + eps)?;
-            let p = var.as_detached_tensor().to_dtype(md)?;
+            let p = match &self.master[i] {
+                Some(master) => master.clone(),
+                None => var.as_detached_tensor().to_dtype(md)?,
+            };
             let p = (p * (1.0 - lr * weight_decay))?;
             let p = (p - (m.div(&denom)? * (lr / bias1))?)?;
             var.set(&p.to_dtype(var.dtype())?)?;
+            if let Some(master) = self.master[i].as_mut() {
+                *master = p;
+            }
             self.exp_avg[i] = m;
             self.exp_avg_sq[i] = v;
         }
         Ok(())
     }
 
-    /// Moments and step counts, keyed `exp_avg.NAME`, `exp_avg_sq.NAME`, `__steps__`.
+    /// The f32 master copy of `vars()[i]`, when it has one (bf16 / f16 variables).
+    pub fn master(&self, i: usize) -> Option<&Tensor> {
+        self.master.get(i).and_then(Option::as_ref)
+    }
+
+    /// Moments, master copies and step counts, keyed `exp_avg.NAME`, `exp_avg_sq.NAME`,
+    /// `master.NAME`, `__steps__`.
     pub fn state(&self) -> Result<HashMap<String, Tensor>> {
-        let mut out = HashMap::with_capacity(2 * self.vars.len() + 1);
+        let mut out = HashMap::with_capacity(3 * self.vars.len() + 1);
         for (i, (name, _)) in self.vars.iter().enumerate() {
             out.insert(format!("exp_avg.{name}"), self.exp_avg[i].clone());
             out.insert(format!("exp_avg_sq.{name}"), self.exp_avg_sq[i].clone());
+            if let Some(m) = &self.master[i] {
+                out.insert(format!("master.{name}"), m.clone());
+            }
         }
         let steps: Vec<i64> = self.steps.iter().map(|&s| s as i64).collect();
         out.insert(
@@ -179,6 +217,21 @@ impl AdamW {
                 *slot = t.to_dtype(md)?;
             }
             self.steps[i] = steps[i].max(0) as u64;
+            // A state written before master copies existed: start them from the weight.
+            if self.master[i].is_some() {
+                self.master[i] = match state.get(&format!("master.{name}")) {
+                    Some(m) if m.shape() == var.shape() => Some(m.to_dtype(DType::F32)?),
+                    Some(m) => {
+                        return Err(Error::Resume(format!(
+                            "{}: master.{name} has shape {:?}, the weight {:?}",
+                            path.display(),
+                            m.dims(),
+                            var.dims()
+                        )))
+                    }
+                    None => master_of(var)?,
+                };
+            }
         }
         Ok(())
     }
@@ -217,6 +270,47 @@ mod tests {
         for k in 0..2 {
             assert!((got[k] - p[k]).abs() < 1e-14, "{got:?} vs {p:?}");
         }
+        Ok(())
+    }
+
+    /// bf16 weights train through f32 masters: updates far below bf16's spacing add up in
+    /// the master (as in f32) and reach the weight once they amount to a step of bf16, and
+    /// the master survives a save and load.
+    #[test]
+    fn bf16_weights_train_through_f32_masters() -> Result<()> {
+        let init = [1.0f32, -0.5];
+        let var = Var::from_tensor(&Tensor::new(&init, &Device::Cpu)?.to_dtype(DType::BF16)?)?;
+        let reference = Var::from_tensor(&Tensor::new(&init, &Device::Cpu)?)?;
+        let params = AdamWParams::default();
+        let mut opt = AdamW::new(vec![("w".into(), var.clone())], params)?;
+        let mut want = AdamW::new(vec![("w".into(), reference.clone())], params)?;
+        let g = Tensor::new(&[0.25f32, -0.75], &Device::Cpu)?; // exact in bf16
+                                                               // Adam's step is about lr: 1e-4 is 1/39 of bf16's spacing just below 1.0 (2⁻⁸).
+        for _ in 0..60 {
+            opt.step(&[Some(g.to_dtype(DType::BF16)?)], 1e-4)?;
+            want.step(&[Some(g.clone())], 1e-4)?;
+        }
+        let master = opt.master(0).map(|m| m.to_vec1::<f32>()).transpose()?;
+        let want_v = reference.as_tensor().to_vec1::<f32>()?;
+        assert_eq!(master.as_deref(), Some(want_v.as_slice()));
+        // The weight is the master rounded: it moved by about 0.006 in all, though no
+        // single update could move it.
+        let w = var.as_tensor().to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let rounded = Tensor::new(want_v.as_slice(), &Device::Cpu)?
+            .to_dtype(DType::BF16)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        assert_eq!(w, rounded);
+        assert_ne!(w[0], 1.0);
+        let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let path = dir.path().join("opt.safetensors");
+        opt.save(&path)?;
+        let mut back = AdamW::new(vec![("w".into(), var.clone())], params)?;
+        back.load(&path)?;
+        assert_eq!(
+            back.master(0).map(|m| m.to_vec1::<f32>()).transpose()?,
+            master
+        );
         Ok(())
     }
 

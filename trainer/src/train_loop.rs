@@ -32,6 +32,7 @@ use crate::data::fingerprint::file_digest;
 use crate::data::order::DataOrder;
 use crate::durable_file::replace_file;
 use crate::json_file::read_json;
+use crate::memory_estimate::{available_memory, MemoryEstimate, StepShape};
 use crate::model_files::{OPTIMIZER_FILE, STATE_FILE};
 use crate::optim::{AdamW, AdamWParams};
 use crate::schedule::{Schedule, ScheduleKind};
@@ -40,10 +41,12 @@ use crate::{Error, Result};
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
-/// A micro-batch ready for the model, and how many loss units (tokens, pairs) it holds.
+/// A micro-batch ready for the model, how many loss units (tokens, pairs) it holds, and
+/// the shape of its decoder call (for the memory estimate).
 pub struct Prepared<B> {
     pub batch: B,
     pub weight: f64,
+    pub shape: StepShape,
 }
 
 /// A micro-batch's summed loss (a scalar with its graph) and summed metrics; the loop
@@ -245,6 +248,23 @@ pub fn train<O: Objective>(
             .chunks(cfg.batch_size)
             .map(|c| objective.prepare(c))
             .collect::<Result<Vec<_>>>()?;
+        if step == start {
+            let shape = micro
+                .iter()
+                .map(|m| m.shape)
+                .max_by_key(|s| s.rows * s.tokens)
+                .unwrap_or_default();
+            let estimate = MemoryEstimate::new(model, shape)?;
+            tracing::info!(
+                "trainer: memory estimate for a micro-batch of {} sequence(s) of up to {} \
+                 tokens: {estimate}",
+                shape.rows,
+                shape.tokens,
+            );
+            if let Some(free) = available_memory(model.device()) {
+                estimate.check(free, model.device())?;
+            }
+        }
         let total_weight: f64 = micro.iter().map(|m| m.weight).sum();
         if total_weight <= 0.0 {
             return Err(Error::Config(format!(
@@ -252,7 +272,7 @@ pub fn train<O: Objective>(
                 step + 1
             )));
         }
-        let acc = accumulate(model.model(), objective, &micro, optimizer.vars())?;
+        let acc = accumulate(model, objective, &micro, optimizer.vars())?;
         let (mut grads, sums) = (acc.grads, acc.metric_sums);
         let loss = acc.loss_sum / total_weight;
         if !loss.is_finite() {
@@ -266,8 +286,8 @@ pub fn train<O: Objective>(
             clip(&mut grads, grad_norm, max)?;
         }
         let lr = schedule.lr(step);
+        // In place: the model reads the variables' storage (no rebuild; see varmap_model).
         optimizer.step(&grads, lr)?;
-        model.rebuild()?;
 
         let done = step + 1;
         let mut line = Map::new();
@@ -325,11 +345,13 @@ struct Accumulated {
 }
 
 fn accumulate<O: Objective>(
-    model: &dyn JudgeModel,
+    model: &VarMapModel,
     objective: &O,
     micro: &[Prepared<O::Batch>],
     vars: &[(String, Var)],
 ) -> Result<Accumulated> {
+    let checkpointing = model.checkpointing();
+    let model = model.model();
     let total_weight: f64 = micro.iter().map(|m| m.weight).sum();
     let mut out = Accumulated {
         loss_sum: 0.0,
@@ -345,9 +367,21 @@ fn accumulate<O: Objective>(
             // No backward through a NaN; the caller reports the step.
             return Ok(out);
         }
+        if let Some(c) = checkpointing {
+            c.clear()?;
+        }
         let grads = (fwd.loss_sum * (1.0 / total_weight))?.backward()?;
         for ((_, var), acc) in vars.iter().zip(out.grads.iter_mut()) {
-            if let Some(g) = grads.get(var.as_tensor()) {
+            // Checkpointed layers' weights get theirs from the recomputation.
+            let recomputed = match checkpointing {
+                Some(c) => c.take(var.as_tensor())?,
+                None => None,
+            };
+            for g in grads
+                .get(var.as_tensor())
+                .into_iter()
+                .chain(recomputed.as_ref())
+            {
                 *acc = Some(match acc.take() {
                     Some(a) => (a + g)?,
                     None => g.clone(),

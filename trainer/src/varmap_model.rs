@@ -8,17 +8,23 @@
 //! gradient for them and the optimizer never sees them.
 //!
 //! With LoRA adapters attached ([`VarMapModel::add_lora`]) every weight is frozen and only
-//! the adapters' factors are trained: an adapted weight reaches the model as the merged
-//! expression of [`crate::lora`].
+//! the adapters' factors are trained: an adapted layer reads its frozen weight and, beside
+//! it, the factors as variables (`models::linear`'s LoRA branch, PEFT's base(x) + s·B(A(x))).
+//!
+//! Every trained tensor reaches the model as its variable or a view of its storage, so the
+//! optimizer's in-place updates are seen by the next forward: nothing is rebuilt per step
+//! (rebuilding re-transposed every frozen weight: a copy of the whole model each step).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{VarBuilder, VarMap};
 use unireward_models::checkpoint::{load_all, open_model_dir, KeyLayout};
 use unireward_models::config::LlavaConfig;
+use unireward_models::decode::checkpointing::Checkpointing;
 use unireward_models::family::{build_llava, JudgeModel, ModelFamily};
 
 use crate::checkpoint_keys::{part_of, Shapes, TrainParts};
@@ -35,6 +41,8 @@ pub struct VarMapModel {
     device: Device,
     lora: Option<LoraAdapter>,
     model: Box<dyn JudgeModel>,
+    /// Set when the decoder's layers are checkpointed: where their gradients are deposited.
+    checkpointing: Option<Arc<Checkpointing>>,
 }
 
 impl VarMapModel {
@@ -83,6 +91,7 @@ impl VarMapModel {
             device: device.clone(),
             lora: None,
             model,
+            checkpointing: None,
         })
     }
 
@@ -114,9 +123,8 @@ impl VarMapModel {
         &self.varmap
     }
 
-    /// Rebuilds the model from the current values of the `Var`s. Needed after the weights
-    /// change: most layers read the `Var`s' storage directly, but the SigLIP patch embedding
-    /// keeps a rearranged copy of its weight, which would otherwise stay at its old value.
+    /// Rebuilds the model over the `Var`s (after adapters are attached, or every weight is
+    /// replaced by a resume); an optimizer step needs none.
     pub fn rebuild(&mut self) -> Result<()> {
         self.model = build(
             &self.cfg,
@@ -127,7 +135,39 @@ impl VarMapModel {
             self.dtype,
             &self.device,
         )?;
+        if self.checkpointing.is_some() {
+            self.checkpoint_layers()?;
+        }
         Ok(())
+    }
+
+    /// Gradient checkpointing of the decoder's layers (`--grad-checkpointing`): training keeps
+    /// one hidden state per layer instead of every intermediate, and pays one more forward of
+    /// each layer in backward. The gradients are the same.
+    pub fn set_grad_checkpointing(&mut self, on: bool) -> Result<()> {
+        if on {
+            self.checkpoint_layers()
+        } else {
+            self.checkpointing = None;
+            Ok(self.model.set_checkpointing(None)?)
+        }
+    }
+
+    fn checkpoint_layers(&mut self) -> Result<()> {
+        let params = self
+            .trained_vars()?
+            .into_iter()
+            .map(|(_, v)| v.as_tensor().clone())
+            .collect();
+        let grads = Checkpointing::new(params);
+        self.model.set_checkpointing(Some(grads.clone()))?;
+        self.checkpointing = Some(grads);
+        Ok(())
+    }
+
+    /// Where checkpointed layers deposit the trained weights' gradients, when they are on.
+    pub fn checkpointing(&self) -> Option<&Checkpointing> {
+        self.checkpointing.as_deref()
     }
 
     /// Every weight's shape, by name.
@@ -172,14 +212,13 @@ impl VarMapModel {
         self.lora.as_ref()
     }
 
-    /// Overwrites the adapters' factors (PEFT names), then rebuilds the model.
+    /// Overwrites the adapters' factors (PEFT names) in place: the model sees them at once.
     pub fn set_lora_tensors(&mut self, values: &HashMap<String, Tensor>) -> Result<()> {
         let adapter = self
             .lora
             .as_ref()
             .ok_or_else(|| Error::Config("the model has no LoRA adapters".into()))?;
-        adapter.set_tensors(values)?;
-        self.rebuild()
+        adapter.set_tensors(values)
     }
 
     /// The trained parts' variables (with LoRA: the adapters' factors), sorted by name (the
@@ -280,9 +319,9 @@ fn build(
     Ok(build_llava(cfg.clone(), layout.clone(), vb)?)
 }
 
-/// Serves trained weights as their `Var`s, frozen ones as detached views, and adapted ones
-/// as the frozen weight merged with its adapter; a key the checkpoint lacks is an error
-/// naming it (never a fresh initialisation).
+/// Serves trained weights as their `Var`s, frozen ones as detached views, and an adapted
+/// layer's LoRA factors and scale under the names `models::linear` reads them by; a key the
+/// checkpoint lacks is an error naming it (never a fresh initialisation).
 struct VarBackend {
     vars: HashMap<String, Var>,
     trained: BTreeSet<String>,
@@ -291,17 +330,16 @@ struct VarBackend {
 
 impl VarBackend {
     fn tensor(&self, name: &str) -> candle_core::Result<Tensor> {
+        if let Some(t) = self.lora.as_ref().and_then(|a| a.branch_tensor(name)) {
+            return t;
+        }
         let var = self.vars.get(name).ok_or_else(|| {
             candle_core::Error::Msg(format!("the checkpoint has no weight {name}"))
         })?;
         if self.trained.contains(name) {
             return Ok(var.as_tensor().clone());
         }
-        let w = var.as_detached_tensor();
-        match self.lora.as_ref().and_then(|a| a.adapted(name, &w)) {
-            Some(merged) => merged,
-            None => Ok(w),
-        }
+        Ok(var.as_detached_tensor())
     }
 }
 
@@ -331,5 +369,9 @@ impl SimpleBackend for VarBackend {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.vars.contains_key(name)
+            || self
+                .lora
+                .as_ref()
+                .is_some_and(|a| a.branch_tensor(name).is_some())
     }
 }

@@ -93,6 +93,59 @@ fn fresh_adapters_leave_the_logits_exactly_unchanged() -> Result<()> {
     Ok(())
 }
 
+/// Adapters applied as PEFT applies them (base(x) + s·B(A(x)), the model's LoRA branch)
+/// compute what the merged weights W + s·B·A compute: the logits and the answer's
+/// log-probability of the adapted model equal those of its merged copy (the DPO reference).
+#[test]
+fn unmerged_adapters_compute_what_the_merged_weights_compute() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = golden_model()?;
+    let ex = image_example(&dir, tmp.path())?;
+    let mut adapted = VarMapModel::load(&dir, DType::F64, &Device::Cpu, TrainParts::all())?;
+    adapted.add_lora(&LoraConfig::new(4, Some(8.0), 0.0, all_part_targets()), 1)?;
+    // B starts at zero: give every factor values, so the branch matters.
+    let mut rng = Lcg(11);
+    let values: HashMap<String, Tensor> = adapted
+        .lora()
+        .map(|a| a.tensors())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, t)| {
+            let n = t.elem_count();
+            let v: Vec<f64> = (0..n).map(|_| 0.05 * rng.next()).collect();
+            Ok((k, Tensor::from_vec(v, t.shape(), &Device::Cpu)?))
+        })
+        .collect::<Result<_>>()?;
+    adapted.set_lora_tensors(&values)?;
+    let merged = adapted.frozen_copy()?;
+    let base = VarMapModel::load(&dir, DType::F64, &Device::Cpu, TrainParts::all())?;
+    // The decoder's last hidden states (f64; the logits are rounded to f32 by the head).
+    let hidden = |model: &dyn JudgeModel| -> Result<Tensor> {
+        let feats = media_features(model, &ex.media)?;
+        let embeds = model.embed(&ex.seq.tokens, &feats)?.unsqueeze(0)?;
+        Ok(model.hidden_states(&embeds, None)?)
+    };
+    let max_abs = |a: &Tensor, b: &Tensor| -> Result<f64> {
+        Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?)
+    };
+    let (x, y) = (hidden(adapted.model())?, hidden(merged.as_ref())?);
+    let diff = max_abs(&x, &y)?;
+    let moved = max_abs(&x, &hidden(base.model())?)?;
+    let (lx, ly) = (
+        loss(adapted.model(), &ex)?.to_scalar::<f64>()?,
+        loss(merged.as_ref(), &ex)?.to_scalar::<f64>()?,
+    );
+    println!(
+        "hidden states max abs diff {diff:e} (the adapters moved them by {moved:e}); \
+         answer log-prob {lx} vs {ly}"
+    );
+    assert!(moved > 1e-3, "the adapters change nothing: {moved}");
+    assert!(diff < 1e-10, "{diff}");
+    // Through f32 logits.
+    assert!((lx - ly).abs() < 1e-4 * lx.abs().max(1.0), "{lx} vs {ly}");
+    Ok(())
+}
+
 /// A fixed pseudo-random stream in [-1, 1) (an LCG: no seed source involved).
 struct Lcg(u64);
 impl Lcg {
@@ -188,16 +241,14 @@ fn gradients_reach_only_the_factors_and_match_finite_differences() -> Result<()>
             .transpose()?
             .unwrap_or_default();
         for &i in *coords {
-            let mut at = |delta: f64| -> Result<f64> {
+            let at = |delta: f64| -> Result<f64> {
                 let mut v = start.clone();
                 v[i] += delta;
                 var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu)?)?;
-                model.rebuild()?;
                 Ok(loss(model.model(), &ex)?.to_scalar::<f64>()?)
             };
             let fd = (at(h)? - at(-h)?) / (2.0 * h);
             var.set(&Tensor::from_vec(start.clone(), var.shape(), &Device::Cpu)?)?;
-            model.rebuild()?;
             let a = analytic[i];
             let err = (a - fd).abs() / (1e-2 + fd.abs());
             println!("{short}[{i}]: analytic {a:+.6e} finite diff {fd:+.6e} (rel err {err:.1e})");

@@ -1,5 +1,6 @@
 //! Embeddings to log-probabilities: the Qwen2 decoder and its KV cache.
 
+pub mod checkpointing;
 pub mod kv_cache;
 pub mod qwen2;
 

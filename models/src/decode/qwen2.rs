@@ -4,7 +4,10 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 
+use std::sync::Arc;
+
 use crate::config::TextConfig;
+use crate::decode::checkpointing::{checkpointed, Checkpointing};
 use crate::decode::kv_cache::{KvCache, LayerCache};
 use crate::linear::Linear;
 use crate::nn::RmsNorm;
@@ -44,6 +47,7 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
+#[derive(Clone)]
 struct Attention {
     q_proj: Linear,
     k_proj: Linear,
@@ -270,6 +274,7 @@ enum Mask<'a> {
     None,
 }
 
+#[derive(Clone)]
 struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
@@ -294,6 +299,7 @@ impl Mlp {
     }
 }
 
+#[derive(Clone)]
 struct Layer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
@@ -339,6 +345,7 @@ pub struct Qwen2 {
     lm_head: Linear,
     rotary: Rotary,
     cfg: TextConfig,
+    checkpointing: Option<Arc<Checkpointing>>,
 }
 
 impl Qwen2 {
@@ -360,7 +367,16 @@ impl Qwen2 {
             lm_head,
             rotary: Rotary::new(cfg, body.device())?,
             cfg: cfg.clone(),
+            checkpointing: None,
         })
+    }
+
+    /// From now on, a forward over whole sequences without a cache (training's) checkpoints
+    /// every layer: it keeps only the layers' inputs, and backward recomputes each layer,
+    /// depositing the weights' gradients in `grads` ([`crate::decode::checkpointing`]).
+    /// `None` turns it off.
+    pub fn set_checkpointing(&mut self, grads: Option<Arc<Checkpointing>>) {
+        self.checkpointing = grads;
     }
 
     pub fn config(&self) -> &TextConfig {
@@ -427,7 +443,31 @@ impl Qwen2 {
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
             let layer_rows = rows.as_ref().filter(|_| i == last);
-            xs = layer.forward(&xs, &cos, &sin, mask, layer_cache, layer_rows)?;
+            xs = match (&self.checkpointing, layer_cache, layer_rows) {
+                (Some(grads), None, None) => {
+                    let (layer, cos, sin) = (layer.clone(), cos.clone(), sin.clone());
+                    // The mask, owned: the recomputation runs after this call returns.
+                    let (additive, causal) = match mask {
+                        Mask::Additive(m) => (Some(m.clone()), None),
+                        Mask::Causal { past } => (None, Some(past)),
+                        Mask::None => (None, None),
+                    };
+                    let f = move |x: &Tensor| {
+                        let mask = match (&additive, causal) {
+                            (Some(m), _) => Mask::Additive(m),
+                            (None, Some(past)) => Mask::Causal { past },
+                            (None, None) => Mask::None,
+                        };
+                        layer
+                            .forward(x, &cos, &sin, mask, None, None)
+                            .map_err(crate::nn::into_candle)
+                    };
+                    checkpointed(&xs, Arc::new(f), grads)?
+                }
+                (_, layer_cache, layer_rows) => {
+                    layer.forward(&xs, &cos, &sin, mask, layer_cache, layer_rows)?
+                }
+            };
         }
         if let Some(r) = rows.as_ref().filter(|_| self.layers.is_empty()) {
             xs = gather_rows(&xs, &r.index, 1)?;

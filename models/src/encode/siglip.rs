@@ -98,7 +98,15 @@ impl SiglipVision {
         let (d, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
         let emb = vb.pp("embeddings");
         let conv = emb.get((d, c, p, p), "patch_embedding.weight")?;
-        let patch_weight = conv.reshape((d, c * p * p))?.t()?.contiguous()?;
+        // A frozen weight is rearranged once; a trained one stays a view of its variable's
+        // storage, so that the optimizer's in-place updates reach the forward without a
+        // rebuild of the model.
+        let patch_weight = conv.reshape((d, c * p * p))?.t()?;
+        let patch_weight = if conv.is_variable() {
+            patch_weight
+        } else {
+            patch_weight.contiguous()?
+        };
         let patch_bias = emb.get(d, "patch_embedding.bias")?;
         let position_embedding =
             emb.get((cfg.tokens_per_tile(), d), "position_embedding.weight")?;

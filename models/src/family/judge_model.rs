@@ -1,10 +1,13 @@
 //! What a judge family's candle model offers to the code above it: the engine's candle
 //! backend and the trainer call only these, never a family's own type.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 
 use super::kind::ModelFamily;
 use crate::config::{LlavaConfig, TextConfig};
+use crate::decode::checkpointing::Checkpointing;
 use crate::decode::KvCache;
 use crate::pack::MediaFeatures;
 use crate::preprocess::PreparedMedia;
@@ -88,4 +91,9 @@ pub trait JudgeModel: Send + Sync {
 
     /// An empty cache with one slot per decoder layer.
     fn new_cache(&self) -> KvCache;
+
+    /// Gradient checkpointing of the decoder's layers from now on (`None`: off): training's
+    /// forwards keep only each layer's input and backward recomputes the layer, depositing
+    /// the trained weights' gradients in `grads` ([`crate::decode::checkpointing`]).
+    fn set_checkpointing(&mut self, grads: Option<Arc<Checkpointing>>) -> Result<()>;
 }

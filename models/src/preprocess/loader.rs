@@ -21,6 +21,18 @@ pub struct PreparedMedia {
     pub video_mode: VideoMode,
 }
 
+impl PreparedMedia {
+    /// Tiles and frames the vision tower encodes for this request.
+    pub fn tiles(&self) -> usize {
+        let first_dim = |t: &Tensor| t.dims().first().copied().unwrap_or(0);
+        self.images
+            .iter()
+            .map(|i| first_dim(&i.pixel_values))
+            .sum::<usize>()
+            + self.videos.iter().map(first_dim).sum::<usize>()
+    }
+}
+
 pub struct MediaLoader {
     images: ImageProcessor,
     videos: VideoProcessor,

@@ -204,6 +204,20 @@ impl LoraAdapter {
         ))
     }
 
+    /// The tensor a model's linear layer reads under `name` to carry this adapter's branch
+    /// unmerged (`{path}.lora_A.weight`, `{path}.lora_B.weight`: the variables themselves;
+    /// `{path}.lora_scale`: the scale, f64); `None` for any other name.
+    pub fn branch_tensor(&self, name: &str) -> Option<candle_core::Result<Tensor>> {
+        let (path, what) = name.rsplit_once(".lora_")?;
+        let f = self.modules.get(path)?;
+        match what {
+            "A.weight" => Some(Ok(f.a.as_tensor().clone())),
+            "B.weight" => Some(Ok(f.b.as_tensor().clone())),
+            "scale" => Some(Tensor::new(self.scale, f.a.device())),
+            _ => None,
+        }
+    }
+
     /// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (created).
     pub fn save(&self, dir: &Path, base_model: &str) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

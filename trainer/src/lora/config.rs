@@ -60,9 +60,9 @@ impl LoraConfig {
         }
         if self.dropout != 0.0 {
             return Err(Error::Config(format!(
-                "--lora-dropout {}: only 0 is supported. This trainer applies LoRA through the \
-                 merged weight W + (alpha/r)·B·A, and dropout on the adapter's input (a \
-                 different mask for every token) cannot be expressed through a weight",
+                "--lora-dropout {}: only 0 is supported. Dropout on the adapter's input would \
+                 need a training-only, seeded mask (so that a resumed run repeats the \
+                 uninterrupted one), which this trainer does not have yet",
                 self.dropout
             )));
         }

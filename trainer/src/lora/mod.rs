@@ -2,16 +2,18 @@
 //!
 //! For each targeted linear weight W [out, in] the adapter holds A [r, in] (initialised
 //! Kaiming-uniform with a = √5, as PEFT does: U(−1/√in, 1/√in)) and B [out, r] (zeros), and
-//! the layer computes with W + (alpha / r)·B·A. Training keeps W frozen and builds the model
-//! with that merged weight: an expression in A and B, so backpropagation reaches them and
-//! nothing else, and the model crate's layers stay as they are (the model is rebuilt after
-//! every optimizer step anyway, see [`crate::varmap_model`]). The update is added in f32 (f64
-//! for f64 weights) and rounded once to the weight's dtype, as [`merge`] does, so a merged
-//! checkpoint computes what the trained model computed.
+//! the layer computes base(x) + (alpha / r)·B·(A·x), as PEFT does: the frozen weight is read
+//! as it is and the factors are variables of the model's linear layers (`models::linear`'s
+//! LoRA branch), so backpropagation reaches them and nothing else, and an optimizer step
+//! needs no rebuild of the model ([`crate::varmap_model`]). [`merge`] folds W + (alpha/r)·B·A
+//! into a checkpoint (added in f32, f64 for f64 weights, rounded once to W's dtype); the DPO
+//! reference of a LoRA run is such a merged copy, and it computes what the adapted model
+//! computes up to that rounding (in f64 the decoder's hidden states agree to 1e-10:
+//! tests/lora.rs).
 //!
-//! Dropout on the adapter's input masks every token's input differently, which no merged
-//! weight can express: training refuses a dropout other than 0. Adapters trained elsewhere
-//! with dropout merge and load as usual (dropout is off at inference).
+//! Dropout on the adapter's input is refused for now (it would need a training-only, seeded
+//! mask); adapters trained elsewhere with dropout merge and load as usual (dropout is off at
+//! inference).
 //!
 //! On disk, the PEFT layout: `adapter_config.json` and `adapter_model.safetensors` with the
 //! keys `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`, where `<module>` is the

@@ -23,6 +23,7 @@ use crate::data::fingerprint::{hash_file, Fnv1a};
 use crate::durable_file::replace_file;
 use crate::logprob::{media_features, sequence_logprobs, to_f64_vec};
 use crate::loss::dpo::{dpo_loss, DpoParams, PairLogps};
+use crate::memory_estimate::StepShape;
 use crate::train_loop::{Forward, Objective, Prepared};
 use crate::{Error, Result};
 
@@ -115,8 +116,16 @@ impl Objective for DpoObjective {
             .iter()
             .map(|&i| self.data.prepare(i))
             .collect::<Result<Vec<_>>>()?;
+        let seqs = || examples.iter().flat_map(|e| [&e.chosen, &e.rejected]);
+        let shape = StepShape {
+            rows: 2 * examples.len(),
+            tokens: seqs().map(|s| s.len()).max().unwrap_or(0),
+            scored: seqs().map(|s| s.scored_span()).max().unwrap_or(0),
+            tiles: examples.iter().map(|e| e.media.tiles()).sum(),
+        };
         Ok(Prepared {
             weight: examples.len() as f64,
+            shape,
             batch: DpoBatch {
                 indices: indices.to_vec(),
                 examples,

@@ -9,6 +9,7 @@ use unireward_models::family::JudgeModel;
 use crate::data::canonical;
 use crate::data::reward::{RewardData, RewardExample};
 use crate::logprob::{media_features, sequence_logprobs, to_f64_vec};
+use crate::memory_estimate::StepShape;
 use crate::train_loop::{Forward, Objective, Prepared};
 use crate::Result;
 
@@ -66,7 +67,17 @@ impl Objective for RewardObjective {
             .map(|&i| self.data.prepare(i))
             .collect::<Result<Vec<_>>>()?;
         let weight = batch.iter().map(|e| e.seq.num_targets()).sum::<usize>() as f64;
-        Ok(Prepared { batch, weight })
+        let shape = StepShape {
+            rows: batch.len(),
+            tokens: batch.iter().map(|e| e.seq.len()).max().unwrap_or(0),
+            scored: batch.iter().map(|e| e.seq.scored_span()).max().unwrap_or(0),
+            tiles: batch.iter().map(|e| e.media.tiles()).sum(),
+        };
+        Ok(Prepared {
+            batch,
+            weight,
+            shape,
+        })
     }
 
     fn forward(&self, model: &dyn JudgeModel, batch: &Self::Batch) -> Result<Forward> {

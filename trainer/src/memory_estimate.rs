@@ -1,0 +1,153 @@
+//! What a training step will hold in memory, estimated before the first step runs: the
+//! weights, their gradients, AdamW's two moments, and the activations autograd keeps for
+//! backward; and a clear refusal when that cannot fit in the memory the device has free.
+//!
+//! Activations are counted per decoder layer and token from what candle keeps alive until
+//! backward in `models::decode::qwen2` (every intermediate: the norms' outputs, q/k/v before
+//! and after the head split and the rotary, the attention scores and probabilities, the
+//! MLP's gate, its SiLU, up and product) — an upper bound that treats every query as
+//! attending to the whole sequence. With gradient checkpointing a layer keeps its input and
+//! its output's values, and one layer's intermediates exist at a time (its recomputation).
+//! The head keeps the logits of the scored span and, in backward, their gradient.
+
+use std::fmt;
+
+use candle_core::{DType, Device};
+
+use crate::varmap_model::VarMapModel;
+use crate::{Error, Result};
+
+/// Bytes, by what holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    pub weights: u64,
+    pub grads: u64,
+    pub optimizer: u64,
+    pub activations: u64,
+}
+
+/// One decoder call of a step: `rows` sequences right-padded to `tokens`, of which the last
+/// `scored` positions reach the head; `tiles` image tiles (or frames) through the tower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StepShape {
+    pub rows: usize,
+    pub tokens: usize,
+    pub scored: usize,
+    pub tiles: usize,
+}
+
+impl MemoryEstimate {
+    /// For `model` as it will train (its trained parts or adapters, its dtype, its
+    /// checkpointing) on micro-batches of `shape`.
+    pub fn new(model: &VarMapModel, shape: StepShape) -> Result<Self> {
+        let elem = model.dtype().size_in_bytes() as u64;
+        let weights: u64 = model
+            .shapes()?
+            .values()
+            .map(|d| d.iter().product::<usize>() as u64)
+            .sum::<u64>()
+            * elem;
+        let trained: u64 = model
+            .trained_vars()?
+            .iter()
+            .map(|(_, v)| v.elem_count() as u64)
+            .sum();
+        // Moments are f32 for f32/bf16 weights, f64 for f64 (optim.rs).
+        let moment = if model.dtype() == DType::F64 { 8 } else { 4 };
+        let text = model.model().text_config();
+        let (d, i, heads) = (
+            text.hidden_size as u64,
+            text.intermediate_size as u64,
+            text.num_attention_heads as u64,
+        );
+        let kv = text.num_key_value_heads as u64 * text.head_dim() as u64;
+        let (rows, t) = (shape.rows as u64, shape.tokens as u64);
+        let per_token_layer = 14 * d + 8 * kv + 4 * i + 2 * heads * t;
+        let layers = text.num_hidden_layers as u64;
+        let decoder = if model.checkpointing().is_some() {
+            rows * t * (2 * d * layers + per_token_layer)
+        } else {
+            rows * t * per_token_layer * layers
+        };
+        // f32 logits of the scored span, and their gradient in backward (bytes).
+        let head = 2 * rows * shape.scored as u64 * text.vocab_size as u64 * 4;
+        let tower = if model.parts().vision && model.lora().is_none() {
+            let v = &model.config().vision;
+            let p = v.tokens_per_tile() as u64;
+            let (dv, iv, hv) = (
+                v.hidden_size as u64,
+                v.intermediate_size as u64,
+                v.num_attention_heads as u64,
+            );
+            shape.tiles as u64 * p * v.num_hidden_layers as u64 * (12 * dv + 4 * iv + 2 * hv * p)
+        } else {
+            0
+        };
+        Ok(Self {
+            weights,
+            grads: trained * elem,
+            optimizer: 2 * trained * moment,
+            activations: (decoder + tower) * elem + head,
+        })
+    }
+
+    pub fn total(&self) -> u64 {
+        self.weights + self.grads + self.optimizer + self.activations
+    }
+
+    /// Refuses a step that needs more than `available` bytes, saying what would help.
+    pub fn check(&self, available: u64, device: &Device) -> Result<()> {
+        if self.total() <= available {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "training needs about {self}: more than the {} free on {}; try \
+             --grad-checkpointing, LoRA (--lora-rank), a smaller --batch-size with \
+             --grad-accum, --max-length, or --dtype bf16",
+            gib(available),
+            device_name(device)
+        )))
+    }
+}
+
+impl fmt::Display for MemoryEstimate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} in all: weights {}, gradients {}, optimizer {}, activations {}",
+            gib(self.total()),
+            gib(self.weights),
+            gib(self.grads),
+            gib(self.optimizer),
+            gib(self.activations)
+        )
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    if bytes < 1 << 30 {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+    }
+}
+
+fn device_name(device: &Device) -> &'static str {
+    if device.is_cpu() {
+        "this machine"
+    } else {
+        "the device"
+    }
+}
+
+/// Memory the device has free now: on the CPU, the kernel's MemAvailable; `None` when it
+/// cannot be read (then nothing is refused).
+pub fn available_memory(device: &Device) -> Option<u64> {
+    if !device.is_cpu() {
+        return None;
+    }
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
