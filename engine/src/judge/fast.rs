@@ -162,7 +162,7 @@ pub fn reduce(judge: &Judge, plan: &Plan, scored: &[Continuation]) -> Result<Out
             scores,
             decimals,
         } => {
-            let per_dim = if *decimals { 2 } else { 1 } * scores.len();
+            let per_dim = (if *decimals { 2 } else { 1 }) * scores.len();
             let mut by_dim = PointScores::new();
             let (mut expected, mut argmax) = (0.0, 0.0);
             for (d, chunk) in dims.iter().zip(scored.chunks(per_dim)) {
