@@ -228,6 +228,78 @@ fn think_is_refused_in_fast_mode_unless_asked_for() -> Result<()> {
         probs["second"].as_f64().unwrap(),
     );
     assert!((f + s - 1.0).abs() < 1e-9 && probs["tie"].as_f64() == Some(0.0));
+
+    // Generate mode: the random model's few tokens hold no <answer>, and the record says so.
+    let (records, output) = score(
+        &dir,
+        &golden_model_dir()?,
+        &requests[1..2],
+        &[
+            "--template-family",
+            "think",
+            "--judge",
+            "generate",
+            "--max-new-tokens",
+            "6",
+        ],
+    )?;
+    assert_eq!(output.status.code(), Some(1));
+    let err = records[0]["error"].as_str().expect("think error");
+    assert!(
+        err.contains("<answer> tag") && err.contains("Image 1 is better"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn pairs_with_the_2_0_inference_prompts() -> Result<()> {
+    let dir = scratch("pairs-v2")?;
+    let cands: Vec<String> = ["img0.png", "img1.png", "img2.png", "img3.png"]
+        .iter()
+        .map(|f| img(f))
+        .collect::<Result<_>>()?;
+    let input = dir.join("in.jsonl");
+    let out = dir.join("pairs.jsonl");
+    std::fs::write(
+        &input,
+        json!({"id": "p0", "task": "image_generation", "prompt": "a red circle", "candidates": cands})
+            .to_string(),
+    )?;
+    // The DPO-data scripts' prompts are LLaVA 1.0 ones: refused with another family.
+    let refused = engine()
+        .arg("pairs")
+        .arg(&input)
+        .arg("--model")
+        .arg(golden_model_dir()?)
+        .arg("--out")
+        .arg(&out)
+        .args(["--template-family", "2.0"])
+        .output()?;
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--recipe inference"));
+    for ranking in ["disjoint", "round-robin"] {
+        let status = engine()
+            .arg("pairs")
+            .arg(&input)
+            .arg("--model")
+            .arg(golden_model_dir()?)
+            .arg("--out")
+            .arg(&out)
+            .args(["--template-family", "2.0", "--recipe", "inference"])
+            .args(["--ranking", ranking])
+            .status()?;
+        assert!(status.success(), "{ranking}");
+        let lines = read_jsonl(&out)?;
+        assert_eq!(lines.len(), 1);
+        let line = &lines[0];
+        if line.get("dropped").is_none() {
+            assert!(
+                line["chosen_score"].as_f64() > line["rejected_score"].as_f64(),
+                "{line}"
+            );
+        }
+    }
     Ok(())
 }
 
