@@ -24,8 +24,9 @@ use unireward_engine::score::ScoreJob;
 use unireward_engine::serve::media_inbox::MediaPolicy;
 use unireward_engine::serve::{serve, ServeModel, ServeOptions};
 use unireward_models::formats::export_manifest;
+use unireward_models::judge::checkpoint_family::refuse_unsupported_checkpoint;
 use unireward_models::judge::sift_templates::sift_resize;
-use unireward_models::judge::{ChatTemplate, Family, PromptTemplate};
+use unireward_models::judge::{checkpoint_family, ChatTemplate, Family, PromptTemplate};
 use unireward_models::preprocess::{MediaLoader, VideoMode};
 use unireward_models::tokenize::PromptTokenizer;
 
@@ -97,9 +98,15 @@ struct JudgeArgs {
     /// fast: verdict probabilities from one pass; generate: greedy rationale, parsed verdict.
     #[arg(long = "judge", value_enum, default_value = "fast")]
     judge: JudgeMode,
-    /// Which reference scripts' prompts and verdict strings to use.
-    #[arg(long, default_value = "llava")]
-    template_family: Family,
+    /// Which reference scripts' prompts and answer format to use: llava, llava-acs, qwen,
+    /// qwen-acs, 2.0, think, think-qwen, think-qwen3vl (README "Template families").
+    /// Default: detected from the checkpoint's directory name and config.json.
+    #[arg(long)]
+    template_family: Option<Family>,
+    /// Judge a Think family in fast mode: the verdict is scored after an empty reasoning,
+    /// which is not how those checkpoints answer. Without it fast mode refuses them.
+    #[arg(long)]
+    allow_fast_think: bool,
     /// A user-turn template file with {prompt}/{caption}/{question}, {answer1}, {answer2},
     /// {answer}, {media} placeholders, used for every request instead of the built-in ones.
     #[arg(long)]
@@ -119,12 +126,34 @@ struct JudgeArgs {
 }
 
 impl JudgeArgs {
-    fn video_mode(&self) -> VideoMode {
-        match (self.video_mode, self.template_family) {
-            (Some(mode), _) => mode,
-            (None, Family::Llava) => VideoMode::Frames,
-            (None, _) => VideoMode::Pooled,
+    /// The template family: the one given, else the checkpoint's. Edit and Flex checkpoints
+    /// are refused either way.
+    fn family(&self, model: &Path) -> Result<Family> {
+        refuse_unsupported_checkpoint(model)?;
+        match self.template_family {
+            Some(f) => Ok(f),
+            None => Ok(checkpoint_family(model)?),
         }
+    }
+
+    fn video_mode(&self, family: Family) -> VideoMode {
+        match self.video_mode {
+            Some(mode) => mode,
+            None if family.video_as_frames() => VideoMode::Frames,
+            None => VideoMode::Pooled,
+        }
+    }
+
+    /// Fast mode of a Think family is refused before anything is loaded.
+    fn check_mode(&self, family: Family) -> Result<()> {
+        if self.judge == JudgeMode::Fast && family.thinks() && !self.allow_fast_think {
+            bail!(
+                "template family {family} judges in generate mode: its verdict follows its \
+                 reasoning; use --judge generate, or --allow-fast-think to score the verdict \
+                 after an empty reasoning"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -349,7 +378,12 @@ fn load(args: &ModelArgs, video_mode: VideoMode) -> Result<Loaded> {
     })
 }
 
-fn make_judge<'a>(l: &'a Loaded, args: &JudgeArgs, model: &ModelArgs) -> Result<Judge<'a>> {
+fn make_judge<'a>(
+    l: &'a Loaded,
+    args: &JudgeArgs,
+    family: Family,
+    model: &ModelArgs,
+) -> Result<Judge<'a>> {
     let chat = match &args.chat_template {
         Some(path) => ChatTemplate::from_file(path)?,
         None => ChatTemplate::from_checkpoint_dir(&model.model)?,
@@ -360,9 +394,10 @@ fn make_judge<'a>(l: &'a Loaded, args: &JudgeArgs, model: &ModelArgs) -> Result<
         .map(PromptTemplate::from_file)
         .transpose()?;
     let style = PromptStyle {
-        family: args.template_family,
+        family,
         chat,
         user_template,
+        allow_fast_think: args.allow_fast_think,
     };
     Ok(Judge::new(
         l.backend.as_ref(),
@@ -408,8 +443,10 @@ fn run() -> Result<RunSummary> {
         } => {
             let templates = [judge.template.as_ref(), judge.chat_template.as_ref()];
             check_out(&out, &[Some(&batch), templates[0], templates[1]], &model)?;
-            let l = load(&model, judge.video_mode())?;
-            let j = make_judge(&l, &judge, &model)?;
+            let family = judge.family(&model.model)?;
+            judge.check_mode(family)?;
+            let l = load(&model, judge.video_mode(family))?;
+            let j = make_judge(&l, &judge, family, &model)?;
             let job = ScoreJob {
                 judge: &j,
                 media: &l.media,
@@ -430,8 +467,10 @@ fn run() -> Result<RunSummary> {
         } => {
             let templates = [judge.template.as_ref(), judge.chat_template.as_ref()];
             check_out(&out, &[Some(&input), templates[0], templates[1]], &model)?;
-            let l = load(&model, judge.video_mode())?;
-            let j = make_judge(&l, &judge, &model)?;
+            let family = judge.family(&model.model)?;
+            judge.check_mode(family)?;
+            let l = load(&model, judge.video_mode(family))?;
+            let j = make_judge(&l, &judge, family, &model)?;
             let job = PairsJob {
                 judge: &j,
                 media: &l.media,
@@ -462,20 +501,24 @@ fn run() -> Result<RunSummary> {
 }
 
 fn run_server(model: &ModelArgs, judge: &JudgeArgs, args: &ServeArgs) -> Result<()> {
-    if args.rank_recipe == Recipe::Sift && judge.template_family != Family::Llava {
+    let family = judge.family(&model.model)?;
+    if args.rank_recipe == Recipe::Sift && !matches!(family, Family::Llava | Family::LlavaAcs) {
         bail!(
-            "--rank-recipe sift judges with the LLaVA family's prompts; with --template-family {} \
-             use --rank-recipe inference",
-            judge.template_family
+            "--rank-recipe sift judges with the LLaVA family's prompts; with template family \
+             {family} use --rank-recipe inference"
         );
     }
-    let l = load(model, judge.video_mode())?;
+    // The server's fast judge refuses a Think family's requests one by one (a request may
+    // ask for ?judge=generate); only a fast default is refused here.
+    judge.check_mode(family)?;
+    let l = load(model, judge.video_mode(family))?;
     let fast = make_judge(
         &l,
         &JudgeArgs {
             judge: JudgeMode::Fast,
             ..judge.clone()
         },
+        family,
         model,
     )?;
     let generate = make_judge(
@@ -484,6 +527,7 @@ fn run_server(model: &ModelArgs, judge: &JudgeArgs, args: &ServeArgs) -> Result<
             judge: JudgeMode::Generate,
             ..judge.clone()
         },
+        family,
         model,
     )?;
     // One fast judge for /v1/score and /v1/rank: building one scans the whole vocabulary.
@@ -543,7 +587,7 @@ fn run_server(model: &ModelArgs, judge: &JudgeArgs, args: &ServeArgs) -> Result<
         },
     };
     let loader = MediaLoader::from_model_dir(&model.model, l.backend.config(), model.frames)?
-        .with_video_mode(judge.video_mode());
+        .with_video_mode(judge.video_mode(family));
     serve(&serve_model, loader, options, |address| {
         // Scripts (and the tests) read the address from this line.
         println!("listening on http://{address}");

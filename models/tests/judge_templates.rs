@@ -46,6 +46,7 @@ fn check(
         );
     }
     let source = PromptTemplate::builtin(family, task, mode)
+        .unwrap()
         .source()
         .to_string();
     assert!(

@@ -6,7 +6,9 @@ pub mod generate;
 pub mod request;
 
 use candle_core::Tensor;
-use unireward_models::formats::score_record::{PairAnswer, PointAnswer, ScoreAnswer};
+use unireward_models::formats::score_record::{
+    PairAnswer, PairScores, PointAnswer, PointScores, ScoreAnswer,
+};
 use unireward_models::judge::sift_templates::AnswerForm;
 use unireward_models::judge::{
     ChatTemplate, Family, Media, Mode, PairProbs, PointScore, PromptTemplate, Task,
@@ -36,6 +38,24 @@ pub struct PromptStyle {
     pub chat: ChatTemplate,
     /// Replaces the built-in user-turn template for every task and mode.
     pub user_template: Option<PromptTemplate>,
+    /// Fast judging of a Think family reads the verdict without the reasoning the checkpoint
+    /// was trained to write first; it is refused unless this is set.
+    pub allow_fast_think: bool,
+}
+
+impl PromptStyle {
+    /// Refuses fast judging of a Think family unless it was asked for.
+    pub fn check_fast(&self) -> Result<()> {
+        if self.family.thinks() && !self.allow_fast_think {
+            return Err(EngineError::Invalid(format!(
+                "template family {} judges in generate mode: its verdict follows its reasoning \
+                 (<think>...</think><answer>...</answer>); use --judge generate, or \
+                 --allow-fast-think to score the verdict after an empty reasoning",
+                self.family
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A verdict on one request.
@@ -43,10 +63,14 @@ pub struct PromptStyle {
 pub enum Outcome {
     Pair {
         probs: PairProbs,
+        /// Per-dimension shares, where the answer format has dimensions.
+        scores: Option<PairScores>,
         text: Option<String>,
     },
     Point {
         score: PointScore,
+        /// Per-dimension scores, where the answer format has dimensions.
+        scores: Option<PointScores>,
         text: Option<String>,
     },
 }
@@ -55,14 +79,24 @@ impl Outcome {
     /// The answer record's fields (the pipeline puts the id before them).
     pub fn answer(&self) -> ScoreAnswer {
         match self.clone() {
-            Outcome::Pair { probs, text } => ScoreAnswer::Pair(PairAnswer {
+            Outcome::Pair {
+                probs,
+                scores,
+                text,
+            } => ScoreAnswer::Pair(PairAnswer {
                 verdict: probs.verdict(),
                 probs,
+                scores,
                 text,
             }),
-            Outcome::Point { score, text } => ScoreAnswer::Point(PointAnswer {
+            Outcome::Point {
+                score,
+                scores,
+                text,
+            } => ScoreAnswer::Point(PointAnswer {
                 score: score.expected,
                 score_argmax: score.argmax,
+                scores,
                 text,
             }),
         }
@@ -86,6 +120,8 @@ pub struct Judge<'a> {
     pub max_new_tokens: usize,
     /// Token ids whose text starts with a digit: what may continue a score.
     digit_tokens: Vec<u32>,
+    /// The tokens of "0" to "9", where each digit is one token: the decimals of a score.
+    single_digits: Option<[u32; 10]>,
 }
 
 impl<'a> Judge<'a> {
@@ -104,6 +140,10 @@ impl<'a> Judge<'a> {
                     .is_ok_and(|t| t.starts_with(|c: char| c.is_ascii_digit()))
             })
             .collect();
+        let single_digits = (0..10u32)
+            .map(|d| tokenizer.token_id(&d.to_string()))
+            .collect::<Option<Vec<u32>>>()
+            .and_then(|v| <[u32; 10]>::try_from(v).ok());
         Ok(Self {
             backend,
             tokenizer,
@@ -111,7 +151,14 @@ impl<'a> Judge<'a> {
             mode,
             max_new_tokens,
             digit_tokens,
+            single_digits,
         })
+    }
+
+    /// What the built-in prompt of the judge's family asks the answer of `task` in `mode` to
+    /// look like; with a `--template`, the family's answer still.
+    pub fn answer_form(&self, task: Task, mode: Mode) -> Result<AnswerForm> {
+        Ok(AnswerForm::of(self.style.family, task, mode)?)
     }
 
     /// The full prompt text: user turn from the template, chat wrapping, and in fast mode
@@ -128,9 +175,9 @@ impl<'a> Judge<'a> {
     ) -> Result<String> {
         let template = match &self.style.user_template {
             Some(t) => t.clone(),
-            None => PromptTemplate::builtin(self.style.family, task, mode),
+            None => PromptTemplate::builtin(self.style.family, task, mode)?,
         };
-        let form = AnswerForm::inference(task, mode);
+        let form = self.answer_form(task, mode)?;
         self.prompt_text_with(&template, &form, task, mode, prompt, answers, media)
     }
 
@@ -170,7 +217,7 @@ impl<'a> Judge<'a> {
         prompt_text: &str,
         media: &MediaFeatures,
     ) -> Result<Outcome> {
-        let form = AnswerForm::inference(task, mode);
+        let form = self.answer_form(task, mode)?;
         self.judge_with(&form, task, mode, prompt_text, media)
     }
 
@@ -183,6 +230,9 @@ impl<'a> Judge<'a> {
         prompt_text: &str,
         media: &MediaFeatures,
     ) -> Result<Outcome> {
+        if self.mode == JudgeMode::Fast {
+            self.style.check_fast()?;
+        }
         let embeds = self.embed_prompt(prompt_text, media)?;
         match self.mode {
             JudgeMode::Fast => {
@@ -190,7 +240,7 @@ impl<'a> Judge<'a> {
                 let scored = self.backend.continuations(&embeds, &plan.continuations)?;
                 fast::reduce(self, &plan, &scored)
             }
-            JudgeMode::Generate => generate::judge(self, task, mode, &embeds),
+            JudgeMode::Generate => generate::judge(self, form, task, mode, &embeds),
         }
     }
 
@@ -208,9 +258,11 @@ impl<'a> Judge<'a> {
         let mut ready = Vec::new();
         for (i, it) in items.iter().enumerate() {
             let prepared = self
-                .embed_prompt(&it.prompt_text, it.media)
+                .style
+                .check_fast()
+                .and_then(|()| self.embed_prompt(&it.prompt_text, it.media))
                 .and_then(|embeds| {
-                    let form = AnswerForm::inference(it.task, it.mode);
+                    let form = self.answer_form(it.task, it.mode)?;
                     let plan = fast::plan(self, it.task, it.mode, &form, &it.prompt_text)?;
                     Ok((embeds, plan))
                 });
@@ -254,6 +306,7 @@ impl<'a> Judge<'a> {
     /// A fast judgement's prompt embeddings and what to score after them, for a caller that
     /// runs the prompt passes itself and reads the verdict with [`fast::reduce`].
     pub fn fast_pass(&self, form: &AnswerForm, item: &JudgeItem) -> Result<(Tensor, fast::Plan)> {
+        self.style.check_fast()?;
         let embeds = self.embed_prompt(&item.prompt_text, item.media)?;
         let plan = fast::plan(self, item.task, item.mode, form, &item.prompt_text)?;
         Ok((embeds, plan))
@@ -312,5 +365,16 @@ impl<'a> Judge<'a> {
 
     pub fn digit_tokens(&self) -> &[u32] {
         &self.digit_tokens
+    }
+
+    /// The tokens of "0" to "9"; an error for a tokenizer that has no single-digit tokens.
+    pub fn single_digits(&self) -> Result<&[u32; 10]> {
+        self.single_digits.as_ref().ok_or_else(|| {
+            EngineError::Invalid(
+                "the tokenizer has no token for each digit 0-9, which fast judging reads the \
+                 decimals of a score from"
+                    .into(),
+            )
+        })
     }
 }

@@ -144,7 +144,9 @@ impl PairsJob<'_> {
         resume: bool,
         grouping: Grouping,
     ) -> Result<RunSummary> {
-        if self.options.recipe == Recipe::Sift && self.judge.style.family != Family::Llava {
+        if self.options.recipe == Recipe::Sift
+            && !matches!(self.judge.style.family, Family::Llava | Family::LlavaAcs)
+        {
             return Err(EngineError::Invalid(format!(
                 "the DPO-data scripts (--recipe sift) judge with the LLaVA family's prompts; \
                  with --template-family {} use --recipe inference",
@@ -397,24 +399,25 @@ fn video_path(v: &VideoSource) -> Value {
 }
 
 /// The prompt `recipe` judges `task` in `mode` with, and the answer it asks for; a
-/// `--template` replaces the prompt's text only.
+/// `--template` replaces the prompt's text only. An error where the family has no prompt for
+/// `task` in `mode` (the Think families judge pairs only).
 pub fn recipe_prompt(
     recipe: Recipe,
     style: &PromptStyle,
     task: Task,
     mode: Mode,
-) -> (PromptTemplate, AnswerForm) {
+) -> Result<(PromptTemplate, AnswerForm)> {
     let (template, form) = match recipe {
         Recipe::Sift => {
             let p = sift_prompt(task, mode);
             (p.template, p.form)
         }
         Recipe::Inference => (
-            PromptTemplate::builtin(style.family, task, mode),
-            AnswerForm::inference(task, mode),
+            PromptTemplate::builtin(style.family, task, mode)?,
+            AnswerForm::of(style.family, task, mode)?,
         ),
     };
-    (style.user_template.clone().unwrap_or(template), form)
+    Ok((style.user_template.clone().unwrap_or(template), form))
 }
 
 /// The value of a prompt's stage, or its failure recorded (and the prompt left out of later
@@ -569,7 +572,7 @@ impl ModelJudge<'_> {
         };
         let (features, marks, answers) = self.inputs(&shown)?;
         let task = self.req.task;
-        let (template, form) = recipe_prompt(self.recipe, &self.judge.style, task, mode);
+        let (template, form) = recipe_prompt(self.recipe, &self.judge.style, task, mode)?;
         let text = self.judge.prompt_text_with(
             &template,
             &form,
@@ -614,7 +617,7 @@ mod tests {
     use unireward_models::judge::ScoreRange;
 
     fn user_turn(recipe: Recipe, task: Task, mode: Mode, media: Media) -> (String, AnswerForm) {
-        let (template, form) = recipe_prompt(recipe, &PromptStyle::default(), task, mode);
+        let (template, form) = recipe_prompt(recipe, &PromptStyle::default(), task, mode).unwrap();
         let answers: &[&str] = match (task.is_generation(), mode) {
             (true, _) => &[],
             (false, Mode::Pair) => &["a", "b"],
@@ -660,7 +663,7 @@ mod tests {
             ..PromptStyle::default()
         };
         let (template, form) =
-            recipe_prompt(Recipe::Sift, &style, Task::ImageGeneration, Mode::Point);
+            recipe_prompt(Recipe::Sift, &style, Task::ImageGeneration, Mode::Point).unwrap();
         assert_eq!(template.source(), "mine");
         assert_eq!(form.score_range, ScoreRange { min: 1, max: 10 });
     }

@@ -1,6 +1,12 @@
 //! `engine score` answers (DESIGN.md "Request formats"): `{"verdict", "probs"}` for a pair,
 //! `{"score", "score_argmax"}` for a point, each with `"text"` (the rationale) in generate
-//! mode. A line of the output is a [`Record`] over them.
+//! mode, and `"scores"` (per dimension) where the template family's answer has dimensions:
+//! `{"alignment": 3.2, "coherence": 4.0, "style": 2.9}` for a point (the overall `score` is
+//! their mean), `{"alignment": {"first": 0.44, "second": 0.56}, ...}` for a pair (the overall
+//! `probs` are the mean of the normalised shares). A line of the output is a [`Record`] over
+//! them.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,9 +36,26 @@ impl ScoreAnswer {
 pub struct PairAnswer {
     pub verdict: Verdict,
     pub probs: PairProbs,
+    /// Each dimension's shares, where the answer format has dimensions (2.0 pairs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<PairScores>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
 }
+
+/// One dimension's scores of the two candidates, in the order shown (they sum to 1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PairShare {
+    pub first: f64,
+    pub second: f64,
+}
+
+/// Per-dimension shares of a pair, keyed by dimension (`alignment`, `coherence`, `style`).
+pub type PairScores = BTreeMap<String, PairShare>;
+
+/// Per-dimension scores of a point, keyed by dimension (`alignment`, `coherence` or
+/// `physics`, `style`).
+pub type PointScores = BTreeMap<String, f64>;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PointAnswer {
@@ -40,6 +63,9 @@ pub struct PointAnswer {
     pub score: f64,
     /// The most probable score.
     pub score_argmax: f64,
+    /// Each dimension's score, where the answer format has dimensions (ACS, APS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<PointScores>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
 }
@@ -60,6 +86,7 @@ mod tests {
                         second: 0.25,
                         tie: 0.0,
                     },
+                    scores: None,
                     text: None,
                 }),
             },
@@ -68,7 +95,40 @@ mod tests {
                 answer: ScoreAnswer::Point(PointAnswer {
                     score: 3.5,
                     score_argmax: 4.0,
+                    scores: None,
                     text: Some("Final Score: 4".into()),
+                }),
+            },
+            Record::Answer {
+                id: json!("acs"),
+                answer: ScoreAnswer::Point(PointAnswer {
+                    score: 3.0,
+                    score_argmax: 3.0,
+                    scores: Some(PointScores::from([
+                        ("alignment".to_string(), 2.5),
+                        ("coherence".to_string(), 3.5),
+                        ("style".to_string(), 3.0),
+                    ])),
+                    text: None,
+                }),
+            },
+            Record::Answer {
+                id: json!("v2-pair"),
+                answer: ScoreAnswer::Pair(PairAnswer {
+                    verdict: Verdict::Second,
+                    probs: PairProbs {
+                        first: 0.25,
+                        second: 0.75,
+                        tie: 0.0,
+                    },
+                    scores: Some(PairScores::from([(
+                        "alignment".to_string(),
+                        PairShare {
+                            first: 0.25,
+                            second: 0.75,
+                        },
+                    )])),
+                    text: None,
                 }),
             },
             Record::Error {
@@ -90,6 +150,8 @@ mod tests {
             [
                 r#"{"id":"pair-1","verdict":"first","probs":{"first":0.75,"second":0.25,"tie":0.0}}"#,
                 r#"{"id":2,"score":3.5,"score_argmax":4.0,"text":"Final Score: 4"}"#,
+                r#"{"id":"acs","score":3.0,"score_argmax":3.0,"scores":{"alignment":2.5,"coherence":3.5,"style":3.0}}"#,
+                r#"{"id":"v2-pair","verdict":"second","probs":{"first":0.25,"second":0.75,"tie":0.0},"scores":{"alignment":{"first":0.25,"second":0.75}}}"#,
                 r#"{"id":"line 3","error":"line 3: malformed JSON"}"#,
             ]
         );

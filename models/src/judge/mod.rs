@@ -1,11 +1,15 @@
 //! The judge's model-independent parts: tasks, prompt templates and chat wrapping, verdict
 //! strings, answer parsing and the fast-mode arithmetic.
 
+pub mod answer_format;
+pub mod checkpoint_family;
 pub mod sift_templates;
 pub mod task;
 pub mod templates;
 pub mod verdict;
 
+pub use answer_format::{AnswerFormat, Dimension};
+pub use checkpoint_family::checkpoint_family;
 pub use task::{Medium, Mode, ScoreRange, Task};
 pub use templates::{
     user_turn, ChatMessage, ChatTemplate, Family, JinjaChat, Media, PromptTemplate, SYSTEM_PROMPT,

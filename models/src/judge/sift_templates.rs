@@ -23,30 +23,74 @@
 //! Every text is reproduced character for character from UnifiedReward commit 5c3c8a2; the tests
 //! compare each rendered prompt with the script's f-string as Python evaluates it.
 
+use super::answer_format::AnswerFormat;
 use super::task::{Mode, ScoreRange, Task};
-use super::templates::PromptTemplate;
+use super::templates::{Family, PromptTemplate};
 use super::verdict::{answer_prefix, verdict_lead};
+use crate::Result;
 
 /// The size the DPO-data scripts resize images to before judging.
 pub const SIFT_SIZE: (u32, u32) = (512, 512);
 
 /// What a prompt asks the answer to look like, beyond its text: the start fast judging forces,
-/// what goes between that start and a verdict sentence, and the scale of a point score.
+/// what goes between that start and a verdict sentence, the scale of a point score, and the
+/// answer's format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AnswerForm {
     pub answer_prefix: &'static str,
     pub verdict_lead: &'static str,
     pub score_range: ScoreRange,
+    pub format: AnswerFormat,
 }
 
+/// What fast judging forces before a Think verdict: an empty reasoning and the answer tag
+/// up to its `>`. The `>` is the verdict's lead: Qwen2's pre-tokenizer writes ">Image" as one
+/// piece, so a prefix ending in ">" would not tokenize as a prefix of the answer.
+const THINK_ANSWER_PREFIX: &str = "<think>\n</think>\n<answer";
+const THINK_VERDICT_LEAD: &str = ">";
+
 impl AnswerForm {
-    /// What the inference scripts' prompts of `task` in `mode` ask for.
+    /// What the 1.0 inference scripts' prompts of `task` in `mode` ask for (the `llava` and
+    /// `qwen` families).
     pub fn inference(task: Task, mode: Mode) -> Self {
         AnswerForm {
             answer_prefix: answer_prefix(task, mode),
             verdict_lead: verdict_lead(task),
             score_range: task.score_range(),
+            format: match mode {
+                Mode::Pair => AnswerFormat::Verdict,
+                Mode::Point => AnswerFormat::FinalScore,
+            },
         }
+    }
+
+    /// What `family`'s inference prompt of `task` in `mode` asks for; an error where the
+    /// family has no such prompt. The multi-dimension formats force nothing before their
+    /// continuations, which start with each dimension's label.
+    pub fn of(family: Family, task: Task, mode: Mode) -> Result<Self> {
+        let format = AnswerFormat::of(family, task, mode)?;
+        let inference = Self::inference(task, mode);
+        Ok(match format {
+            AnswerFormat::Verdict | AnswerFormat::FinalScore => inference,
+            AnswerFormat::Think => AnswerForm {
+                answer_prefix: THINK_ANSWER_PREFIX,
+                verdict_lead: THINK_VERDICT_LEAD,
+                format,
+                ..inference
+            },
+            AnswerFormat::DimensionScores { range, .. } => AnswerForm {
+                answer_prefix: "",
+                verdict_lead: "",
+                score_range: range,
+                format,
+            },
+            AnswerFormat::DimensionShares { .. } => AnswerForm {
+                answer_prefix: "",
+                verdict_lead: "",
+                format,
+                ..inference
+            },
+        })
     }
 
     /// What the DPO-data script of `task` asks for in `mode`.
@@ -276,6 +320,32 @@ mod tests {
                 AnswerForm::inference(task, mode)
             );
         }
+    }
+
+    #[test]
+    fn family_answer_forms() {
+        use crate::judge::answer_format::AnswerFormat;
+        assert_eq!(
+            AnswerForm::of(Family::Qwen, Task::VideoUnderstanding, Mode::Pair).unwrap(),
+            AnswerForm::inference(Task::VideoUnderstanding, Mode::Pair)
+        );
+        let think = AnswerForm::of(Family::ThinkQwen, Task::ImageGeneration, Mode::Pair).unwrap();
+        assert_eq!(
+            format!(
+                "{}{}Image 1 is better",
+                think.answer_prefix, think.verdict_lead
+            ),
+            "<think>\n</think>\n<answer>Image 1 is better"
+        );
+        assert_eq!(think.format, AnswerFormat::Think);
+        let acs = AnswerForm::of(Family::V2, Task::VideoGeneration, Mode::Point).unwrap();
+        assert_eq!(
+            (acs.answer_prefix, acs.score_range),
+            ("", ScoreRange { min: 1, max: 5 })
+        );
+        assert!(
+            AnswerForm::of(Family::ThinkQwen3vl, Task::ImageUnderstanding, Mode::Point).is_err()
+        );
     }
 
     #[test]

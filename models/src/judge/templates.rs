@@ -3,8 +3,8 @@
 //! Every built-in template reproduces the prompt string of one script in the UnifiedReward
 //! repository (github.com/CodeGoat24/UnifiedReward); the script is named on each constant and is
 //! returned by [`PromptTemplate::source`]. The texts are files under `prompts/` (included at
-//! compile time) so that they can be diffed against the scripts' prompt strings. Two families exist because the repository words its
-//! prompts differently for its two model lines:
+//! compile time) so that they can be diffed against the scripts' prompt strings. The 1.0
+//! families word their prompts differently for the repository's two model lines:
 //!
 //! - [`Family::Llava`] (default): the LLaVA-OneVision checkpoints (UnifiedReward-7b), scripts
 //!   under `inference_llava/`. Those scripts put `<image>\n` before the text once per image
@@ -13,7 +13,13 @@
 //!   which is kept.
 //! - [`Family::Qwen`]: the Qwen2.5-VL checkpoints, scripts under `inference_qwen/`. There the
 //!   media are chat-message content items before the text; rendered here as one marker line per
-//!   item before the text, which is what a LLaVA-OneVision chat template makes of such content.
+//!   item before the text, which is what a LLaVA-OneVision chat template makes of such content
+//!   and what a Qwen-VL model family expands to its own `<|vision_start|>...` placeholders.
+//!
+//! The newer families ([`Family::LlavaAcs`], [`Family::QwenAcs`], [`Family::V2`], the Think
+//! ones) follow the ACS, `UnifiedReward-2.0-inference/` and `UnifiedReward-Think/` scripts
+//! (UnifiedReward ff6f520) the same way; where a family's scripts have no prompt for a task or
+//! mode (2.0: understanding; Think: points) asking for one is an error, not a guess.
 //!
 //! Two pairwise understanding prompts are not taken from the current `inference_*` scripts,
 //! because those ask for no verdict wording a judge can be read by ("choose which response is
@@ -57,35 +63,128 @@ use crate::{Error, Result};
 /// The system line of every UnifiedReward prompt.
 pub const SYSTEM_PROMPT: &str = "You are a helpful assistant.";
 
-/// Which model line's reference scripts a template follows.
+/// Which model line's reference scripts a template follows: the prompts, their media layout and
+/// the answer format (see [`super::answer_format`]). The README lists which checkpoint takes
+/// which; [`super::checkpoint_family`] picks one from a checkpoint's name and config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum Family {
+    /// UnifiedReward-7b / -0.5b / -7b-v1.5 (LLaVA-OneVision), `inference_llava/`.
     #[default]
+    #[serde(rename = "llava")]
     Llava,
+    /// As [`Family::Llava`], with the multi-dimension ACS point prompt for image generation
+    /// (`inference_llava/image_generation/point_score_ACS_image_generation.py`, written for
+    /// UnifiedReward-7b-v1.5).
+    #[serde(rename = "llava-acs")]
+    LlavaAcs,
+    /// UnifiedReward-qwen-3b/7b/32b (Qwen2.5-VL), `inference_qwen/`.
+    #[serde(rename = "qwen")]
     Qwen,
+    /// As [`Family::Qwen`], with the ACS point prompt for image generation
+    /// (`inference_qwen/image_generation/qwen_point_score_ACS_image_generation.py`).
+    #[serde(rename = "qwen-acs")]
+    QwenAcs,
+    /// UnifiedReward-2.0-qwen-* and -2.0-qwen3vl-*, `inference_qwen/UnifiedReward-2.0-inference/`:
+    /// per-dimension pair shares and per-dimension point scores, generation tasks only.
+    #[serde(rename = "2.0")]
+    V2,
+    /// UnifiedReward-Think-7b (LLaVA-OneVision), `UnifiedReward-Think/inference_llava/`: a
+    /// chain of thought, then the verdict in `<answer>`; pairs only.
+    #[serde(rename = "think")]
+    Think,
+    /// UnifiedReward-Think-qwen-7b (Qwen2.5-VL), `UnifiedReward-Think/inference_qwen/*/`: the
+    /// texts of [`Family::Think`] with the media as content items before the text.
+    #[serde(rename = "think-qwen")]
+    ThinkQwen,
+    /// UnifiedReward-Think-qwen3vl-* (Qwen3-VL),
+    /// `UnifiedReward-Think/inference_qwen/UnifiedReward-Think-qwen3-inference/`: prompts of
+    /// their own, videos as frame images.
+    #[serde(rename = "think-qwen3vl")]
+    ThinkQwen3vl,
+}
+
+impl Family {
+    pub const ALL: [Family; 8] = [
+        Family::Llava,
+        Family::LlavaAcs,
+        Family::Qwen,
+        Family::QwenAcs,
+        Family::V2,
+        Family::Think,
+        Family::ThinkQwen,
+        Family::ThinkQwen3vl,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Llava => "llava",
+            Family::LlavaAcs => "llava-acs",
+            Family::Qwen => "qwen",
+            Family::QwenAcs => "qwen-acs",
+            Family::V2 => "2.0",
+            Family::Think => "think",
+            Family::ThinkQwen => "think-qwen",
+            Family::ThinkQwen3vl => "think-qwen3vl",
+        }
+    }
+
+    /// Whether the family's scripts give a video as sampled frames, each its own image (the
+    /// LLaVA scripts, the 2.0 and the Think-qwen3vl scripts), rather than as one video item.
+    pub fn video_as_frames(self) -> bool {
+        match self {
+            Family::Llava
+            | Family::LlavaAcs
+            | Family::V2
+            | Family::Think
+            | Family::ThinkQwen3vl => true,
+            Family::Qwen | Family::QwenAcs | Family::ThinkQwen => false,
+        }
+    }
+
+    /// Whether the verdict follows a chain of thought (`<think>...</think><answer>...</answer>`).
+    pub fn thinks(self) -> bool {
+        matches!(
+            self,
+            Family::Think | Family::ThinkQwen | Family::ThinkQwen3vl
+        )
+    }
+
+    /// The 1.0 family whose prompts and verdict strings this one shares where it has no
+    /// prompt of its own (the ACS families outside image-generation points).
+    fn base(self) -> Family {
+        match self {
+            Family::LlavaAcs => Family::Llava,
+            Family::QwenAcs => Family::Qwen,
+            f => f,
+        }
+    }
 }
 
 impl FromStr for Family {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "llava" => Ok(Family::Llava),
-            "qwen" => Ok(Family::Qwen),
-            _ => Err(Error::Input(format!(
-                "unknown template family {s:?}; expected llava or qwen"
-            ))),
-        }
+        let alias = match s {
+            "v2" | "2" | "v2.0" => "2.0",
+            "think-llava" => "think",
+            other => other,
+        };
+        Family::ALL
+            .into_iter()
+            .find(|f| f.as_str() == alias)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Family::ALL.iter().map(|f| f.as_str()).collect();
+                Error::Input(format!(
+                    "unknown template family {s:?}; expected one of {}",
+                    names.join(", ")
+                ))
+            })
     }
 }
 
 impl fmt::Display for Family {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::Llava => "llava",
-            Family::Qwen => "qwen",
-        })
+        f.write_str(self.as_str())
     }
 }
 
@@ -181,14 +280,72 @@ const QWEN_VIDEO_UNDERSTANDING_PAIR: &str =
 const QWEN_VIDEO_UNDERSTANDING_POINT: &str =
     include_str!("prompts/qwen/video_understanding_point_score.txt");
 
+/// Reproduces `inference_llava/image_generation/point_score_ACS_image_generation.py` and
+/// `inference_qwen/image_generation/qwen_point_score_ACS_image_generation.py`, whose texts after
+/// the media are the same (UnifiedReward ff6f520).
+const ACS_IMAGE_GENERATION_POINT: &str =
+    include_str!("prompts/acs/image_generation_point_score.txt");
+
+/// Reproduces `inference_qwen/UnifiedReward-2.0-inference/pair_score_image_generation.py`.
+const V2_IMAGE_GENERATION_PAIR: &str = include_str!("prompts/v2/image_generation_pair_score.txt");
+
+/// Reproduces `inference_qwen/UnifiedReward-2.0-inference/pair_score_video_generation.py`.
+const V2_VIDEO_GENERATION_PAIR: &str = include_str!("prompts/v2/video_generation_pair_score.txt");
+
+/// Reproduces `inference_qwen/UnifiedReward-2.0-inference/point_score_ACS_image_generation.py`.
+const V2_IMAGE_GENERATION_POINT: &str =
+    include_str!("prompts/v2/image_generation_point_score_acs.txt");
+
+/// Reproduces `inference_qwen/UnifiedReward-2.0-inference/point_score_APS_video_generation.py`.
+const V2_VIDEO_GENERATION_POINT: &str =
+    include_str!("prompts/v2/video_generation_point_score_aps.txt");
+
+/// Reproduces `UnifiedReward-Think/inference_{llava,qwen}/image_generation/*infer_cot_image_generation.py`
+/// (the LLaVA and the Qwen2.5-VL scripts' texts after the media are the same).
+const THINK_IMAGE_GENERATION_PAIR: &str =
+    include_str!("prompts/think/image_generation_pair_rank.txt");
+
+/// Reproduces `UnifiedReward-Think/inference_{llava,qwen}/video_generation/*infer_cot_video_generation.py`.
+const THINK_VIDEO_GENERATION_PAIR: &str =
+    include_str!("prompts/think/video_generation_pair_rank.txt");
+
+/// Reproduces `UnifiedReward-Think/inference_{llava,qwen}/image_understanding/*infer_cot_image_understanding.py`.
+const THINK_IMAGE_UNDERSTANDING_PAIR: &str =
+    include_str!("prompts/think/image_understanding_pair_rank.txt");
+
+/// Reproduces `UnifiedReward-Think/inference_{llava,qwen}/video_understanding/*infer_cot_video_understanding.py`.
+const THINK_VIDEO_UNDERSTANDING_PAIR: &str =
+    include_str!("prompts/think/video_understanding_pair_rank.txt");
+
+/// Reproduces `UnifiedReward-Think/inference_qwen/UnifiedReward-Think-qwen3-inference/qwen3_infer_cot_image_generation.py`.
+const THINK_QWEN3VL_IMAGE_GENERATION_PAIR: &str =
+    include_str!("prompts/think_qwen3vl/image_generation_pair_rank.txt");
+
+/// Reproduces `UnifiedReward-Think/inference_qwen/UnifiedReward-Think-qwen3-inference/qwen3_infer_cot_video_generation.py`.
+const THINK_QWEN3VL_VIDEO_GENERATION_PAIR: &str =
+    include_str!("prompts/think_qwen3vl/video_generation_pair_rank.txt");
+
+/// Reproduces `UnifiedReward-Think/inference_qwen/UnifiedReward-Think-qwen3-inference/qwen3_infer_cot_image_understanding.py`.
+const THINK_QWEN3VL_IMAGE_UNDERSTANDING_PAIR: &str =
+    include_str!("prompts/think_qwen3vl/image_understanding_pair_rank.txt");
+
+/// Reproduces `UnifiedReward-Think/inference_qwen/UnifiedReward-Think-qwen3-inference/qwen3_infer_cot_video_understanding.py`.
+const THINK_QWEN3VL_VIDEO_UNDERSTANDING_PAIR: &str =
+    include_str!("prompts/think_qwen3vl/video_understanding_pair_rank.txt");
+
 struct Builtin {
     source: &'static str,
     text: &'static str,
     marker_separator: &'static str,
 }
 
-fn builtin(family: Family, task: Task, mode: Mode) -> Builtin {
-    let (source, text) = match (family, task, mode) {
+/// The built-in prompt of `family` for `task` in `mode`; an error for the combinations the
+/// family's scripts have no prompt for.
+fn builtin(family: Family, task: Task, mode: Mode) -> Result<Builtin> {
+    if let Some(b) = newer_builtin(family, task, mode)? {
+        return Ok(b);
+    }
+    let (source, text) = match (family.base(), task, mode) {
         (Family::Llava, Task::ImageGeneration, Mode::Pair) => (
             "inference_llava/image_generation/pair_rank_image_generation.py",
             LLAVA_IMAGE_GENERATION_PAIR,
@@ -253,16 +410,131 @@ fn builtin(family: Family, task: Task, mode: Mode) -> Builtin {
             "inference_qwen/video_understanding/qwen_point_score_video_understanding.py",
             QWEN_VIDEO_UNDERSTANDING_POINT,
         ),
+        (f, _, _) => {
+            return Err(Error::Input(format!(
+                "template family {f} has no built-in {task} {mode} prompt"
+            )))
+        }
     };
-    let marker_separator = match (family, task, mode) {
+    let marker_separator = match (family.base(), task, mode) {
         (Family::Llava, Task::ImageGeneration, Mode::Pair) => " ",
         _ => "",
     };
-    Builtin {
+    Ok(Builtin {
         source,
         text,
         marker_separator,
-    }
+    })
+}
+
+/// The prompts of the ACS, 2.0 and Think scripts; `None` where a family falls back on its 1.0
+/// base (the ACS families outside image-generation points).
+fn newer_builtin(family: Family, task: Task, mode: Mode) -> Result<Option<Builtin>> {
+    use Family as F;
+    use Mode::{Pair, Point};
+    use Task::VideoUnderstanding as VU;
+    use Task::{ImageGeneration as IG, ImageUnderstanding as IU, VideoGeneration as VG};
+    let refuse = |why: &str| -> Result<Option<Builtin>> {
+        Err(Error::Input(format!(
+            "template family {family} has no {task} {mode} prompt: {why}"
+        )))
+    };
+    let (source, text) = match (family, task, mode) {
+        (F::Llava | F::Qwen, _, _) | (F::LlavaAcs | F::QwenAcs, _, Pair) => return Ok(None),
+        (F::LlavaAcs | F::QwenAcs, IU | VG | VU, Point) => return Ok(None),
+        (F::LlavaAcs, IG, Point) => (
+            "inference_llava/image_generation/point_score_ACS_image_generation.py",
+            ACS_IMAGE_GENERATION_POINT,
+        ),
+        (F::QwenAcs, IG, Point) => (
+            "inference_qwen/image_generation/qwen_point_score_ACS_image_generation.py",
+            ACS_IMAGE_GENERATION_POINT,
+        ),
+        (F::V2, IG, Pair) => (
+            "inference_qwen/UnifiedReward-2.0-inference/pair_score_image_generation.py",
+            V2_IMAGE_GENERATION_PAIR,
+        ),
+        (F::V2, VG, Pair) => (
+            "inference_qwen/UnifiedReward-2.0-inference/pair_score_video_generation.py",
+            V2_VIDEO_GENERATION_PAIR,
+        ),
+        (F::V2, IG, Point) => (
+            "inference_qwen/UnifiedReward-2.0-inference/point_score_ACS_image_generation.py",
+            V2_IMAGE_GENERATION_POINT,
+        ),
+        (F::V2, VG, Point) => (
+            "inference_qwen/UnifiedReward-2.0-inference/point_score_APS_video_generation.py",
+            V2_VIDEO_GENERATION_POINT,
+        ),
+        (F::V2, IU | VU, _) => {
+            return refuse(
+                "the UnifiedReward 2.0 scripts judge image and video generation only; \
+                 --template-family qwen has the understanding prompts",
+            )
+        }
+        (F::Think | F::ThinkQwen | F::ThinkQwen3vl, _, Point) => {
+            return refuse("the UnifiedReward-Think scripts judge pairs only")
+        }
+        (F::Think, IG, Pair) => (
+            "UnifiedReward-Think/inference_llava/image_generation/infer_cot_image_generation.py",
+            THINK_IMAGE_GENERATION_PAIR,
+        ),
+        (F::Think, VG, Pair) => (
+            "UnifiedReward-Think/inference_llava/video_generation/infer_cot_video_generation.py",
+            THINK_VIDEO_GENERATION_PAIR,
+        ),
+        (F::Think, IU, Pair) => (
+            "UnifiedReward-Think/inference_llava/image_understanding/infer_cot_image_understanding.py",
+            THINK_IMAGE_UNDERSTANDING_PAIR,
+        ),
+        (F::Think, VU, Pair) => (
+            "UnifiedReward-Think/inference_llava/video_understanding/infer_cot_video_understanding.py",
+            THINK_VIDEO_UNDERSTANDING_PAIR,
+        ),
+        (F::ThinkQwen, IG, Pair) => (
+            "UnifiedReward-Think/inference_qwen/image_generation/qwen_infer_cot_image_generation.py",
+            THINK_IMAGE_GENERATION_PAIR,
+        ),
+        (F::ThinkQwen, VG, Pair) => (
+            "UnifiedReward-Think/inference_qwen/video_generation/qwen_infer_cot_video_generation.py",
+            THINK_VIDEO_GENERATION_PAIR,
+        ),
+        (F::ThinkQwen, IU, Pair) => (
+            "UnifiedReward-Think/inference_qwen/image_understanding/qwen_infer_cot_image_understanding.py",
+            THINK_IMAGE_UNDERSTANDING_PAIR,
+        ),
+        (F::ThinkQwen, VU, Pair) => (
+            "UnifiedReward-Think/inference_qwen/video_understanding/qwen_infer_cot_video_understanding.py",
+            THINK_VIDEO_UNDERSTANDING_PAIR,
+        ),
+        (F::ThinkQwen3vl, IG, Pair) => (
+            "UnifiedReward-Think/inference_qwen/UnifiedReward-Think-qwen3-inference/qwen3_infer_cot_image_generation.py",
+            THINK_QWEN3VL_IMAGE_GENERATION_PAIR,
+        ),
+        (F::ThinkQwen3vl, VG, Pair) => (
+            "UnifiedReward-Think/inference_qwen/UnifiedReward-Think-qwen3-inference/qwen3_infer_cot_video_generation.py",
+            THINK_QWEN3VL_VIDEO_GENERATION_PAIR,
+        ),
+        (F::ThinkQwen3vl, IU, Pair) => (
+            "UnifiedReward-Think/inference_qwen/UnifiedReward-Think-qwen3-inference/qwen3_infer_cot_image_understanding.py",
+            THINK_QWEN3VL_IMAGE_UNDERSTANDING_PAIR,
+        ),
+        (F::ThinkQwen3vl, VU, Pair) => (
+            "UnifiedReward-Think/inference_qwen/UnifiedReward-Think-qwen3-inference/qwen3_infer_cot_video_understanding.py",
+            THINK_QWEN3VL_VIDEO_UNDERSTANDING_PAIR,
+        ),
+    };
+    // The LLaVA Think image pair script writes its second marker after a space, as the 1.0
+    // one does; its video script writes one marker per frame of both videos, without.
+    let marker_separator = match (family, task, mode) {
+        (F::Think, IG, Pair) => " ",
+        _ => "",
+    };
+    Ok(Some(Builtin {
+        source,
+        text,
+        marker_separator,
+    }))
 }
 
 /// A field a template can refer to.
@@ -344,13 +616,13 @@ pub struct PromptTemplate {
 
 impl PromptTemplate {
     /// The reference prompt of `family` for `task` in `mode`.
-    pub fn builtin(family: Family, task: Task, mode: Mode) -> Self {
-        let b = builtin(family, task, mode);
-        PromptTemplate {
+    pub fn builtin(family: Family, task: Task, mode: Mode) -> Result<Self> {
+        let b = builtin(family, task, mode)?;
+        Ok(PromptTemplate {
             source: Cow::Borrowed(b.source),
             text: Cow::Borrowed(b.text),
             marker_separator: b.marker_separator,
-        }
+        })
     }
 
     /// A reference script's prompt kept outside this file (`sift_templates`).
@@ -488,7 +760,7 @@ pub fn user_turn<S: AsRef<str>>(
             answers.len()
         )));
     }
-    PromptTemplate::builtin(family, task, mode).render(prompt, answers, media)
+    PromptTemplate::builtin(family, task, mode)?.render(prompt, answers, media)
 }
 
 /// How the user turn becomes the model's full prompt.
@@ -733,12 +1005,13 @@ mod tests {
                 files += 1;
             }
         }
-        assert_eq!(files, 24);
+        assert_eq!(files, 37);
     }
 
     #[test]
     fn quoted_rendering_quotes_only_the_request_text() {
-        let t = PromptTemplate::builtin(Family::Llava, Task::ImageUnderstanding, Mode::Pair);
+        let t =
+            PromptTemplate::builtin(Family::Llava, Task::ImageUnderstanding, Mode::Pair).unwrap();
         let answers = ["see <image>", "no"];
         let quoted = t
             .render_quoted("what <video>?", &answers, Media::Images(1))

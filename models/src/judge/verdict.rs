@@ -71,13 +71,28 @@ const UNDERSTANDING: [VerdictText; 2] = [
     vt(Verdict::Second, "Answer 2 is better"),
 ];
 
+// The Think prompts ask for exactly one of two strings in <answer>; no tie.
+const THINK_IMAGE: [VerdictText; 2] = [
+    vt(Verdict::First, "Image 1 is better"),
+    vt(Verdict::Second, "Image 2 is better"),
+];
+const THINK_VIDEO: [VerdictText; 2] = [
+    vt(Verdict::First, "Video 1 is better"),
+    vt(Verdict::Second, "Video 2 is better"),
+];
+
 /// The verdict sentences of a pair prompt, first, second, then tie where the task allows one.
+/// The 2.0 pair prompts ask for per-dimension shares, not a sentence: none.
 pub fn pair_verdicts(family: Family, task: Task) -> &'static [VerdictText] {
+    use Family as F;
     match (family, task) {
-        (Family::Llava, Task::ImageGeneration) => &LLAVA_IMAGE,
-        (Family::Llava, Task::VideoGeneration) => &LLAVA_VIDEO,
-        (Family::Qwen, Task::ImageGeneration) => &QWEN_IMAGE,
-        (Family::Qwen, Task::VideoGeneration) => &QWEN_VIDEO,
+        (F::V2, _) => &[],
+        (F::Think | F::ThinkQwen | F::ThinkQwen3vl, Task::ImageGeneration) => &THINK_IMAGE,
+        (F::Think | F::ThinkQwen | F::ThinkQwen3vl, Task::VideoGeneration) => &THINK_VIDEO,
+        (F::Llava | F::LlavaAcs, Task::ImageGeneration) => &LLAVA_IMAGE,
+        (F::Llava | F::LlavaAcs, Task::VideoGeneration) => &LLAVA_VIDEO,
+        (F::Qwen | F::QwenAcs, Task::ImageGeneration) => &QWEN_IMAGE,
+        (F::Qwen | F::QwenAcs, Task::VideoGeneration) => &QWEN_VIDEO,
         (_, Task::ImageUnderstanding | Task::VideoUnderstanding) => &UNDERSTANDING,
     }
 }
