@@ -31,14 +31,16 @@ cargo test "${profile_args[@]}" --no-run --message-format=json --features "$feat
     -p unireward-models --test cuda_ops \
     -p unireward-tests --test cuda_golden \
     -p unireward-trainer --test cuda_dpo >"$stage/tests.json"
-# The binaries the tests drive (cuda_dpo runs `trainer`).
-cargo build "${profile_args[@]}" --message-format=json --features "$features" \
-    -p unireward-trainer --bin trainer -p unireward-engine --bin engine >"$stage/bins.json"
+# The binaries the tests drive (cuda_dpo runs `trainer`), and the bench (it runs `trainer`).
+cargo build "${profile_args[@]}" --message-format=json \
+    --features unireward-engine/tensorrt,unireward-trainer/cuda,unireward-benches/cuda \
+    -p unireward-trainer --bin trainer -p unireward-engine --bin engine \
+    -p unireward-benches --bin bench-gpu >"$stage/bins.json"
 
 python3 - "$stage" "$stage/tests.json" "$stage/bins.json" <<'EOF'
 import json, os, shutil, sys
 stage, files = sys.argv[1], sys.argv[2:]
-wanted = {"cuda_ops", "cuda_golden", "cuda_dpo", "trainer", "engine"}
+wanted = {"cuda_ops", "cuda_golden", "cuda_dpo", "trainer", "engine", "bench-gpu"}
 found = {}
 for path in files:
     for line in open(path):

@@ -86,10 +86,10 @@ missing_libs() {
 
 # run_test NAME BINARY LIMIT_S [env...]: runs a cargo test binary, one row from its outcome.
 run_test() {
-    local name="$1" exe="$bin/$2" limit="$3"
+    local name="$1" base="$2" exe="$bin/$2" limit="$3"
     shift 3
     if [[ ! -x "$exe" ]]; then
-        row "$name" SKIP - "no $2 in gpu-bin/ (run scripts/gpu-build.sh on the build machine)"
+        row "$name" SKIP - "no $base in gpu-bin/ (run scripts/gpu-build.sh on the build machine)"
         return
     fi
     local missing
@@ -102,14 +102,14 @@ run_test() {
         fi
         return
     fi
-    local log="$work/$2.log" start end status
+    local log="$work/$base.log" start end status
     start=$(date +%s.%N)
     env "$@" UNIREWARD_REPO="$root" timeout "$limit" "$exe" --nocapture --test-threads=1 >"$log" 2>&1
     status=$?
     end=$(date +%s.%N)
     local secs
     secs=$(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.1f", b - a}')
-    echo "---- $name ($2)"
+    echo "---- $name ($base)"
     grep -E '^(cuda-|SKIPPED|test result|test .* (FAILED|ok)$)|panicked' "$log" | head -n 80
     local summary
     summary="$(grep -E '^test result' "$log" | tail -n1 | sed -E 's/^test result: //; s/; finished in.*//')"
@@ -124,9 +124,61 @@ run_test() {
     fi
 }
 
-run_test "custom ops fwd+bwd: cuda vs cpu" cuda_ops 120
-run_test "golden checkpoint: cuda vs hf" cuda_golden 60
-run_test "dpo steps: cuda vs cpu" cuda_dpo 180 UNIREWARD_TRAINER_BIN="$bin/trainer"
+run_test "custom ops fwd+bwd: cuda vs cpu" cuda_ops 90
+run_test "golden checkpoint: cuda vs hf" cuda_golden 45
+run_test "dpo steps: cuda vs cpu" cuda_dpo 120 UNIREWARD_TRAINER_BIN="$bin/trainer"
+
+# -- Timings: ov-0.5b-shaped model, bf16, candle vs PyTorch eager on this GPU ----------------
+bench_rows() {
+    local exe="$bin/bench-gpu"
+    if [[ ! -x "$exe" ]]; then
+        row "bench: forward + dpo step" SKIP - "no bench-gpu in gpu-bin/"
+        return
+    fi
+    if [[ "$gpu" == none ]]; then
+        row "bench: forward + dpo step" SKIP - "no GPU"
+        return
+    fi
+    local missing
+    missing="$(missing_libs "$exe")"
+    if [[ -n "$missing" ]]; then
+        row "bench: forward + dpo step" FAIL - "cannot load: $missing"
+        return
+    fi
+    local torch_args=() torch_note=""
+    if [[ -n "$python" ]] && "$python" -c 'import torch, transformers, safetensors; assert torch.cuda.is_available()' 2>/dev/null; then
+        torch_args=(--torch "$python")
+    else
+        torch_note="python with torch (CUDA) + transformers + safetensors not found"
+    fi
+    local log="$work/bench-gpu.log" start status secs
+    start=$(date +%s.%N)
+    UNIREWARD_REPO="$root" timeout 200 "$exe" --trainer "$bin/trainer" "${torch_args[@]}" >"$log" 2>&1
+    status=$?
+    secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+    echo "---- bench-gpu"
+    cat "$log" | tail -n 30
+    if ((status != 0)); then
+        row "bench: forward + dpo step" FAIL "$secs" "$( ((status == 124)) && echo "timed out after 200s" || echo "exit $status (log above)")"
+        return
+    fi
+    local v
+    v="$(grep -E '^bench-gpu forward' "$log" | grep -oE 'median [0-9.]+ s' | head -n1)"
+    row "forward ov-0.5b bf16: candle" PASS "$secs" "$v"
+    v="$(grep -E '^bench-gpu dpo step' "$log" | grep -oE 'mean [0-9.]+ s' | head -n1)"
+    row "dpo step ov-0.5b bf16: candle" PASS - "$v"
+    if ((${#torch_args[@]})); then
+        v="$(grep -E '^torch forward' "$log" | grep -oE 'median [0-9.]+ s' | head -n1)"
+        row "forward ov-0.5b bf16: torch" PASS - "$v"
+        v="$(grep -E '^torch dpo step' "$log" | grep -oE 'median [0-9.]+ s' | head -n1)"
+        row "dpo step ov-0.5b bf16: torch" PASS - "$v"
+        v="$(grep -E '^bench-gpu candle/torch' "$log" | sed -E 's/^bench-gpu candle\/torch time: //')"
+        row "candle / torch time" INFO - "$v"
+    else
+        row "torch reference" SKIP - "$torch_note"
+    fi
+}
+bench_rows
 
 # -- Summary ---------------------------------------------------------------------------------
 echo

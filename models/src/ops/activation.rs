@@ -87,9 +87,9 @@ mod gpu {
         let f = kernel::<T>(dev, &ACTIVATION, name)?;
         let cfg = cuda::per_element(n);
         match inputs {
-            [a] => launch!(f, cfg, *a, &mut out, &n)?,
-            [a, b] => launch!(f, cfg, *a, *b, &mut out, &n)?,
-            [a, b, c] => launch!(f, cfg, *a, *b, *c, &mut out, &n)?,
+            [a] => launch!(dev, f, cfg, *a, &mut out, &n)?,
+            [a, b] => launch!(dev, f, cfg, *a, *b, &mut out, &n)?,
+            [a, b, c] => launch!(dev, f, cfg, *a, *b, *c, &mut out, &n)?,
             _ => candle_core::bail!("{name}: {} inputs, expected 1 to 3", inputs.len()),
         }
         Ok(out)

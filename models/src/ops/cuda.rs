@@ -7,9 +7,9 @@
 //! such as eps. Sizes are passed as `size_t` (usize).
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, ValidAsZeroBits,
+    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, ValidAsZeroBits,
 };
-use candle_core::cuda_backend::{CudaDType, CudaFunc};
+use candle_core::cuda_backend::CudaDType;
 use candle_core::{CudaDevice, CudaStorage, Layout, WithDType};
 use half::{bf16, f16};
 
@@ -67,8 +67,10 @@ pub(crate) fn kernel<T: Float>(
     dev: &CudaDevice,
     module: &Module,
     name: &str,
-) -> candle_core::Result<CudaFunc> {
-    dev.get_or_load_custom_func(&format!("{name}_{}", T::SUFFIX), module.name, module.ptx)
+) -> candle_core::Result<CudaFunction> {
+    let func =
+        dev.get_or_load_custom_func(&format!("{name}_{}", T::SUFFIX), module.name, module.ptx)?;
+    Ok(func.into_cuda_function())
 }
 
 /// The elements a contiguous `layout` covers. The public functions make their inputs
@@ -90,7 +92,10 @@ pub(crate) fn output<T: CudaDType>(slice: CudaSlice<T>, dev: &CudaDevice) -> Cud
 }
 
 /// `n` elements the kernel overwrites entirely.
-pub(crate) fn alloc<T: Float>(dev: &CudaDevice, n: usize) -> candle_core::Result<CudaSlice<T>> {
+pub(crate) fn alloc<T: DeviceRepr>(
+    dev: &CudaDevice,
+    n: usize,
+) -> candle_core::Result<CudaSlice<T>> {
     // SAFETY: every launch that gets this buffer writes each of its elements (and an empty
     // one is never read).
     unsafe { dev.alloc::<T>(n) }
@@ -156,12 +161,14 @@ pub(crate) fn per_column(width: usize) -> LaunchConfig {
     }
 }
 
-/// Launches the kernel `$func` on the grid `$cfg` with the arguments in order: device buffers
-/// by reference (`&view`, `&mut slice` for outputs), scalars by reference to a local.
+/// Launches the kernel `$func` on `$dev`'s stream on the grid `$cfg` with the arguments in
+/// order: device buffers by reference (`&view`, `&mut slice` for outputs), scalars by
+/// reference to a local.
 macro_rules! launch {
-    ($func:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+    ($dev:expr, $func:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
         let func = $func;
-        let mut builder = func.builder();
+        let stream = $dev.cuda_stream();
+        let mut builder = stream.launch_builder(&func);
         $( candle_core::cuda_backend::cudarc::driver::PushKernelArg::arg(&mut builder, $arg); )+
         // SAFETY: each call site passes the arguments of the kernel's signature in
         // kernels/*.cu, in order and of its types, with buffers as long as the sizes passed.

@@ -110,6 +110,7 @@ mod gpu {
         let eps = acc::<T>(eps);
         let f = kernel::<T>(dev, &LAYER_NORM, "layer_norm_fwd")?;
         launch!(
+            dev,
             f,
             cuda::per_row(rows, dim, NAME)?,
             x,
@@ -133,6 +134,7 @@ mod gpu {
         let eps = acc::<T>(eps);
         let f = kernel::<T>(dev, &LAYER_NORM, "layer_norm_grad_input")?;
         launch!(
+            dev,
             f,
             cuda::per_row(rows, dim, NAME)?,
             x,
@@ -163,6 +165,7 @@ mod gpu {
         let mut stats = alloc::<T::Acc>(dev, 2 * rows)?;
         let f = kernel::<T>(dev, &LAYER_NORM, "layer_norm_row_stats")?;
         launch!(
+            dev,
             f,
             cuda::per_row(rows, dim, NAME)?,
             x,
@@ -173,10 +176,11 @@ mod gpu {
         let (cfg, n_partials) = cuda::per_partial(rows, dim, NAME)?;
         let mut partials = alloc::<T::Acc>(dev, n_partials * width)?;
         let f = kernel::<T>(dev, &LAYER_NORM, "layer_norm_grad_params_partials")?;
-        launch!(f, cfg, x, g, &stats, &mut partials, &rows, &dim)?;
+        launch!(dev, f, cfg, x, g, &stats, &mut partials, &rows, &dim)?;
         let mut params = alloc::<T>(dev, width)?;
         let f = kernel::<T>(dev, &LAYER_NORM, "layer_norm_sum_partials")?;
         launch!(
+            dev,
             f,
             cuda::per_column(width),
             &partials,

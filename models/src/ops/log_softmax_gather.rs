@@ -160,6 +160,7 @@ mod gpu {
         let mut log_probs = alloc::<T::Acc>(dev, rows)?;
         let f = kernel::<T>(dev, &LOG_SOFTMAX_GATHER, "log_softmax_gather_fwd")?;
         launch!(
+            dev,
             f,
             cuda::per_row(rows, vocab, NAME)?,
             logits,
@@ -181,6 +182,7 @@ mod gpu {
         let f = kernel::<T>(dev, &LOG_SOFTMAX_GATHER, "log_softmax_gather_grad")?;
         let cfg = cuda::per_element(n);
         launch!(
+            dev,
             f,
             cfg,
             logits,

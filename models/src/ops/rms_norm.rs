@@ -92,7 +92,16 @@ mod gpu {
         let mut y = alloc::<T>(dev, rows * dim)?;
         let eps = acc::<T>(eps);
         let f = kernel::<T>(dev, &RMS_NORM, "rms_norm_fwd")?;
-        launch!(f, cuda::per_row(rows, dim, NAME)?, x, w, &mut y, &dim, &eps)?;
+        launch!(
+            dev,
+            f,
+            cuda::per_row(rows, dim, NAME)?,
+            x,
+            w,
+            &mut y,
+            &dim,
+            &eps
+        )?;
         Ok(y)
     }
 
@@ -107,6 +116,7 @@ mod gpu {
         let eps = acc::<T>(eps);
         let f = kernel::<T>(dev, &RMS_NORM, "rms_norm_grad_input")?;
         launch!(
+            dev,
             f,
             cuda::per_row(rows, dim, NAME)?,
             x,
@@ -134,14 +144,23 @@ mod gpu {
         let eps = acc::<T>(eps);
         let mut r = alloc::<T::Acc>(dev, rows)?;
         let f = kernel::<T>(dev, &RMS_NORM, "rms_norm_row_factors")?;
-        launch!(f, cuda::per_row(rows, dim, NAME)?, x, &mut r, &dim, &eps)?;
+        launch!(
+            dev,
+            f,
+            cuda::per_row(rows, dim, NAME)?,
+            x,
+            &mut r,
+            &dim,
+            &eps
+        )?;
         let (cfg, n_partials) = cuda::per_partial(rows, dim, NAME)?;
         let mut partials = alloc::<T::Acc>(dev, n_partials * dim)?;
         let f = kernel::<T>(dev, &RMS_NORM, "rms_norm_grad_weight_partials")?;
-        launch!(f, cfg, x, g, &r, &mut partials, &rows, &dim)?;
+        launch!(dev, f, cfg, x, g, &r, &mut partials, &rows, &dim)?;
         let mut dw = alloc::<T>(dev, dim)?;
         let f = kernel::<T>(dev, &RMS_NORM, "rms_norm_sum_partials")?;
         launch!(
+            dev,
             f,
             cuda::per_column(dim),
             &partials,

@@ -101,7 +101,7 @@ mod gpu {
     ) -> candle_core::Result<CudaSlice<T>> {
         let mut y = alloc::<T>(dev, rows * dim)?;
         let f = kernel::<T>(dev, &SOFTMAX, "softmax_fwd")?;
-        launch!(f, cuda::per_row(rows, dim, NAME)?, x, &mut y, &dim)?;
+        launch!(dev, f, cuda::per_row(rows, dim, NAME)?, x, &mut y, &dim)?;
         Ok(y)
     }
 
@@ -115,7 +115,7 @@ mod gpu {
         let mut y = alloc::<T>(dev, rows * dim)?;
         let f = kernel::<T>(dev, &SOFTMAX, "causal_softmax_fwd")?;
         let cfg = cuda::per_row(rows, dim, NAME)?;
-        launch!(f, cfg, x, &mut y, &dim, &past, &queries)?;
+        launch!(dev, f, cfg, x, &mut y, &dim, &past, &queries)?;
         Ok(y)
     }
 
@@ -128,7 +128,7 @@ mod gpu {
     ) -> candle_core::Result<CudaSlice<T>> {
         let mut dx = alloc::<T>(dev, rows * dim)?;
         let f = kernel::<T>(dev, &SOFTMAX, "softmax_grad")?;
-        launch!(f, cuda::per_row(rows, dim, NAME)?, y, g, &mut dx, &dim)?;
+        launch!(dev, f, cuda::per_row(rows, dim, NAME)?, y, g, &mut dx, &dim)?;
         Ok(dx)
     }
 }
