@@ -127,7 +127,21 @@ mkdir -p "$dest/lib/stubs"
 for defs in "" "-D__CUDA_API_VERSION_INTERNAL"; do
     "$cc" -E $defs -x c "$dest/include/cuda.h"
 done | grep -oE '\bcu[A-Z][A-Za-z0-9_]*[[:space:]]*\(' | tr -d '( \t' | sort -u \
+    | grep -vxE 'cuGetErrorString|cuGetErrorName' \
     | awk '{ printf "int %s(void) { return 100; }\n", $1 }' >"$tmp/cuda_stub.c"
+# The two that describe an error answer, so that the error reads as what it is.
+cat >>"$tmp/cuda_stub.c" <<'STUB'
+int cuGetErrorString(int error, const char **text) {
+    (void)error;
+    *text = "no CUDA driver here (the link stub of scripts/fetch-cuda.sh)";
+    return 0;
+}
+int cuGetErrorName(int error, const char **text) {
+    (void)error;
+    *text = "CUDA_ERROR_NO_DEVICE";
+    return 0;
+}
+STUB
 "$cc" -shared -fPIC -o "$dest/lib/stubs/libcuda.so" -Wl,-soname,libcuda.so.1 "$tmp/cuda_stub.c"
 ln -sf libcuda.so "$dest/lib/stubs/libcuda.so.1"
 

@@ -24,7 +24,12 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device> {
-    Device::new_cuda(ordinal).map_err(|e| Error::Device(format!("no CUDA device {ordinal}: {e}")))
+    // The driver's error, without the backtrace candle appends under RUST_BACKTRACE.
+    Device::new_cuda(ordinal).map_err(|e| {
+        let e = e.to_string();
+        let cause = e.lines().next().unwrap_or_default();
+        Error::Device(format!("no CUDA device {ordinal}: {cause}"))
+    })
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -21,7 +21,9 @@ fn gpu(test: &str) -> Option<Device> {
     match Device::new_cuda(0) {
         Ok(dev) => Some(dev),
         Err(e) => {
-            println!("SKIPPED: no CUDA device ({test}: {e})");
+            let e = e.to_string();
+            let cause = e.lines().next().unwrap_or_default();
+            println!("SKIPPED: no CUDA device ({test}: {cause})");
             None
         }
     }

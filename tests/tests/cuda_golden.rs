@@ -10,7 +10,6 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
-use unireward_models::family::JudgeModel;
 use unireward_models::tokenize::PromptTokenizer;
 use unireward_models::LlavaOnevision;
 use unireward_tests::{golden_cases, golden_model_dir, golden_tensors, max_abs_diff, run_case};
@@ -20,7 +19,9 @@ fn golden_logits_on_cuda_match_transformers() -> Result<()> {
     let dev = match Device::new_cuda(0) {
         Ok(dev) => dev,
         Err(e) => {
-            println!("SKIPPED: no CUDA device (cuda_golden: {e})");
+            let e = e.to_string();
+            let cause = e.lines().next().unwrap_or_default();
+            println!("SKIPPED: no CUDA device (cuda_golden: {cause})");
             return Ok(());
         }
     };
