@@ -15,5 +15,17 @@ cargo build --workspace --all-targets
 cargo test --workspace
 # Tests that need the onnx python package.
 cargo test -p unireward-export --test graph_roundtrip -- --ignored onnx_checker
-# The GPU execution providers build (they cannot run here: no GPU).
-cargo check -p unireward-engine --features cuda,tensorrt
+# The CUDA build (no GPU here): CUDA 13.0's nvcc and libraries from PyPI (scripts/fetch-cuda.sh),
+# candle's kernels and the custom ops' compiled by nvcc, engine (with the CUDA and TensorRT
+# execution providers) and trainer linked. Then the GPU tests, compiled and run: with the driver
+# stub on the library path they find no device and print `SKIPPED: no CUDA device`.
+scripts/fetch-cuda.sh >/dev/null
+(
+    eval "$(scripts/fetch-cuda.sh --env)"
+    cargo build -p unireward-engine -p unireward-trainer \
+        --features unireward-engine/tensorrt,unireward-trainer/cuda
+    LD_LIBRARY_PATH="$root/.cuda/lib:$root/.cuda/lib/stubs" cargo test \
+        -p unireward-models -p unireward-tests -p unireward-trainer \
+        --features unireward-models/cuda,unireward-tests/cuda,unireward-trainer/cuda \
+        --test cuda_ops --test cuda_golden --test cuda_dpo -- --nocapture
+)

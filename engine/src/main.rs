@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::{Parser, Subcommand, ValueEnum};
 use unireward_engine::backend::{
     Backend, CandleBackend, EngineLimits, ExecutionProvider, OrtBackend, SessionConfig,
@@ -23,6 +23,7 @@ use unireward_engine::records::{check_output_path, OutputMode, DEFAULT_MAX_LINE_
 use unireward_engine::score::ScoreJob;
 use unireward_engine::serve::media_inbox::MediaPolicy;
 use unireward_engine::serve::{serve, ServeModel, ServeOptions};
+use unireward_models::device::parse_device;
 use unireward_models::formats::export_manifest;
 use unireward_models::judge::checkpoint_family::refuse_unsupported_checkpoint;
 use unireward_models::judge::sift_templates::sift_resize;
@@ -84,6 +85,10 @@ struct ModelArgs {
     /// Compute precision of the candle backend.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Precision,
+    /// Device of the candle backend: cpu, cuda or cuda:N (CUDA needs a `--features cuda`
+    /// build). The ONNX backend's device is --ep.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Frames sampled per video.
     #[arg(long, default_value_t = 8)]
     frames: usize,
@@ -336,8 +341,17 @@ fn load(args: &ModelArgs, video_mode: VideoMode) -> Result<Loaded> {
     if kind == BackendKind::Candle && args.ep != ExecutionProvider::Cpu {
         bail!(
             "--ep {} needs an ONNX export (`unireward-export onnx`); {} is run by the candle \
-             backend, which runs on the CPU only",
+             backend, whose device is --device (cpu, cuda or cuda:N)",
             args.ep.name(),
+            args.model.display()
+        );
+    }
+    let device = parse_device(&args.device)?;
+    if kind == BackendKind::Ort && !device.is_cpu() {
+        bail!(
+            "--device {} is the candle backend's; {} is an ONNX export, run on --ep (cpu, cuda, \
+             tensorrt)",
+            args.device,
             args.model.display()
         );
     }
@@ -363,7 +377,7 @@ fn load(args: &ModelArgs, video_mode: VideoMode) -> Result<Loaded> {
             )
         }
         BackendKind::Candle | BackendKind::Auto => Box::new(
-            CandleBackend::load(&args.model, dtype, &Device::Cpu)
+            CandleBackend::load(&args.model, dtype, &device)
                 .with_context(|| format!("loading {}", args.model.display()))?,
         ),
     };

@@ -29,6 +29,9 @@ pub enum Error {
     /// A request's media that cannot be shown as asked (the message says why).
     #[error("{0}")]
     Media(String),
+    /// A `--device` that does not name a usable device (the message says why).
+    #[error("device: {0}")]
+    Device(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
+pub mod device;
 pub mod encode;
 pub mod error;
 pub mod family;

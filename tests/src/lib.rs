@@ -12,9 +12,19 @@ use unireward_models::family::JudgeModel;
 use unireward_models::tokenize::{PromptTokenizer, Tokenized};
 use unireward_models::MediaFeatures;
 
+/// The repository the fixtures are read from: `$UNIREWARD_REPO` when set (test binaries
+/// built on one machine and run on another, as scripts/gpu-check.sh does), else the one
+/// these tests were built in.
+pub fn repo_dir() -> PathBuf {
+    match std::env::var_os("UNIREWARD_REPO") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+    }
+}
+
 /// `fixtures/golden` of this repository (transformers' outputs on tiny checkpoints).
 pub fn golden_dir() -> Result<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/golden");
+    let dir = repo_dir().join("fixtures/golden");
     if !dir.join("llava_ov_tiny").is_dir() {
         bail!("golden data not found at {}", dir.display());
     }

@@ -10,8 +10,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use unireward_models::device::parse_device;
 use unireward_trainer::checkpoint_keys::TrainParts;
 use unireward_trainer::data::dpo::DpoData;
 use unireward_trainer::data::reward::RewardData;
@@ -172,6 +173,9 @@ struct Common {
     /// The gradients are the same.
     #[arg(long)]
     grad_checkpointing: bool,
+    /// Device to train on: cpu, cuda or cuda:N (CUDA needs a `--features cuda` build).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Frames sampled per video.
     #[arg(long, default_value_t = 8)]
     frames: usize,
@@ -290,6 +294,7 @@ impl Common {
     fn validate(&self, cfg: &LoopConfig) -> Result<()> {
         cfg.validate()?;
         parse_dtype(&self.dtype)?;
+        parse_device(&self.device)?;
         if self.frames == 0 {
             anyhow::bail!("--frames must be at least 1, got 0");
         }
@@ -325,7 +330,8 @@ impl Common {
 
     fn load_model(&self) -> Result<VarMapModel> {
         let dtype = parse_dtype(&self.dtype)?;
-        let mut model = VarMapModel::load(&self.model, dtype, &Device::Cpu, self.parts())
+        let device = parse_device(&self.device)?;
+        let mut model = VarMapModel::load(&self.model, dtype, &device, self.parts())
             .with_context(|| format!("loading {}", self.model.display()))?;
         if let Some(lora) = self.lora.config() {
             model.add_lora(&lora, self.seed)?;

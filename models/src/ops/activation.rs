@@ -69,6 +69,33 @@ fn gelu_parts<A: Acc>(x: A) -> (A, A) {
     (y, dy)
 }
 
+/// The CUDA kernels (kernels/activation.cu), element-wise over contiguous inputs.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use crate::ops::cuda::{self, alloc, kernel, launch, Float, ACTIVATION};
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
+    use candle_core::CudaDevice;
+
+    /// `kernel`(inputs..., out, n) over `n` elements.
+    pub(super) fn map<T: Float>(
+        dev: &CudaDevice,
+        name: &str,
+        inputs: &[&CudaView<T>],
+        n: usize,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let mut out = alloc::<T>(dev, n)?;
+        let f = kernel::<T>(dev, &ACTIVATION, name)?;
+        let cfg = cuda::per_element(n);
+        match inputs {
+            [a] => launch!(dev, f, cfg, *a, &mut out, &n)?,
+            [a, b] => launch!(dev, f, cfg, *a, *b, &mut out, &n)?,
+            [a, b, c] => launch!(dev, f, cfg, *a, *b, *c, &mut out, &n)?,
+            _ => candle_core::bail!("{name}: {} inputs, expected 1 to 3", inputs.len()),
+        }
+        Ok(out)
+    }
+}
+
 struct GeluTanh;
 
 impl CustomOp1 for GeluTanh {
@@ -85,6 +112,21 @@ impl CustomOp1 for GeluTanh {
                 }
             });
             Ok((storage(y), l.shape().clone()))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::ops::cuda::{input, output};
+        let dev = &s.device;
+        with_float_element!(s, GELU_NAME, |T| {
+            let x = input::<T>(s, l, GELU_NAME)?;
+            let y = gpu::map(dev, "gelu_tanh_fwd", &[&x], l.shape().elem_count())?;
+            Ok((output(y, dev), l.shape().clone()))
         })
     }
 
@@ -121,6 +163,24 @@ impl CustomOp2 for GeluTanhGrad {
             Ok((storage(dx), l1.shape().clone()))
         })
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::ops::cuda::{input, output};
+        let dev = &s1.device;
+        with_float_element!(s1, GELU_NAME, |T| {
+            let x = input::<T>(s1, l1, GELU_NAME)?;
+            let g = input::<T>(s2, l2, GELU_NAME)?;
+            let dx = gpu::map(dev, "gelu_tanh_grad", &[&x, &g], l1.shape().elem_count())?;
+            Ok((output(dx, dev), l1.shape().clone()))
+        })
+    }
 }
 
 struct Swiglu;
@@ -147,6 +207,24 @@ impl CustomOp2 for Swiglu {
                 }
             });
             Ok((storage(y), l1.shape().clone()))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::ops::cuda::{input, output};
+        let dev = &s1.device;
+        with_float_element!(s1, SWIGLU_NAME, |T| {
+            let g = input::<T>(s1, l1, SWIGLU_NAME)?;
+            let u = input::<T>(s2, l2, SWIGLU_NAME)?;
+            let y = gpu::map(dev, "swiglu_fwd", &[&g, &u], l1.shape().elem_count())?;
+            Ok((output(y, dev), l1.shape().clone()))
         })
     }
 
@@ -196,6 +274,28 @@ impl CustomOp3 for SwigluGradGate {
                 }
             });
             Ok((storage(dg), l1.shape().clone()))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::ops::cuda::{input, output};
+        let dev = &s1.device;
+        with_float_element!(s1, SWIGLU_NAME, |T| {
+            let g = input::<T>(s1, l1, SWIGLU_NAME)?;
+            let u = input::<T>(s2, l2, SWIGLU_NAME)?;
+            let d = input::<T>(s3, l3, SWIGLU_NAME)?;
+            let n = l1.shape().elem_count();
+            let dg = gpu::map(dev, "swiglu_grad_gate", &[&g, &u, &d], n)?;
+            Ok((output(dg, dev), l1.shape().clone()))
         })
     }
 }

@@ -91,6 +91,107 @@ fn grad_params<T: Element>(x: &[T], g: &[T], n_rows: usize, dim: usize, eps: f64
     sums.into_iter().map(T::from_acc).collect()
 }
 
+/// The CUDA kernels (kernels/layer_norm.cu), launched on contiguous inputs.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::NAME;
+    use crate::ops::cuda::{self, acc, alloc, kernel, launch, Float, LAYER_NORM};
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
+    use candle_core::CudaDevice;
+
+    pub(super) fn forward<T: Float>(
+        dev: &CudaDevice,
+        (x, w, b): (&CudaView<T>, &CudaView<T>, &CudaView<T>),
+        rows: usize,
+        dim: usize,
+        eps: f64,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let mut y = alloc::<T>(dev, rows * dim)?;
+        let eps = acc::<T>(eps);
+        let f = kernel::<T>(dev, &LAYER_NORM, "layer_norm_fwd")?;
+        launch!(
+            dev,
+            f,
+            cuda::per_row(rows, dim, NAME)?,
+            x,
+            w,
+            b,
+            &mut y,
+            &dim,
+            &eps
+        )?;
+        Ok(y)
+    }
+
+    pub(super) fn grad_input<T: Float>(
+        dev: &CudaDevice,
+        (x, w, g): (&CudaView<T>, &CudaView<T>, &CudaView<T>),
+        rows: usize,
+        dim: usize,
+        eps: f64,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let mut dx = alloc::<T>(dev, rows * dim)?;
+        let eps = acc::<T>(eps);
+        let f = kernel::<T>(dev, &LAYER_NORM, "layer_norm_grad_input")?;
+        launch!(
+            dev,
+            f,
+            cuda::per_row(rows, dim, NAME)?,
+            x,
+            w,
+            g,
+            &mut dx,
+            &dim,
+            &eps
+        )?;
+        Ok(dx)
+    }
+
+    /// `[2, dim]` (dL/dw, dL/db): per-row (mean, r), then sums per block of rows, then the
+    /// blocks' in-order total.
+    pub(super) fn grad_params<T: Float>(
+        dev: &CudaDevice,
+        x: &CudaView<T>,
+        g: &CudaView<T>,
+        rows: usize,
+        dim: usize,
+        eps: f64,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let width = 2 * dim;
+        if rows == 0 {
+            return dev.alloc_zeros::<T>(width);
+        }
+        let eps = acc::<T>(eps);
+        let mut stats = alloc::<T::Acc>(dev, 2 * rows)?;
+        let f = kernel::<T>(dev, &LAYER_NORM, "layer_norm_row_stats")?;
+        launch!(
+            dev,
+            f,
+            cuda::per_row(rows, dim, NAME)?,
+            x,
+            &mut stats,
+            &dim,
+            &eps
+        )?;
+        let (cfg, n_partials) = cuda::per_partial(rows, dim, NAME)?;
+        let mut partials = alloc::<T::Acc>(dev, n_partials * width)?;
+        let f = kernel::<T>(dev, &LAYER_NORM, "layer_norm_grad_params_partials")?;
+        launch!(dev, f, cfg, x, g, &stats, &mut partials, &rows, &dim)?;
+        let mut params = alloc::<T>(dev, width)?;
+        let f = kernel::<T>(dev, &LAYER_NORM, "layer_norm_sum_partials")?;
+        launch!(
+            dev,
+            f,
+            cuda::per_column(width),
+            &partials,
+            &n_partials,
+            &width,
+            &mut params
+        )?;
+        Ok(params)
+    }
+}
+
 struct LayerNorm {
     eps: f64,
 }
@@ -115,6 +216,28 @@ impl CustomOp3 for LayerNorm {
             let w = contiguous::<T>(s2, l2, NAME)?;
             let b = contiguous::<T>(s3, l3, NAME)?;
             Ok((storage(forward(x, w, b, dim, self.eps)), l1.shape().clone()))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::ops::cuda::{input, output};
+        let (rows, dim) = rows_and_dim(l1.dims(), NAME)?;
+        let dev = &s1.device;
+        with_float_element!(s1, NAME, |T| {
+            let x = input::<T>(s1, l1, NAME)?;
+            let w = input::<T>(s2, l2, NAME)?;
+            let b = input::<T>(s3, l3, NAME)?;
+            let y = gpu::forward(dev, (&x, &w, &b), rows, dim, self.eps)?;
+            Ok((output(y, dev), l1.shape().clone()))
         })
     }
 
@@ -174,6 +297,28 @@ impl CustomOp3 for LayerNormGradInput {
             Ok((storage(dx), l1.shape().clone()))
         })
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::ops::cuda::{input, output};
+        let (rows, dim) = rows_and_dim(l1.dims(), NAME)?;
+        let dev = &s1.device;
+        with_float_element!(s1, NAME, |T| {
+            let x = input::<T>(s1, l1, NAME)?;
+            let w = input::<T>(s2, l2, NAME)?;
+            let g = input::<T>(s3, l3, NAME)?;
+            let dx = gpu::grad_input(dev, (&x, &w, &g), rows, dim, self.eps)?;
+            Ok((output(dx, dev), l1.shape().clone()))
+        })
+    }
 }
 
 /// dL/dweight and dL/dbias, stacked as `[2, dim]`, from (x, dL/dy).
@@ -199,6 +344,25 @@ impl CustomOp2 for LayerNormGradParams {
             let g = contiguous::<T>(s2, l2, NAME)?;
             let params = grad_params(x, g, n_rows, dim, self.eps);
             Ok((storage(params), Shape::from_dims(&[2, dim])))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::ops::cuda::{input, output};
+        let (n_rows, dim) = rows_and_dim(l1.dims(), NAME)?;
+        let dev = &s1.device;
+        with_float_element!(s1, NAME, |T| {
+            let x = input::<T>(s1, l1, NAME)?;
+            let g = input::<T>(s2, l2, NAME)?;
+            let params = gpu::grad_params(dev, &x, &g, n_rows, dim, self.eps)?;
+            Ok((output(params, dev), Shape::from_dims(&[2, dim])))
         })
     }
 }

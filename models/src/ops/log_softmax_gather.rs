@@ -132,6 +132,70 @@ fn grad_logits<T: Element>(
     dx
 }
 
+/// The CUDA kernels (kernels/log_softmax_gather.cu), launched on contiguous inputs.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::{check_labels, NAME};
+    use crate::ops::cuda::{self, alloc, kernel, launch, Float, LOG_SOFTMAX_GATHER};
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
+    use candle_core::CudaDevice;
+
+    /// The labels index the rows in the kernels: they are checked on the host first (rows
+    /// × 4 bytes, small next to the logits).
+    pub(super) fn checked_labels(
+        dev: &CudaDevice,
+        labels: &CudaView<u32>,
+        vocab: usize,
+    ) -> candle_core::Result<()> {
+        check_labels(&dev.clone_dtoh(labels)?, vocab)
+    }
+
+    pub(super) fn forward<T: Float>(
+        dev: &CudaDevice,
+        logits: &CudaView<T>,
+        labels: &CudaView<u32>,
+        rows: usize,
+        vocab: usize,
+    ) -> candle_core::Result<CudaSlice<T::Acc>> {
+        let mut log_probs = alloc::<T::Acc>(dev, rows)?;
+        let f = kernel::<T>(dev, &LOG_SOFTMAX_GATHER, "log_softmax_gather_fwd")?;
+        launch!(
+            dev,
+            f,
+            cuda::per_row(rows, vocab, NAME)?,
+            logits,
+            labels,
+            &mut log_probs,
+            &vocab
+        )?;
+        Ok(log_probs)
+    }
+
+    pub(super) fn grad_logits<T: Float>(
+        dev: &CudaDevice,
+        (logits, labels, log_prob_grad): (&CudaView<T>, &CudaView<u32>, &CudaView<T::Acc>),
+        rows: usize,
+        vocab: usize,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let n = rows * vocab;
+        let mut dx = alloc::<T>(dev, n)?;
+        let f = kernel::<T>(dev, &LOG_SOFTMAX_GATHER, "log_softmax_gather_grad")?;
+        let cfg = cuda::per_element(n);
+        launch!(
+            dev,
+            f,
+            cfg,
+            logits,
+            labels,
+            log_prob_grad,
+            &mut dx,
+            &rows,
+            &vocab
+        )?;
+        Ok(dx)
+    }
+}
+
 struct LogSoftmaxGather;
 
 impl CustomOp2 for LogSoftmaxGather {
@@ -153,6 +217,26 @@ impl CustomOp2 for LogSoftmaxGather {
             let logits = contiguous::<T>(s1, l1, NAME)?;
             let log_probs = forward(logits, labels, vocab);
             Ok((storage(log_probs), Shape::from_dims(&[rows])))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::ops::cuda::{input, output};
+        let (rows, vocab) = l1.shape().dims2()?;
+        let dev = &s1.device;
+        let labels = input::<u32>(s2, l2, NAME)?;
+        gpu::checked_labels(dev, &labels, vocab)?;
+        with_float_element!(s1, NAME, |T| {
+            let logits = input::<T>(s1, l1, NAME)?;
+            let log_probs = gpu::forward(dev, &logits, &labels, rows, vocab)?;
+            Ok((output(log_probs, dev), Shape::from_dims(&[rows])))
         })
     }
 
@@ -197,6 +281,29 @@ impl CustomOp3 for LogSoftmaxGatherGrad {
             let log_prob_grad = contiguous::<<T as Element>::Acc>(s3, l3, NAME)?;
             let dx = grad_logits(logits, labels, log_prob_grad, vocab);
             Ok((storage(dx), l1.shape().clone()))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::ops::cuda::{input, output, Float};
+        let (rows, vocab) = l1.shape().dims2()?;
+        let dev = &s1.device;
+        let labels = input::<u32>(s2, l2, NAME)?;
+        gpu::checked_labels(dev, &labels, vocab)?;
+        with_float_element!(s1, NAME, |T| {
+            let logits = input::<T>(s1, l1, NAME)?;
+            let log_prob_grad = input::<<T as Float>::Acc>(s3, l3, NAME)?;
+            let dx = gpu::grad_logits::<T>(dev, (&logits, &labels, &log_prob_grad), rows, vocab)?;
+            Ok((output(dx, dev), l1.shape().clone()))
         })
     }
 }

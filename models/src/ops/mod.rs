@@ -8,13 +8,17 @@
 //!
 //! All ops take f32, f64, bf16 and f16. Half types are read and written as such but
 //! accumulated in f32, f32 in f32, f64 in f64. Inputs of any layout are accepted (strided
-//! ones are made contiguous first, which backpropagates like any copy). A device other than
-//! the CPU has no kernel yet: the op structs are where a `cuda_fwd` would go.
+//! ones are made contiguous first, which backpropagates like any copy). With the `cuda`
+//! feature every op (forward and backward) also has a CUDA kernel, in `kernels/*.cu` (one
+//! file per op family, compiled to PTX by build.rs; launched through `cuda.rs`), with the
+//! same accumulation types, so the same model code runs on `Device::Cuda`.
 //!
 //! This file holds the plumbing the kernels share: the element and accumulator types,
 //! access to contiguous storage, and the row-parallel loops.
 
 mod activation;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod exp;
 mod layer_norm;
 mod log_softmax_gather;

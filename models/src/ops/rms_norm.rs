@@ -73,6 +73,105 @@ fn grad_weight<T: Element>(x: &[T], g: &[T], n_rows: usize, dim: usize, eps: f64
     dw.into_iter().map(T::from_acc).collect()
 }
 
+/// The CUDA kernels (kernels/rms_norm.cu), launched on contiguous inputs.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::NAME;
+    use crate::ops::cuda::{self, acc, alloc, kernel, launch, Float, RMS_NORM};
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
+    use candle_core::CudaDevice;
+
+    pub(super) fn forward<T: Float>(
+        dev: &CudaDevice,
+        x: &CudaView<T>,
+        w: &CudaView<T>,
+        rows: usize,
+        dim: usize,
+        eps: f64,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let mut y = alloc::<T>(dev, rows * dim)?;
+        let eps = acc::<T>(eps);
+        let f = kernel::<T>(dev, &RMS_NORM, "rms_norm_fwd")?;
+        launch!(
+            dev,
+            f,
+            cuda::per_row(rows, dim, NAME)?,
+            x,
+            w,
+            &mut y,
+            &dim,
+            &eps
+        )?;
+        Ok(y)
+    }
+
+    pub(super) fn grad_input<T: Float>(
+        dev: &CudaDevice,
+        (x, w, g): (&CudaView<T>, &CudaView<T>, &CudaView<T>),
+        rows: usize,
+        dim: usize,
+        eps: f64,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let mut dx = alloc::<T>(dev, rows * dim)?;
+        let eps = acc::<T>(eps);
+        let f = kernel::<T>(dev, &RMS_NORM, "rms_norm_grad_input")?;
+        launch!(
+            dev,
+            f,
+            cuda::per_row(rows, dim, NAME)?,
+            x,
+            w,
+            g,
+            &mut dx,
+            &dim,
+            &eps
+        )?;
+        Ok(dx)
+    }
+
+    /// Per-row factors r, then Σ g·x·r per block of rows, then the blocks' in-order total.
+    pub(super) fn grad_weight<T: Float>(
+        dev: &CudaDevice,
+        x: &CudaView<T>,
+        g: &CudaView<T>,
+        rows: usize,
+        dim: usize,
+        eps: f64,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        if rows == 0 {
+            return dev.alloc_zeros::<T>(dim);
+        }
+        let eps = acc::<T>(eps);
+        let mut r = alloc::<T::Acc>(dev, rows)?;
+        let f = kernel::<T>(dev, &RMS_NORM, "rms_norm_row_factors")?;
+        launch!(
+            dev,
+            f,
+            cuda::per_row(rows, dim, NAME)?,
+            x,
+            &mut r,
+            &dim,
+            &eps
+        )?;
+        let (cfg, n_partials) = cuda::per_partial(rows, dim, NAME)?;
+        let mut partials = alloc::<T::Acc>(dev, n_partials * dim)?;
+        let f = kernel::<T>(dev, &RMS_NORM, "rms_norm_grad_weight_partials")?;
+        launch!(dev, f, cfg, x, g, &r, &mut partials, &rows, &dim)?;
+        let mut dw = alloc::<T>(dev, dim)?;
+        let f = kernel::<T>(dev, &RMS_NORM, "rms_norm_sum_partials")?;
+        launch!(
+            dev,
+            f,
+            cuda::per_column(dim),
+            &partials,
+            &n_partials,
+            &dim,
+            &mut dw
+        )?;
+        Ok(dw)
+    }
+}
+
 struct RmsNorm {
     eps: f64,
 }
@@ -94,6 +193,25 @@ impl CustomOp2 for RmsNorm {
             let x = contiguous::<T>(s1, l1, NAME)?;
             let w = contiguous::<T>(s2, l2, NAME)?;
             Ok((storage(forward(x, w, dim, self.eps)), l1.shape().clone()))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::ops::cuda::{input, output};
+        let (rows, dim) = rows_and_dim(l1.dims(), NAME)?;
+        let dev = &s1.device;
+        with_float_element!(s1, NAME, |T| {
+            let x = input::<T>(s1, l1, NAME)?;
+            let w = input::<T>(s2, l2, NAME)?;
+            let y = gpu::forward(dev, &x, &w, rows, dim, self.eps)?;
+            Ok((output(y, dev), l1.shape().clone()))
         })
     }
 
@@ -149,6 +267,28 @@ impl CustomOp3 for RmsNormGradInput {
             Ok((storage(dx), l1.shape().clone()))
         })
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::ops::cuda::{input, output};
+        let (rows, dim) = rows_and_dim(l1.dims(), NAME)?;
+        let dev = &s1.device;
+        with_float_element!(s1, NAME, |T| {
+            let x = input::<T>(s1, l1, NAME)?;
+            let w = input::<T>(s2, l2, NAME)?;
+            let g = input::<T>(s3, l3, NAME)?;
+            let dx = gpu::grad_input(dev, (&x, &w, &g), rows, dim, self.eps)?;
+            Ok((output(dx, dev), l1.shape().clone()))
+        })
+    }
 }
 
 /// dL/dweight from (x, dL/dy).
@@ -174,6 +314,25 @@ impl CustomOp2 for RmsNormGradWeight {
             let g = contiguous::<T>(s2, l2, NAME)?;
             let dw = grad_weight(x, g, n_rows, dim, self.eps);
             Ok((storage(dw), Shape::from_dims(&[dim])))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::ops::cuda::{input, output};
+        let (n_rows, dim) = rows_and_dim(l1.dims(), NAME)?;
+        let dev = &s1.device;
+        with_float_element!(s1, NAME, |T| {
+            let x = input::<T>(s1, l1, NAME)?;
+            let g = input::<T>(s2, l2, NAME)?;
+            let dw = gpu::grad_weight(dev, &x, &g, n_rows, dim, self.eps)?;
+            Ok((output(dw, dev), Shape::from_dims(&[dim])))
         })
     }
 }

@@ -85,6 +85,54 @@ fn grad_input<T: Element>(y: &[T], g: &[T], dim: usize) -> Vec<T> {
     dx
 }
 
+/// The CUDA kernels (kernels/softmax.cu), launched on contiguous inputs.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::NAME;
+    use crate::ops::cuda::{self, alloc, kernel, launch, Float, SOFTMAX};
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
+    use candle_core::CudaDevice;
+
+    pub(super) fn forward<T: Float>(
+        dev: &CudaDevice,
+        x: &CudaView<T>,
+        rows: usize,
+        dim: usize,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let mut y = alloc::<T>(dev, rows * dim)?;
+        let f = kernel::<T>(dev, &SOFTMAX, "softmax_fwd")?;
+        launch!(dev, f, cuda::per_row(rows, dim, NAME)?, x, &mut y, &dim)?;
+        Ok(y)
+    }
+
+    pub(super) fn causal_forward<T: Float>(
+        dev: &CudaDevice,
+        x: &CudaView<T>,
+        rows: usize,
+        dim: usize,
+        (past, queries): (usize, usize),
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let mut y = alloc::<T>(dev, rows * dim)?;
+        let f = kernel::<T>(dev, &SOFTMAX, "causal_softmax_fwd")?;
+        let cfg = cuda::per_row(rows, dim, NAME)?;
+        launch!(dev, f, cfg, x, &mut y, &dim, &past, &queries)?;
+        Ok(y)
+    }
+
+    pub(super) fn grad_input<T: Float>(
+        dev: &CudaDevice,
+        y: &CudaView<T>,
+        g: &CudaView<T>,
+        rows: usize,
+        dim: usize,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let mut dx = alloc::<T>(dev, rows * dim)?;
+        let f = kernel::<T>(dev, &SOFTMAX, "softmax_grad")?;
+        launch!(dev, f, cuda::per_row(rows, dim, NAME)?, y, g, &mut dx, &dim)?;
+        Ok(dx)
+    }
+}
+
 struct SoftmaxLastDim;
 
 struct CausalSoftmax {
@@ -107,6 +155,22 @@ impl CustomOp1 for CausalSoftmax {
         })
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::ops::cuda::{input, output};
+        let (rows, dim) = rows_and_dim(l.dims(), NAME)?;
+        let dev = &s.device;
+        with_float_element!(s, NAME, |T| {
+            let x = input::<T>(s, l, NAME)?;
+            let y = gpu::causal_forward(dev, &x, rows, dim, (self.past, self.queries))?;
+            Ok((output(y, dev), l.shape().clone()))
+        })
+    }
+
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
         Ok(Some(res.apply_op2_no_bwd(&grad, &SoftmaxGrad)?))
@@ -123,6 +187,22 @@ impl CustomOp1 for SoftmaxLastDim {
         with_float_element!(s, NAME, |T| {
             let x = contiguous::<T>(s, l, NAME)?;
             Ok((storage(forward(x, dim)), l.shape().clone()))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::ops::cuda::{input, output};
+        let (rows, dim) = rows_and_dim(l.dims(), NAME)?;
+        let dev = &s.device;
+        with_float_element!(s, NAME, |T| {
+            let x = input::<T>(s, l, NAME)?;
+            let y = gpu::forward(dev, &x, rows, dim)?;
+            Ok((output(y, dev), l.shape().clone()))
         })
     }
 
@@ -152,6 +232,25 @@ impl CustomOp2 for SoftmaxGrad {
             let y = contiguous::<T>(s1, l1, NAME)?;
             let g = contiguous::<T>(s2, l2, NAME)?;
             Ok((storage(grad_input(y, g, dim)), l1.shape().clone()))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::ops::cuda::{input, output};
+        let (rows, dim) = rows_and_dim(l1.dims(), NAME)?;
+        let dev = &s1.device;
+        with_float_element!(s1, NAME, |T| {
+            let y = input::<T>(s1, l1, NAME)?;
+            let g = input::<T>(s2, l2, NAME)?;
+            let dx = gpu::grad_input(dev, &y, &g, rows, dim)?;
+            Ok((output(dx, dev), l1.shape().clone()))
         })
     }
 }
