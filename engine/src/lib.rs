@@ -9,6 +9,7 @@ pub mod judge;
 pub mod logprob;
 pub mod pairs;
 pub mod pipeline;
+pub mod qwen_logprob;
 pub mod records;
 pub mod score;
 pub mod serve;

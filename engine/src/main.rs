@@ -19,16 +19,21 @@ use unireward_engine::logprob::LogprobJob;
 use unireward_engine::pairs::job::{Grouping, PairsJob};
 use unireward_engine::pairs::{PairFormat, PairOptions, RankingMode, Recipe};
 use unireward_engine::pipeline::{RunOptions, RunSummary, DEFAULT_DECODE_BUDGET_BYTES};
+use unireward_engine::qwen_logprob::QwenLogprobJob;
 use unireward_engine::records::{check_output_path, OutputMode, DEFAULT_MAX_LINE_BYTES};
 use unireward_engine::score::ScoreJob;
 use unireward_engine::serve::media_inbox::MediaPolicy;
 use unireward_engine::serve::{serve, ServeModel, ServeOptions};
 use unireward_models::device::parse_device;
+use unireward_models::family::ModelFamily;
 use unireward_models::formats::export_manifest;
 use unireward_models::judge::checkpoint_family::refuse_unsupported_checkpoint;
 use unireward_models::judge::sift_templates::sift_resize;
 use unireward_models::judge::{checkpoint_family, ChatTemplate, Family, PromptTemplate};
-use unireward_models::preprocess::{MediaLoader, VideoMode};
+use unireward_models::preprocess::{
+    MediaLoader, QwenVlProcessor, QwenVlProcessorConfig, VideoMode,
+};
+use unireward_models::qwen2_5_vl::Qwen25Vl;
 use unireward_models::tokenize::PromptTokenizer;
 
 #[derive(Parser)]
@@ -320,6 +325,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// `engine logprob` on a Qwen2.5-VL checkpoint: candle only (the ONNX export and the `Backend`
+/// trait are LLaVA's so far).
+fn qwen_logprob(args: &ModelArgs, input: &Path, out: &Path, run: &RunArgs) -> Result<RunSummary> {
+    if args.backend == BackendKind::Ort || args.model.join(export_manifest::FILE_NAME).is_file() {
+        bail!(
+            "{} is a Qwen2.5-VL checkpoint: it runs on the candle backend only (there is no ONNX \
+             export of this family yet)",
+            args.model.display()
+        );
+    }
+    if args.ep != ExecutionProvider::Cpu {
+        bail!(
+            "--ep {} needs the ONNX Runtime backend, which Qwen2.5-VL checkpoints do not have yet",
+            args.ep.name()
+        );
+    }
+    let dtype = match args.dtype {
+        Precision::F32 => DType::F32,
+        Precision::Bf16 => DType::BF16,
+    };
+    let model = Qwen25Vl::load(&args.model, dtype, &Device::Cpu)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let cfg = model.config();
+    let tokenizer =
+        PromptTokenizer::load_qwen_vl(&args.model, cfg.image_token_id, cfg.video_token_id)?;
+    let preprocessor = args.model.join("preprocessor_config.json");
+    let processor = QwenVlProcessor::new(if preprocessor.is_file() {
+        QwenVlProcessorConfig::from_file(&preprocessor)?
+    } else {
+        QwenVlProcessorConfig::default()
+    });
+    let job = QwenLogprobJob {
+        model: &model,
+        tokenizer: &tokenizer,
+        processor: &processor,
+    };
+    Ok(job.run(input, out, &run.options())?)
+}
+
 struct Loaded {
     backend: Box<dyn Backend>,
     tokenizer: PromptTokenizer,
@@ -438,6 +482,9 @@ fn run() -> Result<RunSummary> {
             run,
         } => {
             check_out(&out, &[Some(&input)], &model)?;
+            if ModelFamily::of_dir(&model.model)? == ModelFamily::Qwen25Vl {
+                return qwen_logprob(&model, &input, &out, &run);
+            }
             // Each record's markers choose its video mode; the loader's is not used.
             let l = load(&model, VideoMode::Pooled)?;
             let job = LogprobJob {

@@ -415,6 +415,11 @@ impl KeyAudit {
 
     /// Fails with every recorded problem when there was any.
     pub fn finish(&self, dir: &Path, layout: &KeyLayout) -> Result<()> {
+        self.finish_named(dir, layout.name)
+    }
+
+    /// [`Self::finish`] for a layout known by its name only (another family's).
+    pub fn finish_named(&self, dir: &Path, layout: &str) -> Result<()> {
         let problems = self.problems.lock().map(|p| p.clone()).unwrap_or_default();
         if problems.is_empty() {
             return Ok(());
@@ -422,7 +427,7 @@ impl KeyAudit {
         const SHOWN: usize = 20;
         let mut msg = format!(
             "does not fit the {} layout: {} key(s) missing or misshapen: {}",
-            layout.name,
+            layout,
             problems.len(),
             problems[..problems.len().min(SHOWN)].join(", ")
         );

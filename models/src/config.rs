@@ -563,6 +563,14 @@ fn vision_from_raw(r: &RawVision, prefix: &'static str, d: &VisionConfig) -> Res
     Ok(cfg)
 }
 
+/// A Qwen2 decoder's settings from one object of a config (another family's `text_config`, or
+/// the top level of a file that keeps them there), with the same checks as LLaVA's.
+pub(crate) fn text_config_from_json(v: &Value, prefix: &'static str) -> Result<TextConfig> {
+    let raw: RawText =
+        serde_json::from_value(v.clone()).map_err(|e| Error::Config(format!("{prefix}: {e}")))?;
+    text_from_raw(&raw, prefix)
+}
+
 fn text_from_raw(r: &RawText, prefix: &'static str) -> Result<TextConfig> {
     let s = Checks::new(prefix);
     let rope = match given(&r.rope_parameters) {

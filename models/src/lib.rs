@@ -20,6 +20,7 @@ pub mod nn;
 pub mod ops;
 pub mod pack;
 pub mod preprocess;
+pub mod qwen2_5_vl;
 pub mod tokenize;
 
 pub use error::{Error, Result};

@@ -15,6 +15,10 @@ use crate::{Error, Result};
 
 pub const IMAGE_MARKER: &str = "<image>";
 pub const VIDEO_MARKER: &str = "<video>";
+/// Qwen-VL's placeholders: each is one special token in the prompt, between
+/// `<|vision_start|>` and `<|vision_end|>`, that the processor repeats once per merged token.
+pub const QWEN_IMAGE_PAD: &str = "<|image_pad|>";
+pub const QWEN_VIDEO_PAD: &str = "<|video_pad|>";
 
 /// Opens text a user wrote inside a rendered prompt; [`USER_TEXT_END`] closes it. Unicode
 /// noncharacters: reserved for a program's internal use, never part of interchange text.
@@ -71,6 +75,9 @@ pub struct PromptTokenizer {
     specials: Vec<(String, u32)>,
     image_id: u32,
     video_id: u32,
+    /// What marks an image / a video in a prompt (`<image>` / `<video>`, or Qwen-VL's pads).
+    image_marker: &'static str,
+    video_marker: &'static str,
 }
 
 /// A piece of quoted text: text to tokenize, a media marker, or a special token.
@@ -86,6 +93,24 @@ impl PromptTokenizer {
     /// without them (LLaVA-NeXT splices features without a token) gets id 0, which is never
     /// looked at because features overwrite those positions.
     pub fn load(dir: &Path, cfg: &LlavaConfig) -> Result<Self> {
+        Self::load_with_markers(
+            dir,
+            (IMAGE_MARKER, cfg.image_token_id.unwrap_or(0)),
+            (VIDEO_MARKER, cfg.video_token_id.unwrap_or(0)),
+        )
+    }
+
+    /// Loads `tokenizer.json` for a Qwen-VL checkpoint: `<|image_pad|>` / `<|video_pad|>` mark
+    /// the media and expand to runs of their own ids.
+    pub fn load_qwen_vl(dir: &Path, image_id: u32, video_id: u32) -> Result<Self> {
+        Self::load_with_markers(dir, (QWEN_IMAGE_PAD, image_id), (QWEN_VIDEO_PAD, video_id))
+    }
+
+    fn load_with_markers(
+        dir: &Path,
+        (image_marker, image_id): (&'static str, u32),
+        (video_marker, video_id): (&'static str, u32),
+    ) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
@@ -94,7 +119,7 @@ impl PromptTokenizer {
         let mut specials: Vec<(String, u32)> = tokenizer
             .get_added_tokens_decoder()
             .into_iter()
-            .filter(|(_, t)| t.special && t.content != IMAGE_MARKER && t.content != VIDEO_MARKER)
+            .filter(|(_, t)| t.special && t.content != image_marker && t.content != video_marker)
             .map(|(id, t)| (t.content, id))
             .collect();
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
@@ -102,8 +127,10 @@ impl PromptTokenizer {
             tokenizer,
             literal,
             specials,
-            image_id: cfg.image_token_id.unwrap_or(0),
-            video_id: cfg.video_token_id.unwrap_or(0),
+            image_id,
+            video_id,
+            image_marker,
+            video_marker,
         })
     }
 
@@ -142,13 +169,15 @@ impl PromptTokenizer {
         if text.contains(USER_TEXT_START) {
             return self.encode_quoted(text, image_lens, video_lens);
         }
-        let pieces = split_markers(text);
+        let pieces = split_markers(text, self.image_marker, self.video_marker);
         let count = |k: MediaKind| pieces.iter().filter(|p| p.1 == Some(k)).count();
         let (n_img, n_vid) = (count(MediaKind::Image), count(MediaKind::Video));
         if n_img != image_lens.len() || n_vid != video_lens.len() {
             return Err(Error::Input(format!(
-                "the prompt has {n_img} {IMAGE_MARKER} and {n_vid} {VIDEO_MARKER} marker(s) \
-                 but {} image(s) and {} video(s) were given",
+                "the prompt has {n_img} {} and {n_vid} {} marker(s) but {} image(s) and {} \
+                 video(s) were given",
+                self.image_marker,
+                self.video_marker,
                 image_lens.len(),
                 video_lens.len()
             )));
@@ -208,8 +237,10 @@ impl PromptTokenizer {
         let (n_img, n_vid) = (count(MediaKind::Image), count(MediaKind::Video));
         if n_img != image_lens.len() || n_vid != video_lens.len() {
             return Err(Error::Input(format!(
-                "the prompt has {n_img} {IMAGE_MARKER} and {n_vid} {VIDEO_MARKER} marker(s) \
-                 but {} image(s) and {} video(s) were given",
+                "the prompt has {n_img} {} and {n_vid} {} marker(s) but {} image(s) and {} \
+                 video(s) were given",
+                self.image_marker,
+                self.video_marker,
                 image_lens.len(),
                 video_lens.len()
             )));
@@ -307,8 +338,8 @@ impl PromptTokenizer {
     /// there): its byte offset, length and piece.
     fn next_special(&self, text: &str) -> Option<(usize, usize, Piece)> {
         let markers = [
-            (IMAGE_MARKER, Piece::Marker(MediaKind::Image)),
-            (VIDEO_MARKER, Piece::Marker(MediaKind::Video)),
+            (self.image_marker, Piece::Marker(MediaKind::Image)),
+            (self.video_marker, Piece::Marker(MediaKind::Video)),
         ];
         let specials = self
             .specials
@@ -323,20 +354,24 @@ impl PromptTokenizer {
 }
 
 /// Text pieces, each followed by the marker that ends it (the last by none).
-fn split_markers(text: &str) -> Vec<(&str, Option<MediaKind>)> {
+fn split_markers<'t>(
+    text: &'t str,
+    image_marker: &str,
+    video_marker: &str,
+) -> Vec<(&'t str, Option<MediaKind>)> {
     let mut out = Vec::new();
     let mut rest = text;
     loop {
         let next = [
             (
-                rest.find(IMAGE_MARKER),
+                rest.find(image_marker),
                 MediaKind::Image,
-                IMAGE_MARKER.len(),
+                image_marker.len(),
             ),
             (
-                rest.find(VIDEO_MARKER),
+                rest.find(video_marker),
                 MediaKind::Video,
-                VIDEO_MARKER.len(),
+                video_marker.len(),
             ),
         ]
         .into_iter()
@@ -361,7 +396,7 @@ mod tests {
 
     #[test]
     fn markers_split_in_order() {
-        let p = split_markers("a<image>b<video>c<image>");
+        let p = split_markers("a<image>b<video>c<image>", IMAGE_MARKER, VIDEO_MARKER);
         assert_eq!(
             p,
             vec![

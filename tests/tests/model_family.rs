@@ -1,6 +1,6 @@
-//! A checkpoint's family is read from its config before anything else: a Qwen-VL judge is
-//! refused by name (not by some LLaVA field it lacks), and the golden LLaVA checkpoint loads
-//! through the family seam.
+//! A checkpoint's family is read from its config before anything else: a Qwen2.5-VL judge is
+//! detected as such and refused by name where the seams are still LLaVA-shaped (not by some
+//! LLaVA field it lacks), and the golden LLaVA checkpoint loads through the family seam.
 
 use candle_core::{DType, Device};
 use unireward_engine::backend::CandleBackend;
@@ -25,6 +25,10 @@ fn qwen_vl_checkpoints_are_refused_by_family_before_their_weights() {
         r#"{"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
             "vision_config": {"depth": 32, "hidden_size": 1280, "window_size": 112},
             "hidden_size": 3584, "vocab_size": 152064}"#,
+    );
+    assert_eq!(
+        ModelFamily::of_dir(&dir).expect("detected"),
+        ModelFamily::Qwen25Vl
     );
     let err = CandleBackend::load(&dir, DType::F32, &Device::Cpu)
         .err()

@@ -49,8 +49,13 @@ impl VarMapModel {
     /// Reads `config.json` and every tensor of the checkpoint in `dir`, converted to `dtype`.
     pub fn load(dir: &Path, dtype: DType, device: &Device, parts: TrainParts) -> Result<Self> {
         // A family the trainer cannot build is refused by name before any weight is read.
-        match ModelFamily::of_dir(dir)? {
-            ModelFamily::LlavaOnevision => {}
+        let family = ModelFamily::of_dir(dir)?;
+        if let Some(why) = family.not_runnable_by("the trainer") {
+            return Err(unireward_models::Error::Config(format!(
+                "{}: {why}",
+                dir.join("config.json").display()
+            ))
+            .into());
         }
         // As `LlavaOnevision::load`: config fixed up and checked against the stored shapes.
         let (cfg, ckpt, layout) = open_model_dir(dir)?;

@@ -106,9 +106,15 @@ impl ExportReport {
 /// The exporter's graphs are LLaVA-OneVision's: a checkpoint of another family is refused by
 /// name before any weight is read.
 pub fn open_source(model_dir: &Path) -> Result<(LlavaConfig, Checkpoint, KeyLayout)> {
-    match ModelFamily::of_dir(model_dir)? {
-        ModelFamily::LlavaOnevision => Ok(open_model_dir(model_dir)?),
+    let family = ModelFamily::of_dir(model_dir)?;
+    if let Some(why) = family.not_runnable_by("the exporter") {
+        return Err(unireward_models::Error::Config(format!(
+            "{}: {why}",
+            model_dir.join("config.json").display()
+        ))
+        .into());
     }
+    Ok(open_model_dir(model_dir)?)
 }
 
 /// Exports the checkpoint in `model_dir` to `out_dir` (created if needed): `vision.onnx`,

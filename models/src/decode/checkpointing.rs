@@ -119,6 +119,21 @@ impl CustomOp2 for Recompute {
         Ok((out.clone(), layout.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        out: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        if layout.contiguous_offsets() != Some((0, layout.shape().elem_count())) {
+            candle_core::bail!("checkpointed-layer: the layer's output is not contiguous");
+        }
+        Ok((out.try_clone(layout)?, layout.shape().clone()))
+    }
+
     fn bwd(
         &self,
         input: &Tensor,

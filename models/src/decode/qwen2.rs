@@ -14,25 +14,66 @@ use crate::nn::RmsNorm;
 use crate::Result;
 
 /// cos / sin tables for given positions, computed in f32 as the reference does.
+///
+/// With `mrope_section` (Qwen2-VL's multimodal rotary embedding) positions are 3-D: the
+/// head's frequencies split into three runs, rotated by the temporal, height and width
+/// position respectively (positions [3, B, T]); with all three equal this is the 1-D rotary
+/// embedding. Plain positions [B, T] are taken as three equal ones.
 pub struct Rotary {
     inv_freq: Tensor,
+    mrope_section: Option<Vec<usize>>,
 }
 
 impl Rotary {
-    fn new(cfg: &TextConfig, device: &Device) -> Result<Self> {
+    fn new(cfg: &TextConfig, mrope_section: Option<&[usize]>, device: &Device) -> Result<Self> {
         let dim = cfg.head_dim();
+        if let Some(s) = mrope_section {
+            if s.iter().sum::<usize>() * 2 != dim {
+                return Err(crate::Error::Config(format!(
+                    "mrope_section {s:?} does not split head_dim {dim} / 2"
+                )));
+            }
+        }
         let inv: Vec<f32> = (0..dim / 2)
             .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64)) as f32)
             .collect();
         Ok(Self {
             inv_freq: Tensor::from_vec(inv, (1, 1, dim / 2), device)?,
+            mrope_section: mrope_section.map(<[usize]>::to_vec),
         })
     }
 
-    /// positions [B, T] (u32) → (cos, sin) each [B, 1, T, head_dim] in `dtype`.
+    /// positions [B, T] or, with M-RoPE, [3, B, T] (u32) → (cos, sin) each [B, 1, T, head_dim]
+    /// in `dtype`.
     fn tables(&self, positions: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
-        let pos = positions.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
-        let freqs = pos.broadcast_mul(&self.inv_freq)?;
+        let freqs = match (positions.rank(), &self.mrope_section) {
+            (2, _) => positions
+                .to_dtype(DType::F32)?
+                .unsqueeze(D::Minus1)?
+                .broadcast_mul(&self.inv_freq)?,
+            (3, Some(sections)) => {
+                let pos = positions.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
+                let mut pieces = Vec::with_capacity(sections.len());
+                let mut start = 0;
+                for (i, &len) in sections.iter().enumerate() {
+                    let axis = pos.get(i % 3)?;
+                    let inv = self.inv_freq.narrow(D::Minus1, start, len)?;
+                    pieces.push(axis.broadcast_mul(&inv)?);
+                    start += len;
+                }
+                Tensor::cat(&pieces, D::Minus1)?
+            }
+            (rank, _) => {
+                return Err(crate::Error::Input(format!(
+                    "positions of rank {rank}: this decoder takes [B, T]{}",
+                    if self.mrope_section.is_some() {
+                        " or [3, B, T]"
+                    } else {
+                        ""
+                    }
+                )))
+            }
+        };
         let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?.unsqueeze(1)?;
         Ok((emb.cos()?.to_dtype(dtype)?, emb.sin()?.to_dtype(dtype)?))
     }
@@ -352,6 +393,17 @@ impl Qwen2 {
     /// `body` holds `embed_tokens`, `layers.N`, `norm`; `head` the output projection, or
     /// `None` to tie it to the embeddings.
     pub fn new(cfg: &TextConfig, body: VarBuilder, head: Option<VarBuilder>) -> Result<Self> {
+        Self::with_mrope(cfg, body, head, None)
+    }
+
+    /// [`Self::new`] with Qwen2-VL's multimodal rotary embedding when `mrope_section` is given:
+    /// [`Self::forward`] then also takes 3-D positions [3, B, T].
+    pub fn with_mrope(
+        cfg: &TextConfig,
+        body: VarBuilder,
+        head: Option<VarBuilder>,
+        mrope_section: Option<&[usize]>,
+    ) -> Result<Self> {
         let embeddings = body.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
         let lm_head = match head {
             Some(vb) => Linear::load(vb, cfg.hidden_size, cfg.vocab_size, false)?,
@@ -365,7 +417,7 @@ impl Qwen2 {
             layers,
             norm: RmsNorm::new(body.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?,
             lm_head,
-            rotary: Rotary::new(cfg, body.device())?,
+            rotary: Rotary::new(cfg, mrope_section, body.device())?,
             cfg: cfg.clone(),
             checkpointing: None,
         })
@@ -392,7 +444,8 @@ impl Qwen2 {
         self.embed_tokens.embeddings().dtype()
     }
 
-    /// Embeddings [B, T, hidden] at `positions` [B, T] → final-normed hidden states.
+    /// Embeddings [B, T, hidden] at `positions` [B, T] (or [3, B, T] with M-RoPE) →
+    /// final-normed hidden states.
     /// `mask` is additive, broadcastable to [B, heads, T, past + T]; `None` means causal over
     /// this call's tokens alone (no cache) — the common case of whole right-padded sequences.
     pub fn forward(

@@ -25,16 +25,14 @@ pub struct UnsupportedFamily {
     pub checkpoints: &'static str,
 }
 
+/// Families implemented besides LLaVA-OneVision: (architecture, model_type, family).
+const KNOWN: &[(&str, &str, ModelFamily)] = &[(
+    "Qwen2_5_VLForConditionalGeneration",
+    "qwen2_5_vl",
+    ModelFamily::Qwen25Vl,
+)];
+
 const UNSUPPORTED: &[(&str, &str, UnsupportedFamily)] = &[
-    (
-        "Qwen2_5_VLForConditionalGeneration",
-        "qwen2_5_vl",
-        UnsupportedFamily {
-            name: "Qwen2.5-VL",
-            checkpoints:
-                "UnifiedReward-qwen-*, UnifiedReward-2.0-qwen-*, UnifiedReward-Think-qwen-7b",
-        },
-    ),
     (
         "Qwen3VLForConditionalGeneration",
         "qwen3_vl",
@@ -71,6 +69,13 @@ fn family_of_config(path: &Path) -> Result<ModelFamily> {
 }
 
 fn family_of(fields: &FamilyFields) -> std::result::Result<ModelFamily, String> {
+    for (arch, model_type, family) in KNOWN {
+        if fields.architectures.iter().any(|a| a == arch)
+            || fields.model_type.as_deref() == Some(model_type)
+        {
+            return Ok(*family);
+        }
+    }
     for (arch, model_type, family) in UNSUPPORTED {
         if fields.architectures.iter().any(|a| a == arch)
             || fields.model_type.as_deref() == Some(model_type)
@@ -112,15 +117,18 @@ mod tests {
     }
 
     #[test]
-    fn qwen_vl_checkpoints_are_refused_by_name() {
-        let err = family_of(&fields(
+    fn qwen2_5_vl_is_detected_and_qwen3_vl_refused_by_name() {
+        for json in [
             r#"{"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl", "vision_config": {}}"#,
-        ))
-        .unwrap_err();
-        assert!(
-            err.contains("Qwen2.5-VL") && err.contains("UnifiedReward-qwen-*"),
-            "{err}"
-        );
+            r#"{"model_type": "qwen2_5_vl"}"#,
+            r#"{"architectures": ["Qwen2_5_VLForConditionalGeneration"]}"#,
+        ] {
+            assert_eq!(
+                family_of(&fields(json)),
+                Ok(ModelFamily::Qwen25Vl),
+                "{json}"
+            );
+        }
         let err = family_of(&fields(r#"{"model_type": "qwen3_vl"}"#)).unwrap_err();
         assert!(err.starts_with("Qwen3-VL checkpoints"), "{err}");
     }

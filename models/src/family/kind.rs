@@ -8,12 +8,33 @@ pub enum ModelFamily {
     /// SigLIP → 2-layer projector → anyres packing → Qwen2 (UnifiedReward-7b, -7b-v1.5, -0.5b;
     /// both the transformers and the LLaVA-NeXT checkpoint layouts).
     LlavaOnevision,
+    /// Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`): window-attention vision transformer
+    /// → 2x2 merger → Qwen2 with 3-D M-RoPE positions (UnifiedReward-qwen-3b/7b/32b,
+    /// UnifiedReward-2.0-qwen-*, UnifiedReward-Think-qwen-7b). The model is
+    /// [`crate::qwen2_5_vl::Qwen25Vl`]; the engine and the trainer do not run it yet.
+    Qwen25Vl,
 }
 
 impl ModelFamily {
+    /// Why a command that runs judges through the LLaVA-shaped seams (the engine's backends,
+    /// the trainer, the exporter) cannot take this family yet; `None` when it can.
+    pub fn not_runnable_by(self, what: &str) -> Option<String> {
+        match self {
+            ModelFamily::LlavaOnevision => None,
+            ModelFamily::Qwen25Vl => Some(format!(
+                "Qwen2.5-VL checkpoints (UnifiedReward-qwen-*, UnifiedReward-2.0-qwen-*, \
+                 UnifiedReward-Think-qwen-7b) are not supported by {what} yet: the model runs in \
+                 unireward_models::qwen2_5_vl, but {what} still passes LLaVA's tiles and 1-D \
+                 positions; unireward runs LLaVA-OneVision judges (UnifiedReward-7b, -7b-v1.5, \
+                 -0.5b)"
+            )),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ModelFamily::LlavaOnevision => "llava-onevision",
+            ModelFamily::Qwen25Vl => "qwen2.5-vl",
         }
     }
 
@@ -21,6 +42,7 @@ impl ModelFamily {
     pub fn template_family(self) -> TemplateFamily {
         match self {
             ModelFamily::LlavaOnevision => TemplateFamily::Llava,
+            ModelFamily::Qwen25Vl => TemplateFamily::Qwen,
         }
     }
 }

@@ -17,6 +17,15 @@ impl ModelFamily {
     pub fn load(self, dir: &Path, dtype: DType, device: &Device) -> Result<Box<dyn JudgeModel>> {
         match self {
             ModelFamily::LlavaOnevision => Ok(Box::new(LlavaOnevision::load(dir, dtype, device)?)),
+            // `JudgeModel` hands out encode-tiles and 1-D-position calls; Qwen2.5-VL's vision
+            // tower needs each medium's grid and its decoder 3-D positions from the prompt's
+            // media layout, which the trait does not carry yet.
+            ModelFamily::Qwen25Vl => Err(crate::Error::Config(format!(
+                "{}: {}",
+                dir.join("config.json").display(),
+                self.not_runnable_by("the judge-model seam (engine, trainer)")
+                    .unwrap_or_default()
+            ))),
         }
     }
 }

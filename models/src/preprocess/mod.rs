@@ -10,6 +10,7 @@
 //! - [`gif_frames`]: bounded decoding of an animated GIF's sampled frames;
 //! - [`media_file`]: regular files only, and the decode limits of images and frames;
 //! - [`request`]: the media a request names (as records write them) and [`VideoMode`];
+//! - [`qwen_vl`]: the Qwen2-VL / Qwen2.5-VL processor (`smart_resize`, merge-window patches);
 //! - [`loader`]: a request's media decoded and preprocessed for a model directory.
 
 pub mod anyres;
@@ -18,6 +19,7 @@ pub mod gif_frames;
 pub mod image;
 pub mod loader;
 pub mod media_file;
+pub mod qwen_vl;
 pub mod request;
 pub mod resize;
 pub mod video;
@@ -28,6 +30,7 @@ pub use self::image::{
     load_image, pad_batch, AlphaHandling, ImageProcessor, ImageProcessorConfig, ProcessedImage,
 };
 pub use self::loader::{MediaLoader, PreparedMedia};
+pub use self::qwen_vl::{smart_resize, QwenVlPixels, QwenVlProcessor, QwenVlProcessorConfig};
 pub use self::request::{MediaRequest, RawEntry, RawFrame, RawMedia, VideoMode};
 pub use self::resize::{Filter, Flavor};
 pub use self::video::{

@@ -1,0 +1,150 @@
+//! `engine logprob` on a Qwen2.5-VL checkpoint: the same records in and out as for LLaVA
+//! ([`crate::logprob`]), the prompt raw text with `<|vision_start|><|image_pad|><|vision_end|>`
+//! once per image, each `<|image_pad|>` expanded to the image's merged token count as the
+//! processor expands it.
+//!
+//! It runs the candle model ([`Qwen25Vl`]) directly: the [`crate::backend::Backend`] trait
+//! still passes LLaVA's tiles and 1-D positions, so neither the ONNX Runtime backend nor the
+//! shared decoding algorithms take this family yet. Videos are refused (the video path is not
+//! built).
+
+use std::path::Path;
+
+use candle_core::{DType, Tensor, D};
+use serde_json::Value;
+use unireward_models::formats::logprob_record::LogprobAnswer;
+use unireward_models::pack::MediaFeatures;
+use unireward_models::preprocess::{load_image, MediaRequest, QwenVlPixels, QwenVlProcessor};
+use unireward_models::qwen2_5_vl::Qwen25Vl;
+use unireward_models::tokenize::PromptTokenizer;
+
+use crate::error::{EngineError, Result};
+use crate::pipeline::{decoded_image_bytes, run_pipeline_with};
+use crate::pipeline::{RunOptions, RunSummary};
+
+pub struct QwenLogprobJob<'a> {
+    pub model: &'a Qwen25Vl,
+    pub tokenizer: &'a PromptTokenizer,
+    pub processor: &'a QwenVlProcessor,
+}
+
+/// A record read and its images preprocessed.
+struct Request {
+    prompt: String,
+    completion: String,
+    images: Vec<QwenVlPixels>,
+}
+
+impl QwenLogprobJob<'_> {
+    pub fn run(&self, input: &Path, out: &Path, opts: &RunOptions) -> Result<RunSummary> {
+        let base = input.parent().unwrap_or(Path::new(".")).to_path_buf();
+        run_pipeline_with(
+            opts,
+            input,
+            out,
+            |v: &Value| {
+                MediaRequest::parse(v, "images", "video")
+                    .map(|m| decoded_image_bytes(&m, &base))
+                    .unwrap_or(0)
+            },
+            |v: &Value| self.read(v, &base),
+            |batch: Vec<(Value, Request)>| {
+                batch
+                    .into_iter()
+                    .map(|(_, req)| self.answer(&req))
+                    .collect()
+            },
+        )
+    }
+
+    fn read(&self, v: &Value, base: &Path) -> std::result::Result<Request, String> {
+        let text = |k: &str| -> std::result::Result<String, String> {
+            v.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| format!("missing string field {k:?}"))
+        };
+        let (prompt, completion) = (text("prompt")?, text("completion")?);
+        let media = MediaRequest::parse(v, "images", "video")?;
+        if !media.videos.is_empty() {
+            return Err(
+                "videos are not supported for Qwen2.5-VL checkpoints yet (images only)".into(),
+            );
+        }
+        let images = media
+            .images
+            .iter()
+            .map(|p| {
+                let path = if p.is_absolute() {
+                    p.clone()
+                } else {
+                    base.join(p)
+                };
+                let image = load_image(&path).map_err(|e| e.to_string())?;
+                self.processor
+                    .preprocess(&image)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        Ok(Request {
+            prompt,
+            completion,
+            images,
+        })
+    }
+
+    fn answer(&self, req: &Request) -> Result<LogprobAnswer> {
+        let model = self.model;
+        let merge = model.config().vision.spatial_merge_size;
+        let lens: Vec<usize> = req.images.iter().map(|p| p.num_tokens(merge)).collect();
+        let full = format!("{}{}", req.prompt, req.completion);
+        let tokens = self.tokenizer.encode(&full, &lens, &[])?;
+        let prompt_len = self.tokenizer.encode(&req.prompt, &lens, &[])?.ids.len();
+        let n = tokens.ids.len();
+        let max = model.config().text.max_position_embeddings;
+        if n > max {
+            return Err(EngineError::Invalid(format!(
+                "prompt and completion are {n} tokens, over the context length {max}"
+            )));
+        }
+        if prompt_len == 0 || prompt_len >= n {
+            return Err(EngineError::Invalid(
+                "the completion adds no tokens after a non-empty prompt".into(),
+            ));
+        }
+        let refs: Vec<&QwenVlPixels> = req.images.iter().collect();
+        let media = MediaFeatures {
+            images: model.media_features_batch(&refs)?,
+            videos: Vec::new(),
+        };
+        let grids: Vec<_> = req.images.iter().map(|p| model.image_grid(p)).collect();
+        let positions = model
+            .positions(&tokens, &grids, &[])?
+            .to_tensor(model.device())?;
+        let embeds = model.embed(&tokens, &media)?.unsqueeze(0)?;
+        let rows: Vec<u32> = (prompt_len as u32 - 1..n as u32 - 1).collect();
+        let rows_t = Tensor::new(rows.as_slice(), model.device())?.unsqueeze(0)?;
+        let hidden = model
+            .decoder()
+            .forward_at(&embeds, &positions, None, None, &rows_t)?;
+        let logits = model.logits(&hidden)?.squeeze(0)?.to_dtype(DType::F32)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let targets = Tensor::new(&tokens.ids[prompt_len..], model.device())?.unsqueeze(1)?;
+        let total: f64 = logp
+            .gather(&targets, 1)?
+            .to_dtype(DType::F64)?
+            .sum_all()?
+            .to_scalar()?;
+        if !total.is_finite() {
+            return Err(EngineError::Invalid(format!(
+                "the model's log-probability is {total}: its outputs are not finite (broken \
+                 weights, or an overflow at this precision)"
+            )));
+        }
+        Ok(LogprobAnswer {
+            logprob: total,
+            prompt_tokens: prompt_len,
+            completion_tokens: n - prompt_len,
+        })
+    }
+}
