@@ -345,7 +345,7 @@ fn qwen_logprob(args: &ModelArgs, input: &Path, out: &Path, run: &RunArgs) -> Re
         Precision::F32 => DType::F32,
         Precision::Bf16 => DType::BF16,
     };
-    let model = Qwen25Vl::load(&args.model, dtype, &Device::Cpu)
+    let model = Qwen25Vl::load(&args.model, dtype, &parse_device(&args.device)?)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let cfg = model.config();
     let tokenizer =
