@@ -19,7 +19,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
-use unireward_engine::backend::{Backend, Decoding, ExecutionProvider, OrtBackend, SessionConfig};
+use unireward_engine::backend::{Decoder, Decoding, ExecutionProvider, OrtBackend, SessionConfig};
 use unireward_export::{export_onnx, ExportOptions};
 
 const LAYERS: usize = 30;

@@ -81,6 +81,7 @@ fn forward(backend: &dyn Backend, tiles: &Tensor) -> Result<f32> {
     let media = MediaFeatures {
         images: vec![packed],
         videos: vec![],
+        ..Default::default()
     };
     let embeds =
         unireward_models::pack::merge_media(&backend.embed_tokens(&tokens.ids)?, &tokens, &media)?;

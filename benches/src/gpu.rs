@@ -28,7 +28,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use image::{Rgb, RgbImage};
 use serde_json::json;
-use unireward_engine::backend::{Backend, CandleBackend};
+use unireward_engine::backend::{Backend, CandleBackend, Decoder};
 use unireward_models::device::parse_device;
 use unireward_models::tokenize::{MediaKind, MediaSpan, Tokenized};
 use unireward_models::MediaFeatures;
@@ -99,6 +99,7 @@ fn forward(backend: &dyn Backend, tiles: &Tensor) -> Result<f32> {
     let media = MediaFeatures {
         images: vec![packed],
         videos: vec![],
+        ..Default::default()
     };
     let embeds =
         unireward_models::pack::merge_media(&backend.embed_tokens(&tokens.ids)?, &tokens, &media)?;

@@ -26,7 +26,7 @@ use clap::{Parser, ValueEnum};
 use image::{Rgb, RgbImage};
 use serde_json::json;
 use unireward_engine::backend::{
-    Backend, CandleBackend, DecoderCache, Decoding, Limits, OrtBackend, Recomputing, Rows,
+    Backend, CandleBackend, Decoder, DecoderCache, Decoding, Limits, OrtBackend, Recomputing, Rows,
     SessionConfig,
 };
 use unireward_engine::encode_media::encode_media;
@@ -34,7 +34,7 @@ use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
 use unireward_engine::pairs::job::{Grouping, PairsJob, DEFAULT_TOKEN_BUDGET};
 use unireward_engine::pairs::{PairOptions, Recipe};
 use unireward_export::{export_onnx, ExportOptions};
-use unireward_models::config::LlavaConfig;
+use unireward_models::config::{LlavaConfig, TextConfig};
 use unireward_models::judge::{Media, Mode, Task};
 use unireward_models::preprocess::{MediaLoader, MediaRequest};
 use unireward_models::tokenize::PromptTokenizer;
@@ -88,21 +88,13 @@ impl Profiled<'_> {
     }
 }
 
-impl Backend for Profiled<'_> {
+impl Decoder for Profiled<'_> {
     fn name(&self) -> String {
         self.inner.name()
     }
-    fn config(&self) -> &LlavaConfig {
-        self.inner.config()
-    }
-    fn image_newline(&self) -> &Tensor {
-        self.inner.image_newline()
-    }
-    fn encode_tiles(&self, tiles: &Tensor) -> unireward_engine::error::Result<Tensor> {
-        let t0 = Instant::now();
-        let out = self.inner.encode_tiles(tiles);
-        self.add(|p| &mut p.vision, t0);
-        out
+
+    fn text_config(&self) -> &TextConfig {
+        self.inner.text_config()
     }
     fn embed_tokens(&self, ids: &[u32]) -> unireward_engine::error::Result<Tensor> {
         let t0 = Instant::now();
@@ -145,6 +137,23 @@ impl Backend for Profiled<'_> {
             },
             t0,
         );
+        out
+    }
+}
+
+impl Backend for Profiled<'_> {
+    fn config(&self) -> &LlavaConfig {
+        self.inner.config()
+    }
+
+    fn image_newline(&self) -> &Tensor {
+        self.inner.image_newline()
+    }
+
+    fn encode_tiles(&self, tiles: &Tensor) -> unireward_engine::error::Result<Tensor> {
+        let t0 = Instant::now();
+        let out = self.inner.encode_tiles(tiles);
+        self.add(|p| &mut p.vision, t0);
         out
     }
 }
@@ -286,6 +295,7 @@ fn main() -> Result<()> {
         let media = unireward_models::MediaFeatures {
             images: feats.images[..n].to_vec(),
             videos: vec![],
+            ..Default::default()
         };
         let lens: Vec<usize> = media
             .images

@@ -123,7 +123,7 @@ impl LogprobJob<'_> {
         let full = format!("{}{}", req.prompt, req.completion);
         let tokens = self.tokenizer.encode(&full, &il, &vl)?;
         let prompt_len = self.tokenizer.encode(&req.prompt, &il, &vl)?.ids.len();
-        let max = self.backend.config().text.max_position_embeddings;
+        let max = self.backend.text_config().max_position_embeddings;
         if tokens.ids.len() > max {
             return Err(EngineError::Invalid(format!(
                 "prompt and completion are {} tokens, over the context length {max}",

@@ -12,7 +12,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::{Parser, Subcommand, ValueEnum};
 use unireward_engine::backend::{
-    Backend, CandleBackend, EngineLimits, ExecutionProvider, OrtBackend, SessionConfig,
+    Backend, CandleBackend, EngineLimits, ExecutionProvider, OrtBackend, QwenVlBackend,
+    SessionConfig,
 };
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
 use unireward_engine::logprob::LogprobJob;
@@ -20,6 +21,7 @@ use unireward_engine::pairs::job::{Grouping, PairsJob};
 use unireward_engine::pairs::{PairFormat, PairOptions, RankingMode, Recipe};
 use unireward_engine::pipeline::{RunOptions, RunSummary, DEFAULT_DECODE_BUDGET_BYTES};
 use unireward_engine::qwen_logprob::QwenLogprobJob;
+use unireward_engine::qwen_score::QwenScoreJob;
 use unireward_engine::records::{check_output_path, OutputMode, DEFAULT_MAX_LINE_BYTES};
 use unireward_engine::score::ScoreJob;
 use unireward_engine::serve::media_inbox::MediaPolicy;
@@ -29,11 +31,12 @@ use unireward_models::family::ModelFamily;
 use unireward_models::formats::export_manifest;
 use unireward_models::judge::checkpoint_family::refuse_unsupported_checkpoint;
 use unireward_models::judge::sift_templates::sift_resize;
-use unireward_models::judge::{checkpoint_family, ChatTemplate, Family, PromptTemplate};
+use unireward_models::judge::{
+    checkpoint_family, ChatTemplate, Family, MediaMarkers, PromptTemplate,
+};
 use unireward_models::preprocess::{
     MediaLoader, QwenVlProcessor, QwenVlProcessorConfig, VideoMode,
 };
-use unireward_models::qwen2_5_vl::Qwen25Vl;
 use unireward_models::tokenize::PromptTokenizer;
 
 #[derive(Parser)]
@@ -325,9 +328,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// `engine logprob` on a Qwen2.5-VL checkpoint: candle only (the ONNX export and the `Backend`
-/// trait are LLaVA's so far).
-fn qwen_logprob(args: &ModelArgs, input: &Path, out: &Path, run: &RunArgs) -> Result<RunSummary> {
+/// A Qwen2.5-VL checkpoint, its tokenizer and its image processor: candle only (the ONNX
+/// export is LLaVA's so far).
+struct LoadedQwen {
+    backend: QwenVlBackend,
+    tokenizer: PromptTokenizer,
+    processor: QwenVlProcessor,
+}
+
+fn load_qwen(args: &ModelArgs) -> Result<LoadedQwen> {
     if args.backend == BackendKind::Ort || args.model.join(export_manifest::FILE_NAME).is_file() {
         bail!(
             "{} is a Qwen2.5-VL checkpoint: it runs on the candle backend only (there is no ONNX \
@@ -345,9 +354,9 @@ fn qwen_logprob(args: &ModelArgs, input: &Path, out: &Path, run: &RunArgs) -> Re
         Precision::F32 => DType::F32,
         Precision::Bf16 => DType::BF16,
     };
-    let model = Qwen25Vl::load(&args.model, dtype, &parse_device(&args.device)?)
+    let backend = QwenVlBackend::load(&args.model, dtype, &parse_device(&args.device)?)
         .with_context(|| format!("loading {}", args.model.display()))?;
-    let cfg = model.config();
+    let cfg = backend.model().config();
     let tokenizer =
         PromptTokenizer::load_qwen_vl(&args.model, cfg.image_token_id, cfg.video_token_id)?;
     let preprocessor = args.model.join("preprocessor_config.json");
@@ -356,12 +365,52 @@ fn qwen_logprob(args: &ModelArgs, input: &Path, out: &Path, run: &RunArgs) -> Re
     } else {
         QwenVlProcessorConfig::default()
     });
+    Ok(LoadedQwen {
+        backend,
+        tokenizer,
+        processor,
+    })
+}
+
+/// `engine logprob` on a Qwen2.5-VL checkpoint.
+fn qwen_logprob(args: &ModelArgs, input: &Path, out: &Path, run: &RunArgs) -> Result<RunSummary> {
+    let q = load_qwen(args)?;
     let job = QwenLogprobJob {
-        model: &model,
-        tokenizer: &tokenizer,
-        processor: &processor,
+        model: q.backend.model(),
+        tokenizer: &q.tokenizer,
+        processor: &q.processor,
     };
     Ok(job.run(input, out, &run.options())?)
+}
+
+/// `engine score` on a Qwen2.5-VL checkpoint.
+fn qwen_score(
+    model: &ModelArgs,
+    judge: &JudgeArgs,
+    family: Family,
+    batch: &Path,
+    out: &Path,
+    run: &RunArgs,
+) -> Result<RunSummary> {
+    let q = load_qwen(model)?;
+    let style = PromptStyle {
+        markers: MediaMarkers::QwenVl,
+        ..prompt_style(judge, family, model)?
+    };
+    let j = Judge::with_decoder(
+        &q.backend,
+        &q.tokenizer,
+        style,
+        judge.judge,
+        judge.max_new_tokens,
+    )?;
+    let job = QwenScoreJob {
+        judge: &j,
+        backend: &q.backend,
+        processor: &q.processor,
+        token_budget: model.token_budget,
+    };
+    Ok(job.run(batch, out, &run.options())?)
 }
 
 struct Loaded {
@@ -442,6 +491,18 @@ fn make_judge<'a>(
     family: Family,
     model: &ModelArgs,
 ) -> Result<Judge<'a>> {
+    Ok(Judge::new(
+        l.backend.as_ref(),
+        &l.tokenizer,
+        prompt_style(args, family, model)?,
+        args.judge,
+        args.max_new_tokens,
+    )?)
+}
+
+/// The prompts' wording and wrapping: the family's templates (or `--template`), the
+/// checkpoint's chat template (or `--chat-template`).
+fn prompt_style(args: &JudgeArgs, family: Family, model: &ModelArgs) -> Result<PromptStyle> {
     let chat = match &args.chat_template {
         Some(path) => ChatTemplate::from_file(path)?,
         None => ChatTemplate::from_checkpoint_dir(&model.model)?,
@@ -451,19 +512,13 @@ fn make_judge<'a>(
         .as_ref()
         .map(PromptTemplate::from_file)
         .transpose()?;
-    let style = PromptStyle {
+    Ok(PromptStyle {
         family,
         chat,
         user_template,
         allow_fast_think: args.allow_fast_think,
-    };
-    Ok(Judge::new(
-        l.backend.as_ref(),
-        &l.tokenizer,
-        style,
-        args.judge,
-        args.max_new_tokens,
-    )?)
+        markers: MediaMarkers::Llava,
+    })
 }
 
 /// Refuses an `--out` that would overwrite an input of the run or the checkpoint, before
@@ -506,6 +561,9 @@ fn run() -> Result<RunSummary> {
             check_out(&out, &[Some(&batch), templates[0], templates[1]], &model)?;
             let family = judge.family(&model.model)?;
             judge.check_mode(family)?;
+            if ModelFamily::of_dir(&model.model)? == ModelFamily::Qwen25Vl {
+                return qwen_score(&model, &judge, family, &batch, &out, &run);
+            }
             let l = load(&model, judge.video_mode(family))?;
             let j = make_judge(&l, &judge, family, &model)?;
             let job = ScoreJob {

@@ -14,13 +14,14 @@ use candle_core::{DType, Tensor, D};
 use serde_json::Value;
 use unireward_models::formats::logprob_record::LogprobAnswer;
 use unireward_models::pack::MediaFeatures;
-use unireward_models::preprocess::{load_image, MediaRequest, QwenVlPixels, QwenVlProcessor};
+use unireward_models::preprocess::{MediaRequest, QwenVlPixels, QwenVlProcessor};
 use unireward_models::qwen2_5_vl::Qwen25Vl;
 use unireward_models::tokenize::PromptTokenizer;
 
 use crate::error::{EngineError, Result};
 use crate::pipeline::{decoded_image_bytes, run_pipeline_with};
 use crate::pipeline::{RunOptions, RunSummary};
+use crate::qwen_media::qwen_images;
 
 pub struct QwenLogprobJob<'a> {
     pub model: &'a Qwen25Vl,
@@ -66,26 +67,7 @@ impl QwenLogprobJob<'_> {
         };
         let (prompt, completion) = (text("prompt")?, text("completion")?);
         let media = MediaRequest::parse(v, "images", "video")?;
-        if !media.videos.is_empty() {
-            return Err(
-                "videos are not supported for Qwen2.5-VL checkpoints yet (images only)".into(),
-            );
-        }
-        let images = media
-            .images
-            .iter()
-            .map(|p| {
-                let path = if p.is_absolute() {
-                    p.clone()
-                } else {
-                    base.join(p)
-                };
-                let image = load_image(&path).map_err(|e| e.to_string())?;
-                self.processor
-                    .preprocess(&image)
-                    .map_err(|e| format!("{}: {e}", path.display()))
-            })
-            .collect::<std::result::Result<Vec<_>, String>>()?;
+        let images = qwen_images(self.processor, &media, base)?;
         Ok(Request {
             prompt,
             completion,
@@ -115,11 +97,11 @@ impl QwenLogprobJob<'_> {
         let refs: Vec<&QwenVlPixels> = req.images.iter().collect();
         let media = MediaFeatures {
             images: model.media_features_batch(&refs)?,
-            videos: Vec::new(),
+            image_grids: req.images.iter().map(|p| model.image_grid(p)).collect(),
+            ..Default::default()
         };
-        let grids: Vec<_> = req.images.iter().map(|p| model.image_grid(p)).collect();
         let positions = model
-            .positions(&tokens, &grids, &[])?
+            .positions(&tokens, &media.image_grids, &[])?
             .to_tensor(model.device())?;
         let embeds = model.embed(&tokens, &media)?.unsqueeze(0)?;
         let rows: Vec<u32> = (prompt_len as u32 - 1..n as u32 - 1).collect();

@@ -68,7 +68,8 @@ impl ScoreJob<'_> {
     /// The prompt text and encoded media of one request: a video shows as its frames'
     /// `<image>` markers or as one `<video>` marker, as the loader's video mode prepared it.
     fn inputs(&self, req: &ScoreRequest, media: &PreparedMedia) -> Result<(String, MediaFeatures)> {
-        let (features, marks) = encode_request(self.judge.backend, media)?.all()?;
+        let (features, marks) =
+            encode_request(self.judge.backend("engine score")?, media)?.all()?;
         let text = self
             .judge
             .prompt_text(req.task, req.mode, &req.prompt, &req.answers, marks)?;

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use unireward_engine::backend::{
-    Backend, CandleBackend, DecoderCache, Decoding, Limits, Recomputing, Rows,
+    Backend, CandleBackend, Decoder, DecoderCache, Decoding, Limits, Recomputing, Rows,
 };
 use unireward_engine::decoding::GenerationBatch;
 use unireward_engine::error::Result;
 use unireward_engine::EngineError;
-use unireward_models::config::LlavaConfig;
+use unireward_models::config::{LlavaConfig, TextConfig};
 use unireward_tests::golden_model_dir;
 
 fn candle() -> CandleBackend {
@@ -68,21 +68,13 @@ impl<'a> Counting<'a> {
     }
 }
 
-impl Backend for Counting<'_> {
+impl Decoder for Counting<'_> {
     fn name(&self) -> String {
         self.inner.name()
     }
 
-    fn config(&self) -> &LlavaConfig {
-        self.inner.config()
-    }
-
-    fn image_newline(&self) -> &Tensor {
-        self.inner.image_newline()
-    }
-
-    fn encode_tiles(&self, tiles: &Tensor) -> Result<Tensor> {
-        self.inner.encode_tiles(tiles)
+    fn text_config(&self) -> &TextConfig {
+        self.inner.text_config()
     }
 
     fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
@@ -134,6 +126,20 @@ impl Backend for Counting<'_> {
         self.nexts.fetch_add(1, Ordering::SeqCst);
         self.inner
             .decode_next(embeds, positions, seen, unwrap_stuck(cache))
+    }
+}
+
+impl Backend for Counting<'_> {
+    fn config(&self) -> &LlavaConfig {
+        self.inner.config()
+    }
+
+    fn image_newline(&self) -> &Tensor {
+        self.inner.image_newline()
+    }
+
+    fn encode_tiles(&self, tiles: &Tensor) -> Result<Tensor> {
+        self.inner.encode_tiles(tiles)
     }
 }
 

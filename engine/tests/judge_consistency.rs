@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use unireward_engine::backend::{Backend, CandleBackend, Decoding, Recomputing};
+use unireward_engine::backend::{Backend, CandleBackend, Decoder, Decoding, Recomputing};
 use unireward_engine::encode_media::encode_media;
 use unireward_engine::judge::{Judge, JudgeMode, Outcome, PromptStyle};
 use unireward_models::judge::{pair_verdicts, verdict_lead, Family, Media, Mode, Task};
@@ -96,6 +96,7 @@ fn fast_pair_probabilities_are_normalised_logprobs() -> Result<()> {
             MediaFeatures {
                 images: vec![f.features.images[0].clone()],
                 videos: vec![],
+                ..Default::default()
             }
         };
         let marks = Media::Images(media.images.len());
@@ -143,6 +144,7 @@ fn fast_point_score_is_the_expectation_over_score_logprobs() -> Result<()> {
     let media = MediaFeatures {
         images: vec![f.features.images[0].clone()],
         videos: vec![],
+        ..Default::default()
     };
     let text = judge.prompt_text(task, Mode::Point, "a red circle", &[], Media::Images(1))?;
     let Outcome::Point { score, .. } = judge.judge(task, Mode::Point, &text, &media)? else {
@@ -239,6 +241,7 @@ fn batched_prompt_passes_equal_single_ones() -> Result<()> {
     let one = MediaFeatures {
         images: vec![f.features.images[0].clone()],
         videos: vec![],
+        ..Default::default()
     };
     let specs = [
         (

@@ -106,6 +106,7 @@ fn v2_point_dimensions_are_leading_digit_and_tenth_expectations() -> Result<()> 
     let media = MediaFeatures {
         images: vec![f.features.images[0].clone()],
         videos: vec![],
+        ..Default::default()
     };
     let task = Task::ImageGeneration;
     let text = judge.prompt_text(task, Mode::Point, "a red circle", &[], Media::Images(1))?;
@@ -172,6 +173,7 @@ fn acs_point_dimensions_read_whole_scores_as_final_score_is_read() -> Result<()>
     let media = MediaFeatures {
         images: vec![f.features.images[0].clone()],
         videos: vec![],
+        ..Default::default()
     };
     let task = Task::ImageGeneration;
     let text = judge.prompt_text(task, Mode::Point, "a red circle", &[], Media::Images(1))?;

@@ -11,13 +11,13 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use unireward_engine::backend::{
-    Backend, CandleBackend, DecoderCache, Decoding, Limits, Recomputing, Rows,
+    Backend, CandleBackend, Decoder, DecoderCache, Decoding, Limits, Recomputing, Rows,
 };
 use unireward_engine::decoding::{continuations_of_families, PromptFamily};
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
 use unireward_engine::pairs::job::{Grouping, PairsJob};
 use unireward_engine::pairs::{PairOptions, RankingMode, Recipe};
-use unireward_models::config::LlavaConfig;
+use unireward_models::config::{LlavaConfig, TextConfig};
 use unireward_models::preprocess::MediaLoader;
 use unireward_models::tokenize::PromptTokenizer;
 use unireward_tests::{golden_cases_dir, golden_model_dir};
@@ -29,18 +29,13 @@ struct Counting<'a> {
     rows: AtomicUsize,
 }
 
-impl Backend for Counting<'_> {
+impl Decoder for Counting<'_> {
     fn name(&self) -> String {
         self.inner.name()
     }
-    fn config(&self) -> &LlavaConfig {
-        self.inner.config()
-    }
-    fn image_newline(&self) -> &Tensor {
-        self.inner.image_newline()
-    }
-    fn encode_tiles(&self, tiles: &Tensor) -> unireward_engine::Result<Tensor> {
-        self.inner.encode_tiles(tiles)
+
+    fn text_config(&self) -> &TextConfig {
+        self.inner.text_config()
     }
     fn embed_tokens(&self, ids: &[u32]) -> unireward_engine::Result<Tensor> {
         self.inner.embed_tokens(ids)
@@ -65,6 +60,20 @@ impl Backend for Counting<'_> {
             .unwrap_or(0);
         self.rows.fetch_add(seqs.len() * longest, Ordering::SeqCst);
         self.inner.decode(seqs, rows, cache)
+    }
+}
+
+impl Backend for Counting<'_> {
+    fn config(&self) -> &LlavaConfig {
+        self.inner.config()
+    }
+
+    fn image_newline(&self) -> &Tensor {
+        self.inner.image_newline()
+    }
+
+    fn encode_tiles(&self, tiles: &Tensor) -> unireward_engine::Result<Tensor> {
+        self.inner.encode_tiles(tiles)
     }
 }
 

@@ -17,7 +17,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
-use unireward_engine::backend::{Backend, CandleBackend, Decoding, OrtBackend, SessionConfig};
+use unireward_engine::backend::{
+    Backend, CandleBackend, Decoder, Decoding, OrtBackend, SessionConfig,
+};
 use unireward_engine::encode_media::encode_media;
 use unireward_export::{export_onnx, ExportOptions, Precision};
 use unireward_models::config::LlavaConfig;

@@ -9,7 +9,7 @@
 #[path = "../../engine/tests/support/generation_scenario.rs"]
 mod scenario;
 
-use unireward_engine::backend::{Backend, OrtBackend, Recomputing, SessionConfig};
+use unireward_engine::backend::{Decoder, OrtBackend, Recomputing, SessionConfig};
 use unireward_export::{export_onnx, ExportOptions, Precision};
 use unireward_tests::golden_model_dir;
 

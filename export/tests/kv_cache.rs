@@ -15,7 +15,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use unireward_engine::backend::{
-    Backend, CandleBackend, Continuation, Decoding, InputTensor, OrtBackend, OrtSession,
+    Backend, CandleBackend, Continuation, Decoder, Decoding, InputTensor, OrtBackend, OrtSession,
     Recomputing, SessionConfig,
 };
 use unireward_export::model::graphs::{self, KvKind};

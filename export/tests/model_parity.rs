@@ -19,7 +19,8 @@ use std::time::Instant;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 use unireward_engine::backend::{
-    Backend, CandleBackend, Decoding, InputTensor, OrtBackend, OrtSession, Outputs, SessionConfig,
+    Backend, CandleBackend, Decoder, Decoding, InputTensor, OrtBackend, OrtSession, Outputs,
+    SessionConfig,
 };
 use unireward_export::model::{graphs, projector, qwen2, siglip, Emitter, Weights};
 use unireward_export::{export_onnx, DataType, Dim, ExportOptions, ExportReport, GraphBuilder};

@@ -205,6 +205,7 @@ fn features(model: &Qwen25Vl, imgs: &[QwenVlPixels]) -> MediaFeatures {
     MediaFeatures {
         images: model.media_features_batch(&refs).unwrap(),
         videos: Vec::new(),
+        ..Default::default()
     }
 }
 

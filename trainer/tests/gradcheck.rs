@@ -158,6 +158,7 @@ fn loss(model: &dyn JudgeModel, x: &Inputs) -> Result<Tensor> {
     let media = MediaFeatures {
         images: vec![model.image_features(&x.image_tiles, (8, 16))?],
         videos: vec![model.video_features(&x.video_frames)?],
+        ..Default::default()
     };
     let none = MediaFeatures::default();
     let lp = sequence_logprobs(model, &[(&x.seqs[0], &media), (&x.seqs[1], &none)])?;

@@ -4,12 +4,12 @@ use std::any::Any;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
-use unireward_models::config::LlavaConfig;
+use unireward_models::config::{LlavaConfig, TextConfig};
 use unireward_models::decode::KvCache;
 use unireward_models::family::{JudgeModel, ModelFamily};
 use unireward_models::LlavaOnevision;
 
-use super::{own_cache, Backend, DecoderCache, Limits, Rows};
+use super::{own_cache, Backend, Decoder, DecoderCache, Limits, Rows};
 use crate::error::{EngineError, Result};
 
 /// Runs a judge family's candle model ([`JudgeModel`]). The packing between the two graphs
@@ -52,22 +52,13 @@ impl CandleBackend {
     }
 }
 
-impl Backend for CandleBackend {
+impl Decoder for CandleBackend {
     fn name(&self) -> String {
         format!("candle-{:?}", self.model.dtype()).to_lowercase()
     }
 
-    fn config(&self) -> &LlavaConfig {
-        &self.config
-    }
-
-    fn image_newline(&self) -> &Tensor {
-        &self.newline
-    }
-
-    fn encode_tiles(&self, tiles: &Tensor) -> Result<Tensor> {
-        let tiles = tiles.to_device(self.model.device())?;
-        Ok(self.model.encode_tiles(&tiles)?.to_dtype(DType::F32)?)
+    fn text_config(&self) -> &TextConfig {
+        &self.config.text
     }
 
     fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
@@ -174,7 +165,7 @@ impl Backend for CandleBackend {
         let cache = &mut own_cache::<CandleCache>(cache)?.0;
         let (batch, hidden) = embeds.dims2()?;
         let past = cache.len();
-        super::check_next(batch, hidden, positions, seen, past, &self.config)?;
+        super::check_next(batch, hidden, positions, seen, past, &self.config.text)?;
         let input = embeds
             .to_dtype(model.dtype())?
             .to_device(model.device())?
@@ -194,6 +185,21 @@ impl Backend for CandleBackend {
         let mask = Tensor::from_vec(mask, (batch, 1, 1, past + 1), model.device())?;
         let hidden = model.hidden_states_masked(&input, &positions, &mask, Some(cache))?;
         log_softmax_rows(model, &hidden.squeeze(1)?)
+    }
+}
+
+impl Backend for CandleBackend {
+    fn config(&self) -> &LlavaConfig {
+        &self.config
+    }
+
+    fn image_newline(&self) -> &Tensor {
+        &self.newline
+    }
+
+    fn encode_tiles(&self, tiles: &Tensor) -> Result<Tensor> {
+        let tiles = tiles.to_device(self.model.device())?;
+        Ok(self.model.encode_tiles(&tiles)?.to_dtype(DType::F32)?)
     }
 }
 

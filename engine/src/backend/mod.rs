@@ -13,12 +13,16 @@
 pub mod candle;
 pub mod error;
 pub mod ort;
+pub mod qwen_vl;
 pub mod recomputing;
 
 use std::any::Any;
 
 use candle_core::Tensor;
-use unireward_models::config::LlavaConfig;
+use unireward_models::config::{LlavaConfig, TextConfig};
+use unireward_models::qwen2_5_vl::RopePositions;
+use unireward_models::tokenize::Tokenized;
+use unireward_models::MediaFeatures;
 
 use crate::error::Result;
 
@@ -33,20 +37,19 @@ pub use self::ort::runtime::{
     TensorInfo,
 };
 pub use self::ort::{EngineLimits, OrtBackend};
+pub use self::qwen_vl::QwenVlBackend;
 pub use self::recomputing::Recomputing;
-pub use crate::decoding::{Continuation, Decoding};
+pub use crate::decoding::{Continuation, Decoding, Prompt};
 
-pub trait Backend: Send + Sync {
+/// The decoder side of a judge model: token embeddings and decoder calls over a KV cache.
+/// Everything the decoding algorithms ([`crate::decoding`]) and the judge need; every family
+/// has it.
+pub trait Decoder: Send + Sync {
     /// Short name for logs (`candle`, `ort-cpu`, …).
     fn name(&self) -> String;
 
-    fn config(&self) -> &LlavaConfig;
-
-    /// The learned row that closes each packed feature row (f32, [hidden]).
-    fn image_newline(&self) -> &Tensor;
-
-    /// Tiles [n, 3, S, S] f32 → projected features [n, patches, hidden].
-    fn encode_tiles(&self, tiles: &Tensor) -> Result<Tensor>;
+    /// The decoder's configuration (vocabulary, width, context length, stop token).
+    fn text_config(&self) -> &TextConfig;
 
     /// Token ids → embeddings [T, hidden] f32.
     fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor>;
@@ -54,7 +57,7 @@ pub trait Backend: Send + Sync {
     /// What one decoder call takes, and whether the decoder has a cache.
     fn limits(&self) -> Limits;
 
-    /// An empty cache for [`Backend::decode`]; an error when `limits().kv_cache` is false.
+    /// An empty cache for [`Decoder::decode`]; an error when `limits().kv_cache` is false.
     fn new_cache(&self) -> Result<Box<dyn DecoderCache>>;
 
     /// One decoder call: the sequences of embeddings ([T_i, hidden] each, at most
@@ -70,6 +73,35 @@ pub trait Backend: Send + Sync {
         rows: Rows<'_>,
         cache: Option<&mut dyn DecoderCache>,
     ) -> Result<Vec<Tensor>>;
+
+    /// The positions of a prompt's tokens where the family's are not 0..T: Qwen-VL's M-RoPE
+    /// positions follow each medium's grid ([`MediaFeatures`]'s grids). `None` (the default):
+    /// 1-D positions.
+    fn prompt_positions(
+        &self,
+        tokens: &Tokenized,
+        media: &MediaFeatures,
+    ) -> Result<Option<RopePositions>> {
+        let _ = (tokens, media);
+        Ok(None)
+    }
+
+    /// [`Decoder::decode`] of prompts at the positions [`Decoder::prompt_positions`] gave
+    /// them, into an empty `cache`, which keeps each prompt's position offset for the tokens
+    /// that follow. A decoder of 1-D positions (the default) says so.
+    fn decode_prompts(
+        &self,
+        seqs: &[Tensor],
+        positions: &[&RopePositions],
+        rows: Rows<'_>,
+        cache: &mut dyn DecoderCache,
+    ) -> Result<Vec<Tensor>> {
+        let _ = (seqs, positions, rows, cache);
+        Err(crate::error::EngineError::Invalid(format!(
+            "the {} backend takes 1-D positions only",
+            self.name()
+        )))
+    }
 
     /// One decoder call of one new token per sequence over a batch whose sequences cached
     /// different histories (they joined a running generation at different times, see
@@ -91,6 +123,18 @@ pub trait Backend: Send + Sync {
             self.name()
         )))
     }
+}
+
+/// A LLaVA-OneVision backend: the [`Decoder`] and the vision graph whose tiles the engine
+/// packs (anyres) between the two.
+pub trait Backend: Decoder {
+    fn config(&self) -> &LlavaConfig;
+
+    /// The learned row that closes each packed feature row (f32, [hidden]).
+    fn image_newline(&self) -> &Tensor;
+
+    /// Tiles [n, 3, S, S] f32 → projected features [n, patches, hidden].
+    fn encode_tiles(&self, tiles: &Tensor) -> Result<Tensor>;
 }
 
 /// The rows of a decoder call's sequences whose log-probabilities are wanted.
@@ -184,12 +228,12 @@ pub(crate) fn check_next(
     positions: &[usize],
     seen: &[&[bool]],
     past: usize,
-    cfg: &LlavaConfig,
+    cfg: &TextConfig,
 ) -> Result<()> {
-    if hidden != cfg.text.hidden_size {
+    if hidden != cfg.hidden_size {
         return Err(crate::error::EngineError::Invalid(format!(
             "embeddings of width {hidden}; the decoder takes {}",
-            cfg.text.hidden_size
+            cfg.hidden_size
         )));
     }
     if positions.len() != batch || seen.len() != batch {

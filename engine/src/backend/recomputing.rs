@@ -4,29 +4,21 @@
 //! this.
 
 use candle_core::Tensor;
-use unireward_models::config::LlavaConfig;
+use unireward_models::config::{LlavaConfig, TextConfig};
 
-use super::{Backend, DecoderCache, Limits, Rows};
+use super::{Backend, Decoder, DecoderCache, Limits, Rows};
 use crate::error::{EngineError, Result};
 
 /// `backend` with only its whole-sequence decoder calls.
 pub struct Recomputing<'a>(pub &'a dyn Backend);
 
-impl Backend for Recomputing<'_> {
+impl Decoder for Recomputing<'_> {
     fn name(&self) -> String {
         format!("{} (recomputing)", self.0.name())
     }
 
-    fn config(&self) -> &LlavaConfig {
-        self.0.config()
-    }
-
-    fn image_newline(&self) -> &Tensor {
-        self.0.image_newline()
-    }
-
-    fn encode_tiles(&self, tiles: &Tensor) -> Result<Tensor> {
-        self.0.encode_tiles(tiles)
+    fn text_config(&self) -> &TextConfig {
+        self.0.text_config()
     }
 
     fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
@@ -54,6 +46,20 @@ impl Backend for Recomputing<'_> {
             Some(_) => Err(no_cache()),
             None => self.0.decode(seqs, rows, None),
         }
+    }
+}
+
+impl Backend for Recomputing<'_> {
+    fn config(&self) -> &LlavaConfig {
+        self.0.config()
+    }
+
+    fn image_newline(&self) -> &Tensor {
+        self.0.image_newline()
+    }
+
+    fn encode_tiles(&self, tiles: &Tensor) -> Result<Tensor> {
+        self.0.encode_tiles(tiles)
     }
 }
 

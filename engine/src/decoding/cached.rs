@@ -5,14 +5,14 @@
 
 use candle_core::{DType, Tensor};
 
-use super::Continuation;
-use crate::backend::{Backend, DecoderCache, Rows};
+use super::{Continuation, Prompt};
+use crate::backend::{Decoder, DecoderCache, Rows};
 use crate::error::{EngineError, Result};
 
 /// Prompt passes of at most `max_batch` prompts, each prompt's continuations after its own.
-pub(super) fn continuations_batch<B: Backend + ?Sized>(
+pub(super) fn continuations_batch<B: Decoder + ?Sized>(
     backend: &B,
-    prompts: &[Tensor],
+    prompts: &[Prompt],
     continuations: &[Vec<Vec<u32>>],
 ) -> Result<Vec<Vec<Continuation>>> {
     let per_call = backend.limits().batch();
@@ -25,21 +25,21 @@ pub(super) fn continuations_batch<B: Backend + ?Sized>(
 
 /// One decoder call over `prompts`, reading each one's last row, then each one's
 /// continuations after its row of the cache.
-fn after_prompt_pass<B: Backend + ?Sized>(
+fn after_prompt_pass<B: Decoder + ?Sized>(
     backend: &B,
-    prompts: &[Tensor],
+    prompts: &[Prompt],
     continuations: &[Vec<Vec<u32>>],
 ) -> Result<Vec<Vec<Continuation>>> {
     let lens = prompts
         .iter()
-        .map(|p| p.dim(0))
+        .map(|p| p.embeds.dim(0))
         .collect::<candle_core::Result<Vec<_>>>()?;
     if lens.contains(&0) {
         return Err(EngineError::Invalid("an empty prompt".into()));
     }
     let last: Vec<Vec<usize>> = lens.iter().map(|&n| vec![n - 1]).collect();
     let mut cache = backend.new_cache()?;
-    let firsts = backend.decode(prompts, Rows::At(&last), Some(cache.as_mut()))?;
+    let firsts = prompt_pass(backend, prompts, Rows::At(&last), cache.as_mut())?;
     firsts
         .iter()
         .enumerate()
@@ -51,9 +51,30 @@ fn after_prompt_pass<B: Backend + ?Sized>(
         .collect()
 }
 
+/// One decoder call over `prompts` into the empty `cache`, at their own positions where they
+/// carry them (all or none of one call do).
+fn prompt_pass<B: Decoder + ?Sized>(
+    backend: &B,
+    prompts: &[Prompt],
+    rows: Rows<'_>,
+    cache: &mut dyn DecoderCache,
+) -> Result<Vec<Tensor>> {
+    let embeds: Vec<Tensor> = prompts.iter().map(|p| p.embeds.clone()).collect();
+    let positions: Option<Vec<_>> = prompts.iter().map(|p| p.positions.as_ref()).collect();
+    match positions {
+        Some(positions) => backend.decode_prompts(&embeds, &positions, rows, cache),
+        None if prompts.iter().all(|p| p.positions.is_none()) => {
+            backend.decode(&embeds, rows, Some(cache))
+        }
+        None => Err(EngineError::Invalid(
+            "prompts with and without their own positions in one decoder call".into(),
+        )),
+    }
+}
+
 /// Scores `continuations` after a prompt whose cache (one sequence) is `cache` and whose
 /// last row's log-softmax is `first`, as many per decoder call as copies of the cache fit.
-pub(super) fn continue_from<B: Backend + ?Sized>(
+pub(super) fn continue_from<B: Decoder + ?Sized>(
     backend: &B,
     cache: &dyn DecoderCache,
     first: &Tensor,
@@ -69,7 +90,7 @@ pub(super) fn continue_from<B: Backend + ?Sized>(
 
 /// All of `continuations` in one decoder call over copies of the prompt's cache,
 /// right-padded (no real token sees the padding).
-fn continue_together<B: Backend + ?Sized>(
+fn continue_together<B: Decoder + ?Sized>(
     backend: &B,
     cache: &dyn DecoderCache,
     first: &Tensor,
@@ -85,7 +106,7 @@ fn continue_together<B: Backend + ?Sized>(
             })
             .collect());
     }
-    let hidden = backend.config().text.hidden_size;
+    let hidden = backend.text_config().hidden_size;
     let embeds = continuations
         .iter()
         .map(|c| {
@@ -107,13 +128,13 @@ fn continue_together<B: Backend + ?Sized>(
 }
 
 /// The prompt once, then one decoder call per generated token.
-pub(super) fn generate<B: Backend + ?Sized>(
+pub(super) fn generate<B: Decoder + ?Sized>(
     backend: &B,
-    prompt: &Tensor,
+    prompt: &Prompt,
     max_new: usize,
     stop: &[u32],
 ) -> Result<Vec<u32>> {
-    let t = prompt.dim(0)?;
+    let t = prompt.embeds.dim(0)?;
     if t == 0 {
         return Err(EngineError::Invalid("an empty prompt".into()));
     }
@@ -122,7 +143,17 @@ pub(super) fn generate<B: Backend + ?Sized>(
         return Ok(out);
     }
     let mut cache = backend.new_cache()?;
-    let mut row = last_row(backend, prompt, t - 1, cache.as_mut())?;
+    let rows = prompt_pass(
+        backend,
+        std::slice::from_ref(prompt),
+        Rows::At(&[vec![t - 1]]),
+        cache.as_mut(),
+    )?;
+    let mut row = rows
+        .into_iter()
+        .next()
+        .ok_or_else(|| EngineError::Invalid("the decoder gave no row".into()))?
+        .get(0)?;
     for step in 0..max_new {
         let next = row.argmax(0)?.to_scalar::<u32>()?;
         if stop.contains(&next) {
@@ -138,7 +169,7 @@ pub(super) fn generate<B: Backend + ?Sized>(
 }
 
 /// The log-softmax row at `at` of one sequence run after `cache` [vocab].
-fn last_row<B: Backend + ?Sized>(
+fn last_row<B: Decoder + ?Sized>(
     backend: &B,
     seq: &Tensor,
     at: usize,

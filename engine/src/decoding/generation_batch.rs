@@ -16,7 +16,7 @@
 
 use candle_core::{Tensor, D};
 
-use crate::backend::{Backend, DecoderCache, Rows};
+use crate::backend::{Decoder, DecoderCache, Rows};
 use crate::error::{EngineError, Result};
 
 /// Why a sequence's generation ended (OpenAI's `finish_reason`).
@@ -39,7 +39,7 @@ pub struct Generated<K> {
 /// The running sequences of a greedy generation, keyed by the caller's `K`, at most
 /// `backend.limits().batch()` of them per decoder call.
 pub struct GenerationBatch<'b, K> {
-    backend: &'b dyn Backend,
+    backend: &'b dyn Decoder,
     groups: Vec<Group<K>>,
 }
 
@@ -95,7 +95,7 @@ struct Joining<K> {
 }
 
 impl<'b, K: Copy + Eq + std::fmt::Debug> GenerationBatch<'b, K> {
-    pub fn new(backend: &'b dyn Backend) -> Self {
+    pub fn new(backend: &'b dyn Decoder) -> Self {
         Self {
             backend,
             groups: Vec::new(),
@@ -249,7 +249,7 @@ impl<'b, K: Copy + Eq + std::fmt::Debug> GenerationBatch<'b, K> {
         if t == 0 {
             return Err(EngineError::Invalid("an empty prompt".into()));
         }
-        let want = self.backend.config().text.hidden_size;
+        let want = self.backend.text_config().hidden_size;
         if hidden != want {
             return Err(EngineError::Invalid(format!(
                 "embeddings of width {hidden}; the decoder takes {want}"
@@ -375,7 +375,7 @@ impl<'b, K: Copy + Eq + std::fmt::Debug> GenerationBatch<'b, K> {
 
 impl<K> Group<K> {
     /// One decoder call advancing every sequence by one token; the finished ones leave.
-    fn step(&mut self, backend: &dyn Backend) -> Result<Vec<Generated<K>>> {
+    fn step(&mut self, backend: &dyn Decoder) -> Result<Vec<Generated<K>>> {
         let cancelled: Vec<bool> = self.seqs.iter().map(|q| q.cancelled).collect();
         if cancelled.contains(&true) {
             self.leave(&cancelled)?;
@@ -415,7 +415,7 @@ impl<K> Group<K> {
 
     /// Without a cache: each sequence's history grows by its pending token (`embeds`
     /// [B, hidden]) and runs whole; the greedy token after each.
-    fn recompute(&mut self, backend: &dyn Backend, embeds: &Tensor) -> Result<Vec<u32>> {
+    fn recompute(&mut self, backend: &dyn Decoder, embeds: &Tensor) -> Result<Vec<u32>> {
         let mut seqs = Vec::with_capacity(self.seqs.len());
         for (b, q) in self.seqs.iter_mut().enumerate() {
             let history = q

@@ -13,8 +13,9 @@ mod recomputing;
 mod shared_prefix;
 
 use candle_core::Tensor;
+use unireward_models::qwen2_5_vl::RopePositions;
 
-use crate::backend::{Backend, Rows};
+use crate::backend::{Decoder, Rows};
 use crate::error::{EngineError, Result};
 
 pub use self::generation_batch::{Finish, Generated, GenerationBatch};
@@ -44,12 +45,41 @@ pub trait Decoding {
         continuations: &[Vec<Vec<u32>>],
     ) -> Result<Vec<Vec<Continuation>>>;
 
+    /// [`Decoding::continuations_batch`] of prompts that carry their own positions (a
+    /// family whose positions are not 0..T: [`Decoder::prompt_positions`]).
+    fn prompt_continuations_batch(
+        &self,
+        prompts: &[Prompt],
+        continuations: &[Vec<Vec<u32>>],
+    ) -> Result<Vec<Vec<Continuation>>>;
+
     /// Greedy decoding after a prompt ([T, hidden]) until a stop token or `max_new` tokens.
     /// The stop token is not returned.
     fn generate(&self, prompt: &Tensor, max_new: usize, stop: &[u32]) -> Result<Vec<u32>>;
+
+    /// [`Decoding::generate`] after a prompt that carries its own positions.
+    fn generate_after(&self, prompt: &Prompt, max_new: usize, stop: &[u32]) -> Result<Vec<u32>>;
 }
 
-impl<B: Backend + ?Sized> Decoding for B {
+/// A prompt as the decoder takes it: its embeddings [T, hidden] (media spliced in) and, for a
+/// family whose positions are not 0..T (Qwen-VL's M-RoPE), its positions.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub embeds: Tensor,
+    pub positions: Option<RopePositions>,
+}
+
+impl Prompt {
+    /// A prompt at positions 0..T.
+    pub fn plain(embeds: Tensor) -> Self {
+        Self {
+            embeds,
+            positions: None,
+        }
+    }
+}
+
+impl<B: Decoder + ?Sized> Decoding for B {
     fn log_probs_at(&self, seqs: &[Tensor], positions: &[Vec<usize>]) -> Result<Vec<Tensor>> {
         if seqs.len() != positions.len() {
             return Err(EngineError::Invalid(
@@ -82,7 +112,7 @@ impl<B: Backend + ?Sized> Decoding for B {
         }
         let mut all = cached::continuations_batch(
             self,
-            std::slice::from_ref(prompt),
+            &[Prompt::plain(prompt.clone())],
             &[continuations.to_vec()],
         )?;
         Ok(all.pop().unwrap_or_default())
@@ -101,15 +131,51 @@ impl<B: Backend + ?Sized> Decoding for B {
         if !self.limits().kv_cache {
             return recomputing::continuations_batch(self, prompts, continuations);
         }
+        let prompts: Vec<Prompt> = prompts.iter().cloned().map(Prompt::plain).collect();
+        cached::continuations_batch(self, &prompts, continuations)
+    }
+
+    fn prompt_continuations_batch(
+        &self,
+        prompts: &[Prompt],
+        continuations: &[Vec<Vec<u32>>],
+    ) -> Result<Vec<Vec<Continuation>>> {
+        if prompts.iter().all(|p| p.positions.is_none()) {
+            let embeds: Vec<Tensor> = prompts.iter().map(|p| p.embeds.clone()).collect();
+            return self.continuations_batch(&embeds, continuations);
+        }
+        if prompts.len() != continuations.len() {
+            return Err(EngineError::Invalid(
+                "one list of continuations per prompt".into(),
+            ));
+        }
+        if !self.limits().kv_cache {
+            return Err(positions_need_cache(self));
+        }
         cached::continuations_batch(self, prompts, continuations)
     }
 
     fn generate(&self, prompt: &Tensor, max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
+        self.generate_after(&Prompt::plain(prompt.clone()), max_new, stop)
+    }
+
+    fn generate_after(&self, prompt: &Prompt, max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
         if !self.limits().kv_cache {
-            return recomputing::generate(self, prompt, max_new, stop);
+            if prompt.positions.is_some() {
+                return Err(positions_need_cache(self));
+            }
+            return recomputing::generate(self, &prompt.embeds, max_new, stop);
         }
         cached::generate(self, prompt, max_new, stop)
     }
+}
+
+/// Prompts with their own positions continue through the cache, which keeps their offsets.
+fn positions_need_cache<B: Decoder + ?Sized>(backend: &B) -> EngineError {
+    EngineError::Invalid(format!(
+        "the {} backend keeps no cache, which prompts with their own positions continue from",
+        backend.name()
+    ))
 }
 
 /// One continuation's log-probabilities.

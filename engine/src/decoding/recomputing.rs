@@ -4,12 +4,12 @@
 use candle_core::Tensor;
 
 use super::{Continuation, Decoding};
-use crate::backend::Backend;
+use crate::backend::Decoder;
 use crate::error::{EngineError, Result};
 
 /// Each continuation appended to the prompt and run whole, the rows from the prompt's last
 /// position on read.
-pub(super) fn continuations<B: Backend + ?Sized>(
+pub(super) fn continuations<B: Decoder + ?Sized>(
     backend: &B,
     prompt: &Tensor,
     continuations: &[Vec<u32>],
@@ -38,7 +38,7 @@ pub(super) fn continuations<B: Backend + ?Sized>(
 }
 
 /// One prompt after another.
-pub(super) fn continuations_batch<B: Backend + ?Sized>(
+pub(super) fn continuations_batch<B: Decoder + ?Sized>(
     backend: &B,
     prompts: &[Tensor],
     continuations: &[Vec<Vec<u32>>],
@@ -51,7 +51,7 @@ pub(super) fn continuations_batch<B: Backend + ?Sized>(
 }
 
 /// The whole sequence run again for every token.
-pub(super) fn generate<B: Backend + ?Sized>(
+pub(super) fn generate<B: Decoder + ?Sized>(
     backend: &B,
     prompt: &Tensor,
     max_new: usize,

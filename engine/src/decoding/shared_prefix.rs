@@ -7,7 +7,7 @@
 use candle_core::Tensor;
 
 use super::{cached, Continuation, Decoding};
-use crate::backend::{Backend, DecoderCache, Rows};
+use crate::backend::{Decoder, DecoderCache, Rows};
 use crate::error::{EngineError, Result};
 
 /// A prompt, and prompts that begin with its first `shared` rows, given by the rows after
@@ -26,7 +26,7 @@ pub struct PromptFamily {
 /// passes of at most `token_budget` padded tokens (one longer runs alone) that put together
 /// only followers of similar lengths, so that padding costs little of what sharing saves.
 /// Without a cache every prompt is whole again and recomputed.
-pub fn continuations_of_families<B: Backend + ?Sized>(
+pub fn continuations_of_families<B: Decoder + ?Sized>(
     backend: &B,
     families: &[PromptFamily],
     token_budget: usize,
@@ -83,7 +83,7 @@ pub fn continuations_of_families<B: Backend + ?Sized>(
 }
 
 /// Each follower's continuations after the one-sequence cache `prefix`.
-fn after_prefix<B: Backend + ?Sized>(
+fn after_prefix<B: Decoder + ?Sized>(
     backend: &B,
     prefix: &dyn DecoderCache,
     followers: &[(Tensor, Vec<Vec<u32>>)],
@@ -120,7 +120,7 @@ fn after_prefix<B: Backend + ?Sized>(
 }
 
 /// Without a cache: every prompt whole, recomputed.
-fn recomputed<B: Backend + ?Sized>(
+fn recomputed<B: Decoder + ?Sized>(
     backend: &B,
     families: &[PromptFamily],
 ) -> Result<Vec<Vec<Vec<Continuation>>>> {

@@ -7,10 +7,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{Device, Tensor, D};
-use unireward_models::config::LlavaConfig;
+use unireward_models::config::{LlavaConfig, TextConfig};
 
 use super::{Continuation, Decoding};
-use crate::backend::{own_cache, Backend, DecoderCache, Limits, Recomputing, Rows};
+use crate::backend::{own_cache, Backend, Decoder, DecoderCache, Limits, Recomputing, Rows};
 use crate::error::{EngineError, Result};
 
 const HIDDEN: usize = 4;
@@ -92,21 +92,13 @@ impl DecoderCache for ToyCache {
     }
 }
 
-impl Backend for Toy {
+impl Decoder for Toy {
     fn name(&self) -> String {
         "toy".into()
     }
 
-    fn config(&self) -> &LlavaConfig {
-        &self.cfg
-    }
-
-    fn image_newline(&self) -> &Tensor {
-        &self.newline
-    }
-
-    fn encode_tiles(&self, _tiles: &Tensor) -> Result<Tensor> {
-        Err(EngineError::Invalid("the toy sees no images".into()))
+    fn text_config(&self) -> &TextConfig {
+        &self.cfg.text
     }
 
     fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
@@ -189,6 +181,20 @@ impl Backend for Toy {
                 Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
             })
             .collect()
+    }
+}
+
+impl Backend for Toy {
+    fn config(&self) -> &LlavaConfig {
+        &self.cfg
+    }
+
+    fn image_newline(&self) -> &Tensor {
+        &self.newline
+    }
+
+    fn encode_tiles(&self, _tiles: &Tensor) -> Result<Tensor> {
+        Err(EngineError::Invalid("the toy sees no images".into()))
     }
 }
 

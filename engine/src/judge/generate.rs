@@ -3,7 +3,6 @@
 //! `unireward_models::judge::answer_format` for the multi-dimension and Think formats). An
 //! answer without a verdict is an error on the record.
 
-use candle_core::Tensor;
 use unireward_models::formats::score_record::{PairScores, PairShare, PointScores};
 use unireward_models::judge::answer_format::{
     mean_score, parse_dimension_scores, parse_dimension_shares, parse_think, shares_probs,
@@ -14,7 +13,7 @@ use unireward_models::judge::{
 };
 
 use super::{Judge, Outcome};
-use crate::decoding::Decoding;
+use crate::decoding::{Decoding, Prompt};
 use crate::error::{EngineError, Result};
 
 pub fn judge(
@@ -22,11 +21,11 @@ pub fn judge(
     form: &AnswerForm,
     task: Task,
     mode: Mode,
-    embeds: &Tensor,
+    prompt: &Prompt,
 ) -> Result<Outcome> {
     let ids = judge
-        .backend
-        .generate(embeds, judge.max_new_tokens, &stop_tokens(judge))?;
+        .decoder
+        .generate_after(prompt, judge.max_new_tokens, &stop_tokens(judge))?;
     let text = judge.tokenizer.decode(&ids)?;
     outcome_of_format(judge, form.format, task, mode, text)
 }
@@ -37,7 +36,7 @@ pub fn stop_tokens(judge: &Judge) -> Vec<u32> {
         .iter()
         .filter_map(|t| judge.tokenizer.token_id(t))
         .collect();
-    stop.extend(judge.backend.config().text.eos_token_id);
+    stop.extend(judge.decoder.text_config().eos_token_id);
     stop
 }
 

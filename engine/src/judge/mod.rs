@@ -11,13 +11,13 @@ use unireward_models::formats::score_record::{
 };
 use unireward_models::judge::sift_templates::AnswerForm;
 use unireward_models::judge::{
-    ChatTemplate, Family, Media, Mode, PairProbs, PointScore, PromptTemplate, Task,
+    ChatTemplate, Family, Media, MediaMarkers, Mode, PairProbs, PointScore, PromptTemplate, Task,
 };
 use unireward_models::tokenize::{unquote_user_text, PromptTokenizer};
 use unireward_models::MediaFeatures;
 
-use crate::backend::Backend;
-use crate::decoding::Decoding;
+use crate::backend::{Backend, Decoder};
+use crate::decoding::{Decoding, Prompt};
 use crate::error::{EngineError, Result};
 
 pub use request::ScoreRequest;
@@ -41,6 +41,8 @@ pub struct PromptStyle {
     /// Fast judging of a Think family reads the verdict without the reasoning the checkpoint
     /// was trained to write first; it is refused unless this is set.
     pub allow_fast_think: bool,
+    /// How the model family writes the template's media markers.
+    pub markers: MediaMarkers,
 }
 
 impl PromptStyle {
@@ -112,7 +114,11 @@ pub struct JudgeItem<'m> {
 }
 
 pub struct Judge<'a> {
-    pub backend: &'a dyn Backend,
+    /// What runs the prompts.
+    pub decoder: &'a dyn Decoder,
+    /// The LLaVA backend whose vision graph encodes the media; `None` for a family whose model
+    /// encodes its own (Qwen-VL).
+    backend: Option<&'a dyn Backend>,
     pub tokenizer: &'a PromptTokenizer,
     pub style: PromptStyle,
     pub mode: JudgeMode,
@@ -125,6 +131,7 @@ pub struct Judge<'a> {
 }
 
 impl<'a> Judge<'a> {
+    /// A judge of a LLaVA backend, which also encodes the media of the requests.
     pub fn new(
         backend: &'a dyn Backend,
         tokenizer: &'a PromptTokenizer,
@@ -132,7 +139,20 @@ impl<'a> Judge<'a> {
         mode: JudgeMode,
         max_new_tokens: usize,
     ) -> Result<Self> {
-        let vocab = backend.config().text.vocab_size as u32;
+        let mut judge = Self::with_decoder(backend, tokenizer, style, mode, max_new_tokens)?;
+        judge.backend = Some(backend);
+        Ok(judge)
+    }
+
+    /// A judge of a decoder whose media are encoded elsewhere (by a Qwen-VL model itself).
+    pub fn with_decoder(
+        decoder: &'a dyn Decoder,
+        tokenizer: &'a PromptTokenizer,
+        style: PromptStyle,
+        mode: JudgeMode,
+        max_new_tokens: usize,
+    ) -> Result<Self> {
+        let vocab = decoder.text_config().vocab_size as u32;
         let digit_tokens = (0..vocab)
             .filter(|&id| {
                 tokenizer
@@ -145,13 +165,26 @@ impl<'a> Judge<'a> {
             .collect::<Option<Vec<u32>>>()
             .and_then(|v| <[u32; 10]>::try_from(v).ok());
         Ok(Self {
-            backend,
+            decoder,
+            backend: None,
             tokenizer,
             style,
             mode,
             max_new_tokens,
             digit_tokens,
             single_digits,
+        })
+    }
+
+    /// The LLaVA backend that encodes the requests' media; an error for a judge of another
+    /// family, naming what asked for it.
+    pub fn backend(&self, what: &str) -> Result<&'a dyn Backend> {
+        self.backend.ok_or_else(|| {
+            EngineError::Invalid(format!(
+                "{what} encodes media with LLaVA-OneVision's vision graph; the {} judge encodes \
+                 its own and is not taken there yet",
+                self.decoder.name()
+            ))
         })
     }
 
@@ -202,7 +235,7 @@ impl<'a> Judge<'a> {
         }
         // Quoted, so that a marker or special token typed in the request is read as text.
         let user = template.render_quoted(prompt, answers, media)?;
-        let mut text = self.style.chat.render(&user)?;
+        let mut text = self.style.markers.apply(&self.style.chat.render(&user)?);
         if self.mode == JudgeMode::Fast {
             text.push_str(form.answer_prefix);
         }
@@ -233,14 +266,18 @@ impl<'a> Judge<'a> {
         if self.mode == JudgeMode::Fast {
             self.style.check_fast()?;
         }
-        let embeds = self.embed_prompt(prompt_text, media)?;
+        let prompt = self.prompt(prompt_text, media)?;
         match self.mode {
             JudgeMode::Fast => {
                 let plan = fast::plan(self, task, mode, form, prompt_text)?;
-                let scored = self.backend.continuations(&embeds, &plan.continuations)?;
+                let mut scored = self.decoder.prompt_continuations_batch(
+                    std::slice::from_ref(&prompt),
+                    std::slice::from_ref(&plan.continuations),
+                )?;
+                let scored = scored.pop().unwrap_or_default();
                 fast::reduce(self, &plan, &scored)
             }
-            JudgeMode::Generate => generate::judge(self, form, task, mode, &embeds),
+            JudgeMode::Generate => generate::judge(self, form, task, mode, &prompt),
         }
     }
 
@@ -260,7 +297,7 @@ impl<'a> Judge<'a> {
             let prepared = self
                 .style
                 .check_fast()
-                .and_then(|()| self.embed_prompt(&it.prompt_text, it.media))
+                .and_then(|()| self.prompt(&it.prompt_text, it.media))
                 .and_then(|embeds| {
                     let form = self.answer_form(it.task, it.mode)?;
                     let plan = fast::plan(self, it.task, it.mode, &form, &it.prompt_text)?;
@@ -273,17 +310,17 @@ impl<'a> Judge<'a> {
         }
         let lens: Vec<usize> = ready
             .iter()
-            .map(|(_, (e, _))| e.dim(0).unwrap_or(0))
+            .map(|(_, (p, _))| p.embeds.dim(0).unwrap_or(0))
             .collect();
-        let per_call = self.backend.limits().batch();
+        let per_call = self.decoder.limits().batch();
         for range in crate::batching::batches_by_budget(&lens, token_budget, per_call) {
             let group = &ready[range];
-            let prompts: Vec<Tensor> = group.iter().map(|(_, (e, _))| e.clone()).collect();
+            let prompts: Vec<Prompt> = group.iter().map(|(_, (p, _))| p.clone()).collect();
             let conts: Vec<Vec<Vec<u32>>> = group
                 .iter()
                 .map(|(_, (_, p))| p.continuations.clone())
                 .collect();
-            match self.backend.continuations_batch(&prompts, &conts) {
+            match self.decoder.prompt_continuations_batch(&prompts, &conts) {
                 Ok(scored) => {
                     for ((i, (_, plan)), s) in group.iter().zip(scored) {
                         results[*i] = Some(fast::reduce(self, plan, &s));
@@ -312,9 +349,24 @@ impl<'a> Judge<'a> {
         Ok((embeds, plan))
     }
 
-    /// The rendered prompt's embeddings [T, hidden], media features merged in; an error when
-    /// the prompt leaves no room in the context for the answer.
+    /// [`Self::prompt`] of a family whose positions are 0..T: its embeddings alone; an error
+    /// for a family that needs its positions (Qwen-VL), which the caller would drop.
     pub fn embed_prompt(&self, text: &str, media: &MediaFeatures) -> Result<Tensor> {
+        let prompt = self.prompt(text, media)?;
+        if prompt.positions.is_some() {
+            return Err(EngineError::Invalid(format!(
+                "the {} judge runs its prompts at their own (M-RoPE) positions, which this \
+                 caller does not pass on yet",
+                self.decoder.name()
+            )));
+        }
+        Ok(prompt.embeds)
+    }
+
+    /// The rendered prompt as the decoder takes it: embeddings [T, hidden] with the media
+    /// features merged in, and its positions where the family's are not 0..T; an error when
+    /// the prompt leaves no room in the context for the answer.
+    pub fn prompt(&self, text: &str, media: &MediaFeatures) -> Result<Prompt> {
         let lens = |ts: &[Tensor]| {
             ts.iter()
                 .map(|t| t.dim(0))
@@ -328,19 +380,17 @@ impl<'a> Judge<'a> {
             JudgeMode::Fast => 16,
             JudgeMode::Generate => self.max_new_tokens,
         };
-        let max = self.backend.config().text.max_position_embeddings;
+        let max = self.decoder.text_config().max_position_embeddings;
         if tokens.ids.len() + room > max {
             return Err(EngineError::Invalid(format!(
                 "the prompt is {} tokens; with {room} for the answer that is over the context length {max}",
                 tokens.ids.len()
             )));
         }
-        let text_embeds = self.backend.embed_tokens(&tokens.ids)?;
-        Ok(unireward_models::pack::merge_media(
-            &text_embeds,
-            &tokens,
-            media,
-        )?)
+        let text_embeds = self.decoder.embed_tokens(&tokens.ids)?;
+        let embeds = unireward_models::pack::merge_media(&text_embeds, &tokens, media)?;
+        let positions = self.decoder.prompt_positions(&tokens, media)?;
+        Ok(Prompt { embeds, positions })
     }
 
     /// Tokens of `continuation` when written right after `prompt`. Text after the last

@@ -193,7 +193,11 @@ impl PairsJob<'_> {
         let mut failed: Vec<Option<EngineError>> = batch.iter().map(|_| None).collect();
         let mut judges: Vec<Option<ModelJudge>> = Vec::with_capacity(batch.len());
         for ((_, (req, media)), failure) in batch.iter().zip(&mut failed) {
-            match encode_request(self.judge.backend, media) {
+            match self
+                .judge
+                .backend("engine pairs")
+                .and_then(|b| encode_request(b, media))
+            {
                 Ok(features) => judges.push(Some(ModelJudge {
                     judge: self.judge,
                     req,
@@ -303,7 +307,7 @@ impl PairsJob<'_> {
 
     /// The preference pair of one prompt, or why it was dropped.
     pub fn pair(&self, req: &PairsRequest, media: &PreparedMedia) -> Result<PairsAnswer> {
-        let features = encode_request(self.judge.backend, media)?;
+        let features = encode_request(self.judge.backend("engine pairs")?, media)?;
         let built = self.construct_encoded(req, features)?;
         self.answer(req, &built)
     }

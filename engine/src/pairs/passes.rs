@@ -71,7 +71,7 @@ pub fn judge_all(
     let mut families: Vec<(usize, Vec<usize>)> = groups;
     families.extend(singles.into_iter().map(|k| (rows[k].len(), vec![k])));
     let lens: Vec<usize> = families.iter().map(|(_, m)| rows[m[0]].len()).collect();
-    let per_call = judge.backend.limits().batch();
+    let per_call = judge.decoder.limits().batch();
     for call in similar_length_batches(&lens, token_budget, per_call) {
         let batch: Vec<&(usize, Vec<usize>)> = call.iter().map(|&f| &families[f]).collect();
         let members: Vec<&Ready> = batch
@@ -82,7 +82,7 @@ pub fn judge_all(
             .iter()
             .map(|(shared, m)| family(&ready, *shared, m))
             .collect::<Result<Vec<_>>>()
-            .and_then(|fams| continuations_of_families(judge.backend, &fams, token_budget))
+            .and_then(|fams| continuations_of_families(judge.decoder, &fams, token_budget))
             .map(|scored| scored.into_iter().flatten().collect());
         settle(judge, &members, done, &mut results);
     }

@@ -127,7 +127,7 @@ pub fn run(model: &ServeModel, queue: Receiver<Work>, metrics: Arc<Metrics>) {
         model,
         metrics,
         cache: FeatureCache::new(model.feature_cache_bytes),
-        batch: GenerationBatch::new(model.generate.backend),
+        batch: GenerationBatch::new(model.generate.decoder),
         waiters: HashMap::new(),
         groups: HashMap::new(),
         next_key: 0,
@@ -264,7 +264,7 @@ impl Worker<'_, '_> {
                 for key in keys {
                     self.fail(key, msg.clone());
                 }
-                self.batch = GenerationBatch::new(self.model.generate.backend);
+                self.batch = GenerationBatch::new(self.model.generate.decoder);
             }
         }
     }
@@ -534,7 +534,7 @@ impl Worker<'_, '_> {
                     .collect(),
                 video_mode: media.video_mode,
             };
-            let encoded = encode_request(self.model.generate.backend, &sub)?;
+            let encoded = encode_request(self.model.generate.backend("engine serve")?, &sub)?;
             for (&i, t) in missing_images.iter().zip(encoded.images) {
                 if let Some(k) = image_keys[i] {
                     self.cache.insert(k, CachedFeatures::Image(t.clone()));

@@ -23,10 +23,10 @@ impl ModelFamily {
             ModelFamily::LlavaOnevision => None,
             ModelFamily::Qwen25Vl => Some(format!(
                 "Qwen2.5-VL checkpoints (UnifiedReward-qwen-*, UnifiedReward-2.0-qwen-*, \
-                 UnifiedReward-Think-qwen-7b) are not supported by {what} yet: the model runs in \
-                 unireward_models::qwen2_5_vl, but {what} still passes LLaVA's tiles and 1-D \
-                 positions; unireward runs LLaVA-OneVision judges (UnifiedReward-7b, -7b-v1.5, \
-                 -0.5b)"
+                 UnifiedReward-Think-qwen-7b) are not supported by {what} yet: `engine score` \
+                 and `engine logprob` run them (candle), while {what} still passes LLaVA's tiles \
+                 and 1-D positions, which only LLaVA-OneVision judges (UnifiedReward-7b, \
+                 -7b-v1.5, -0.5b) take"
             )),
         }
     }

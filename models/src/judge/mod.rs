@@ -3,6 +3,7 @@
 
 pub mod answer_format;
 pub mod checkpoint_family;
+pub mod media_markers;
 pub mod sift_templates;
 pub mod task;
 pub mod templates;
@@ -10,6 +11,7 @@ pub mod verdict;
 
 pub use answer_format::{AnswerFormat, Dimension};
 pub use checkpoint_family::checkpoint_family;
+pub use media_markers::MediaMarkers;
 pub use task::{Medium, Mode, ScoreRange, Task};
 pub use templates::{
     user_turn, ChatMessage, ChatTemplate, Family, JinjaChat, Media, PromptTemplate, SYSTEM_PROMPT,

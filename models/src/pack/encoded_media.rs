@@ -83,6 +83,7 @@ impl EncodedMedia {
         let mut out = MediaFeatures {
             images: self.images,
             videos: Vec::new(),
+            ..Default::default()
         };
         for v in self.videos {
             match v {

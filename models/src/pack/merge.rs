@@ -2,6 +2,7 @@
 
 use candle_core::Tensor;
 
+use crate::qwen2_5_vl::MediaGrid;
 use crate::tokenize::{MediaKind, Tokenized};
 use crate::{Error, Result};
 
@@ -10,6 +11,10 @@ use crate::{Error, Result};
 pub struct MediaFeatures {
     pub images: Vec<Tensor>,
     pub videos: Vec<Tensor>,
+    /// Each image's and video's patch grid, for a family whose positions follow it (Qwen-VL's
+    /// M-RoPE); empty for LLaVA, whose positions are 0..T.
+    pub image_grids: Vec<MediaGrid>,
+    pub video_grids: Vec<MediaGrid>,
 }
 
 /// text [T, D] (embeddings of `tokens.ids`) → [T, D] with media spliced in.

@@ -156,7 +156,7 @@ impl OrtBackend {
         let vocab = self.cfg.text.vocab_size;
         let (batch, hidden) = embeds.dims2()?;
         let past = cache.len();
-        crate::backend::check_next(batch, hidden, positions, seen, past, &self.cfg)?;
+        crate::backend::check_next(batch, hidden, positions, seen, past, &self.cfg.text)?;
         if batch == 0 {
             return Ok(Tensor::zeros((0, vocab), DType::F32, &Device::Cpu)?);
         }

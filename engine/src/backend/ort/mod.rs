@@ -25,14 +25,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use candle_core::{DType, Device, Tensor};
-use unireward_models::config::LlavaConfig;
+use unireward_models::config::{LlavaConfig, TextConfig};
 
 use self::kv::{KvLayout, PastKv};
 use self::manifest::ExportDir;
 pub use self::profiles::{decoder_profile, vision_profile, EngineLimits};
 use self::providers::{ExecutionProvider, ShapeProfile};
 use self::runtime::{InputTensor, OrtSession, SessionConfig};
-use super::{own_cache, Backend, DecoderCache, Limits, Rows};
+use super::{own_cache, Backend, Decoder, DecoderCache, Limits, Rows};
 use crate::error::{EngineError, Result};
 
 /// An exported model opened in ONNX Runtime.
@@ -153,59 +153,13 @@ impl OrtBackend {
     }
 }
 
-impl Backend for OrtBackend {
+impl Decoder for OrtBackend {
     fn name(&self) -> String {
         format!("ort-{}-{}", self.session.provider.name(), self.dtype)
     }
 
-    fn config(&self) -> &LlavaConfig {
-        &self.cfg
-    }
-
-    fn image_newline(&self) -> &Tensor {
-        &self.newline
-    }
-
-    fn encode_tiles(&self, tiles: &Tensor) -> Result<Tensor> {
-        let (n, c, h, w) = tiles.dims4()?;
-        let v = &self.cfg.vision;
-        if (c, h, w) != (v.num_channels, v.image_size, v.image_size) {
-            return Err(EngineError::Invalid(format!(
-                "tiles of {c}x{h}x{w}; the vision graph takes {}x{}x{}",
-                v.num_channels, v.image_size, v.image_size
-            )));
-        }
-        let hidden = self.cfg.text.hidden_size;
-        if n == 0 {
-            return Ok(Tensor::zeros(
-                (0, self.features_per_tile, hidden),
-                DType::F32,
-                &Device::Cpu,
-            )?);
-        }
-        let data = tiles
-            .to_device(&Device::Cpu)?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let outputs = self.lock(&self.vision).run(&[(
-            self.vision_input.as_str(),
-            InputTensor::F32 {
-                shape: &[n, c, h, w],
-                data: &data,
-            },
-        )])?;
-        let out = outputs
-            .get(&self.vision_output)
-            .ok_or_else(|| EngineError::Invalid(format!("no {} output", self.vision_output)))?;
-        let values = out.as_f32().ok_or_else(|| {
-            EngineError::Invalid(format!("{} is not a float tensor", self.vision_output))
-        })?;
-        Ok(Tensor::from_slice(
-            values,
-            out.shape.as_slice(),
-            &Device::Cpu,
-        )?)
+    fn text_config(&self) -> &TextConfig {
+        &self.cfg.text
     }
 
     fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
@@ -261,5 +215,57 @@ impl Backend for OrtBackend {
         cache: &mut dyn DecoderCache,
     ) -> Result<Tensor> {
         self.decode_next_seqs(embeds, positions, seen, own_cache::<PastKv>(cache)?)
+    }
+}
+
+impl Backend for OrtBackend {
+    fn config(&self) -> &LlavaConfig {
+        &self.cfg
+    }
+
+    fn image_newline(&self) -> &Tensor {
+        &self.newline
+    }
+
+    fn encode_tiles(&self, tiles: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = tiles.dims4()?;
+        let v = &self.cfg.vision;
+        if (c, h, w) != (v.num_channels, v.image_size, v.image_size) {
+            return Err(EngineError::Invalid(format!(
+                "tiles of {c}x{h}x{w}; the vision graph takes {}x{}x{}",
+                v.num_channels, v.image_size, v.image_size
+            )));
+        }
+        let hidden = self.cfg.text.hidden_size;
+        if n == 0 {
+            return Ok(Tensor::zeros(
+                (0, self.features_per_tile, hidden),
+                DType::F32,
+                &Device::Cpu,
+            )?);
+        }
+        let data = tiles
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let outputs = self.lock(&self.vision).run(&[(
+            self.vision_input.as_str(),
+            InputTensor::F32 {
+                shape: &[n, c, h, w],
+                data: &data,
+            },
+        )])?;
+        let out = outputs
+            .get(&self.vision_output)
+            .ok_or_else(|| EngineError::Invalid(format!("no {} output", self.vision_output)))?;
+        let values = out.as_f32().ok_or_else(|| {
+            EngineError::Invalid(format!("{} is not a float tensor", self.vision_output))
+        })?;
+        Ok(Tensor::from_slice(
+            values,
+            out.shape.as_slice(),
+            &Device::Cpu,
+        )?)
     }
 }

@@ -1,0 +1,315 @@
+//! Qwen2.5-VL run by candle, as a [`Decoder`]: its decoder's positions are 3-D (M-RoPE), so a
+//! prompt with media takes the positions [`Decoder::prompt_positions`] computes from its
+//! media's grids ([`Decoder::decode_prompts`]), and every token after it advances all three
+//! axes together from the prompt's offset (transformers' `rope_deltas`), which the cache keeps
+//! per sequence. Its media are encoded by the model's own vision transformer
+//! ([`QwenVlBackend::model`]); it has no LLaVA tiles, so it is not a [`super::Backend`].
+
+use std::any::Any;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use unireward_models::config::TextConfig;
+use unireward_models::decode::KvCache;
+use unireward_models::qwen2_5_vl::{Qwen25Vl, RopePositions};
+use unireward_models::tokenize::Tokenized;
+use unireward_models::MediaFeatures;
+
+use super::{own_cache, Decoder, DecoderCache, Limits, Rows};
+use crate::error::{EngineError, Result};
+
+pub struct QwenVlBackend {
+    model: Qwen25Vl,
+}
+
+impl QwenVlBackend {
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Ok(Self::new(Qwen25Vl::load(dir, dtype, device)?))
+    }
+
+    pub fn new(model: Qwen25Vl) -> Self {
+        Self { model }
+    }
+
+    pub fn model(&self) -> &Qwen25Vl {
+        &self.model
+    }
+
+    /// One decoder call over right-padded `seqs` at `positions` [3, B, T] after `cache`.
+    fn run(
+        &self,
+        seqs: &[Tensor],
+        positions: &Tensor,
+        rows: Rows<'_>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Vec<Tensor>> {
+        let model = &self.model;
+        let lens = lengths(seqs)?;
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        // Right padding: under the causal mask no real token attends to a pad after it.
+        let padded = seqs
+            .iter()
+            .zip(&lens)
+            .map(|(s, &n)| {
+                let s = s.to_dtype(model.dtype())?.to_device(model.device())?;
+                if n == longest {
+                    Ok(s)
+                } else {
+                    s.pad_with_zeros(0, 0, longest - n)
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let input = Tensor::stack(&padded, 0)?;
+        let positions = positions.to_device(model.device())?;
+        let wanted = match rows {
+            Rows::All => {
+                let hidden = model.hidden_states(&input, &positions, cache)?;
+                let rows = self.log_softmax(&hidden)?;
+                return lens
+                    .iter()
+                    .enumerate()
+                    .map(|(b, &n)| Ok(rows.get(b)?.narrow(0, 0, n)?))
+                    .collect();
+            }
+            Rows::At(wanted) => wanted,
+        };
+        if wanted.len() != seqs.len() {
+            return Err(EngineError::Invalid(
+                "one position list per sequence".into(),
+            ));
+        }
+        let width = wanted.iter().map(Vec::len).max().unwrap_or(0);
+        if width == 0 {
+            let vocab = model.config().text.vocab_size;
+            let none = Tensor::zeros((0, vocab), DType::F32, model.device())?;
+            return Ok(vec![none; seqs.len()]);
+        }
+        // Shorter lists repeat row 0, whose result is dropped.
+        let index: Vec<u32> = wanted
+            .iter()
+            .flat_map(|pos| {
+                pos.iter()
+                    .map(|&p| p as u32)
+                    .chain(std::iter::repeat_n(0, width - pos.len()))
+            })
+            .collect();
+        let index = Tensor::from_vec(index, (seqs.len(), width), model.device())?;
+        let hidden = model
+            .decoder()
+            .forward_at(&input, &positions, None, cache, &index)?;
+        wanted
+            .iter()
+            .enumerate()
+            .map(|(b, pos)| self.log_softmax(&hidden.get(b)?.narrow(0, 0, pos.len())?))
+            .collect()
+    }
+
+    fn log_softmax(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::log_softmax(
+            &self.model.logits(hidden)?.to_dtype(DType::F32)?,
+            D::Minus1,
+        )?)
+    }
+}
+
+impl Decoder for QwenVlBackend {
+    fn name(&self) -> String {
+        format!("candle-qwen2.5-vl-{:?}", self.model.dtype()).to_lowercase()
+    }
+
+    fn text_config(&self) -> &TextConfig {
+        &self.model.config().text
+    }
+
+    fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(ids, self.model.device())?;
+        Ok(self.model.decoder().embed(&ids)?.to_dtype(DType::F32)?)
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_batch: None,
+            max_length: None,
+            kv_cache: true,
+        }
+    }
+
+    fn new_cache(&self) -> Result<Box<dyn DecoderCache>> {
+        Ok(Box::new(QwenCache {
+            kv: self.model.new_cache(),
+            deltas: Vec::new(),
+        }))
+    }
+
+    /// Tokens after a cache continue each sequence from its cached offset; without a cache (or
+    /// into an empty one) a sequence is text at positions 0..T.
+    fn decode(
+        &self,
+        seqs: &[Tensor],
+        rows: Rows<'_>,
+        cache: Option<&mut dyn DecoderCache>,
+    ) -> Result<Vec<Tensor>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let longest = lengths(seqs)?.into_iter().max().unwrap_or(0);
+        let cache = match cache {
+            Some(c) => Some(own_cache::<QwenCache>(c)?),
+            None => None,
+        };
+        let (past, deltas) = match &cache {
+            Some(c) if !c.kv.is_empty() => {
+                if c.deltas.len() != seqs.len() {
+                    return Err(EngineError::Invalid(format!(
+                        "{} sequences after a cache of {}",
+                        seqs.len(),
+                        c.deltas.len()
+                    )));
+                }
+                (c.kv.len(), c.deltas.clone())
+            }
+            _ => (0, vec![0; seqs.len()]),
+        };
+        let positions = continuing(&deltas, past, longest, self.model.device())?;
+        match cache {
+            Some(c) => {
+                c.deltas = deltas;
+                self.run(seqs, &positions, rows, Some(&mut c.kv))
+            }
+            None => self.run(seqs, &positions, rows, None),
+        }
+    }
+
+    fn prompt_positions(
+        &self,
+        tokens: &Tokenized,
+        media: &MediaFeatures,
+    ) -> Result<Option<RopePositions>> {
+        Ok(Some(self.model.positions(
+            tokens,
+            &media.image_grids,
+            &media.video_grids,
+        )?))
+    }
+
+    fn decode_prompts(
+        &self,
+        seqs: &[Tensor],
+        positions: &[&RopePositions],
+        rows: Rows<'_>,
+        cache: &mut dyn DecoderCache,
+    ) -> Result<Vec<Tensor>> {
+        let cache = own_cache::<QwenCache>(cache)?;
+        if !cache.kv.is_empty() {
+            return Err(EngineError::Invalid(
+                "prompts with their own positions start an empty cache".into(),
+            ));
+        }
+        if positions.len() != seqs.len() {
+            return Err(EngineError::Invalid(format!(
+                "{} prompts with {} position lists",
+                seqs.len(),
+                positions.len()
+            )));
+        }
+        let lens = lengths(seqs)?;
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        // [3, B, T]: each prompt's own positions, its padding continuing after them (never
+        // attended by its real tokens).
+        let mut flat = vec![0u32; 3 * seqs.len() * longest];
+        for (b, (p, &n)) in positions.iter().zip(&lens).enumerate() {
+            if p.axes[0].len() != n {
+                return Err(EngineError::Invalid(format!(
+                    "a prompt of {n} tokens with {} positions",
+                    p.axes[0].len()
+                )));
+            }
+            for (a, axis) in p.axes.iter().enumerate() {
+                let row = &mut flat[(a * seqs.len() + b) * longest..][..longest];
+                row[..n].copy_from_slice(axis);
+                let next = axis.iter().copied().max().map_or(0, |m| m + 1);
+                for (k, slot) in row[n..].iter_mut().enumerate() {
+                    *slot = next + k as u32;
+                }
+            }
+        }
+        let positions_t = Tensor::from_vec(flat, (3, seqs.len(), longest), self.model.device())?;
+        let out = self.run(seqs, &positions_t, rows, Some(&mut cache.kv))?;
+        cache.deltas = positions.iter().map(|p| p.delta).collect();
+        Ok(out)
+    }
+}
+
+fn lengths(seqs: &[Tensor]) -> Result<Vec<usize>> {
+    Ok(seqs
+        .iter()
+        .map(|s| s.dim(0))
+        .collect::<candle_core::Result<Vec<_>>>()?)
+}
+
+/// Positions [3, B, t] of `t` tokens after `past` cached ones: sequence b's at
+/// past + deltas[b] + i on every axis.
+fn continuing(deltas: &[i64], past: usize, t: usize, device: &Device) -> Result<Tensor> {
+    let mut flat = Vec::with_capacity(3 * deltas.len() * t);
+    for _ in 0..3 {
+        for &delta in deltas {
+            let start = past as i64 + delta;
+            if start < 0 {
+                return Err(EngineError::Invalid(format!(
+                    "position offset {delta} puts token {past} before position 0"
+                )));
+            }
+            flat.extend((0..t).map(|i| (start as usize + i) as u32));
+        }
+    }
+    Ok(Tensor::from_vec(flat, (3, deltas.len(), t), device)?)
+}
+
+/// The decoder's cache and each sequence's position offset: what its prompt's M-RoPE positions
+/// put ahead of (or behind) its token count.
+struct QwenCache {
+    kv: KvCache,
+    deltas: Vec<i64>,
+}
+
+impl DecoderCache for QwenCache {
+    fn len(&self) -> usize {
+        self.kv.len()
+    }
+
+    fn select(&self, b: usize, len: usize) -> Result<Box<dyn DecoderCache>> {
+        let delta = *self
+            .deltas
+            .get(b)
+            .ok_or_else(|| EngineError::Invalid(format!("no sequence {b} in the cache")))?;
+        Ok(Box::new(Self {
+            kv: self.kv.select(b, len)?,
+            deltas: vec![delta],
+        }))
+    }
+
+    fn repeat(&self, n: usize) -> Result<Box<dyn DecoderCache>> {
+        let delta = match self.deltas.as_slice() {
+            [d] => *d,
+            [] => 0,
+            many => {
+                return Err(EngineError::Invalid(format!(
+                    "a cache of {} sequences repeated as one",
+                    many.len()
+                )))
+            }
+        };
+        Ok(Box::new(Self {
+            kv: self.kv.repeat_batch(n)?,
+            deltas: vec![delta; n],
+        }))
+    }
+
+    fn copies_per_call(&self) -> usize {
+        usize::MAX
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}

@@ -1,0 +1,105 @@
+//! `engine score --batch` on a Qwen2.5-VL checkpoint: the same records in and out as for
+//! LLaVA ([`crate::score`]), the same judge (templates, fast verdicts, generation parsed as the
+//! scripts do) over [`QwenVlBackend`]. The media take the Qwen-VL processor's path (images
+//! `smart_resize`d to 28 px multiples, as `qwen_vl_utils.fetch_image` and the processor do in
+//! the `inference_qwen` scripts), each one encoded by the model's vision transformer with its
+//! grid kept for the prompt's M-RoPE positions.
+
+use std::path::Path;
+
+use serde_json::Value;
+use unireward_models::formats::score_record::ScoreAnswer;
+use unireward_models::judge::Media;
+use unireward_models::preprocess::{QwenVlPixels, QwenVlProcessor};
+use unireward_models::MediaFeatures;
+
+use crate::backend::QwenVlBackend;
+use crate::error::{EngineError, Result};
+use crate::judge::{Judge, JudgeItem, ScoreRequest};
+use crate::pipeline::{decoded_image_bytes, run_pipeline_with, RunOptions, RunSummary};
+use crate::qwen_media::qwen_images;
+
+pub struct QwenScoreJob<'a> {
+    pub judge: &'a Judge<'a>,
+    pub backend: &'a QwenVlBackend,
+    pub processor: &'a QwenVlProcessor,
+    /// Padded prompt tokens per batched prompt pass (fast mode).
+    pub token_budget: usize,
+}
+
+/// A record read and its images preprocessed.
+struct Request {
+    req: ScoreRequest,
+    images: Vec<QwenVlPixels>,
+}
+
+impl QwenScoreJob<'_> {
+    pub fn run(&self, input: &Path, out: &Path, opts: &RunOptions) -> Result<RunSummary> {
+        let base = input.parent().unwrap_or(Path::new(".")).to_path_buf();
+        run_pipeline_with(
+            opts,
+            input,
+            out,
+            |v: &Value| {
+                ScoreRequest::parse(v)
+                    .map(|r| decoded_image_bytes(&r.media, &base))
+                    .unwrap_or(0)
+            },
+            |v: &Value| {
+                let req = ScoreRequest::parse(v)?;
+                let images = qwen_images(self.processor, &req.media, &base)?;
+                Ok(Request { req, images })
+            },
+            |batch: Vec<(Value, Request)>| self.answer_batch(&batch),
+        )
+    }
+
+    /// Answers a window of records: media encoded per record, prompt passes batched.
+    fn answer_batch(&self, batch: &[(Value, Request)]) -> Vec<Result<ScoreAnswer>> {
+        let mut answers: Vec<Option<Result<ScoreAnswer>>> = batch.iter().map(|_| None).collect();
+        let mut inputs = Vec::new();
+        for (i, (_, r)) in batch.iter().enumerate() {
+            match self.inputs(r) {
+                Ok((text, features)) => inputs.push((i, text, features)),
+                Err(e) => answers[i] = Some(Err(e)),
+            }
+        }
+        let items: Vec<JudgeItem> = inputs
+            .iter()
+            .map(|(i, text, features)| JudgeItem {
+                task: batch[*i].1.req.task,
+                mode: batch[*i].1.req.mode,
+                prompt_text: text.clone(),
+                media: features,
+            })
+            .collect();
+        let outcomes = self.judge.judge_batch(&items, self.token_budget);
+        for ((i, _, _), outcome) in inputs.iter().zip(outcomes) {
+            answers[*i] = Some(outcome.map(|o| o.answer()));
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(EngineError::Invalid("not answered".into()))))
+            .collect()
+    }
+
+    /// The prompt text and encoded images of one request, in one vision pass.
+    fn inputs(&self, r: &Request) -> Result<(String, MediaFeatures)> {
+        let model = self.backend.model();
+        let refs: Vec<&QwenVlPixels> = r.images.iter().collect();
+        let features = MediaFeatures {
+            images: model.media_features_batch(&refs)?,
+            image_grids: r.images.iter().map(|p| model.image_grid(p)).collect(),
+            ..Default::default()
+        };
+        let req = &r.req;
+        let text = self.judge.prompt_text(
+            req.task,
+            req.mode,
+            &req.prompt,
+            &req.answers,
+            Media::Images(r.images.len()),
+        )?;
+        Ok((text, features))
+    }
+}

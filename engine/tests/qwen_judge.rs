@@ -1,0 +1,335 @@
+//! Qwen2.5-VL as a judge (`engine score`) on the tiny checkpoints of `fixtures/qwen2_5_vl`,
+//! against transformers (`scripts/golden/make_qwen2_5_vl.py`):
+//! - the cached decoding paths the judge uses (a prompt pass at M-RoPE positions, then
+//!   continuations or greedy tokens at the prompt's offset) give transformers' completion
+//!   log-probs (1e-3) for prompts of one, two and no images, alone and batched together, and
+//!   greedy tokens equal to its `generate`;
+//! - the judge's prompt rendered with `--template` and the Qwen-VL markers is the processor's
+//!   chat text, token for token;
+//! - `engine score` as a user runs it: generate mode writes what `generate` writes, fast mode
+//!   answers every record of the four image tasks, a video or a missing image is an error on
+//!   its record and the run goes on.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Value};
+use unireward_engine::backend::{Decoding, Prompt, QwenVlBackend};
+use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
+use unireward_models::judge::{
+    ChatTemplate, Family, Media, MediaMarkers, Mode, PromptTemplate, Task,
+};
+use unireward_models::preprocess::{
+    load_image, QwenVlPixels, QwenVlProcessor, QwenVlProcessorConfig,
+};
+use unireward_models::tokenize::{unquote_user_text, PromptTokenizer};
+use unireward_models::MediaFeatures;
+
+const IMAGE_PAD: u32 = 151655;
+const VIDEO_PAD: u32 = 151656;
+const IM_END: u32 = 151645;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qwen2_5_vl")
+}
+
+struct Fixture {
+    backend: QwenVlBackend,
+    tokenizer: PromptTokenizer,
+    processor: QwenVlProcessor,
+    cases: Vec<Value>,
+    generation: Value,
+    expected: std::collections::HashMap<String, Tensor>,
+}
+
+fn fixture(name: &str) -> Result<Fixture> {
+    let dir = fixtures().join(name);
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json"))?)?;
+    let model = dir.join("model");
+    Ok(Fixture {
+        backend: QwenVlBackend::load(&model, DType::F32, &Device::Cpu)?,
+        tokenizer: PromptTokenizer::load_qwen_vl(&model, IMAGE_PAD, VIDEO_PAD)?,
+        processor: QwenVlProcessor::new(QwenVlProcessorConfig::from_file(
+            model.join("preprocessor_config.json"),
+        )?),
+        cases: json["cases"].as_array().cloned().unwrap_or_default(),
+        generation: json["generation"].clone(),
+        expected: candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu)?,
+    })
+}
+
+impl Fixture {
+    fn judge(&self, mode: JudgeMode, template: Option<PromptTemplate>) -> Result<Judge<'_>> {
+        let style = PromptStyle {
+            family: Family::Qwen,
+            chat: ChatTemplate::ChatMl,
+            user_template: template,
+            markers: MediaMarkers::QwenVl,
+            ..Default::default()
+        };
+        Ok(Judge::with_decoder(
+            &self.backend,
+            &self.tokenizer,
+            style,
+            mode,
+            24,
+        )?)
+    }
+
+    fn images(&self, case: &Value) -> Result<Vec<QwenVlPixels>> {
+        case["images"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|f| {
+                let path = fixtures()
+                    .join("media")
+                    .join(f.as_str().unwrap_or_default());
+                Ok(self.processor.preprocess(&load_image(&path)?)?)
+            })
+            .collect()
+    }
+
+    fn features(&self, images: &[QwenVlPixels]) -> Result<MediaFeatures> {
+        let model = self.backend.model();
+        let refs: Vec<&QwenVlPixels> = images.iter().collect();
+        Ok(MediaFeatures {
+            images: model.media_features_batch(&refs)?,
+            image_grids: images.iter().map(|p| model.image_grid(p)).collect(),
+            ..Default::default()
+        })
+    }
+
+    /// A golden case's prompt as the judge builds it, and its completion's token ids.
+    fn case_prompt(&self, judge: &Judge, case: &Value) -> Result<(Prompt, Vec<u32>)> {
+        let name = case["name"].as_str().unwrap_or_default();
+        let media = self.features(&self.images(case)?)?;
+        let prompt = judge.prompt(case["prompt"].as_str().unwrap_or_default(), &media)?;
+        let ids: Vec<u32> = self.expected[&format!("{name}.input_ids")]
+            .to_vec1::<i64>()?
+            .into_iter()
+            .map(|i| i as u32)
+            .collect();
+        let prompt_len = case["prompt_len"].as_u64().unwrap_or_default() as usize;
+        assert_eq!(prompt.embeds.dim(0)?, prompt_len, "{name}: prompt tokens");
+        Ok((prompt, ids[prompt_len..].to_vec()))
+    }
+}
+
+#[test]
+fn cached_continuations_at_mrope_positions_match_transformers() -> Result<()> {
+    for name in ["qwen2_5_vl_3b", "qwen2_5_vl_7b"] {
+        let f = fixture(name)?;
+        let judge = f.judge(JudgeMode::Fast, None)?;
+        let mut prompts = Vec::new();
+        let mut completions = Vec::new();
+        for case in &f.cases {
+            let (prompt, completion) = f.case_prompt(&judge, case)?;
+            prompts.push(prompt);
+            completions.push(vec![completion]);
+        }
+        // Alone, then all four in one right-padded prompt pass (lengths 30 to 2700 tokens).
+        let alone: Vec<f64> = prompts
+            .iter()
+            .zip(&completions)
+            .map(|(p, c)| {
+                let scored = f
+                    .backend
+                    .prompt_continuations_batch(std::slice::from_ref(p), std::slice::from_ref(c))?;
+                Ok(scored[0][0].total())
+            })
+            .collect::<Result<_>>()?;
+        let together = f
+            .backend
+            .prompt_continuations_batch(&prompts, &completions)?;
+        for ((case, a), t) in f.cases.iter().zip(&alone).zip(&together) {
+            let want = case["completion_logprob"].as_f64().unwrap_or(f64::NAN);
+            let t = t[0].total();
+            println!(
+                "{name} {}: alone {a:.6} batched {t:.6} transformers {want:.6}",
+                case["name"]
+            );
+            assert!(
+                (a - want).abs() < 1e-3,
+                "{name} {}: {a} vs {want}",
+                case["name"]
+            );
+            assert!(
+                (t - want).abs() < 1e-3,
+                "{name} {}: {t} vs {want}",
+                case["name"]
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn judge_prompt_and_greedy_generation_match_the_processor_and_generate() -> Result<()> {
+    for name in ["qwen2_5_vl_3b", "qwen2_5_vl_7b"] {
+        let f = fixture(name)?;
+        let template = PromptTemplate::parse("test", "{media}Text Caption: [{prompt}]")?;
+        let judge = f.judge(JudgeMode::Generate, Some(template))?;
+        let text = judge.prompt_text(
+            Task::ImageGeneration,
+            Mode::Point,
+            "two green triangles",
+            &[],
+            Media::Images(1),
+        )?;
+        let gen = &f.generation;
+        assert_eq!(
+            unquote_user_text(&text),
+            gen["prompt"].as_str().unwrap_or_default()
+        );
+        let media = f.features(&f.images(gen)?)?;
+        let prompt = judge.prompt(&text, &media)?;
+        let tokens = f.backend.generate_after(&prompt, 24, &[IM_END])?;
+        let want: Vec<u32> = serde_json::from_value(gen["tokens"].clone())?;
+        assert_eq!(tokens, want, "{name}");
+    }
+    Ok(())
+}
+
+fn engine_score(model: &Path, input: &Path, out: &Path, extra: &[&str]) -> Result<Option<i32>> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["score", "--model"])
+        .arg(model)
+        .arg("--batch")
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .status()?
+        .code())
+}
+
+fn records(path: &Path) -> Result<Vec<Value>> {
+    Ok(std::fs::read_to_string(path)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?)
+}
+
+#[test]
+fn engine_score_on_qwen2_5_vl() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let model = fixtures().join("qwen2_5_vl_3b").join("model");
+    let media = fixtures().join("media");
+    let img = |k: &str| {
+        media
+            .join(format!("{k}.png"))
+            .to_string_lossy()
+            .into_owned()
+    };
+
+    // Generate mode with the golden prompt as a template: the tiny model's answer holds no
+    // score, so the record is an error quoting the answer, which is transformers' `generate`.
+    let template = tmp.path().join("template.txt");
+    std::fs::write(&template, "{media}Text Caption: [{prompt}]")?;
+    let input = tmp.path().join("gen.jsonl");
+    std::fs::write(
+        &input,
+        json!({"id": "g", "task": "image_generation", "mode": "point",
+               "prompt": "two green triangles", "images": [img("300x200")]})
+        .to_string()
+            + "\n",
+    )?;
+    let out = tmp.path().join("gen.out.jsonl");
+    let template_arg = template.to_string_lossy().into_owned();
+    let code = engine_score(
+        &model,
+        &input,
+        &out,
+        &[
+            "--judge",
+            "generate",
+            "--max-new-tokens",
+            "24",
+            "--template",
+            &template_arg,
+        ],
+    )?;
+    assert_eq!(code, Some(1));
+    let answers = records(&out)?;
+    let cases: Value = serde_json::from_str(&std::fs::read_to_string(
+        fixtures().join("qwen2_5_vl_3b").join("cases.json"),
+    )?)?;
+    let text = cases["generation"]["text"].as_str().unwrap_or_default();
+    let error = answers[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&format!("{text:?}")), "{error}");
+
+    // Fast mode on the built-in Qwen prompts of the four image tasks, with a video and a
+    // missing image among them.
+    let lines = [
+        json!({"id": "gen-point", "task": "image_generation", "mode": "point",
+               "prompt": "a yellow star", "images": [img("1920x1080")]}),
+        json!({"id": "gen-pair", "task": "image_generation", "mode": "pair",
+               "prompt": "a yellow star", "images": [img("300x200"), img("40x30")]}),
+        json!({"id": "video", "task": "video_generation", "mode": "point",
+               "prompt": "a yellow star", "videos": [img("300x200")]}),
+        json!({"id": "und-point", "task": "image_understanding", "mode": "point",
+               "prompt": "What is drawn?", "images": [img("300x200")], "answers": ["Triangles."]}),
+        json!({"id": "missing", "task": "image_generation", "mode": "point",
+               "prompt": "x", "images": [img("nowhere")]}),
+        json!({"id": "und-pair", "task": "image_understanding", "mode": "pair",
+               "prompt": "What is drawn?", "images": [img("40x30")],
+               "answers": ["Triangles.", "A star."]}),
+    ];
+    let input = tmp.path().join("fast.jsonl");
+    std::fs::write(
+        &input,
+        lines
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n",
+    )?;
+    let out = tmp.path().join("fast.out.jsonl");
+    assert_eq!(engine_score(&model, &input, &out, &[])?, Some(1));
+    let answers = records(&out)?;
+    let ids: Vec<&str> = answers
+        .iter()
+        .map(|a| a["id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "gen-point",
+            "gen-pair",
+            "video",
+            "und-point",
+            "missing",
+            "und-pair"
+        ]
+    );
+    for a in &answers {
+        match a["id"].as_str().unwrap_or("") {
+            "video" => assert!(
+                a["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("videos are not supported"),
+                "{a}"
+            ),
+            "missing" => assert!(a["error"].as_str().unwrap_or("").contains("nowhere"), "{a}"),
+            "gen-pair" | "und-pair" => {
+                let p = &a["probs"];
+                let sum: f64 = ["first", "second", "tie"]
+                    .iter()
+                    .map(|k| p[k].as_f64().unwrap_or(f64::NAN))
+                    .sum();
+                assert!((sum - 1.0).abs() < 1e-4, "{a}");
+            }
+            _ => {
+                let s = a["score"].as_f64().unwrap_or(f64::NAN);
+                assert!(s.is_finite() && a.get("error").is_none(), "{a}");
+            }
+        }
+    }
+    Ok(())
+}
