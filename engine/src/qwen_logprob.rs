@@ -1,27 +1,22 @@
 //! `engine logprob` on a Qwen2.5-VL checkpoint: the same records in and out as for LLaVA
 //! ([`crate::logprob`]), the prompt raw text with `<|vision_start|><|image_pad|><|vision_end|>`
-//! once per image, each `<|image_pad|>` expanded to the image's merged token count as the
-//! processor expands it.
-//!
-//! It runs the candle model ([`Qwen25Vl`]) directly: the [`crate::backend::Backend`] trait
-//! still passes LLaVA's tiles and 1-D positions, so neither the ONNX Runtime backend nor the
-//! shared decoding algorithms take this family yet. Videos are refused (the video path is not
-//! built).
+//! once per image and `<|vision_start|><|video_pad|><|vision_end|>` once per video (`"video"`:
+//! its frames), each pad expanded to the medium's merged token count as the processor expands
+//! it. It runs the candle model ([`Qwen25Vl`]) directly, one record a forward pass.
 
 use std::path::Path;
 
 use candle_core::{DType, Tensor, D};
 use serde_json::Value;
 use unireward_models::formats::logprob_record::LogprobAnswer;
-use unireward_models::pack::MediaFeatures;
-use unireward_models::preprocess::{MediaRequest, QwenVlPixels, QwenVlProcessor};
+use unireward_models::preprocess::{MediaRequest, QwenVlProcessor};
 use unireward_models::qwen2_5_vl::Qwen25Vl;
 use unireward_models::tokenize::PromptTokenizer;
 
 use crate::error::{EngineError, Result};
 use crate::pipeline::{decoded_image_bytes, run_pipeline_with};
 use crate::pipeline::{RunOptions, RunSummary};
-use crate::qwen_media::qwen_images;
+use crate::qwen_media::QwenMedia;
 
 pub struct QwenLogprobJob<'a> {
     pub model: &'a Qwen25Vl,
@@ -29,11 +24,11 @@ pub struct QwenLogprobJob<'a> {
     pub processor: &'a QwenVlProcessor,
 }
 
-/// A record read and its images preprocessed.
+/// A record read and its media preprocessed.
 struct Request {
     prompt: String,
     completion: String,
-    images: Vec<QwenVlPixels>,
+    media: QwenMedia,
 }
 
 impl QwenLogprobJob<'_> {
@@ -67,21 +62,33 @@ impl QwenLogprobJob<'_> {
         };
         let (prompt, completion) = (text("prompt")?, text("completion")?);
         let media = MediaRequest::parse(v, "images", "video")?;
-        let images = qwen_images(self.processor, &media, base)?;
+        let media = QwenMedia::read(self.processor, &media, base)?;
         Ok(Request {
             prompt,
             completion,
-            images,
+            media,
         })
     }
 
     fn answer(&self, req: &Request) -> Result<LogprobAnswer> {
         let model = self.model;
         let merge = model.config().vision.spatial_merge_size;
-        let lens: Vec<usize> = req.images.iter().map(|p| p.num_tokens(merge)).collect();
+        let images: Vec<usize> = req
+            .media
+            .images
+            .iter()
+            .map(|p| p.num_tokens(merge))
+            .collect();
+        let videos: Vec<usize> = (req.media.videos.iter())
+            .map(|v| v.pixels.num_tokens(merge))
+            .collect();
         let full = format!("{}{}", req.prompt, req.completion);
-        let tokens = self.tokenizer.encode(&full, &lens, &[])?;
-        let prompt_len = self.tokenizer.encode(&req.prompt, &lens, &[])?.ids.len();
+        let tokens = self.tokenizer.encode(&full, &images, &videos)?;
+        let prompt_len = self
+            .tokenizer
+            .encode(&req.prompt, &images, &videos)?
+            .ids
+            .len();
         let n = tokens.ids.len();
         let max = model.config().text.max_position_embeddings;
         if n > max {
@@ -94,14 +101,9 @@ impl QwenLogprobJob<'_> {
                 "the completion adds no tokens after a non-empty prompt".into(),
             ));
         }
-        let refs: Vec<&QwenVlPixels> = req.images.iter().collect();
-        let media = MediaFeatures {
-            images: model.media_features_batch(&refs)?,
-            image_grids: req.images.iter().map(|p| model.image_grid(p)).collect(),
-            ..Default::default()
-        };
+        let media = req.media.features(model)?;
         let positions = model
-            .positions(&tokens, &media.image_grids, &[])?
+            .positions(&tokens, &media.image_grids, &media.video_grids)?
             .to_tensor(model.device())?;
         let embeds = model.embed(&tokens, &media)?.unsqueeze(0)?;
         let rows: Vec<u32> = (prompt_len as u32 - 1..n as u32 - 1).collect();

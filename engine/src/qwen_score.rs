@@ -1,23 +1,21 @@
 //! `engine score --batch` on a Qwen2.5-VL checkpoint: the same records in and out as for
 //! LLaVA ([`crate::score`]), the same judge (templates, fast verdicts, generation parsed as the
-//! scripts do) over [`QwenVlBackend`]. The media take the Qwen-VL processor's path (images
-//! `smart_resize`d to 28 px multiples, as `qwen_vl_utils.fetch_image` and the processor do in
-//! the `inference_qwen` scripts), each one encoded by the model's vision transformer with its
-//! grid kept for the prompt's M-RoPE positions.
+//! scripts do) over [`QwenVlBackend`]. The media take the `inference_qwen` scripts' path
+//! ([`QwenMedia`]), each one encoded by the model's vision transformer with its grid kept for
+//! the prompt's M-RoPE positions.
 
 use std::path::Path;
 
 use serde_json::Value;
 use unireward_models::formats::score_record::ScoreAnswer;
-use unireward_models::judge::Media;
-use unireward_models::preprocess::{QwenVlPixels, QwenVlProcessor};
+use unireward_models::preprocess::QwenVlProcessor;
 use unireward_models::MediaFeatures;
 
 use crate::backend::QwenVlBackend;
 use crate::error::{EngineError, Result};
 use crate::judge::{Judge, JudgeItem, ScoreRequest};
 use crate::pipeline::{decoded_image_bytes, run_pipeline_with, RunOptions, RunSummary};
-use crate::qwen_media::qwen_images;
+use crate::qwen_media::QwenMedia;
 
 pub struct QwenScoreJob<'a> {
     pub judge: &'a Judge<'a>,
@@ -27,10 +25,10 @@ pub struct QwenScoreJob<'a> {
     pub token_budget: usize,
 }
 
-/// A record read and its images preprocessed.
+/// A record read and its media preprocessed.
 struct Request {
     req: ScoreRequest,
-    images: Vec<QwenVlPixels>,
+    media: QwenMedia,
 }
 
 impl QwenScoreJob<'_> {
@@ -47,8 +45,8 @@ impl QwenScoreJob<'_> {
             },
             |v: &Value| {
                 let req = ScoreRequest::parse(v)?;
-                let images = qwen_images(self.processor, &req.media, &base)?;
-                Ok(Request { req, images })
+                let media = QwenMedia::read(self.processor, &req.media, &base)?;
+                Ok(Request { req, media })
             },
             |batch: Vec<(Value, Request)>| self.answer_batch(&batch),
         )
@@ -83,22 +81,16 @@ impl QwenScoreJob<'_> {
             .collect()
     }
 
-    /// The prompt text and encoded images of one request, in one vision pass.
+    /// The prompt text and encoded media of one request, in one vision pass.
     fn inputs(&self, r: &Request) -> Result<(String, MediaFeatures)> {
-        let model = self.backend.model();
-        let refs: Vec<&QwenVlPixels> = r.images.iter().collect();
-        let features = MediaFeatures {
-            images: model.media_features_batch(&refs)?,
-            image_grids: r.images.iter().map(|p| model.image_grid(p)).collect(),
-            ..Default::default()
-        };
+        let features = r.media.features(self.backend.model())?;
         let req = &r.req;
         let text = self.judge.prompt_text(
             req.task,
             req.mode,
             &req.prompt,
             &req.answers,
-            Media::Images(r.images.len()),
+            r.media.marks()?,
         )?;
         Ok((text, features))
     }

@@ -2,13 +2,14 @@
 //! against transformers (`scripts/golden/make_qwen2_5_vl.py`):
 //! - the cached decoding paths the judge uses (a prompt pass at M-RoPE positions, then
 //!   continuations or greedy tokens at the prompt's offset) give transformers' completion
-//!   log-probs (1e-3) for prompts of one, two and no images, alone and batched together, and
-//!   greedy tokens equal to its `generate`;
+//!   log-probs (1e-3) for prompts of one, two and no images and of one and two videos (frame
+//!   lists through qwen-vl-utils), alone and batched together, and greedy tokens equal to its
+//!   `generate`;
 //! - the judge's prompt rendered with `--template` and the Qwen-VL markers is the processor's
 //!   chat text, token for token;
 //! - `engine score` as a user runs it: generate mode writes what `generate` writes, fast mode
-//!   answers every record of the four image tasks, a video or a missing image is an error on
-//!   its record and the run goes on.
+//!   answers image and video records (videos as frame directories), a video file or a missing
+//!   image is an error on its record and the run goes on.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,11 +19,12 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use unireward_engine::backend::{Decoding, Prompt, QwenVlBackend};
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
+use unireward_engine::qwen_media::QwenMedia;
 use unireward_models::judge::{
     ChatTemplate, Family, Media, MediaMarkers, Mode, PromptTemplate, Task,
 };
 use unireward_models::preprocess::{
-    load_image, QwenVlPixels, QwenVlProcessor, QwenVlProcessorConfig,
+    load_image, MediaRequest, QwenVlPixels, QwenVlProcessor, QwenVlProcessorConfig, VideoSource,
 };
 use unireward_models::tokenize::{unquote_user_text, PromptTokenizer};
 use unireward_models::MediaFeatures;
@@ -40,6 +42,7 @@ struct Fixture {
     tokenizer: PromptTokenizer,
     processor: QwenVlProcessor,
     cases: Vec<Value>,
+    video_cases: Vec<Value>,
     generation: Value,
     expected: std::collections::HashMap<String, Tensor>,
 }
@@ -47,6 +50,8 @@ struct Fixture {
 fn fixture(name: &str) -> Result<Fixture> {
     let dir = fixtures().join(name);
     let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json"))?)?;
+    let videos: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("video_cases.json"))?)?;
     let model = dir.join("model");
     Ok(Fixture {
         backend: QwenVlBackend::load(&model, DType::F32, &Device::Cpu)?,
@@ -55,6 +60,7 @@ fn fixture(name: &str) -> Result<Fixture> {
             model.join("preprocessor_config.json"),
         )?),
         cases: json["cases"].as_array().cloned().unwrap_or_default(),
+        video_cases: videos["cases"].as_array().cloned().unwrap_or_default(),
         generation: json["generation"].clone(),
         expected: candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu)?,
     })
@@ -103,6 +109,54 @@ impl Fixture {
         })
     }
 
+    /// A video case's prompt (videos as frame lists, read as `engine score` reads them) and its
+    /// completion's token ids, by tokenizing the whole text.
+    fn video_prompt(&self, judge: &Judge, case: &Value) -> Result<(Prompt, Vec<u32>)> {
+        let videos = case["videos"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|frames| {
+                let files = frames.as_array().cloned().unwrap_or_default();
+                VideoSource::FrameFiles(
+                    files
+                        .iter()
+                        .map(|f| {
+                            fixtures()
+                                .join("media")
+                                .join(f.as_str().unwrap_or_default())
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let request = MediaRequest {
+            images: Vec::new(),
+            videos,
+        };
+        let media = QwenMedia::read(&self.processor, &request, &fixtures())
+            .map_err(anyhow::Error::msg)?
+            .features(self.backend.model())?;
+        let text = case["prompt"].as_str().unwrap_or_default();
+        let prompt = judge.prompt(text, &media)?;
+        let lens: Vec<usize> = media
+            .videos
+            .iter()
+            .map(|v| v.dim(0))
+            .collect::<candle_core::Result<_>>()?;
+        let full = format!("{text}{}", case["completion"].as_str().unwrap_or_default());
+        let ids = self.tokenizer.encode(&full, &[], &lens)?.ids;
+        let prompt_len = case["prompt_len"].as_u64().unwrap_or_default() as usize;
+        assert_eq!(
+            prompt.embeds.dim(0)?,
+            prompt_len,
+            "{}: prompt tokens",
+            case["name"]
+        );
+        Ok((prompt, ids[prompt_len..].to_vec()))
+    }
+
     /// A golden case's prompt as the judge builds it, and its completion's token ids.
     fn case_prompt(&self, judge: &Judge, case: &Value) -> Result<(Prompt, Vec<u32>)> {
         let name = case["name"].as_str().unwrap_or_default();
@@ -131,7 +185,12 @@ fn cached_continuations_at_mrope_positions_match_transformers() -> Result<()> {
             prompts.push(prompt);
             completions.push(vec![completion]);
         }
-        // Alone, then all four in one right-padded prompt pass (lengths 30 to 2700 tokens).
+        for case in &f.video_cases {
+            let (prompt, completion) = f.video_prompt(&judge, case)?;
+            prompts.push(prompt);
+            completions.push(vec![completion]);
+        }
+        // Alone, then all seven in one right-padded prompt pass (lengths 30 to 2700 tokens).
         let alone: Vec<f64> = prompts
             .iter()
             .zip(&completions)
@@ -145,7 +204,8 @@ fn cached_continuations_at_mrope_positions_match_transformers() -> Result<()> {
         let together = f
             .backend
             .prompt_continuations_batch(&prompts, &completions)?;
-        for ((case, a), t) in f.cases.iter().zip(&alone).zip(&together) {
+        let all = f.cases.iter().chain(&f.video_cases);
+        for ((case, a), t) in all.zip(&alone).zip(&together) {
             let want = case["completion_logprob"].as_f64().unwrap_or(f64::NAN);
             let t = t[0].total();
             println!(
@@ -219,6 +279,7 @@ fn engine_score_on_qwen2_5_vl() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let model = fixtures().join("qwen2_5_vl_3b").join("model");
     let media = fixtures().join("media");
+    let clip = |k: &str| media.join(k).to_string_lossy().into_owned();
     let img = |k: &str| {
         media
             .join(format!("{k}.png"))
@@ -271,6 +332,8 @@ fn engine_score_on_qwen2_5_vl() -> Result<()> {
                "prompt": "a yellow star", "images": [img("300x200"), img("40x30")]}),
         json!({"id": "video", "task": "video_generation", "mode": "point",
                "prompt": "a yellow star", "videos": [img("300x200")]}),
+        json!({"id": "video-pair", "task": "video_generation", "mode": "pair",
+               "prompt": "a yellow square moving", "videos": [clip("clip_300x200"), clip("clip_640x360")]}),
         json!({"id": "und-point", "task": "image_understanding", "mode": "point",
                "prompt": "What is drawn?", "images": [img("300x200")], "answers": ["Triangles."]}),
         json!({"id": "missing", "task": "image_generation", "mode": "point",
@@ -302,6 +365,7 @@ fn engine_score_on_qwen2_5_vl() -> Result<()> {
             "gen-point",
             "gen-pair",
             "video",
+            "video-pair",
             "und-point",
             "missing",
             "und-pair"
@@ -313,11 +377,11 @@ fn engine_score_on_qwen2_5_vl() -> Result<()> {
                 a["error"]
                     .as_str()
                     .unwrap_or("")
-                    .contains("videos are not supported"),
+                    .contains("takes a video as its frames"),
                 "{a}"
             ),
             "missing" => assert!(a["error"].as_str().unwrap_or("").contains("nowhere"), "{a}"),
-            "gen-pair" | "und-pair" => {
+            "gen-pair" | "und-pair" | "video-pair" => {
                 let p = &a["probs"];
                 let sum: f64 = ["first", "second", "tie"]
                     .iter()

@@ -1,7 +1,8 @@
 //! `engine logprob` on the tiny Qwen2.5-VL checkpoints (`fixtures/qwen2_5_vl`) as a user runs
-//! it: raw prompts with `<|vision_start|><|image_pad|><|vision_end|>` per image, image files,
-//! against transformers' completion log-probs; a video is answered with an error while the
-//! other records go on.
+//! it: raw prompts with `<|vision_start|><|image_pad|><|vision_end|>` per image and
+//! `<|vision_start|><|video_pad|><|vision_end|>` per video, image files and videos as frame
+//! lists, against transformers' completion log-probs; a video file is answered with an error
+//! while the other records go on.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,6 +51,37 @@ fn logprob_on_qwen2_5_vl_matches_transformers() -> Result<()> {
                 .to_string()
             })
             .collect();
+        // Videos as their frames (`video_cases.json`): one clip, another, both in one prompt.
+        let vcases: Value = serde_json::from_str(&std::fs::read_to_string(
+            fixtures().join(name).join("video_cases.json"),
+        )?)?;
+        let vcases = vcases["cases"].as_array().unwrap().clone();
+        for c in &vcases {
+            let videos: Vec<Vec<String>> = c["videos"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|frames| {
+                    frames
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|f| {
+                            media
+                                .join(f.as_str().unwrap())
+                                .to_string_lossy()
+                                .into_owned()
+                        })
+                        .collect()
+                })
+                .collect();
+            lines.push(
+                json!({"id": c["name"], "prompt": c["prompt"], "completion": c["completion"],
+                       "video": videos})
+                .to_string(),
+            );
+        }
+        // A video file (here a PNG named as one): refused, the others go on.
         lines.push(
             json!({"id": "with_video", "prompt": "<|vision_start|><|video_pad|><|vision_end|>Q",
                    "completion": "A", "video": [media.join("300x200.png")]})
@@ -72,8 +104,8 @@ fn logprob_on_qwen2_5_vl_matches_transformers() -> Result<()> {
             .lines()
             .map(serde_json::from_str)
             .collect::<std::result::Result<_, _>>()?;
-        assert_eq!(answers.len(), cases.len() + 1);
-        for (a, c) in answers.iter().zip(&cases) {
+        assert_eq!(answers.len(), cases.len() + vcases.len() + 1);
+        for (a, c) in answers.iter().zip(cases.iter().chain(&vcases)) {
             assert_eq!(a["id"], c["name"]);
             let lp = a["logprob"].as_f64().unwrap();
             let want = c["completion_logprob"].as_f64().unwrap();
@@ -87,13 +119,13 @@ fn logprob_on_qwen2_5_vl_matches_transformers() -> Result<()> {
             let completion = c["seq_len"].as_u64().unwrap() - c["prompt_len"].as_u64().unwrap();
             assert_eq!(a["completion_tokens"], json!(completion));
         }
-        let last = &answers[cases.len()];
+        let last = &answers[cases.len() + vcases.len()];
         assert_eq!(last["id"], json!("with_video"));
         assert!(
             last["error"]
                 .as_str()
                 .unwrap_or("")
-                .contains("videos are not supported"),
+                .contains("takes a video as its frames"),
             "{last}"
         );
         std::fs::remove_dir_all(&dir).ok();

@@ -20,8 +20,10 @@ pub mod image;
 pub mod loader;
 pub mod media_file;
 pub mod qwen_vl;
+pub mod qwen_vl_video;
 pub mod request;
 pub mod resize;
+pub mod resize_torchvision;
 pub mod video;
 
 pub use self::anyres::{AnyresGeometry, Crop, GridShape, ImageLayout, Letterbox};
@@ -31,6 +33,7 @@ pub use self::image::{
 };
 pub use self::loader::{MediaLoader, PreparedMedia};
 pub use self::qwen_vl::{smart_resize, QwenVlPixels, QwenVlProcessor, QwenVlProcessorConfig};
+pub use self::qwen_vl_video::QwenVlVideo;
 pub use self::request::{MediaRequest, RawEntry, RawFrame, RawMedia, VideoMode};
 pub use self::resize::{Filter, Flavor};
 pub use self::video::{

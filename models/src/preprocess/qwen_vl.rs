@@ -173,6 +173,17 @@ pub fn smart_resize(
     min_pixels: u64,
     max_pixels: u64,
 ) -> Result<(u32, u32)> {
+    smart_resize_f64(height, width, factor, min_pixels as f64, max_pixels as f64)
+}
+
+/// [`smart_resize`] with bounds that Python computed as floats (qwen_vl_utils' video bounds).
+pub fn smart_resize_f64(
+    height: u32,
+    width: u32,
+    factor: u32,
+    min_pixels: f64,
+    max_pixels: f64,
+) -> Result<(u32, u32)> {
     if height == 0 || width == 0 {
         return Err(Error::Input("image has no pixels".into()));
     }
@@ -185,12 +196,12 @@ pub fn smart_resize(
     }
     let mut h_bar = (h / f).round_ties_even() * f;
     let mut w_bar = (w / f).round_ties_even() * f;
-    if h_bar * w_bar > max_pixels as f64 {
-        let beta = (h * w / max_pixels as f64).sqrt();
+    if h_bar * w_bar > max_pixels {
+        let beta = (h * w / max_pixels).sqrt();
         h_bar = f.max((h / beta / f).floor() * f);
         w_bar = f.max((w / beta / f).floor() * f);
-    } else if h_bar * w_bar < min_pixels as f64 {
-        let beta = (min_pixels as f64 / (h * w)).sqrt();
+    } else if h_bar * w_bar < min_pixels {
+        let beta = (min_pixels / (h * w)).sqrt();
         h_bar = (h * beta / f).ceil() * f;
         w_bar = (w * beta / f).ceil() * f;
     }
@@ -233,12 +244,16 @@ impl QwenVlProcessor {
     }
 
     pub fn preprocess(&self, image: &DynamicImage) -> Result<QwenVlPixels> {
-        let rgb = if self.config.do_convert_rgb {
+        self.preprocess_rgb(&self.rgb(image))
+    }
+
+    /// The image as RGB, as the processor converts it.
+    pub fn rgb(&self, image: &DynamicImage) -> RgbImage {
+        if self.config.do_convert_rgb {
             to_rgb(image, self.config.alpha)
         } else {
             image.to_rgb8()
-        };
-        self.preprocess_rgb(&rgb)
+        }
     }
 
     /// The image resized as the processor resizes it (u8, before rescale and normalisation).
@@ -274,6 +289,15 @@ impl QwenVlProcessor {
     /// is padded to a multiple of `temporal_patch_size` by repeating the last frame, as the
     /// processor does (a still image is its own second frame).
     pub fn patchify(&self, frames: &[RgbImage]) -> Result<(Tensor, (usize, usize, usize))> {
+        self.patchify_with(frames, &self.config.lut())
+    }
+
+    /// [`Self::patchify`] with each u8 value's normalised value per channel from `lut`.
+    pub(crate) fn patchify_with(
+        &self,
+        frames: &[RgbImage],
+        lut: &[[f32; 3]],
+    ) -> Result<(Tensor, (usize, usize, usize))> {
         let c = &self.config;
         let first = frames
             .first()
@@ -295,7 +319,6 @@ impl QwenVlProcessor {
             )));
         }
         let gt = frames.len().div_ceil(tp);
-        let lut = self.config.lut();
         let dim = c.patch_dim();
         let mut data = vec![0f32; gt * gh * gw * dim];
         let row_len = width as usize * 3;

@@ -127,6 +127,33 @@ impl VideoSource {
         }
     }
 
+    /// The frame files of a video given as frames (a list, or a directory's images in file-name
+    /// order); `None` for a GIF or a video file.
+    pub fn frame_files(&self) -> Result<Option<Vec<PathBuf>>> {
+        match self {
+            VideoSource::FrameFiles(files) => Ok(Some(files.clone())),
+            VideoSource::FrameDir(dir) => Ok(Some(list_frame_dir(dir)?)),
+            VideoSource::Gif(_) | VideoSource::File(_) => Ok(None),
+        }
+    }
+
+    /// The same source with relative paths taken under `base`.
+    pub fn under(&self, base: &Path) -> Self {
+        let at = |p: &PathBuf| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                base.join(p)
+            }
+        };
+        match self {
+            VideoSource::FrameDir(p) => VideoSource::FrameDir(at(p)),
+            VideoSource::FrameFiles(f) => VideoSource::FrameFiles(f.iter().map(at).collect()),
+            VideoSource::Gif(p) => VideoSource::Gif(at(p)),
+            VideoSource::File(p) => VideoSource::File(at(p)),
+        }
+    }
+
     fn describe(&self) -> PathBuf {
         match self {
             VideoSource::FrameDir(p) | VideoSource::Gif(p) | VideoSource::File(p) => p.clone(),

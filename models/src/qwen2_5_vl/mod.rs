@@ -16,6 +16,7 @@ use crate::decode::{KvCache, Qwen2};
 use crate::encode::qwen2_5_vl_vision::Qwen25VisionTransformer;
 use crate::pack::{merge_media, MediaFeatures};
 use crate::preprocess::qwen_vl::QwenVlPixels;
+use crate::preprocess::qwen_vl_video::QwenVlVideo;
 use crate::tokenize::Tokenized;
 use crate::{Error, Result};
 
@@ -158,6 +159,18 @@ impl Qwen25Vl {
             h,
             w,
             time_interval: 1.0,
+        }
+    }
+
+    /// The grid of a prepared video: its temporal patches `second_per_grid` seconds apart, each
+    /// second `tokens_per_second` positions (transformers' `second_per_grid_ts` timing).
+    pub fn video_grid(&self, video: &QwenVlVideo) -> MediaGrid {
+        let (t, h, w) = video.pixels.grid_thw;
+        MediaGrid {
+            t,
+            h,
+            w,
+            time_interval: video.second_per_grid * self.cfg.vision.tokens_per_second,
         }
     }
 
