@@ -5,6 +5,7 @@
 //! `cargo run --release -p unireward-benches --bin bench-forward -- --iters 10`
 
 mod bench_model;
+mod torch_reference;
 
 // Tensors of a few MB are allocated and freed per op; glibc's malloc returns them to the
 // system each time, and faulting the pages back in cost a fifth of a CPU forward.
@@ -13,10 +14,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use unireward_engine::backend::{
@@ -137,35 +137,6 @@ fn write_inputs(path: &Path, backend: &dyn Backend, tiles: &Tensor) -> Result<()
     Ok(())
 }
 
-/// Runs benches/reference/forward_torch.py with `python` on `dir`; its median in seconds.
-fn time_torch(python: &Path, dir: &Path, args: &Args) -> Result<f64> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/forward_torch.py");
-    let out = Command::new(python)
-        .arg(&script)
-        .arg("--dir")
-        .arg(dir)
-        .args(["--iters", &args.iters.to_string()])
-        .args(["--warmup", &args.warmup.to_string()])
-        .output()
-        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "{} failed:\n{}{}",
-            script.display(),
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    print!("{stdout}");
-    stdout
-        .split_whitespace()
-        .skip_while(|w| *w != "median")
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .with_context(|| format!("no median in {stdout:?}"))
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     let dir = args.keep.clone().unwrap_or_else(|| {
@@ -196,7 +167,13 @@ fn main() -> Result<()> {
         println!("ort speed-up over candle: {:.2}x", t_candle / t_ort);
         if let Some(python) = &args.torch {
             write_inputs(&dir.join("inputs.safetensors"), &candle, &tiles)?;
-            let t_torch = time_torch(python, &dir, &args)?;
+            let t_torch = torch_reference::time_reference(
+                python,
+                "forward_torch.py",
+                &dir,
+                args.iters,
+                args.warmup,
+            )?;
             println!(
                 "speed-up over torch eager: candle {:.2}x, ort {:.2}x",
                 t_torch / t_candle,
