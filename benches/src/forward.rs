@@ -5,7 +5,7 @@
 //! `cargo run --release -p unireward-benches --bin bench-forward -- --iters 10`
 
 mod bench_model;
-mod torch_reference;
+mod timing;
 
 // Tensors of a few MB are allocated and freed per op; glibc's malloc returns them to the
 // system each time, and faulting the pages back in cost a fifth of a CPU forward.
@@ -14,7 +14,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -91,25 +90,7 @@ fn forward(backend: &dyn Backend, tiles: &Tensor) -> Result<f32> {
 }
 
 fn time(label: &str, args: &Args, backend: &dyn Backend, tiles: &Tensor) -> Result<f64> {
-    for _ in 0..args.warmup {
-        forward(backend, tiles)?;
-    }
-    let mut times = Vec::with_capacity(args.iters);
-    let mut value = 0.0;
-    for _ in 0..args.iters {
-        let t0 = Instant::now();
-        value = forward(backend, tiles)?;
-        times.push(t0.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    println!(
-        "{label:<14} median {median:.3} s  min {:.3} s  max {:.3} s  ({} runs; checksum {value:.3})",
-        times[0],
-        times[times.len() - 1],
-        times.len()
-    );
-    Ok(median)
+    timing::median(label, args.iters, args.warmup, || forward(backend, tiles))
 }
 
 /// Writes the inputs of [`forward`] for the PyTorch reference: the tiles, the prompt's ids
@@ -167,13 +148,8 @@ fn main() -> Result<()> {
         println!("ort speed-up over candle: {:.2}x", t_candle / t_ort);
         if let Some(python) = &args.torch {
             write_inputs(&dir.join("inputs.safetensors"), &candle, &tiles)?;
-            let t_torch = torch_reference::time_reference(
-                python,
-                "forward_torch.py",
-                &dir,
-                args.iters,
-                args.warmup,
-            )?;
+            let t_torch =
+                timing::time_reference(python, "forward_torch.py", &dir, args.iters, args.warmup)?;
             println!(
                 "speed-up over torch eager: candle {:.2}x, ort {:.2}x",
                 t_torch / t_candle,

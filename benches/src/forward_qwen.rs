@@ -15,7 +15,7 @@
 // serde_json's `json!` of the whole config nests deeper than the default limit.
 #![recursion_limit = "256"]
 
-mod torch_reference;
+mod timing;
 
 // Tensors of a few MB are allocated and freed per op; glibc's malloc returns them to the
 // system each time, and faulting the pages back in cost a fifth of a CPU forward.
@@ -24,7 +24,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
@@ -168,24 +167,9 @@ fn main() -> Result<()> {
         pixels.grid_thw.1 * pixels.grid_thw.2,
         TEXT_TOKENS + 2
     );
-    for _ in 0..args.warmup {
-        forward(&model, &pixels)?;
-    }
-    let mut times = Vec::with_capacity(args.iters);
-    let mut checksum = 0.0;
-    for _ in 0..args.iters {
-        let t0 = Instant::now();
-        checksum = forward(&model, &pixels)?;
-        times.push(t0.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    let t_candle = times[times.len() / 2];
-    println!(
-        "candle f32     median {t_candle:.3} s  min {:.3} s  max {:.3} s  ({} runs; checksum {checksum:.3})",
-        times[0],
-        times[times.len() - 1],
-        times.len()
-    );
+    let t_candle = timing::median("candle f32", args.iters, args.warmup, || {
+        forward(&model, &pixels)
+    })?;
     if let Some(python) = &args.torch {
         let (t, h, w) = pixels.grid_thw;
         let ids: Vec<i64> = prompt(n_img).ids.into_iter().map(i64::from).collect();
@@ -202,7 +186,7 @@ fn main() -> Result<()> {
             ),
         ]);
         candle_core::safetensors::save(&tensors, dir.join("inputs.safetensors"))?;
-        let t_torch = torch_reference::time_reference(
+        let t_torch = timing::time_reference(
             python,
             "forward_qwen_torch.py",
             &dir,

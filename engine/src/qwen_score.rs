@@ -12,10 +12,11 @@ use unireward_models::preprocess::QwenVlProcessor;
 use unireward_models::MediaFeatures;
 
 use crate::backend::QwenVlBackend;
-use crate::error::{EngineError, Result};
-use crate::judge::{Judge, JudgeItem, ScoreRequest};
+use crate::error::Result;
+use crate::judge::{Judge, ScoreRequest};
 use crate::pipeline::{decoded_image_bytes, run_pipeline_with, RunOptions, RunSummary};
 use crate::qwen_media::QwenMedia;
+use crate::score::judge_requests;
 
 pub struct QwenScoreJob<'a> {
     pub judge: &'a Judge<'a>,
@@ -54,31 +55,11 @@ impl QwenScoreJob<'_> {
 
     /// Answers a window of records: media encoded per record, prompt passes batched.
     fn answer_batch(&self, batch: &[(Value, Request)]) -> Vec<Result<ScoreAnswer>> {
-        let mut answers: Vec<Option<Result<ScoreAnswer>>> = batch.iter().map(|_| None).collect();
-        let mut inputs = Vec::new();
-        for (i, (_, r)) in batch.iter().enumerate() {
-            match self.inputs(r) {
-                Ok((text, features)) => inputs.push((i, text, features)),
-                Err(e) => answers[i] = Some(Err(e)),
-            }
-        }
-        let items: Vec<JudgeItem> = inputs
+        let prepared = batch
             .iter()
-            .map(|(i, text, features)| JudgeItem {
-                task: batch[*i].1.req.task,
-                mode: batch[*i].1.req.mode,
-                prompt_text: text.clone(),
-                media: features,
-            })
+            .map(|(_, r)| (&r.req, self.inputs(r)))
             .collect();
-        let outcomes = self.judge.judge_batch(&items, self.token_budget);
-        for ((i, _, _), outcome) in inputs.iter().zip(outcomes) {
-            answers[*i] = Some(outcome.map(|o| o.answer()));
-        }
-        answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(|| Err(EngineError::Invalid("not answered".into()))))
-            .collect()
+        judge_requests(self.judge, self.token_budget, prepared)
     }
 
     /// The prompt text and encoded media of one request, in one vision pass.

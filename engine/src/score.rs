@@ -38,31 +38,11 @@ impl ScoreJob<'_> {
 
     /// Answers a window of records: media encoded per record, prompt passes batched.
     fn answer_batch(&self, batch: Vec<Prepared<ScoreRequest>>) -> Vec<Result<ScoreAnswer>> {
-        let mut answers: Vec<Option<Result<ScoreAnswer>>> = batch.iter().map(|_| None).collect();
-        let mut inputs = Vec::new();
-        for (i, (_, (req, media))) in batch.iter().enumerate() {
-            match self.inputs(req, media) {
-                Ok((text, features)) => inputs.push((i, text, features)),
-                Err(e) => answers[i] = Some(Err(e)),
-            }
-        }
-        let items: Vec<JudgeItem> = inputs
+        let prepared = batch
             .iter()
-            .map(|(i, text, features)| JudgeItem {
-                task: batch[*i].1 .0.task,
-                mode: batch[*i].1 .0.mode,
-                prompt_text: text.clone(),
-                media: features,
-            })
+            .map(|(_, (req, media))| (req, self.inputs(req, media)))
             .collect();
-        let outcomes = self.judge.judge_batch(&items, self.token_budget);
-        for ((i, _, _), outcome) in inputs.iter().zip(outcomes) {
-            answers[*i] = Some(outcome.map(|o| o.answer()));
-        }
-        answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(|| Err(EngineError::Invalid("not answered".into()))))
-            .collect()
+        judge_requests(self.judge, self.token_budget, prepared)
     }
 
     /// The prompt text and encoded media of one request: a video shows as its frames'
@@ -75,4 +55,38 @@ impl ScoreJob<'_> {
             .prompt_text(req.task, req.mode, &req.prompt, &req.answers, marks)?;
         Ok((text, features))
     }
+}
+
+/// Judges a window of score requests, each with its prompt text and encoded media (or the
+/// error that kept it from them), prompt passes batched by `token_budget`; answers in order.
+pub(crate) fn judge_requests(
+    judge: &Judge,
+    token_budget: usize,
+    prepared: Vec<(&ScoreRequest, Result<(String, MediaFeatures)>)>,
+) -> Vec<Result<ScoreAnswer>> {
+    let mut answers: Vec<Option<Result<ScoreAnswer>>> = prepared.iter().map(|_| None).collect();
+    let mut inputs = Vec::new();
+    for (i, (req, input)) in prepared.into_iter().enumerate() {
+        match input {
+            Ok((text, features)) => inputs.push((i, req, text, features)),
+            Err(e) => answers[i] = Some(Err(e)),
+        }
+    }
+    let items: Vec<JudgeItem> = inputs
+        .iter()
+        .map(|(_, req, text, features)| JudgeItem {
+            task: req.task,
+            mode: req.mode,
+            prompt_text: text.clone(),
+            media: features,
+        })
+        .collect();
+    let outcomes = judge.judge_batch(&items, token_budget);
+    for ((i, _, _, _), outcome) in inputs.iter().zip(outcomes) {
+        answers[*i] = Some(outcome.map(|o| o.answer()));
+    }
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(EngineError::Invalid("not answered".into()))))
+        .collect()
 }

@@ -9,6 +9,7 @@ use unireward_models::decode::KvCache;
 use unireward_models::family::{JudgeModel, ModelFamily};
 use unireward_models::LlavaOnevision;
 
+use super::candle_batch::{lengths, no_rows, per_sequence, right_padded, wanted, Wanted};
 use super::{own_cache, Backend, Decoder, DecoderCache, Limits, Rows};
 use crate::error::{EngineError, Result};
 
@@ -92,66 +93,20 @@ impl Decoder for CandleBackend {
             Some(c) => Some(&mut own_cache::<CandleCache>(c)?.0),
             None => None,
         };
-        let lens = seqs
-            .iter()
-            .map(|s| s.dim(0))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let longest = lens.iter().copied().max().unwrap_or(0);
-        // Right padding: under a causal mask the pad rows after a sequence never reach it.
-        let padded = seqs
-            .iter()
-            .zip(&lens)
-            .map(|(s, &n)| {
-                let s = s.to_dtype(model.dtype())?.to_device(model.device())?;
-                if n == longest {
-                    Ok(s)
-                } else {
-                    s.pad_with_zeros(0, 0, longest - n)
-                }
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let input = Tensor::stack(&padded, 0)?;
-        let positions = match rows {
-            Rows::All => {
+        let input = right_padded(seqs, model.dtype(), model.device())?;
+        match wanted(rows, seqs.len(), model.device())? {
+            Wanted::All => {
                 // Every row: the whole last layer, and the vocabulary projection in one go.
                 let hidden = model.hidden_states(&input, cache)?;
                 let rows = log_softmax_rows(model, &hidden)?;
-                return lens
-                    .iter()
-                    .enumerate()
-                    .map(|(b, &n)| Ok(rows.get(b)?.narrow(0, 0, n)?))
-                    .collect();
+                per_sequence(&rows, &lengths(seqs)?, |r| Ok(r.clone()))
             }
-            Rows::At(positions) => positions,
-        };
-        if positions.len() != seqs.len() {
-            return Err(EngineError::Invalid(
-                "one position list per sequence".into(),
-            ));
+            Wanted::At { index, counts } => {
+                let hidden = model.hidden_states_at(&input, cache, &index)?;
+                per_sequence(&hidden, &counts, |h| log_softmax_rows(model, h))
+            }
+            Wanted::Nothing => no_rows(seqs.len(), model.text_config().vocab_size, model.device()),
         }
-        // Every sequence asks for as many rows as the longest list; shorter lists repeat row
-        // 0, whose result is dropped.
-        let width = positions.iter().map(Vec::len).max().unwrap_or(0);
-        if width == 0 {
-            let vocab = model.text_config().vocab_size;
-            let none = Tensor::zeros((0, vocab), DType::F32, model.device())?;
-            return Ok(vec![none; seqs.len()]);
-        }
-        let index: Vec<u32> = positions
-            .iter()
-            .flat_map(|pos| {
-                pos.iter()
-                    .map(|&p| p as u32)
-                    .chain(std::iter::repeat_n(0, width - pos.len()))
-            })
-            .collect();
-        let index = Tensor::from_vec(index, (seqs.len(), width), model.device())?;
-        let hidden = model.hidden_states_at(&input, cache, &index)?;
-        positions
-            .iter()
-            .enumerate()
-            .map(|(b, pos)| log_softmax_rows(model, &hidden.get(b)?.narrow(0, 0, pos.len())?))
-            .collect()
     }
 
     fn decode_next(

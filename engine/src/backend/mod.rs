@@ -11,6 +11,7 @@
 //! ONNX Runtime, loaded at run time.
 
 pub mod candle;
+mod candle_batch;
 pub mod error;
 pub mod ort;
 pub mod qwen_vl;

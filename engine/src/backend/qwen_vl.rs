@@ -15,6 +15,7 @@ use unireward_models::qwen2_5_vl::{Qwen25Vl, RopePositions};
 use unireward_models::tokenize::Tokenized;
 use unireward_models::MediaFeatures;
 
+use super::candle_batch::{lengths, no_rows, per_sequence, right_padded, wanted, Wanted};
 use super::{own_cache, Decoder, DecoderCache, Limits, Rows};
 use crate::error::{EngineError, Result};
 
@@ -44,64 +45,22 @@ impl QwenVlBackend {
         cache: Option<&mut KvCache>,
     ) -> Result<Vec<Tensor>> {
         let model = &self.model;
-        let lens = lengths(seqs)?;
-        let longest = lens.iter().copied().max().unwrap_or(0);
-        // Right padding: under the causal mask no real token attends to a pad after it.
-        let padded = seqs
-            .iter()
-            .zip(&lens)
-            .map(|(s, &n)| {
-                let s = s.to_dtype(model.dtype())?.to_device(model.device())?;
-                if n == longest {
-                    Ok(s)
-                } else {
-                    s.pad_with_zeros(0, 0, longest - n)
-                }
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let input = Tensor::stack(&padded, 0)?;
+        let input = right_padded(seqs, model.dtype(), model.device())?;
         let positions = positions.to_device(model.device())?;
-        let wanted = match rows {
-            Rows::All => {
+        match wanted(rows, seqs.len(), model.device())? {
+            Wanted::All => {
                 let hidden = model.hidden_states(&input, &positions, cache)?;
                 let rows = self.log_softmax(&hidden)?;
-                return lens
-                    .iter()
-                    .enumerate()
-                    .map(|(b, &n)| Ok(rows.get(b)?.narrow(0, 0, n)?))
-                    .collect();
+                per_sequence(&rows, &lengths(seqs)?, |r| Ok(r.clone()))
             }
-            Rows::At(wanted) => wanted,
-        };
-        if wanted.len() != seqs.len() {
-            return Err(EngineError::Invalid(
-                "one position list per sequence".into(),
-            ));
+            Wanted::At { index, counts } => {
+                let hidden = model
+                    .decoder()
+                    .forward_at(&input, &positions, None, cache, &index)?;
+                per_sequence(&hidden, &counts, |h| self.log_softmax(h))
+            }
+            Wanted::Nothing => no_rows(seqs.len(), model.config().text.vocab_size, model.device()),
         }
-        let width = wanted.iter().map(Vec::len).max().unwrap_or(0);
-        if width == 0 {
-            let vocab = model.config().text.vocab_size;
-            let none = Tensor::zeros((0, vocab), DType::F32, model.device())?;
-            return Ok(vec![none; seqs.len()]);
-        }
-        // Shorter lists repeat row 0, whose result is dropped.
-        let index: Vec<u32> = wanted
-            .iter()
-            .flat_map(|pos| {
-                pos.iter()
-                    .map(|&p| p as u32)
-                    .chain(std::iter::repeat_n(0, width - pos.len()))
-            })
-            .collect();
-        let index = Tensor::from_vec(index, (seqs.len(), width), model.device())?;
-        let hidden = model
-            .decoder()
-            .forward_at(&input, &positions, None, cache, &index)?;
-        wanted
-            .iter()
-            .enumerate()
-            .map(|(b, pos)| self.log_softmax(&hidden.get(b)?.narrow(0, 0, pos.len())?))
-            .collect()
     }
 
     fn log_softmax(&self, hidden: &Tensor) -> Result<Tensor> {
@@ -238,13 +197,6 @@ impl Decoder for QwenVlBackend {
         cache.deltas = positions.iter().map(|p| p.delta).collect();
         Ok(out)
     }
-}
-
-fn lengths(seqs: &[Tensor]) -> Result<Vec<usize>> {
-    Ok(seqs
-        .iter()
-        .map(|s| s.dim(0))
-        .collect::<candle_core::Result<Vec<_>>>()?)
 }
 
 /// Positions [3, B, t] of `t` tokens after `past` cached ones: sequence b's at
