@@ -21,6 +21,7 @@ use unireward_engine::pairs::job::{Grouping, PairsJob};
 use unireward_engine::pairs::{PairFormat, PairOptions, RankingMode, Recipe};
 use unireward_engine::pipeline::{RunOptions, RunSummary, DEFAULT_DECODE_BUDGET_BYTES};
 use unireward_engine::qwen_logprob::QwenLogprobJob;
+use unireward_engine::qwen_media::QwenVideos;
 use unireward_engine::qwen_score::QwenScoreJob;
 use unireward_engine::records::{check_output_path, OutputMode, DEFAULT_MAX_LINE_BYTES};
 use unireward_engine::score::ScoreJob;
@@ -131,9 +132,11 @@ struct JudgeArgs {
     #[arg(long, default_value_t = 512)]
     max_new_tokens: usize,
     /// How a video reaches the model: `frames` (each sampled frame one plain tile with its
-    /// own `<image>` marker, as the UnifiedReward LLaVA scripts run their checkpoints) or
-    /// `pooled` (LLaVA-OneVision's pooled `<video>` path). Default: frames for the llava
-    /// template family, pooled for qwen.
+    /// own `<image>` marker, as the UnifiedReward LLaVA scripts run their checkpoints; on a
+    /// Qwen-VL checkpoint each sampled frame an image item, as the 2.0 scripts send them) or
+    /// `pooled` (LLaVA-OneVision's pooled `<video>` path; on a Qwen-VL checkpoint one video
+    /// item of all its frames). Default: frames for the llava, 2.0 and think families,
+    /// pooled for qwen.
     #[arg(long)]
     video_mode: Option<VideoMode>,
 }
@@ -409,6 +412,10 @@ fn qwen_score(
         backend: &q.backend,
         processor: &q.processor,
         token_budget: model.token_budget,
+        videos: match judge.video_mode(family) {
+            VideoMode::Frames => QwenVideos::Frames(model.frames),
+            VideoMode::Pooled => QwenVideos::Items,
+        },
     };
     Ok(job.run(batch, out, &run.options())?)
 }

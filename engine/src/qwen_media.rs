@@ -1,19 +1,31 @@
 //! A request's images and videos read and preprocessed for a Qwen2.5-VL checkpoint, as
-//! `engine score` and `engine logprob` read them: images through the processor (`smart_resize`,
-//! 14 px patches, temporal pairs), videos given as frames (a list of files or a directory)
-//! through `qwen_vl_utils`' list path ([`QwenVlProcessor::preprocess_frames`]), and encoded by
-//! the model's vision transformer with the grids its M-RoPE positions need.
+//! `engine score` and `engine logprob` read them, and encoded by the model's vision transformer
+//! with the grids its M-RoPE positions need. Images go through the processor (`smart_resize`,
+//! 14 px patches, temporal pairs). A video is given as its frames (a list of files or a
+//! directory) and reaches the model as its family's scripts send it ([`QwenVideos`]).
 
 use std::path::Path;
 
 use unireward_models::judge::Media;
 use unireward_models::preprocess::{
-    load_image, MediaRequest, QwenVlPixels, QwenVlProcessor, QwenVlVideo,
+    load_image, FrameLoader, FrameSampling, MediaRequest, QwenVlPixels, QwenVlProcessor,
+    QwenVlVideo,
 };
 use unireward_models::qwen2_5_vl::Qwen25Vl;
 use unireward_models::MediaFeatures;
 
 use crate::error::{EngineError, Result};
+
+/// How a Qwen-VL judge's scripts send a video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QwenVideos {
+    /// One video item of all its frames: `inference_qwen`'s `{"type": "video", "video":
+    /// [frames]}` through qwen_vl_utils ([`QwenVlProcessor::preprocess_frames`]).
+    Items,
+    /// This many frames, sampled as `linspace(0, n - 1, N, dtype=int)`, each sent as an image
+    /// item: the UnifiedReward-2.0 and Think-qwen3vl scripts (`--video-mode frames`).
+    Frames(usize),
+}
 
 /// A request's media, preprocessed, in marker order.
 pub struct QwenMedia {
@@ -22,11 +34,13 @@ pub struct QwenMedia {
 }
 
 impl QwenMedia {
-    /// The media of `request`, relative paths under `base`; the error names the file.
+    /// The media of `request`, relative paths under `base`; the error names the file. In
+    /// frames mode a video's sampled frames follow the request's images as images.
     pub fn read(
         processor: &QwenVlProcessor,
         request: &MediaRequest,
         base: &Path,
+        mode: QwenVideos,
     ) -> std::result::Result<Self, String> {
         let at = |p: &Path| {
             if p.is_absolute() {
@@ -35,7 +49,7 @@ impl QwenMedia {
                 base.join(p)
             }
         };
-        let images = request
+        let mut images = request
             .images
             .iter()
             .map(|p| {
@@ -46,6 +60,23 @@ impl QwenMedia {
                     .map_err(|e| format!("{}: {e}", path.display()))
             })
             .collect::<std::result::Result<Vec<_>, String>>()?;
+        if let QwenVideos::Frames(n) = mode {
+            let loader = FrameLoader::new(n).with_sampling(FrameSampling::Truncated);
+            for source in &request.videos {
+                let source = source.under(base);
+                for frame in loader.load(&source).map_err(|e| e.to_string())? {
+                    images.push(
+                        processor
+                            .preprocess_rgb(&frame)
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+            }
+            return Ok(Self {
+                images,
+                videos: Vec::new(),
+            });
+        }
         let videos = request
             .videos
             .iter()

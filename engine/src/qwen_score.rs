@@ -15,7 +15,7 @@ use crate::backend::QwenVlBackend;
 use crate::error::Result;
 use crate::judge::{Judge, ScoreRequest};
 use crate::pipeline::{decoded_image_bytes, run_pipeline_with, RunOptions, RunSummary};
-use crate::qwen_media::QwenMedia;
+use crate::qwen_media::{QwenMedia, QwenVideos};
 use crate::score::judge_requests;
 
 pub struct QwenScoreJob<'a> {
@@ -24,6 +24,8 @@ pub struct QwenScoreJob<'a> {
     pub processor: &'a QwenVlProcessor,
     /// Padded prompt tokens per batched prompt pass (fast mode).
     pub token_budget: usize,
+    /// How videos reach the model (the template family's scripts' way).
+    pub videos: QwenVideos,
 }
 
 /// A record read and its media preprocessed.
@@ -46,7 +48,7 @@ impl QwenScoreJob<'_> {
             },
             |v: &Value| {
                 let req = ScoreRequest::parse(v)?;
-                let media = QwenMedia::read(self.processor, &req.media, &base)?;
+                let media = QwenMedia::read(self.processor, &req.media, &base, self.videos)?;
                 Ok(Request { req, media })
             },
             |batch: Vec<(Value, Request)>| self.answer_batch(&batch),

@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use unireward_engine::backend::{Decoding, Prompt, QwenVlBackend};
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
-use unireward_engine::qwen_media::QwenMedia;
+use unireward_engine::qwen_media::{QwenMedia, QwenVideos};
 use unireward_models::judge::{
     ChatTemplate, Family, Media, MediaMarkers, Mode, PromptTemplate, Task,
 };
@@ -135,7 +135,7 @@ impl Fixture {
             images: Vec::new(),
             videos,
         };
-        let media = QwenMedia::read(&self.processor, &request, &fixtures())
+        let media = QwenMedia::read(&self.processor, &request, &fixtures(), QwenVideos::Items)
             .map_err(anyhow::Error::msg)?
             .features(self.backend.model())?;
         let text = case["prompt"].as_str().unwrap_or_default();
@@ -355,6 +355,23 @@ fn engine_score_on_qwen2_5_vl() -> Result<()> {
     let out = tmp.path().join("fast.out.jsonl");
     assert_eq!(engine_score(&model, &input, &out, &[])?, Some(1));
     let answers = records(&out)?;
+    // The 2.0 family sends each video as sampled frames (`--frames 4`): per-dimension shares.
+    let v2_input = tmp.path().join("v2.jsonl");
+    std::fs::write(&v2_input, lines[3].to_string() + "\n")?;
+    let v2_out = tmp.path().join("v2.out.jsonl");
+    let code = engine_score(
+        &model,
+        &v2_input,
+        &v2_out,
+        &["--template-family", "2.0", "--frames", "4"],
+    )?;
+    assert_eq!(code, Some(0));
+    let v2 = records(&v2_out)?;
+    assert!(
+        v2[0]["scores"].is_object() && v2[0]["probs"].is_object(),
+        "{}",
+        v2[0]
+    );
     let ids: Vec<&str> = answers
         .iter()
         .map(|a| a["id"].as_str().unwrap_or(""))
@@ -394,6 +411,34 @@ fn engine_score_on_qwen2_5_vl() -> Result<()> {
                 assert!(s.is_finite() && a.get("error").is_none(), "{a}");
             }
         }
+    }
+    Ok(())
+}
+
+/// Frames mode (the 2.0 and Think-qwen3vl scripts): a video's frames sampled as
+/// `linspace(0, n - 1, N, dtype=int)`, each the image the processor makes of it.
+#[test]
+fn frames_mode_sends_sampled_frames_as_images() -> Result<()> {
+    let f = fixture("qwen2_5_vl_3b")?;
+    let clip = fixtures().join("media").join("clip_300x200");
+    let request = MediaRequest {
+        images: Vec::new(),
+        videos: vec![VideoSource::FrameDir(clip.clone())],
+    };
+    let media = QwenMedia::read(&f.processor, &request, &fixtures(), QwenVideos::Frames(4))
+        .map_err(anyhow::Error::msg)?;
+    assert!(media.videos.is_empty());
+    assert_eq!(media.images.len(), 4);
+    assert_eq!(media.marks()?, Media::Images(4));
+    for (image, k) in media.images.iter().zip([0, 2, 4, 7]) {
+        let frame = load_image(clip.join(format!("frame_{k:02}.png")))?;
+        let want = f.processor.preprocess(&frame)?;
+        assert_eq!(image.grid_thw, want.grid_thw);
+        let diff = (&image.pixel_values - &want.pixel_values)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0, "frame {k}");
     }
     Ok(())
 }

@@ -147,10 +147,12 @@ impl VideoSource {
             }
         };
         match self {
-            VideoSource::FrameDir(p) => VideoSource::FrameDir(at(p)),
+            // What a path is (frame directory, GIF, video file) is only known once it is taken
+            // from `base`.
+            VideoSource::FrameDir(p) | VideoSource::Gif(p) | VideoSource::File(p) => {
+                VideoSource::from_path(at(p))
+            }
             VideoSource::FrameFiles(f) => VideoSource::FrameFiles(f.iter().map(at).collect()),
-            VideoSource::Gif(p) => VideoSource::Gif(at(p)),
-            VideoSource::File(p) => VideoSource::File(at(p)),
         }
     }
 
