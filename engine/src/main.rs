@@ -593,6 +593,7 @@ fn run() -> Result<RunSummary> {
         } => {
             let templates = [judge.template.as_ref(), judge.chat_template.as_ref()];
             check_out(&out, &[Some(&input), templates[0], templates[1]], &model)?;
+            refuse_qwen(&model.model, "engine pairs")?;
             let family = judge.family(&model.model)?;
             judge.check_mode(family)?;
             let l = load(&model, judge.video_mode(family))?;
@@ -626,7 +627,17 @@ fn run() -> Result<RunSummary> {
     }
 }
 
+/// Refuses a checkpoint whose family `what` does not run yet, before anything is loaded.
+fn refuse_qwen(dir: &Path, what: &str) -> Result<()> {
+    let family = ModelFamily::of_dir(dir)?;
+    if let Some(why) = family.not_runnable_by(what) {
+        bail!("{}: {why}", dir.display());
+    }
+    Ok(())
+}
+
 fn run_server(model: &ModelArgs, judge: &JudgeArgs, args: &ServeArgs) -> Result<()> {
+    refuse_qwen(&model.model, "engine serve")?;
     let family = judge.family(&model.model)?;
     if args.rank_recipe == Recipe::Sift && !matches!(family, Family::Llava | Family::LlavaAcs) {
         bail!(

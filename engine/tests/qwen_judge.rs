@@ -442,3 +442,42 @@ fn frames_mode_sends_sampled_frames_as_images() -> Result<()> {
     }
     Ok(())
 }
+
+/// `engine pairs` and `engine serve` do not take Qwen-VL judges yet: refused by name, before
+/// any weight is read.
+#[test]
+fn pairs_and_serve_refuse_qwen_checkpoints_by_name() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let model = fixtures().join("qwen2_5_vl_3b").join("model");
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(&input, "")?;
+    let runs: [Vec<std::ffi::OsString>; 2] = [
+        vec![
+            "pairs".into(),
+            input.clone().into(),
+            "--model".into(),
+            model.clone().into(),
+            "--out".into(),
+            tmp.path().join("out.jsonl").into(),
+        ],
+        vec![
+            "serve".into(),
+            "--model".into(),
+            model.clone().into(),
+            "--port".into(),
+            "0".into(),
+        ],
+    ];
+    for (args, what) in runs.iter().zip(["engine pairs", "engine serve"]) {
+        let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args(args)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("Qwen2.5-VL checkpoints") && stderr.contains(what),
+            "{stderr}"
+        );
+    }
+    Ok(())
+}

@@ -23,10 +23,9 @@ impl ModelFamily {
             ModelFamily::LlavaOnevision => None,
             ModelFamily::Qwen25Vl => Some(format!(
                 "Qwen2.5-VL checkpoints (UnifiedReward-qwen-*, UnifiedReward-2.0-qwen-*, \
-                 UnifiedReward-Think-qwen-7b) are not supported by {what} yet: `engine score` \
-                 and `engine logprob` run them (candle), while {what} still passes LLaVA's tiles \
-                 and 1-D positions, which only LLaVA-OneVision judges (UnifiedReward-7b, \
-                 -7b-v1.5, -0.5b) take"
+                 UnifiedReward-Think-qwen-7b) are not supported by {what} yet (`engine score` \
+                 and `engine logprob` run them, on candle); {what} takes LLaVA-OneVision judges \
+                 (UnifiedReward-7b, -7b-v1.5, -0.5b)"
             )),
         }
     }
