@@ -31,7 +31,7 @@ use unireward_engine::backend::{
 };
 use unireward_engine::encode_media::encode_media;
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
-use unireward_engine::pairs::job::{Grouping, PairsJob, DEFAULT_TOKEN_BUDGET};
+use unireward_engine::pairs::job::{Grouping, PairsJob, PairsMedia, DEFAULT_TOKEN_BUDGET};
 use unireward_engine::pairs::{PairOptions, Recipe};
 use unireward_export::{export_onnx, ExportOptions};
 use unireward_models::config::{LlavaConfig, TextConfig};
@@ -253,7 +253,7 @@ fn main() -> Result<()> {
     // Fast judging end to end, as `engine pairs` runs it.
     let job = PairsJob {
         judge: &judge,
-        media: &loader,
+        media: PairsMedia::Llava(&loader),
         // The inference scripts' prompts at the bench images' own size, as every figure in
         // RESULTS.md was measured (the sift recipe's 512 px resize would multiply the tiles).
         options: PairOptions {

@@ -17,7 +17,7 @@ use unireward_engine::backend::{
 };
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
 use unireward_engine::logprob::LogprobJob;
-use unireward_engine::pairs::job::{Grouping, PairsJob};
+use unireward_engine::pairs::job::{Grouping, PairsJob, PairsMedia};
 use unireward_engine::pairs::{PairFormat, PairOptions, RankingMode, Recipe};
 use unireward_engine::pipeline::{RunOptions, RunSummary, DEFAULT_DECODE_BUDGET_BYTES};
 use unireward_engine::qwen_logprob::QwenLogprobJob;
@@ -386,6 +386,34 @@ fn qwen_logprob(args: &ModelArgs, input: &Path, out: &Path, run: &RunArgs) -> Re
     Ok(job.run(input, out, &run.options())?)
 }
 
+/// A judge of a Qwen2.5-VL checkpoint: the family's templates with Qwen-VL's media markers.
+fn qwen_judge<'a>(
+    q: &'a LoadedQwen,
+    judge: &JudgeArgs,
+    family: Family,
+    model: &ModelArgs,
+) -> Result<Judge<'a>> {
+    let style = PromptStyle {
+        markers: MediaMarkers::QwenVl,
+        ..prompt_style(judge, family, model)?
+    };
+    Ok(Judge::with_decoder(
+        &q.backend,
+        &q.tokenizer,
+        style,
+        judge.judge,
+        judge.max_new_tokens,
+    )?)
+}
+
+/// How a Qwen-VL judge's videos reach it: its template family's way, or `--video-mode`.
+fn qwen_videos(judge: &JudgeArgs, family: Family, model: &ModelArgs) -> QwenVideos {
+    match judge.video_mode(family) {
+        VideoMode::Frames => QwenVideos::Frames(model.frames),
+        VideoMode::Pooled => QwenVideos::Items,
+    }
+}
+
 /// `engine score` on a Qwen2.5-VL checkpoint.
 fn qwen_score(
     model: &ModelArgs,
@@ -396,28 +424,41 @@ fn qwen_score(
     run: &RunArgs,
 ) -> Result<RunSummary> {
     let q = load_qwen(model)?;
-    let style = PromptStyle {
-        markers: MediaMarkers::QwenVl,
-        ..prompt_style(judge, family, model)?
-    };
-    let j = Judge::with_decoder(
-        &q.backend,
-        &q.tokenizer,
-        style,
-        judge.judge,
-        judge.max_new_tokens,
-    )?;
+    let j = qwen_judge(&q, judge, family, model)?;
     let job = QwenScoreJob {
         judge: &j,
         backend: &q.backend,
         processor: &q.processor,
         token_budget: model.token_budget,
-        videos: match judge.video_mode(family) {
-            VideoMode::Frames => QwenVideos::Frames(model.frames),
-            VideoMode::Pooled => QwenVideos::Items,
-        },
+        videos: qwen_videos(judge, family, model),
     };
     Ok(job.run(batch, out, &run.options())?)
+}
+
+/// `engine pairs` on a Qwen2.5-VL checkpoint.
+fn qwen_pairs(
+    model: &ModelArgs,
+    judge: &JudgeArgs,
+    family: Family,
+    options: PairOptions,
+    input: &Path,
+    out: &Path,
+    run: &RunArgs,
+) -> Result<RunSummary> {
+    let q = load_qwen(model)?;
+    let j = qwen_judge(&q, judge, family, model)?;
+    let job = PairsJob {
+        judge: &j,
+        media: PairsMedia::Qwen {
+            backend: &q.backend,
+            processor: &q.processor,
+            videos: qwen_videos(judge, family, model),
+        },
+        options,
+    };
+    let opts = run.options();
+    opts.install();
+    Ok(job.run_grouped(input, out, opts.output.resume, Grouping::OneByOne)?)
 }
 
 struct Loaded {
@@ -593,20 +634,23 @@ fn run() -> Result<RunSummary> {
         } => {
             let templates = [judge.template.as_ref(), judge.chat_template.as_ref()];
             check_out(&out, &[Some(&input), templates[0], templates[1]], &model)?;
-            refuse_qwen(&model.model, "engine pairs")?;
             let family = judge.family(&model.model)?;
             judge.check_mode(family)?;
+            let options = PairOptions {
+                ranking,
+                swap,
+                recipe,
+                format,
+            };
+            if ModelFamily::of_dir(&model.model)? == ModelFamily::Qwen25Vl {
+                return qwen_pairs(&model, &judge, family, options, &input, &out, &run);
+            }
             let l = load(&model, judge.video_mode(family))?;
             let j = make_judge(&l, &judge, family, &model)?;
             let job = PairsJob {
                 judge: &j,
-                media: &l.media,
-                options: PairOptions {
-                    ranking,
-                    swap,
-                    recipe,
-                    format,
-                },
+                media: PairsMedia::Llava(&l.media),
+                options,
             };
             // `PairsJob::run` takes only `resume`; the pipeline reads the rest from here.
             let opts = run.options();
@@ -673,7 +717,7 @@ fn run_server(model: &ModelArgs, judge: &JudgeArgs, args: &ServeArgs) -> Result<
         generate,
         rank: PairsJob {
             judge: &fast,
-            media: &l.media,
+            media: PairsMedia::Llava(&l.media),
             options: PairOptions {
                 ranking: RankingMode::RoundRobin,
                 swap: args.rank_swap,

@@ -72,16 +72,14 @@ impl QwenLogprobJob<'_> {
 
     fn answer(&self, req: &Request) -> Result<LogprobAnswer> {
         let model = self.model;
-        let merge = model.config().vision.spatial_merge_size;
-        let images: Vec<usize> = req
-            .media
-            .images
-            .iter()
-            .map(|p| p.num_tokens(merge))
-            .collect();
-        let videos: Vec<usize> = (req.media.videos.iter())
-            .map(|v| v.pixels.num_tokens(merge))
-            .collect();
+        // Frames are video items here: the raw prompt places each video's `<|video_pad|>`.
+        let (media, _) = req.media.encoded(model)?.all()?;
+        let lens = |ts: &[candle_core::Tensor]| {
+            ts.iter()
+                .map(|t| t.dim(0))
+                .collect::<candle_core::Result<Vec<_>>>()
+        };
+        let (images, videos) = (lens(&media.images)?, lens(&media.videos)?);
         let full = format!("{}{}", req.prompt, req.completion);
         let tokens = self.tokenizer.encode(&full, &images, &videos)?;
         let prompt_len = self
@@ -101,7 +99,6 @@ impl QwenLogprobJob<'_> {
                 "the completion adds no tokens after a non-empty prompt".into(),
             ));
         }
-        let media = req.media.features(model)?;
         let positions = model
             .positions(&tokens, &media.image_grids, &media.video_grids)?
             .to_tensor(model.device())?;

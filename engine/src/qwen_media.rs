@@ -6,13 +6,12 @@
 
 use std::path::Path;
 
-use unireward_models::judge::Media;
+use unireward_models::pack::{EncodedMedia, VideoFeatures};
 use unireward_models::preprocess::{
     load_image, FrameLoader, FrameSampling, MediaRequest, QwenVlPixels, QwenVlProcessor,
     QwenVlVideo,
 };
 use unireward_models::qwen2_5_vl::Qwen25Vl;
-use unireward_models::MediaFeatures;
 
 use crate::error::{EngineError, Result};
 
@@ -27,15 +26,22 @@ pub enum QwenVideos {
     Frames(usize),
 }
 
+/// One video, preprocessed as its family's scripts send it.
+pub enum QwenVideo {
+    /// One video item.
+    Item(QwenVlVideo),
+    /// Sampled frames, each an image item.
+    Frames(Vec<QwenVlPixels>),
+}
+
 /// A request's media, preprocessed, in marker order.
 pub struct QwenMedia {
     pub images: Vec<QwenVlPixels>,
-    pub videos: Vec<QwenVlVideo>,
+    pub videos: Vec<QwenVideo>,
 }
 
 impl QwenMedia {
-    /// The media of `request`, relative paths under `base`; the error names the file. In
-    /// frames mode a video's sampled frames follow the request's images as images.
+    /// The media of `request`, relative paths under `base`; the error names the file.
     pub fn read(
         processor: &QwenVlProcessor,
         request: &MediaRequest,
@@ -49,7 +55,7 @@ impl QwenMedia {
                 base.join(p)
             }
         };
-        let mut images = request
+        let images = request
             .images
             .iter()
             .map(|p| {
@@ -60,28 +66,21 @@ impl QwenMedia {
                     .map_err(|e| format!("{}: {e}", path.display()))
             })
             .collect::<std::result::Result<Vec<_>, String>>()?;
-        if let QwenVideos::Frames(n) = mode {
-            let loader = FrameLoader::new(n).with_sampling(FrameSampling::Truncated);
-            for source in &request.videos {
-                let source = source.under(base);
-                for frame in loader.load(&source).map_err(|e| e.to_string())? {
-                    images.push(
-                        processor
-                            .preprocess_rgb(&frame)
-                            .map_err(|e| e.to_string())?,
-                    );
-                }
-            }
-            return Ok(Self {
-                images,
-                videos: Vec::new(),
-            });
-        }
         let videos = request
             .videos
             .iter()
             .map(|source| {
                 let source = source.under(base);
+                if let QwenVideos::Frames(n) = mode {
+                    let loader = FrameLoader::new(n).with_sampling(FrameSampling::Truncated);
+                    return loader
+                        .load(&source)
+                        .and_then(|frames| {
+                            frames.iter().map(|f| processor.preprocess_rgb(f)).collect()
+                        })
+                        .map(QwenVideo::Frames)
+                        .map_err(|e| e.to_string());
+                }
                 let files = source
                     .frame_files()
                     .map_err(|e| e.to_string())?
@@ -100,38 +99,47 @@ impl QwenMedia {
                     .map_err(|e| e.to_string())?;
                 processor
                     .preprocess_frames(&frames)
+                    .map(QwenVideo::Item)
                     .map_err(|e| format!("video of {} frames: {e}", files.len()))
             })
             .collect::<std::result::Result<Vec<_>, String>>()?;
         Ok(Self { images, videos })
     }
 
-    /// How the templates mark these media: images, or videos (one marker each); a request
-    /// with both is refused, as no template has places for both.
-    pub fn marks(&self) -> Result<Media> {
-        match (self.images.len(), self.videos.len()) {
-            (n, 0) => Ok(Media::Images(n)),
-            (0, n) => Ok(Media::Videos(n)),
-            (i, v) => Err(EngineError::Invalid(format!(
-                "{i} image(s) and {v} video(s) in one request; a template marks one kind"
-            ))),
+    /// Every medium encoded in one pass of the vision transformer, kept per image and per
+    /// video with its grids, from which prompts showing some or all of them are built.
+    pub fn encoded(&self, model: &Qwen25Vl) -> Result<EncodedMedia> {
+        let mut all: Vec<&QwenVlPixels> = self.images.iter().collect();
+        for v in &self.videos {
+            match v {
+                QwenVideo::Item(video) => all.push(&video.pixels),
+                QwenVideo::Frames(frames) => all.extend(frames),
+            }
         }
-    }
-
-    /// Every medium encoded in one vision pass, with its grid.
-    pub fn features(&self, model: &Qwen25Vl) -> Result<MediaFeatures> {
-        let all: Vec<&QwenVlPixels> = self
-            .images
-            .iter()
-            .chain(self.videos.iter().map(|v| &v.pixels))
-            .collect();
-        let mut encoded = model.media_features_batch(&all)?;
-        let videos = encoded.split_off(self.images.len());
-        Ok(MediaFeatures {
-            images: encoded,
-            videos,
+        let mut encoded = model.media_features_batch(&all)?.into_iter();
+        let mut out = EncodedMedia {
+            images: encoded.by_ref().take(self.images.len()).collect(),
             image_grids: self.images.iter().map(|p| model.image_grid(p)).collect(),
-            video_grids: self.videos.iter().map(|v| model.video_grid(v)).collect(),
-        })
+            ..Default::default()
+        };
+        for v in &self.videos {
+            match v {
+                QwenVideo::Item(video) => {
+                    let feats = encoded
+                        .next()
+                        .ok_or_else(|| EngineError::Invalid("a video was not encoded".into()))?;
+                    out.videos.push(VideoFeatures::Pooled(feats));
+                    out.video_grids.push(vec![model.video_grid(video)]);
+                }
+                QwenVideo::Frames(frames) => {
+                    out.videos.push(VideoFeatures::Frames(
+                        encoded.by_ref().take(frames.len()).collect(),
+                    ));
+                    out.video_grids
+                        .push(frames.iter().map(|p| model.image_grid(p)).collect());
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -66,15 +66,11 @@ impl QwenScoreJob<'_> {
 
     /// The prompt text and encoded media of one request, in one vision pass.
     fn inputs(&self, r: &Request) -> Result<(String, MediaFeatures)> {
-        let features = r.media.features(self.backend.model())?;
+        let (features, marks) = r.media.encoded(self.backend.model())?.all()?;
         let req = &r.req;
-        let text = self.judge.prompt_text(
-            req.task,
-            req.mode,
-            &req.prompt,
-            &req.answers,
-            r.media.marks()?,
-        )?;
+        let text = self
+            .judge
+            .prompt_text(req.task, req.mode, &req.prompt, &req.answers, marks)?;
         Ok((text, features))
     }
 }

@@ -15,7 +15,7 @@ use unireward_engine::backend::{
 };
 use unireward_engine::decoding::{continuations_of_families, PromptFamily};
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
-use unireward_engine::pairs::job::{Grouping, PairsJob};
+use unireward_engine::pairs::job::{Grouping, PairsJob, PairsMedia};
 use unireward_engine::pairs::{PairOptions, RankingMode, Recipe};
 use unireward_models::config::{LlavaConfig, TextConfig};
 use unireward_models::preprocess::MediaLoader;
@@ -128,7 +128,7 @@ fn run(
     )?;
     let job = PairsJob {
         judge: &judge,
-        media: &loader,
+        media: PairsMedia::Llava(&loader),
         options,
     };
     let input = dir.join("in.jsonl");

@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use unireward_engine::backend::{Decoding, Prompt, QwenVlBackend};
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
-use unireward_engine::qwen_media::{QwenMedia, QwenVideos};
+use unireward_engine::qwen_media::{QwenMedia, QwenVideo, QwenVideos};
 use unireward_models::judge::{
     ChatTemplate, Family, Media, MediaMarkers, Mode, PromptTemplate, Task,
 };
@@ -135,9 +135,10 @@ impl Fixture {
             images: Vec::new(),
             videos,
         };
-        let media = QwenMedia::read(&self.processor, &request, &fixtures(), QwenVideos::Items)
+        let (media, _) = QwenMedia::read(&self.processor, &request, &fixtures(), QwenVideos::Items)
             .map_err(anyhow::Error::msg)?
-            .features(self.backend.model())?;
+            .encoded(self.backend.model())?
+            .all()?;
         let text = case["prompt"].as_str().unwrap_or_default();
         let prompt = judge.prompt(text, &media)?;
         let lens: Vec<usize> = media
@@ -427,10 +428,15 @@ fn frames_mode_sends_sampled_frames_as_images() -> Result<()> {
     };
     let media = QwenMedia::read(&f.processor, &request, &fixtures(), QwenVideos::Frames(4))
         .map_err(anyhow::Error::msg)?;
-    assert!(media.videos.is_empty());
-    assert_eq!(media.images.len(), 4);
-    assert_eq!(media.marks()?, Media::Images(4));
-    for (image, k) in media.images.iter().zip([0, 2, 4, 7]) {
+    let frames = match media.videos.as_slice() {
+        [QwenVideo::Frames(frames)] => frames,
+        _ => anyhow::bail!("one video of frames expected"),
+    };
+    assert_eq!(frames.len(), 4);
+    let (features, marks) = media.encoded(f.backend.model())?.all()?;
+    assert_eq!(marks, Media::Images(4));
+    assert_eq!(features.image_grids.len(), 4);
+    for (image, k) in frames.iter().zip([0, 2, 4, 7]) {
         let frame = load_image(clip.join(format!("frame_{k:02}.png")))?;
         let want = f.processor.preprocess(&frame)?;
         assert_eq!(image.grid_thw, want.grid_thw);
@@ -443,41 +449,91 @@ fn frames_mode_sends_sampled_frames_as_images() -> Result<()> {
     Ok(())
 }
 
-/// `engine pairs` and `engine serve` do not take Qwen-VL judges yet: refused by name, before
-/// any weight is read.
+/// `engine serve` does not take Qwen-VL judges yet: refused by name, before any weight is
+/// read.
 #[test]
-fn pairs_and_serve_refuse_qwen_checkpoints_by_name() -> Result<()> {
+fn serve_refuses_qwen_checkpoints_by_name() -> Result<()> {
+    let model = fixtures().join("qwen2_5_vl_3b").join("model");
+    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["serve", "--port", "0", "--model"])
+        .arg(&model)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("Qwen2.5-VL checkpoints") && stderr.contains("engine serve"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+/// `engine pairs` with a Qwen2.5-VL judge (inference recipe): image candidates ranked round
+/// robin, video candidates (frame directories) in the 2.0 family's frames mode; every pair
+/// record names two different candidates with the chosen one scored at least as high.
+#[test]
+fn engine_pairs_on_qwen2_5_vl() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let model = fixtures().join("qwen2_5_vl_3b").join("model");
-    let input = tmp.path().join("in.jsonl");
-    std::fs::write(&input, "")?;
-    let runs: [Vec<std::ffi::OsString>; 2] = [
-        vec![
-            "pairs".into(),
-            input.clone().into(),
-            "--model".into(),
-            model.clone().into(),
-            "--out".into(),
-            tmp.path().join("out.jsonl").into(),
-        ],
-        vec![
-            "serve".into(),
-            "--model".into(),
-            model.clone().into(),
-            "--port".into(),
-            "0".into(),
-        ],
+    let media = fixtures().join("media");
+    let p = |rel: &str| media.join(rel).to_string_lossy().into_owned();
+    let cases = [
+        (
+            json!({"id": "img", "task": "image_generation", "prompt": "a yellow square",
+                   "candidates": [p("300x200.png"), p("40x30.png"),
+                                  p("clip_300x200/frame_00.png"), p("clip_300x200/frame_07.png")]}),
+            vec!["--ranking", "round-robin"],
+        ),
+        (
+            json!({"id": "vid", "task": "video_generation", "prompt": "a yellow square moving",
+                   "candidates": [p("clip_300x200"), p("clip_640x360")]}),
+            vec!["--template-family", "2.0", "--frames", "4"],
+        ),
     ];
-    for (args, what) in runs.iter().zip(["engine pairs", "engine serve"]) {
-        let out = Command::new(env!("CARGO_BIN_EXE_engine"))
-            .args(args)
-            .output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(
-            stderr.contains("Qwen2.5-VL checkpoints") && stderr.contains(what),
-            "{stderr}"
+    for (record, extra) in cases {
+        let input = tmp.path().join("in.jsonl");
+        let out = tmp.path().join(format!(
+            "{}.out.jsonl",
+            record["id"].as_str().unwrap_or("x")
+        ));
+        std::fs::write(&input, record.to_string() + "\n")?;
+        let status = Command::new(env!("CARGO_BIN_EXE_engine"))
+            .arg("pairs")
+            .arg(&input)
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(&out)
+            .args(["--recipe", "inference"])
+            .args(&extra)
+            .status()?;
+        assert_eq!(status.code(), Some(0), "{record}");
+        let lines = records(&out)?;
+        assert_eq!(lines.len(), 1);
+        let line = &lines[0];
+        assert_eq!(line["id"], record["id"]);
+        assert!(line.get("dropped").is_none(), "{line}");
+        assert_ne!(line["chosen"], line["rejected"], "{line}");
+        let (c, r) = (
+            line["chosen_score"].as_f64(),
+            line["rejected_score"].as_f64(),
         );
+        assert!(c.is_some() && r.is_some() && c >= r, "{line}");
+        if record["id"] == "img" {
+            // The point score of the chosen image is what `engine score` gives it.
+            let point = tmp.path().join("point.jsonl");
+            std::fs::write(
+                &point,
+                json!({"id": "p", "task": "image_generation", "mode": "point",
+                       "prompt": "a yellow square", "images": [line["chosen"]]})
+                .to_string()
+                    + "\n",
+            )?;
+            let scored = tmp.path().join("point.out.jsonl");
+            assert_eq!(engine_score(&model, &point, &scored, &[])?, Some(0));
+            let s = records(&scored)?[0]["score"].as_f64().unwrap_or(f64::NAN);
+            let c = c.unwrap_or(f64::NAN);
+            assert!((s - c).abs() < 1e-6, "engine score {s} vs pairs {c}");
+        }
     }
     Ok(())
 }

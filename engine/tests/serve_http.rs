@@ -449,7 +449,7 @@ fn concurrent_requests_share_steps_a_full_queue_gets_429_and_a_stop_loses_nothin
 fn rank_answers_every_pair_as_engine_pairs_round_robin_ranks() -> Result<()> {
     use unireward_engine::backend::{Backend, CandleBackend};
     use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
-    use unireward_engine::pairs::job::{PairsJob, PairsRequest};
+    use unireward_engine::pairs::job::{PairsJob, PairsMedia, PairsRequest};
     use unireward_engine::pairs::{PairOptions, RankingMode, Recipe};
     use unireward_models::judge::sift_templates::sift_resize;
     use unireward_models::preprocess::MediaLoader;
@@ -494,7 +494,7 @@ fn rank_answers_every_pair_as_engine_pairs_round_robin_ranks() -> Result<()> {
     let loader = MediaLoader::from_model_dir(&model, backend.config(), 8)?;
     let job = PairsJob {
         judge: &judge,
-        media: &loader,
+        media: PairsMedia::Llava(&loader),
         options: PairOptions {
             ranking: RankingMode::RoundRobin,
             recipe: Recipe::Sift,

@@ -16,7 +16,9 @@ use unireward_models::formats::pair_record::{DroppedPair, PairRecord, PairsAnswe
 use unireward_models::judge::sift_templates::{sift_prompt, sift_resize, AnswerForm};
 use unireward_models::judge::{Family, Media, Mode, PromptTemplate, Task};
 use unireward_models::pack::EncodedMedia;
-use unireward_models::preprocess::{MediaLoader, MediaRequest, PreparedMedia, VideoSource};
+use unireward_models::preprocess::{
+    MediaLoader, MediaRequest, PreparedMedia, QwenVlProcessor, VideoSource,
+};
 use unireward_models::MediaFeatures;
 
 use super::ranking::{self, Ranking};
@@ -25,11 +27,13 @@ use super::{
     Recipe,
 };
 use super::{passes, sifting};
+use crate::backend::QwenVlBackend;
 use crate::encode_media::encode_request;
 use crate::error::{EngineError, Result};
 use crate::judge::request::check_question_media;
 use crate::judge::{Judge, JudgeItem, Outcome, PromptStyle};
 use crate::pipeline::{answer_each, run_pipeline, Prepared, RunSummary};
+use crate::qwen_media::{QwenMedia, QwenVideos};
 
 impl From<InvalidJudgement> for EngineError {
     fn from(e: InvalidJudgement) -> Self {
@@ -124,8 +128,21 @@ pub enum Grouping {
 
 pub struct PairsJob<'a> {
     pub judge: &'a Judge<'a>,
-    pub media: &'a MediaLoader,
+    pub media: PairsMedia<'a>,
     pub options: PairOptions,
+}
+
+/// Where a pairs job's media are prepared and encoded.
+#[derive(Clone, Copy)]
+pub enum PairsMedia<'a> {
+    /// LLaVA-OneVision: the loader's tiles, encoded by the judge's backend.
+    Llava(&'a MediaLoader),
+    /// Qwen2.5-VL: its processor's patches, encoded by its vision transformer.
+    Qwen {
+        backend: &'a QwenVlBackend,
+        processor: &'a QwenVlProcessor,
+        videos: QwenVideos,
+    },
 }
 
 impl PairsJob<'_> {
@@ -154,6 +171,14 @@ impl PairsJob<'_> {
             )));
         }
         let base = input.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let loader = match self.media {
+            PairsMedia::Llava(loader) => loader,
+            PairsMedia::Qwen {
+                backend,
+                processor,
+                videos,
+            } => return self.run_qwen(input, out, resume, backend, processor, videos),
+        };
         run_pipeline(
             input,
             out,
@@ -164,8 +189,7 @@ impl PairsJob<'_> {
                     Recipe::Sift => sift_resize(req.task),
                     Recipe::Inference => None,
                 };
-                let media = self
-                    .media
+                let media = loader
                     .load_resized(&req.media_to_load(), &base, size)
                     .map_err(|e| e.to_string())?;
                 Ok((req, media))
@@ -173,6 +197,41 @@ impl PairsJob<'_> {
             |batch| match grouping {
                 Grouping::OneByOne => answer_each(batch, |req, media| self.pair(req, media)),
                 Grouping::Batched { token_budget } => self.pairs_together(batch, token_budget),
+            },
+        )
+    }
+
+    /// [`Self::run_grouped`] with a Qwen2.5-VL judge: each judgement its own prompt pass, at
+    /// its M-RoPE positions (the shared-prefix batching of [`Self::pairs_together`] passes
+    /// prompts without them).
+    fn run_qwen(
+        &self,
+        input: &Path,
+        out: &Path,
+        resume: bool,
+        backend: &QwenVlBackend,
+        processor: &QwenVlProcessor,
+        videos: QwenVideos,
+    ) -> Result<RunSummary> {
+        let base = input.parent().unwrap_or(Path::new(".")).to_path_buf();
+        run_pipeline(
+            input,
+            out,
+            resume,
+            |v: &Value| {
+                let req = PairsRequest::parse(v)?;
+                let media = QwenMedia::read(processor, &req.media_to_load(), &base, videos)?;
+                Ok((req, media))
+            },
+            |batch: Vec<(Value, (PairsRequest, QwenMedia))>| {
+                batch
+                    .into_iter()
+                    .map(|(_, (req, media))| {
+                        let features = media.encoded(backend.model())?;
+                        let built = self.construct_encoded(&req, features)?;
+                        self.answer(&req, &built)
+                    })
+                    .collect()
             },
         )
     }

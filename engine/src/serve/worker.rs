@@ -554,6 +554,7 @@ impl Worker<'_, '_> {
         Ok(EncodedMedia {
             images: images.into_iter().flatten().collect(),
             videos: videos.into_iter().flatten().collect(),
+            ..Default::default()
         })
     }
 }

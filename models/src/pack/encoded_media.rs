@@ -11,6 +11,7 @@ use crate::judge::Media;
 use crate::preprocess::anyres::AnyresGeometry;
 use crate::preprocess::loader::PreparedMedia;
 use crate::preprocess::request::VideoMode;
+use crate::qwen2_5_vl::MediaGrid;
 use crate::{Error, Result};
 
 /// A video's encoded features.
@@ -29,6 +30,11 @@ pub struct EncodedMedia {
     /// `[tokens, D]` per image (anyres-packed).
     pub images: Vec<Tensor>,
     pub videos: Vec<VideoFeatures>,
+    /// For a family whose positions follow the media's layout (Qwen-VL's M-RoPE): each
+    /// image's grid, and each video's (one per frame in frames mode, one for a pooled video).
+    /// Empty for LLaVA.
+    pub image_grids: Vec<MediaGrid>,
+    pub video_grids: Vec<Vec<MediaGrid>>,
 }
 
 impl EncodedMedia {
@@ -46,15 +52,23 @@ impl EncodedMedia {
                 .get(i)
                 .ok_or_else(|| missing("image", i, self.images.len()))?;
             out.images.push(t.clone());
+            out.image_grids.extend(self.image_grids.get(i).copied());
         }
         for &i in videos {
+            let grids = self.video_grids.get(i).map(Vec::as_slice).unwrap_or(&[]);
             match self
                 .videos
                 .get(i)
                 .ok_or_else(|| missing("video", i, self.videos.len()))?
             {
-                VideoFeatures::Frames(frames) => out.images.extend(frames.iter().cloned()),
-                VideoFeatures::Pooled(t) => out.videos.push(t.clone()),
+                VideoFeatures::Frames(frames) => {
+                    out.images.extend(frames.iter().cloned());
+                    out.image_grids.extend_from_slice(grids);
+                }
+                VideoFeatures::Pooled(t) => {
+                    out.videos.push(t.clone());
+                    out.video_grids.extend_from_slice(grids);
+                }
             }
         }
         let marks = match (out.images.len(), out.videos.len()) {
@@ -82,13 +96,21 @@ impl EncodedMedia {
     pub fn into_features(self) -> MediaFeatures {
         let mut out = MediaFeatures {
             images: self.images,
-            videos: Vec::new(),
+            image_grids: self.image_grids,
             ..Default::default()
         };
+        let mut grids = self.video_grids.into_iter();
         for v in self.videos {
+            let g = grids.next().unwrap_or_default();
             match v {
-                VideoFeatures::Frames(frames) => out.images.extend(frames),
-                VideoFeatures::Pooled(t) => out.videos.push(t),
+                VideoFeatures::Frames(frames) => {
+                    out.images.extend(frames);
+                    out.image_grids.extend(g);
+                }
+                VideoFeatures::Pooled(t) => {
+                    out.videos.push(t);
+                    out.video_grids.extend(g);
+                }
             }
         }
         out
@@ -175,6 +197,7 @@ mod tests {
                 VideoFeatures::Frames(vec![t(0.0), t(1.0), t(2.0)]),
                 VideoFeatures::Frames(vec![t(10.0), t(11.0)]),
             ],
+            ..Default::default()
         };
         let (f, marks) = media.select(&[], &[1, 0]).unwrap();
         assert_eq!(marks, Media::Images(5));
@@ -192,6 +215,7 @@ mod tests {
         let pooled = EncodedMedia {
             images: vec![t(5.0)],
             videos: vec![VideoFeatures::Pooled(t(7.0))],
+            ..Default::default()
         };
         assert_eq!(pooled.select(&[], &[0]).unwrap().1, Media::Videos(1));
         assert!(pooled.all().is_err());
