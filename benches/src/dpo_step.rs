@@ -255,7 +255,7 @@ fn run_config(
 
 fn main() -> Result<()> {
     // The trainer binary's allocator setting, so that the step timed is the step it runs.
-    unireward_trainer::allocator::retain_freed_memory();
+    unireward_models::allocator::retain_freed_memory();
     let args = Args::parse();
     anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
     let dir = std::env::temp_dir().join(format!("unireward-bench-dpo-{}", std::process::id()));

@@ -119,6 +119,8 @@ fn write_inputs(path: &Path, backend: &dyn Backend, tiles: &Tensor) -> Result<()
 }
 
 fn main() -> Result<()> {
+    // The engine binary's allocator setting, so that the forward timed is the one it runs.
+    unireward_models::allocator::retain_freed_memory();
     let args = Args::parse();
     let dir = args.keep.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("unireward-bench-small-{}", std::process::id()))

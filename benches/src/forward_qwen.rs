@@ -150,6 +150,8 @@ fn forward(model: &Qwen25Vl, pixels: &unireward_models::preprocess::QwenVlPixels
 }
 
 fn main() -> Result<()> {
+    // The engine binary's allocator setting, so that the forward timed is the one it runs.
+    unireward_models::allocator::retain_freed_memory();
     let args = Args::parse();
     let dir = args.keep.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("unireward-bench-qwen-{}", std::process::id()))

@@ -314,6 +314,7 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    unireward_models::allocator::retain_freed_memory();
     unireward_models::logging::init_logging();
     match run() {
         Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,

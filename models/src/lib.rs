@@ -4,6 +4,7 @@
 //! → `pack` (anyres packing, video pooling) → `decode` (Qwen2) → `llava` (the composition);
 //! `judge` holds the UnifiedReward prompts and what a verdict means.
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;

@@ -17,7 +17,6 @@
 //! - [`lora`]: LoRA adapters (trained through merged weights), saved and merged in PEFT's
 //!   layout.
 
-pub mod allocator;
 pub mod checkpoint_io;
 pub mod checkpoint_keys;
 pub mod data;

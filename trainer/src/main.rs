@@ -459,7 +459,7 @@ fn run_merge(args: MergeArgs) -> Result<()> {
 }
 
 fn main() {
-    unireward_trainer::allocator::retain_freed_memory();
+    unireward_models::allocator::retain_freed_memory();
     unireward_models::logging::init_logging();
     let result = match Cli::parse().command {
         Command::Reward(args) => run_reward(args),
