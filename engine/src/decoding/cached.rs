@@ -51,8 +51,8 @@ fn after_prompt_pass<B: Decoder + ?Sized>(
         .collect()
 }
 
-/// One decoder call over `prompts` into the empty `cache`, at their own positions where they
-/// carry them (all or none of one call do).
+/// One decoder call over `prompts` after `cache`, at their own positions where they carry
+/// them (all or none of one call do; such prompts start an empty cache).
 fn prompt_pass<B: Decoder + ?Sized>(
     backend: &B,
     prompts: &[Prompt],
@@ -143,17 +143,7 @@ pub(super) fn generate<B: Decoder + ?Sized>(
         return Ok(out);
     }
     let mut cache = backend.new_cache()?;
-    let rows = prompt_pass(
-        backend,
-        std::slice::from_ref(prompt),
-        Rows::At(&[vec![t - 1]]),
-        cache.as_mut(),
-    )?;
-    let mut row = rows
-        .into_iter()
-        .next()
-        .ok_or_else(|| EngineError::Invalid("the decoder gave no row".into()))?
-        .get(0)?;
+    let mut row = last_row(backend, prompt, t - 1, cache.as_mut())?;
     for step in 0..max_new {
         let next = row.argmax(0)?.to_scalar::<u32>()?;
         if stop.contains(&next) {
@@ -163,7 +153,8 @@ pub(super) fn generate<B: Decoder + ?Sized>(
         if step + 1 == max_new {
             break;
         }
-        row = last_row(backend, &backend.embed_tokens(&[next])?, 0, cache.as_mut())?;
+        let token = Prompt::plain(backend.embed_tokens(&[next])?);
+        row = last_row(backend, &token, 0, cache.as_mut())?;
     }
     Ok(out)
 }
@@ -171,14 +162,15 @@ pub(super) fn generate<B: Decoder + ?Sized>(
 /// The log-softmax row at `at` of one sequence run after `cache` [vocab].
 fn last_row<B: Decoder + ?Sized>(
     backend: &B,
-    seq: &Tensor,
+    seq: &Prompt,
     at: usize,
     cache: &mut dyn DecoderCache,
 ) -> Result<Tensor> {
-    let rows = backend.decode(
+    let rows = prompt_pass(
+        backend,
         std::slice::from_ref(seq),
         Rows::At(&[vec![at]]),
-        Some(cache),
+        cache,
     )?;
     let row = rows
         .into_iter()
