@@ -143,7 +143,14 @@ pub fn open_model_dir(dir: &Path) -> Result<(LlavaConfig, Checkpoint, KeyLayout)
 impl Checkpoint {
     /// Opens `model.safetensors`, or every shard named by `model.safetensors.index.json`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let files = weight_files(dir)?;
+        Self::open_stem(dir, &["model"])
+    }
+
+    /// Opens the first of `stems` stored in `dir` as `STEM.safetensors` or as the shards of
+    /// `STEM.safetensors.index.json` (diffusers names its components' weights
+    /// `diffusion_pytorch_model`, and `diffusion_pytorch_model.fp16` for the half variant).
+    pub fn open_stem(dir: &Path, stems: &[&str]) -> Result<Self> {
+        let files = weight_files(dir, stems)?;
         // SAFETY: the files are mapped read-only; like every safetensors user we rely on
         // nobody truncating a checkpoint while it is being read.
         let tensors =
@@ -365,18 +372,29 @@ impl Checkpoint {
     }
 }
 
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
+fn weight_files(dir: &Path, stems: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut index = None;
+    for stem in stems {
+        let single = dir.join(format!("{stem}.safetensors"));
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
+        let sharded = dir.join(format!("{stem}.safetensors.index.json"));
+        if sharded.is_file() {
+            index = Some(sharded);
+            break;
+        }
     }
-    let index = dir.join("model.safetensors.index.json");
-    if !index.is_file() {
+    let Some(index) = index else {
+        let names: Vec<String> = stems
+            .iter()
+            .map(|s| format!("{s}.safetensors (or its .index.json)"))
+            .collect();
         return Err(Error::Checkpoint {
             path: dir.to_path_buf(),
-            msg: "neither model.safetensors nor model.safetensors.index.json is there".into(),
+            msg: format!("none of {} is there", names.join(", ")),
         });
-    }
+    };
     let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
         path: index.clone(),

@@ -8,6 +8,7 @@ pub mod allocator;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
+pub mod diffusion;
 pub mod device;
 pub mod encode;
 pub mod error;

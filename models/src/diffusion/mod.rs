@@ -1,0 +1,7 @@
+//! The generators Diffusion-DPO aligns, in diffusers' layout (`unet/`, `vae/`,
+//! `text_encoder/`, `text_encoder_2/`, `scheduler/`): every block is built from ops with a
+//! backward pass (our norms and softmax, candle's convolutions), so the same forward serves
+//! sampling and training.
+
+pub mod component;
+pub mod group_norm;
