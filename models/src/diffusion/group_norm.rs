@@ -15,7 +15,7 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn new(vb: VarBuilder, groups: usize, channels: usize, eps: f64) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             candle_core::bail!(
                 "{}: {channels} channels do not split into {groups} groups",
                 vb.prefix()
@@ -47,7 +47,9 @@ impl Module for GroupNorm {
             d => d,
         };
         let per_group: usize = dims[1..].iter().product::<usize>() / self.groups;
-        let x = xs.to_dtype(work)?.reshape((dims[0], self.groups, per_group))?;
+        let x = xs
+            .to_dtype(work)?
+            .reshape((dims[0], self.groups, per_group))?;
         let mean = (x.sum_keepdim(2)? / per_group as f64)?;
         let centred = x.broadcast_sub(&mean)?;
         let var = (centred.sqr()?.sum_keepdim(2)? / per_group as f64)?;

@@ -5,3 +5,5 @@
 
 pub mod component;
 pub mod group_norm;
+pub mod synthetic_weights;
+pub mod unet;

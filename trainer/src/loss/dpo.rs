@@ -199,7 +199,7 @@ pub fn dpo_loss(params: &DpoParams, lp: &PairLogps) -> Result<DpoOutput> {
 }
 
 /// ln(1 + eˣ) = max(x, 0) + ln(1 + e^−|x|), which neither overflows nor loses small values.
-fn softplus(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn softplus(x: &Tensor) -> Result<Tensor> {
     let tail = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
     Ok((x.relu()? + tail)?)
 }

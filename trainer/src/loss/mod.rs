@@ -1,3 +1,4 @@
 //! Training losses beyond the plain negative log-likelihood.
 
+pub mod diffusion_dpo;
 pub mod dpo;
