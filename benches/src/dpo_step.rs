@@ -36,7 +36,6 @@ use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use image::{Rgb, RgbImage};
 use serde_json::{json, Value};
-use unireward_models::family::JudgeModel;
 use unireward_trainer::checkpoint_keys::TrainParts;
 use unireward_trainer::data::dpo::DpoData;
 use unireward_trainer::data::Preparer;
@@ -81,6 +80,7 @@ struct Timed<O> {
 
 impl<O: Objective> Objective for Timed<O> {
     type Batch = O::Batch;
+    type Model = O::Model;
 
     fn num_examples(&self) -> usize {
         self.inner.num_examples()
@@ -94,11 +94,7 @@ impl<O: Objective> Objective for Timed<O> {
         out
     }
 
-    fn forward(
-        &self,
-        model: &dyn JudgeModel,
-        batch: &O::Batch,
-    ) -> unireward_trainer::Result<Forward> {
+    fn forward(&self, model: &O::Model, batch: &O::Batch) -> unireward_trainer::Result<Forward> {
         let t = Instant::now();
         let out = self.inner.forward(model, batch);
         self.forward_s.borrow_mut().push(t.elapsed().as_secs_f64());

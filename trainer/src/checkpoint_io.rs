@@ -24,6 +24,7 @@ use crate::model_files::{
     copy_model_files, ADAPTER_WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE,
 };
 use crate::optim::AdamW;
+use crate::trainee::Trainee;
 use crate::varmap_model::VarMapModel;
 use crate::{Error, Result};
 
@@ -36,15 +37,6 @@ pub fn write_model(model: &VarMapModel, source_dir: &Path, dir: &Path) -> Result
     let path = dir.join(WEIGHTS_FILE);
     candle_core::safetensors::save(&tensors, &path)?;
     Ok(())
-}
-
-/// What training produced into `dir`: the adapter when the model has one (its
-/// `base_model_name_or_path` is `source_dir`), otherwise the whole model.
-pub fn write_trained(model: &VarMapModel, source_dir: &Path, dir: &Path) -> Result<()> {
-    match model.lora() {
-        Some(adapter) => adapter.save(dir, &source_dir.to_string_lossy()),
-        None => write_model(model, source_dir, dir),
-    }
 }
 
 /// Every tensor of the checkpoint in `dir`, by name.
@@ -73,7 +65,7 @@ pub fn checkpoint_dir(out: &Path, step: usize) -> PathBuf {
 pub fn save_checkpoint(
     out: &Path,
     step: usize,
-    model: &VarMapModel,
+    model: &impl Trainee,
     optimizer: &AdamW,
     state: &Value,
     source_dir: &Path,
@@ -82,7 +74,8 @@ pub fn save_checkpoint(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    write_trained(model, source_dir, &tmp)?;
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    model.write_trained(source_dir, &tmp)?;
     optimizer.save(&tmp.join(OPTIMIZER_FILE))?;
     write_json(&tmp.join(STATE_FILE), state)?;
     sync_files_in(&tmp)?;
@@ -97,12 +90,13 @@ pub fn save_checkpoint(
 
 /// Writes the final weights (or adapter) into `out` itself (through a temporary directory
 /// whose files are then renamed into place).
-pub fn save_final(out: &Path, model: &VarMapModel, source_dir: &Path) -> Result<()> {
+pub fn save_final(out: &Path, model: &impl Trainee, source_dir: &Path) -> Result<()> {
     let tmp = out.join(".final.tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    write_trained(model, source_dir, &tmp)?;
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    model.write_trained(source_dir, &tmp)?;
     sync_files_in(&tmp)?;
     let entries = std::fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
     for entry in entries {

@@ -32,6 +32,7 @@ pub mod objectives;
 pub mod optim;
 pub mod schedule;
 pub mod train_loop;
+pub mod trainee;
 pub mod varmap_model;
 
 pub use error::{Error, Result};

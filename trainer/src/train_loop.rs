@@ -19,25 +19,20 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor, Var};
-use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Map, Value};
-use unireward_models::family::JudgeModel;
-
-use crate::checkpoint_io::{
-    latest_checkpoint, prune_checkpoints, read_adapter_weights, read_weights, save_checkpoint,
-    save_final,
-};
+use crate::checkpoint_io::{latest_checkpoint, prune_checkpoints, save_checkpoint, save_final};
 use crate::data::fingerprint::file_digest;
 use crate::data::order::DataOrder;
 use crate::durable_file::replace_file;
 use crate::json_file::read_json;
-use crate::memory_estimate::{available_memory, MemoryEstimate, StepShape};
+use crate::memory_estimate::{available_memory, StepShape};
 use crate::model_files::{OPTIMIZER_FILE, STATE_FILE};
 use crate::optim::{AdamW, AdamWParams};
 use crate::schedule::{Schedule, ScheduleKind};
-use crate::varmap_model::VarMapModel;
+use crate::trainee::Trainee;
 use crate::{Error, Result};
+use candle_core::{DType, Tensor, Var};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Map, Value};
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
@@ -59,16 +54,18 @@ pub struct Forward {
 /// What a command trains for.
 pub trait Objective {
     type Batch;
+    /// The model its forward runs (the [`Trainee`]'s).
+    type Model: ?Sized;
 
     fn num_examples(&self) -> usize;
 
     /// Loads and tokenizes the examples at `indices`.
     fn prepare(&self, indices: &[usize]) -> Result<Prepared<Self::Batch>>;
 
-    fn forward(&self, model: &dyn JudgeModel, batch: &Self::Batch) -> Result<Forward>;
+    fn forward(&self, model: &Self::Model, batch: &Self::Batch) -> Result<Forward>;
 
     /// Held-out metrics, merged into the line of the steps they are computed at.
-    fn evaluate(&self, _model: &dyn JudgeModel) -> Result<Vec<(String, f64)>> {
+    fn evaluate(&self, _model: &Self::Model) -> Result<Vec<(String, f64)>> {
         Ok(Vec::new())
     }
 
@@ -195,8 +192,8 @@ impl LoopConfig {
 }
 
 /// Trains `model` for `objective`; see the module documentation.
-pub fn train<O: Objective>(
-    model: &mut VarMapModel,
+pub fn train<T: Trainee, O: Objective<Model = T::Model>>(
+    model: &mut T,
     objective: &O,
     cfg: &LoopConfig,
 ) -> Result<TrainSummary> {
@@ -254,15 +251,16 @@ pub fn train<O: Objective>(
                 .map(|m| m.shape)
                 .max_by_key(|s| s.rows * s.tokens)
                 .unwrap_or_default();
-            let estimate = MemoryEstimate::new(model, shape)?;
-            tracing::info!(
-                "trainer: memory estimate for a micro-batch of {} sequence(s) of up to {} \
-                 tokens: {estimate}",
-                shape.rows,
-                shape.tokens,
-            );
-            if let Some(free) = available_memory(model.device()) {
-                estimate.check(free, model.device())?;
+            if let Some(estimate) = model.memory_estimate(shape)? {
+                tracing::info!(
+                    "trainer: memory estimate for a micro-batch of {} sequence(s) of up to {} \
+                     tokens: {estimate}",
+                    shape.rows,
+                    shape.tokens,
+                );
+                if let Some(free) = available_memory(model.device()) {
+                    estimate.check(free, model.device())?;
+                }
             }
         }
         let total_weight: f64 = micro.iter().map(|m| m.weight).sum();
@@ -344,8 +342,8 @@ struct Accumulated {
     grads: Vec<Option<Tensor>>,
 }
 
-fn accumulate<O: Objective>(
-    model: &VarMapModel,
+fn accumulate<T: Trainee, O: Objective<Model = T::Model>>(
+    model: &T,
     objective: &O,
     micro: &[Prepared<O::Batch>],
     vars: &[(String, Var)],
@@ -421,8 +419,8 @@ pub fn check_fresh_out(out: &Path, resume: bool) -> Result<()> {
 }
 
 /// What a checkpoint records about the run, compared on resume.
-fn settings<O: Objective>(
-    model: &VarMapModel,
+fn settings<T: Trainee, O: Objective<Model = T::Model>>(
+    model: &T,
     objective: &O,
     cfg: &LoopConfig,
     n: usize,
@@ -442,16 +440,10 @@ fn settings<O: Objective>(
         "schedule": cfg.schedule.to_string(),
         "max_grad_norm": cfg.max_grad_norm,
         "adamw": serde_json::to_value(cfg.adamw).unwrap_or(Value::Null),
-        "parts": serde_json::to_value(model.parts()).unwrap_or(Value::Null),
-        "dtype": format!("{:?}", model.dtype()),
         "objective": objective.describe(),
     });
-    // Only with LoRA, so that checkpoints of runs without it still resume.
-    if let (Some(adapter), Some(map)) = (model.lora(), settings.as_object_mut()) {
-        map.insert(
-            "lora".into(),
-            serde_json::to_value(adapter.config()).unwrap_or(Value::Null),
-        );
+    if let (Value::Object(own), Some(map)) = (model.settings(), settings.as_object_mut()) {
+        map.extend(own);
     }
     settings
 }
@@ -513,7 +505,7 @@ pub fn check_resume_data(out: &Path, data: &Path, allow_change: bool) -> Result<
 /// Restores the newest checkpoint of `out` into `model` and `optimizer`; the step to start
 /// from (0 when there is none).
 fn resume_from(
-    model: &mut VarMapModel,
+    model: &mut impl Trainee,
     optimizer: &mut AdamW,
     out: &Path,
     settings: &Value,
@@ -536,11 +528,7 @@ fn resume_from(
         )));
     }
     data.against(&dir, &state)?;
-    if model.lora().is_some() {
-        model.set_lora_tensors(&read_adapter_weights(&dir, model.device())?)?;
-    } else {
-        model.set_tensors(&read_weights(&dir, model.device())?)?;
-    }
+    model.restore(&dir)?;
     optimizer.load(&dir.join(OPTIMIZER_FILE))?;
     tracing::info!("trainer: resuming from {} (step {step})", dir.display());
     Ok(step)

@@ -380,3 +380,65 @@ impl SimpleBackend for VarBackend {
                 .is_some_and(|a| a.branch_tensor(name).is_some())
     }
 }
+
+impl crate::trainee::Trainee for VarMapModel {
+    type Model = dyn JudgeModel;
+
+    fn model(&self) -> &Self::Model {
+        self.model.as_ref()
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn trained_vars(&self) -> Result<Vec<(String, Var)>> {
+        VarMapModel::trained_vars(self)
+    }
+
+    fn checkpointing(&self) -> Option<&Checkpointing> {
+        VarMapModel::checkpointing(self)
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        let mut settings = serde_json::json!({
+            "parts": serde_json::to_value(self.parts).unwrap_or_default(),
+            "dtype": format!("{:?}", self.dtype),
+        });
+        // Only with LoRA, so that checkpoints of runs without it still resume.
+        if let (Some(adapter), Some(map)) = (&self.lora, settings.as_object_mut()) {
+            map.insert(
+                "lora".into(),
+                serde_json::to_value(adapter.config()).unwrap_or_default(),
+            );
+        }
+        settings
+    }
+
+    fn memory_estimate(
+        &self,
+        shape: crate::memory_estimate::StepShape,
+    ) -> Result<Option<crate::memory_estimate::MemoryEstimate>> {
+        crate::memory_estimate::MemoryEstimate::new(self, shape).map(Some)
+    }
+
+    /// The adapter when the model has one (its `base_model_name_or_path` is `source_dir`),
+    /// otherwise the whole model.
+    fn write_trained(&self, source_dir: &Path, dir: &Path) -> Result<()> {
+        match &self.lora {
+            Some(adapter) => adapter.save(dir, &source_dir.to_string_lossy()),
+            None => crate::checkpoint_io::write_model(self, source_dir, dir),
+        }
+    }
+
+    fn restore(&mut self, dir: &Path) -> Result<()> {
+        use crate::checkpoint_io::{read_adapter_weights, read_weights};
+        if self.lora.is_some() {
+            let values = read_adapter_weights(dir, &self.device)?;
+            self.set_lora_tensors(&values)
+        } else {
+            let values = read_weights(dir, &self.device)?;
+            self.set_tensors(&values)
+        }
+    }
+}

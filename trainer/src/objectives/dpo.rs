@@ -106,6 +106,7 @@ impl DpoObjective {
 
 impl Objective for DpoObjective {
     type Batch = DpoBatch;
+    type Model = dyn JudgeModel;
 
     fn num_examples(&self) -> usize {
         self.data.len()

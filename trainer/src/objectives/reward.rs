@@ -55,6 +55,7 @@ pub fn mean_nll(model: &dyn JudgeModel, data: &RewardData, batch_size: usize) ->
 }
 
 impl Objective for RewardObjective {
+    type Model = dyn JudgeModel;
     type Batch = Vec<RewardExample>;
 
     fn num_examples(&self) -> usize {

@@ -8,7 +8,7 @@ use candle_nn::{Conv2d, VarBuilder};
 use super::resnet::conv2d;
 use crate::diffusion::group_norm::GroupNorm;
 use crate::linear::Linear;
-use crate::nn::{softmax_last_dim, LayerNorm};
+use crate::nn::{gelu_erf, softmax_last_dim, LayerNorm};
 
 /// diffusers' `Attention` as the UNet uses it: no q/k/v biases, `to_out.0` with one.
 #[derive(Clone)]
@@ -84,13 +84,6 @@ impl Module for GegluFeedForward {
         let gate = h.narrow(D::Minus1, self.inner, self.inner)?;
         self.out.forward(&(value * gelu_erf(&gate)?)?)
     }
-}
-
-/// x·Φ(x) = ½x·(1 + erf(x/√2)), composed from `erf`: candle's fused `gelu_erf` backward
-/// writes 1/√(2π) as 0.398942, which put torch's gradients 5e-6 (relative, f64) away.
-fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    let cdf = ((x / std::f64::consts::SQRT_2)?.erf()? + 1.0)?;
-    (x * 0.5)? * cdf
 }
 
 #[derive(Clone)]
