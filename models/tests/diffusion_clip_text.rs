@@ -594,3 +594,43 @@ fn gradients_match_finite_differences() {
         eprintln!("{act}: {checked} partial derivatives, worst relative error {worst:.1e}");
     }
 }
+
+/// Computing in f16 (as pipelines often run `text_encoder_2`) works and stays near the float32
+/// references; the bound is f16 arithmetic's (10-bit mantissa through 3 layers), not the 1e-5
+/// of the float32 checks.
+#[test]
+fn f16_compute_stays_near_the_references() {
+    let e = expected();
+    for (name, key) in [
+        ("text_encoder", "text_encoder.pooler_output"),
+        ("text_encoder_2", "text_encoder_2.text_embeds"),
+    ] {
+        let dir = materialise(name, Form::F16, |_| {}, None);
+        let model = ClipTextModel::load(&dir, DType::F16, &Device::Cpu).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(model.dtype(), DType::F16);
+        let out = model.forward(t(&e, &format!("{name}.input_ids"))).unwrap();
+        let got = match &out.text_embeds {
+            Some(te) => te.clone(),
+            None => out.pooler_output.clone(),
+        };
+        let want = t(&e, key);
+        let diff = (got.to_dtype(DType::F32).unwrap() - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        eprintln!("{name} f16: largest |diff| {diff:.2e} (values up to {scale:.2})");
+        assert!(diff < 1e-2 * scale.max(1.0), "{name} f16: {diff}");
+    }
+}
