@@ -77,12 +77,15 @@ struct TokenSpec {
     lstrip: bool,
     rstrip: bool,
     normalized: bool,
+    special: bool,
 }
 
 impl TokenSpec {
-    /// A plain string is a special token matched on the raw text (`normalized` false); an
-    /// object keeps its flags, `normalized` defaulting to `not special` as `AddedToken` does.
-    fn parse(v: &Value) -> Option<Self> {
+    /// A plain string is a special token matched on the raw text (`normalized` false). An
+    /// object keeps its flags; as transformers builds `AddedToken(**object)`, a missing
+    /// `special` is `special_by_default` (true in special_tokens_map.json, false in
+    /// tokenizer_config.json) and a missing `normalized` is `not special`.
+    fn parse(v: &Value, special_by_default: bool) -> Option<Self> {
         match v {
             Value::String(s) => Some(Self {
                 content: s.clone(),
@@ -90,16 +93,18 @@ impl TokenSpec {
                 lstrip: false,
                 rstrip: false,
                 normalized: false,
+                special: true,
             }),
             Value::Object(m) => {
                 let flag = |k: &str| m.get(k).and_then(Value::as_bool);
-                let special = flag("special").unwrap_or(true);
+                let special = flag("special").unwrap_or(special_by_default);
                 Some(Self {
                     content: m.get("content")?.as_str()?.to_string(),
                     single_word: flag("single_word").unwrap_or(false),
                     lstrip: flag("lstrip").unwrap_or(false),
                     rstrip: flag("rstrip").unwrap_or(false),
                     normalized: flag("normalized").unwrap_or(!special),
+                    special,
                 })
             }
             _ => None,
@@ -107,7 +112,7 @@ impl TokenSpec {
     }
 
     fn added(&self) -> AddedToken {
-        AddedToken::from(self.content.clone(), true)
+        AddedToken::from(self.content.clone(), self.special)
             .single_word(self.single_word)
             .lstrip(self.lstrip)
             .rstrip(self.rstrip)
@@ -183,8 +188,9 @@ impl ClipTokenizer {
             None
         };
 
-        // The special tokens: the config's, the legacy special_tokens_map.json over them.
-        let mut named: serde_json::Map<String, Value> = config
+        // The special tokens: the config's, the legacy special_tokens_map.json over them (each
+        // with the file it came from: their objects' flags default differently).
+        let mut named: std::collections::HashMap<String, (Value, bool)> = config
             .as_object()
             .map(|m| {
                 m.iter()
@@ -193,7 +199,7 @@ impl ClipTokenizer {
                             || *k == "additional_special_tokens"
                             || *k == "extra_special_tokens"
                     })
-                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .map(|(k, v)| (k.clone(), (v.clone(), false)))
                     .collect()
             })
             .unwrap_or_default();
@@ -206,7 +212,7 @@ impl ClipTokenizer {
                 let id = id
                     .parse::<u32>()
                     .map_err(|_| tok_err(dir, format!("added_tokens_decoder id {id:?}")))?;
-                let spec = TokenSpec::parse(tok)
+                let spec = TokenSpec::parse(tok, false)
                     .ok_or_else(|| tok_err(dir, format!("added_tokens_decoder entry {id}")))?;
                 listed.push((id, spec));
             }
@@ -215,7 +221,7 @@ impl ClipTokenizer {
             if map_path.is_file() {
                 if let Some(m) = read_json(&map_path)?.as_object() {
                     for (k, v) in m {
-                        named.insert(k.clone(), v.clone());
+                        named.insert(k.clone(), (v.clone(), true));
                     }
                 }
             }
@@ -226,7 +232,7 @@ impl ClipTokenizer {
             {
                 for tok in added {
                     let id = tok.get("id").and_then(Value::as_u64).map(|i| i as u32);
-                    let (Some(id), Some(spec)) = (id, TokenSpec::parse(tok)) else {
+                    let (Some(id), Some(spec)) = (id, TokenSpec::parse(tok, false)) else {
                         return Err(tok_err(dir, "tokenizer.json has a malformed added token"));
                     };
                     listed.push((id, spec));
@@ -234,18 +240,19 @@ impl ClipTokenizer {
             }
         }
         listed.sort_by_key(|(id, _)| *id);
-        // A named special that is also listed takes the listed token's flags.
-        let resolve = |v: &Value| -> Option<TokenSpec> {
-            let spec = TokenSpec::parse(v)?;
-            Some(
-                listed
-                    .iter()
-                    .find(|(_, l)| l.content == spec.content)
-                    .map(|(_, l)| l.clone())
-                    .unwrap_or(spec),
-            )
+        // A named special that is also listed takes the listed token's flags; either way it is
+        // added as a special token.
+        let resolve = |v: &Value, from_map: bool| -> Option<TokenSpec> {
+            let spec = TokenSpec::parse(v, from_map)?;
+            let mut spec = listed
+                .iter()
+                .find(|(_, l)| l.content == spec.content)
+                .map(|(_, l)| l.clone())
+                .unwrap_or(spec);
+            spec.special = true;
+            Some(spec)
         };
-        let special = |key: &str| named.get(key).and_then(&resolve);
+        let special = |key: &str| named.get(key).and_then(|(v, m)| resolve(v, *m));
         let bos = special("bos_token").map_or(DEFAULT_BOS.to_string(), |s| s.content);
         let eos = special("eos_token").map_or(DEFAULT_EOS.to_string(), |s| s.content);
         let unk = special("unk_token").map_or(DEFAULT_EOS.to_string(), |s| s.content);
@@ -328,14 +335,17 @@ impl ClipTokenizer {
             to_add.extend(special(key));
         }
         for key in ["additional_special_tokens", "extra_special_tokens"] {
-            if let Some(list) = named.get(key).and_then(Value::as_array) {
-                to_add.extend(list.iter().filter_map(&resolve));
+            if let Some((Value::Array(list), from_map)) = named.get(key) {
+                to_add.extend(list.iter().filter_map(|v| resolve(v, *from_map)));
             }
         }
         for spec in &to_add {
-            tokenizer
-                .add_special_tokens([spec.added()])
-                .map_err(|e| tok_err(dir, format!("special token {:?}: {e}", spec.content)))?;
+            let added = if spec.special {
+                tokenizer.add_special_tokens([spec.added()])
+            } else {
+                tokenizer.add_tokens([spec.added()])
+            };
+            added.map_err(|e| tok_err(dir, format!("added token {:?}: {e}", spec.content)))?;
         }
         let untruncated = tokenizer.clone();
         tokenizer
