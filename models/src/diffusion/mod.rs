@@ -3,6 +3,8 @@
 //! backward pass (our norms and softmax, candle's convolutions), so the same forward serves
 //! sampling and training.
 
+pub mod clip_text;
+pub mod clip_tokenizer;
 pub mod component;
 pub mod group_norm;
 pub mod synthetic_weights;
