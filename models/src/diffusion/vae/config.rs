@@ -160,7 +160,7 @@ impl VaeConfig {
         if let Some(c) = self
             .block_out_channels
             .iter()
-            .find(|&&c| c == 0 || c % self.norm_num_groups != 0)
+            .find(|&&c| c == 0 || !c.is_multiple_of(self.norm_num_groups))
         {
             return bad(format!(
                 "block_out_channels {:?}: {c} channels do not split into norm_num_groups {}",

@@ -34,7 +34,7 @@ impl DiagonalGaussian {
     /// Splits moments [B, 2·latent, ...] into mean and log-variance along dimension 1.
     pub fn from_moments(moments: &Tensor) -> Result<Self> {
         let c = moments.dim(1)?;
-        if c % 2 != 0 {
+        if !c.is_multiple_of(2) {
             return Err(Error::Input(format!(
                 "VAE moments have {c} channels: not a mean and a log-variance"
             )));
@@ -157,7 +157,12 @@ impl AutoencoderKL {
             ))
         })?;
         let f = self.downsampling_factor();
-        if c != self.config.in_channels || h % f != 0 || w % f != 0 || h == 0 || w == 0 {
+        if c != self.config.in_channels
+            || !h.is_multiple_of(f)
+            || !w.is_multiple_of(f)
+            || h == 0
+            || w == 0
+        {
             return Err(Error::Input(format!(
                 "VAE encode wants [B, {}, H, W] with H and W multiples of {f}, got {:?}",
                 self.config.in_channels,
