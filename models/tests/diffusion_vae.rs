@@ -140,6 +140,28 @@ fn sdxl_geometry_matches_diffusers() {
 }
 
 #[test]
+fn attention_in_query_runs_gives_the_same_result() {
+    let dir = root().join("sdxl_tiny/model");
+    // 64 x 96 → 8 x 12 = 96 latent positions: 1000 scores a pass is 10 query rows, 10 runs.
+    let vae = AutoencoderKL::load(&dir, DType::F32, &Device::Cpu)
+        .unwrap()
+        .with_attention_scores_per_pass(1000);
+    let exp = expected("sdxl_tiny");
+    let post = vae.encode(get(&exp, "image_64x96", "input")).unwrap();
+    check(
+        "runs of 10 queries: mean",
+        &post.mean,
+        get(&exp, "image_64x96", "mean"),
+    );
+    let decoded = vae.decode(get(&exp, "image_64x96", "sample")).unwrap();
+    check(
+        "runs of 10 queries: decoded",
+        &decoded,
+        get(&exp, "image_64x96", "decoded"),
+    );
+}
+
+#[test]
 fn legacy_attention_names_and_multi_channel_groups_match_diffusers() {
     let dir = root().join("legacy_attention/model");
     let vae = AutoencoderKL::load(&dir, DType::F32, &Device::Cpu).unwrap();
@@ -460,10 +482,23 @@ fn set_entry(v: &Var, i: usize, value: f64) {
 
 #[test]
 fn backward_matches_finite_differences() {
+    backward_check(None);
+}
+
+#[test]
+fn backward_matches_finite_differences_with_attention_in_query_runs() {
+    // 2 images x 15 latent positions: 60 scores a pass is 2 query rows, 8 runs.
+    backward_check(Some(60));
+}
+
+fn backward_check(scores_per_pass: Option<usize>) {
     let dev = Device::Cpu;
     let map = VarMap::new();
     let vb = VarBuilder::from_varmap(&map, DType::F64, &dev);
-    let vae = AutoencoderKL::new(tiny_config(), vb, AttentionNames::Diffusers).unwrap();
+    let mut vae = AutoencoderKL::new(tiny_config(), vb, AttentionNames::Diffusers).unwrap();
+    if let Some(n) = scores_per_pass {
+        vae = vae.with_attention_scores_per_pass(n);
+    }
     fill(&map, 11);
     let mut rng = Rng(99);
     // 6 x 10: the downsample pads to 7 x 11 (its last row and column are the zero pad).

@@ -15,9 +15,10 @@ use crate::linear::Linear;
 
 /// GroupNorm eps of every norm in the VAE (diffusers hard-codes it in Encoder / Decoder).
 const EPS: f64 = 1e-6;
-/// Attention scores computed at once, in elements: larger inputs are split along the
-/// queries (SDXL at 1024 px has 16384 latent positions, 1 GiB of f32 scores per image).
-const SCORES_PER_PASS: usize = 1 << 26;
+/// Attention scores computed at once by default, in elements (256 MiB of f32): larger inputs
+/// are split along the queries (SDXL at 1024 px has 16384 latent positions, 1 GiB of f32
+/// scores per image).
+pub const SCORES_PER_PASS: usize = 1 << 26;
 
 /// Key names of the mid block's attention projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +164,7 @@ struct Attention {
     v: Linear,
     out: Linear,
     channels: usize,
+    scores_per_pass: usize,
 }
 
 impl Attention {
@@ -175,6 +177,7 @@ impl Attention {
             v: linear(vb.pp(v), channels)?,
             out: linear(vb.pp(out), channels)?,
             channels,
+            scores_per_pass: SCORES_PER_PASS,
         })
     }
 }
@@ -202,7 +205,7 @@ impl Module for Attention {
         };
         let kt = k.to_dtype(work)?.transpose(1, 2)?.contiguous()?;
         let scale = 1.0 / (self.channels as f64).sqrt();
-        let rows = (SCORES_PER_PASS / (b * n).max(1)).clamp(1, n);
+        let rows = (self.scores_per_pass / (b * n).max(1)).clamp(1, n);
         let mut parts = Vec::with_capacity(n.div_ceil(rows));
         for start in (0..n).step_by(rows) {
             let len = rows.min(n - start);
@@ -256,6 +259,14 @@ impl MidBlock {
             attention,
             second: ResnetBlock::new(vb.pp("resnets.1"), channels, channels, groups)?,
         })
+    }
+}
+
+impl MidBlock {
+    fn set_scores_per_pass(&mut self, n: usize) {
+        if let Some(a) = &mut self.attention {
+            a.scores_per_pass = n.max(1);
+        }
     }
 }
 
@@ -346,6 +357,12 @@ impl Encoder {
     }
 }
 
+impl Encoder {
+    pub(crate) fn set_scores_per_pass(&mut self, n: usize) {
+        self.mid.set_scores_per_pass(n);
+    }
+}
+
 impl Module for Encoder {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = self.conv_in.forward(x)?;
@@ -406,6 +423,12 @@ impl Decoder {
             norm_out: GroupNorm::new(vb.pp("conv_norm_out"), groups, first, EPS)?,
             conv_out: conv(vb.pp("conv_out"), first, cfg.out_channels, 3, 1, 1)?,
         })
+    }
+}
+
+impl Decoder {
+    pub(crate) fn set_scores_per_pass(&mut self, n: usize) {
+        self.mid.set_scores_per_pass(n);
     }
 }
 

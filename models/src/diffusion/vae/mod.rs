@@ -15,7 +15,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
-pub use blocks::{upsample_nearest_2x, AttentionNames};
+pub use blocks::{upsample_nearest_2x, AttentionNames, SCORES_PER_PASS};
 pub use config::{SampleSize, VaeConfig, DOWN_BLOCK, UP_BLOCK};
 
 use super::component::{open_component, DIFFUSERS_WEIGHTS};
@@ -118,6 +118,15 @@ impl AutoencoderKL {
             device: vb.device().clone(),
             config,
         })
+    }
+
+    /// Bounds the mid blocks' attention scores held at once to `n` elements (default
+    /// [`SCORES_PER_PASS`]): the queries are taken in runs that fit. The result is the same;
+    /// without a gradient graph, peak memory follows `n`.
+    pub fn with_attention_scores_per_pass(mut self, n: usize) -> Self {
+        self.encoder.set_scores_per_pass(n);
+        self.decoder.set_scores_per_pass(n);
+        self
     }
 
     pub fn config(&self) -> &VaeConfig {
