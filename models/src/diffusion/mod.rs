@@ -9,3 +9,4 @@ pub mod component;
 pub mod group_norm;
 pub mod synthetic_weights;
 pub mod unet;
+pub mod vae;
