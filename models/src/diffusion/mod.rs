@@ -5,3 +5,4 @@
 
 pub mod component;
 pub mod group_norm;
+pub mod scheduler;
