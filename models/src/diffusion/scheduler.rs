@@ -160,6 +160,20 @@ pub enum VarianceType {
     LearnedRange,
 }
 
+impl VarianceType {
+    /// The name in `scheduler_config.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            VarianceType::FixedSmall => "fixed_small",
+            VarianceType::FixedSmallLog => "fixed_small_log",
+            VarianceType::FixedLarge => "fixed_large",
+            VarianceType::FixedLargeLog => "fixed_large_log",
+            VarianceType::Learned => "learned",
+            VarianceType::LearnedRange => "learned_range",
+        }
+    }
+}
+
 /// A scheduler's `scheduler_config.json`, as diffusers' `from_config` reads it.
 ///
 /// Settings whose default depends on the class (`timestep_spacing`, `set_alpha_to_one`,
@@ -309,8 +323,9 @@ impl SchedulerConfig {
                         | VarianceType::FixedLarge => {}
                         other => {
                             return refuse(&format!(
-                                "variance_type {other:?} is not implemented (fixed_small, \
-                                 fixed_small_log and fixed_large are)"
+                                "variance_type \"{}\" is not implemented (fixed_small, \
+                                 fixed_small_log and fixed_large are)",
+                                other.name()
                             ))
                         }
                     }
@@ -1363,7 +1378,8 @@ impl Sampler {
             VarianceType::FixedLarge => cur_beta.sqrt(),
             other => {
                 return Err(Error::Config(format!(
-                    "DDPMScheduler: variance_type {other:?} is not implemented"
+                    "DDPMScheduler: variance_type \"{}\" is not implemented",
+                    other.name()
                 )))
             }
         };
