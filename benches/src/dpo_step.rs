@@ -86,10 +86,14 @@ impl<O: Objective> Objective for Timed<O> {
         self.inner.num_examples()
     }
 
-    fn prepare(&self, indices: &[usize]) -> unireward_trainer::Result<Prepared<O::Batch>> {
+    fn prepare(
+        &self,
+        indices: &[usize],
+        position: usize,
+    ) -> unireward_trainer::Result<Prepared<O::Batch>> {
         let t = Instant::now();
         self.step_starts.borrow_mut().push(t);
-        let out = self.inner.prepare(indices);
+        let out = self.inner.prepare(indices, position);
         self.prepare_s.borrow_mut().push(t.elapsed().as_secs_f64());
         out
     }

@@ -59,8 +59,10 @@ pub trait Objective {
 
     fn num_examples(&self) -> usize;
 
-    /// Loads and tokenizes the examples at `indices`.
-    fn prepare(&self, indices: &[usize]) -> Result<Prepared<Self::Batch>>;
+    /// Loads and tokenizes the examples at `indices`; `position` is where the first of them
+    /// stands in the run's stream of examples (a function of the step, so an objective that
+    /// draws noise per visit draws the same after a resume).
+    fn prepare(&self, indices: &[usize], position: usize) -> Result<Prepared<Self::Batch>>;
 
     fn forward(&self, model: &Self::Model, batch: &Self::Batch) -> Result<Forward>;
 
@@ -243,7 +245,8 @@ pub fn train<T: Trainee, O: Objective<Model = T::Model>>(
         let indices: Vec<usize> = (first..end).map(|k| order.example(k)).collect();
         let micro = indices
             .chunks(cfg.batch_size)
-            .map(|c| objective.prepare(c))
+            .enumerate()
+            .map(|(i, c)| objective.prepare(c, first + i * cfg.batch_size))
             .collect::<Result<Vec<_>>>()?;
         if step == start {
             let shape = micro

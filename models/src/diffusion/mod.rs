@@ -9,5 +9,6 @@ pub mod component;
 pub mod group_norm;
 pub mod scheduler;
 pub mod synthetic_weights;
+pub mod train_image;
 pub mod unet;
 pub mod vae;

@@ -112,7 +112,7 @@ impl Objective for DpoObjective {
         self.data.len()
     }
 
-    fn prepare(&self, indices: &[usize]) -> Result<Prepared<DpoBatch>> {
+    fn prepare(&self, indices: &[usize], _position: usize) -> Result<Prepared<DpoBatch>> {
         let examples = indices
             .iter()
             .map(|&i| self.data.prepare(i))

@@ -62,7 +62,7 @@ impl Objective for RewardObjective {
         self.data.len()
     }
 
-    fn prepare(&self, indices: &[usize]) -> Result<Prepared<Self::Batch>> {
+    fn prepare(&self, indices: &[usize], _position: usize) -> Result<Prepared<Self::Batch>> {
         let batch = indices
             .iter()
             .map(|&i| self.data.prepare(i))
