@@ -33,6 +33,7 @@ pub mod optim;
 pub mod schedule;
 pub mod train_loop;
 pub mod trainee;
+pub mod unet_trainee;
 pub mod varmap_model;
 
 pub use error::{Error, Result};

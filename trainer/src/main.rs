@@ -1,6 +1,7 @@
 //! `trainer reward` (supervised fine-tuning on judge data) and `trainer dpo --kind vlm`
-//! (DPO on preference pairs) for the LLaVA-OneVision reward model, on the CPU, training the
-//! weights or LoRA adapters; `trainer merge-lora` merges an adapter into its base model.
+//! (DPO on preference pairs) for the LLaVA-OneVision reward model, training the weights or
+//! LoRA adapters; `trainer dpo --kind diffusion` (Diffusion-DPO of a diffusers pipeline's
+//! UNet on image pairs); `trainer merge-lora` merges an adapter into its base model.
 
 // Tensors of a few MB are allocated and freed per op; glibc's malloc returns them to the
 // system each time, and faulting the pages back in cost a fifth of a CPU forward.
@@ -13,12 +14,18 @@ use anyhow::{Context, Result};
 use candle_core::DType;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use unireward_models::device::parse_device;
+use unireward_models::diffusion::vae::AutoencoderKL;
 use unireward_trainer::checkpoint_keys::TrainParts;
+use unireward_trainer::data::diffusion_pairs::DiffusionPairs;
 use unireward_trainer::data::dpo::DpoData;
 use unireward_trainer::data::reward::RewardData;
 use unireward_trainer::data::Preparer;
 use unireward_trainer::lora::{merge, LoraConfig};
+use unireward_trainer::loss::diffusion_dpo;
 use unireward_trainer::loss::dpo::{DpoLossKind, DpoParams};
+use unireward_trainer::objectives::diffusion_dpo::{
+    Conditioner, DiffusionDpoObjective, LatentEncoder, TimestepDraw,
+};
 use unireward_trainer::objectives::dpo::{
     load_or_compute_reference, reference_fingerprint, warn_identical_pairs,
 };
@@ -28,6 +35,7 @@ use unireward_trainer::schedule::ScheduleKind;
 use unireward_trainer::train_loop::{
     check_fresh_out, check_resume_data, train, LoopConfig, TrainSummary,
 };
+use unireward_trainer::unet_trainee::UNetTrainee;
 use unireward_trainer::varmap_model::VarMapModel;
 
 #[derive(Parser)]
@@ -211,6 +219,17 @@ struct RewardArgs {
 enum Kind {
     /// The reward model itself (LLaVA-OneVision), on text answers.
     Vlm,
+    /// A diffusers text-to-image pipeline's UNet (SD 1.5, SDXL, SDXL-Turbo), on image pairs
+    /// (Diffusion-DPO, as DiffusionDPO's train.py).
+    Diffusion,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TimestepArg {
+    /// Uniform over the schedule's training steps.
+    Uniform,
+    /// SDXL-Turbo's grid 250k + 249.
+    Turbo,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -227,8 +246,9 @@ struct DpoArgs {
     kind: Kind,
     #[command(flatten)]
     common: Common,
-    #[arg(long, default_value_t = 0.1)]
-    beta: f64,
+    /// DPO's beta [default: 0.1 for vlm; 5000 for diffusion, train.py's --beta_dpo].
+    #[arg(long)]
+    beta: Option<f64>,
     /// sigmoid, ipo or hinge.
     #[arg(long, default_value = "sigmoid")]
     loss: DpoLossKind,
@@ -238,8 +258,24 @@ struct DpoArgs {
     /// Weight of an SFT term on the chosen answers (mean NLL per token).
     #[arg(long, default_value_t = 0.0)]
     sft_weight: f64,
-    #[arg(long = "ref", value_enum, default_value = "precompute")]
-    reference: RefKind,
+    /// vlm: the reference's log-probs precomputed (default) or a frozen copy run per batch.
+    /// Diffusion always runs a frozen copy of the starting UNet.
+    #[arg(long = "ref", value_enum)]
+    reference: Option<RefKind>,
+    /// diffusion: the training images' side, in pixels [default: 512; 1024 for SDXL].
+    #[arg(long)]
+    resolution: Option<u32>,
+    /// diffusion: no random horizontal flip of the training images (train.py's --no_hflip).
+    #[arg(long)]
+    no_hflip: bool,
+    /// diffusion: encode each image with the VAE once and keep its latent distribution in
+    /// OUT/latent_cache/ (the sample is still drawn per visit).
+    #[arg(long)]
+    cache_latents: bool,
+    /// diffusion: how timesteps are drawn [default: turbo when the model path names
+    /// "turbo", as train.py decides, else uniform].
+    #[arg(long, value_enum)]
+    timesteps: Option<TimestepArg>,
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {
@@ -395,10 +431,21 @@ fn run_reward(args: RewardArgs) -> Result<()> {
 }
 
 fn run_dpo(args: DpoArgs) -> Result<()> {
-    let Kind::Vlm = args.kind;
+    if let Kind::Diffusion = args.kind {
+        return run_diffusion_dpo(args);
+    }
     let c = &args.common;
+    let diffusion_only = [
+        ("--resolution", args.resolution.is_some()),
+        ("--no-hflip", args.no_hflip),
+        ("--cache-latents", args.cache_latents),
+        ("--timesteps", args.timesteps.is_some()),
+    ];
+    if let Some((flag, _)) = diffusion_only.iter().find(|(_, set)| *set) {
+        anyhow::bail!("{flag} applies to --kind diffusion only");
+    }
     let params = DpoParams {
-        beta: args.beta,
+        beta: args.beta.unwrap_or(0.1),
         loss: args.loss,
         label_smoothing: args.label_smoothing,
     };
@@ -417,7 +464,7 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
     let mut model = c.load_model()?;
     let data = DpoData::read(&c.data, c.preparer(&model, &c.data)?)?;
     warn_identical_pairs(&data);
-    let reference = match args.reference {
+    let reference = match args.reference.unwrap_or(RefKind::Precompute) {
         RefKind::Frozen => Reference::Frozen(model.frozen_copy()?),
         RefKind::Precompute => {
             // The reference is the starting model: a resumed run reads the cache (or
@@ -444,6 +491,84 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
         reference,
     };
     let summary = train(&mut model, &objective, &cfg)?;
+    report(&summary, &c.out);
+    Ok(())
+}
+
+fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
+    let c = &args.common;
+    let vlm_only = [
+        ("--lora-rank", c.lora.lora_rank.is_some()),
+        ("--grad-checkpointing", c.grad_checkpointing),
+        (
+            "--loss other than sigmoid",
+            args.loss != DpoLossKind::Sigmoid,
+        ),
+        ("--label-smoothing", args.label_smoothing != 0.0),
+        ("--sft-weight", args.sft_weight != 0.0),
+        (
+            "--ref precompute",
+            matches!(args.reference, Some(RefKind::Precompute)),
+        ),
+        ("--max-length", c.max_length.is_some()),
+    ];
+    if let Some((flag, _)) = vlm_only.iter().find(|(_, set)| *set) {
+        anyhow::bail!("{flag} is not supported with --kind diffusion");
+    }
+    if args.resolution == Some(0) {
+        anyhow::bail!("--resolution must be at least 1, got 0");
+    }
+    // train.py's --learning_rate 1e-8 with --scale_lr (both launchers): times the pairs of
+    // an optimizer step.
+    let cfg = c.loop_config(1e-8 * (c.batch_size * c.grad_accum) as f64, 0.0);
+    c.validate(&cfg)?;
+    c.check_out()?;
+    let beta = args.beta.unwrap_or(diffusion_dpo::DEFAULT_BETA);
+    let dtype = parse_dtype(&c.dtype)?;
+    let device = parse_device(&c.device)?;
+    let model_dir = &c.model;
+    let mut unet = UNetTrainee::load(model_dir, dtype, &device)
+        .with_context(|| format!("loading the UNet of {}", model_dir.display()))?;
+    let sdxl = unet.spec().text_time.is_some();
+    let resolution = args.resolution.unwrap_or(if sdxl { 1024 } else { 512 });
+    let timesteps = match args.timesteps {
+        Some(TimestepArg::Turbo) => TimestepDraw::Turbo,
+        Some(TimestepArg::Uniform) => TimestepDraw::Uniform,
+        None if model_dir.to_string_lossy().to_lowercase().contains("turbo") => {
+            tracing::info!("trainer: the model path names turbo: timesteps on the Turbo grid");
+            TimestepDraw::Turbo
+        }
+        None => TimestepDraw::Uniform,
+    };
+    let (schedule, prediction) = DiffusionDpoObjective::noise_schedule(model_dir)?;
+    // The frozen parts in f32: SDXL's VAE overflows in half precision (diffusers upcasts it).
+    let vae = AutoencoderKL::load(&model_dir.join("vae"), DType::F32, &device)?;
+    let conditioner = Conditioner::load(model_dir, sdxl, resolution, DType::F32, &device)?;
+    let reference = DiffusionDpoObjective::load_reference(model_dir, dtype, &device)?;
+    let root = match &c.media_root {
+        Some(r) => r.clone(),
+        None => c.data.parent().unwrap_or(Path::new(".")).to_path_buf(),
+    };
+    let data = DiffusionPairs::read(&c.data, &root)?;
+    let objective = DiffusionDpoObjective {
+        data,
+        data_file: c.data.clone(),
+        latents: LatentEncoder {
+            vae,
+            resolution,
+            cache: args.cache_latents.then(|| c.out.join("latent_cache")),
+        },
+        conditioner,
+        reference,
+        schedule,
+        prediction,
+        beta,
+        timesteps,
+        hflip: !args.no_hflip,
+        seed: c.seed,
+        dtype,
+    };
+    let summary = train(&mut unet, &objective, &cfg)?;
     report(&summary, &c.out);
     Ok(())
 }

@@ -43,10 +43,8 @@ impl UNetTrainee {
             .map(|(k, t)| Ok((k, Var::from_tensor(&t.to_dtype(dtype)?)?)))
             .collect::<Result<_>>()?;
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let model = build(&spec, &vars, dtype, device).map_err(|e| Error::Config(format!(
-            "{}: {e}",
-            dir.display()
-        )))?;
+        let model = build(&spec, &vars, dtype, device)
+            .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
         Ok(Self {
             spec,
             vars,

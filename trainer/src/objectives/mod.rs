@@ -1,5 +1,6 @@
 //! The two things the trainer optimises, as [`crate::train_loop::Objective`]s.
 
+pub mod diffusion_dpo;
 pub mod dpo;
 pub mod reward;
 
