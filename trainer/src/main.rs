@@ -276,6 +276,12 @@ struct DpoArgs {
     /// "turbo", as train.py decides, else uniform].
     #[arg(long, value_enum)]
     timesteps: Option<TimestepArg>,
+    /// diffusion: held-out pairs, judged at fixed draws: eval_loss and eval_implicit_acc.
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    /// diffusion: evaluate every N steps (and at the last); default: only at the last.
+    #[arg(long, requires = "eval_data")]
+    eval_every: Option<usize>,
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {
@@ -440,6 +446,7 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
         ("--no-hflip", args.no_hflip),
         ("--cache-latents", args.cache_latents),
         ("--timesteps", args.timesteps.is_some()),
+        ("--eval-data", args.eval_data.is_some()),
     ];
     if let Some((flag, _)) = diffusion_only.iter().find(|(_, set)| *set) {
         anyhow::bail!("{flag} applies to --kind diffusion only");
@@ -520,7 +527,13 @@ fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
     }
     // train.py's --learning_rate 1e-8 with --scale_lr (both launchers): times the pairs of
     // an optimizer step.
-    let cfg = c.loop_config(1e-8 * (c.batch_size * c.grad_accum) as f64, 0.0);
+    let mut cfg = c.loop_config(1e-8 * (c.batch_size * c.grad_accum) as f64, 0.0);
+    if args.eval_every == Some(0) {
+        anyhow::bail!("--eval-every must be at least 1, got 0");
+    }
+    if args.eval_data.is_some() {
+        cfg.eval_every = Some(args.eval_every.unwrap_or(usize::MAX));
+    }
     c.validate(&cfg)?;
     c.check_out()?;
     let beta = args.beta.unwrap_or(diffusion_dpo::DEFAULT_BETA);
@@ -550,8 +563,13 @@ fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
         None => c.data.parent().unwrap_or(Path::new(".")).to_path_buf(),
     };
     let data = DiffusionPairs::read(&c.data, &root)?;
+    let eval = match &args.eval_data {
+        Some(path) => Some(DiffusionPairs::read(path, &root)?),
+        None => None,
+    };
     let objective = DiffusionDpoObjective {
         data,
+        eval,
         data_file: c.data.clone(),
         latents: LatentEncoder {
             vae,

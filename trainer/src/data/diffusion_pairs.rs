@@ -52,11 +52,14 @@ fn parse(v: &Value, position: usize) -> std::result::Result<Parsed, String> {
             .get("label_0")
             .and_then(Value::as_f64)
             .ok_or("`label_0` must be a number (1: jpg_0 preferred, 0: jpg_1, 0.5: tie)")?;
-        let (chosen, rejected) = match label {
-            l if l == 1.0 => (jpg_0, jpg_1),
-            l if l == 0.0 => (jpg_1, jpg_0),
-            l if l == 0.5 => return Ok(Parsed::Skip),
-            l => return Err(format!("`label_0` is {l}; expected 1, 0 or 0.5")),
+        let (chosen, rejected) = if label == 1.0 {
+            (jpg_0, jpg_1)
+        } else if label == 0.0 {
+            (jpg_1, jpg_0)
+        } else if label == 0.5 {
+            return Ok(Parsed::Skip);
+        } else {
+            return Err(format!("`label_0` is {label}; expected 1, 0 or 0.5"));
         };
         return Ok(Parsed::Pair(DiffusionPair {
             id,

@@ -50,16 +50,11 @@ pub enum TimestepDraw {
 }
 
 /// The frozen text encoders and what the UNet takes from them.
-pub enum Conditioner {
-    Sd15 {
-        tokenizer: ClipTokenizer,
-        encoder: ClipTextModel,
-    },
-    Sdxl {
-        tokenizers: [ClipTokenizer; 2],
-        encoders: [ClipTextModel; 2],
-        resolution: u32,
-    },
+pub struct Conditioner {
+    /// SD 1.5's one encoder, or SDXL's two in pipeline order.
+    encoders: Vec<(ClipTokenizer, ClipTextModel)>,
+    /// SDXL: the resolution its time ids state; `None` for SD 1.5.
+    sdxl_resolution: Option<u32>,
 }
 
 /// Prompt embeddings [B, 77, D] and, for SDXL, the pooled embedding and the time ids.
@@ -77,49 +72,56 @@ impl Conditioner {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let tok = |d: &str| ClipTokenizer::from_dir(&pipeline.join(d));
-        let enc = |d: &str| ClipTextModel::load(&pipeline.join(d), dtype, device);
-        Ok(if sdxl {
-            Conditioner::Sdxl {
-                tokenizers: [tok("tokenizer")?, tok("tokenizer_2")?],
-                encoders: [enc("text_encoder")?, enc("text_encoder_2")?],
-                resolution,
-            }
+        let dirs: &[(&str, &str)] = if sdxl {
+            &[
+                ("tokenizer", "text_encoder"),
+                ("tokenizer_2", "text_encoder_2"),
+            ]
         } else {
-            Conditioner::Sd15 {
-                tokenizer: tok("tokenizer")?,
-                encoder: enc("text_encoder")?,
-            }
+            &[("tokenizer", "text_encoder")]
+        };
+        let encoders = dirs
+            .iter()
+            .map(|(tok, enc)| {
+                Ok((
+                    ClipTokenizer::from_dir(&pipeline.join(tok))?,
+                    ClipTextModel::load(&pipeline.join(enc), dtype, device)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            encoders,
+            sdxl_resolution: sdxl.then_some(resolution),
         })
     }
 
+    pub fn is_sdxl(&self) -> bool {
+        self.sdxl_resolution.is_some()
+    }
+
     pub fn encode(&self, captions: &[&str]) -> Result<Conditioning> {
-        match self {
-            Conditioner::Sd15 { tokenizer, encoder } => {
-                let out = encoder.encode_prompts(tokenizer, captions)?;
-                Ok(Conditioning {
-                    context: sd15_prompt_embeds(encoder, &out, None)?.detach(),
-                    added: None,
-                })
-            }
-            Conditioner::Sdxl {
-                tokenizers,
-                encoders,
-                resolution,
-            } => {
-                let a = encoders[0].encode_prompts(&tokenizers[0], captions)?;
-                let b = encoders[1].encode_prompts(&tokenizers[1], captions)?;
-                let (context, pooled) = sdxl_prompt_embeds(&[&a, &b], None)?;
-                let r = *resolution as f32;
-                let ids = [r, r, 0.0, 0.0, r, r].repeat(captions.len());
-                let time_ids = Tensor::from_vec(ids, (captions.len(), 6), context.device())?
-                    .to_dtype(context.dtype())?;
-                Ok(Conditioning {
-                    context: context.detach(),
-                    added: Some((pooled.detach(), time_ids)),
-                })
-            }
-        }
+        let outputs = self
+            .encoders
+            .iter()
+            .map(|(tokenizer, encoder)| encoder.encode_prompts(tokenizer, captions))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let Some(resolution) = self.sdxl_resolution else {
+            let (_, encoder) = &self.encoders[0];
+            return Ok(Conditioning {
+                context: sd15_prompt_embeds(encoder, &outputs[0], None)?.detach(),
+                added: None,
+            });
+        };
+        let refs: Vec<_> = outputs.iter().collect();
+        let (context, pooled) = sdxl_prompt_embeds(&refs, None)?;
+        let r = resolution as f32;
+        let ids = [r, r, 0.0, 0.0, r, r].repeat(captions.len());
+        let time_ids = Tensor::from_vec(ids, (captions.len(), 6), context.device())?
+            .to_dtype(context.dtype())?;
+        Ok(Conditioning {
+            context: context.detach(),
+            added: Some((pooled.detach(), time_ids)),
+        })
     }
 }
 
@@ -200,6 +202,8 @@ impl LatentEncoder {
 
 pub struct DiffusionDpoObjective {
     pub data: DiffusionPairs,
+    /// Held-out pairs, judged at fixed draws by [`Objective::evaluate`].
+    pub eval: Option<DiffusionPairs>,
     pub data_file: PathBuf,
     pub latents: LatentEncoder,
     pub conditioner: Conditioner,
@@ -223,6 +227,11 @@ pub struct DiffusionBatch {
     pub added: Option<(Tensor, Tensor)>,
     pub pairs: usize,
 }
+
+/// Where evaluation draws stand in the stream: far past any run's training positions.
+const EVAL_POSITION: usize = 1 << 40;
+/// Draws per held-out pair: one timestep says little (the loss swings with it).
+const EVAL_DRAWS: usize = 8;
 
 /// What each random draw of an example's visit is for.
 #[derive(Clone, Copy)]
@@ -274,17 +283,13 @@ impl DiffusionDpoObjective {
             device,
         )?)
     }
-}
-
-impl Objective for DiffusionDpoObjective {
-    type Batch = DiffusionBatch;
-    type Model = UNet2DConditionModel;
-
-    fn num_examples(&self) -> usize {
-        self.data.pairs.len()
-    }
-
-    fn prepare(&self, indices: &[usize], position: usize) -> Result<Prepared<DiffusionBatch>> {
+    /// A micro-batch of `data`'s pairs at `indices`, the first at stream `position`.
+    pub fn prepare_from(
+        &self,
+        data: &DiffusionPairs,
+        indices: &[usize],
+        position: usize,
+    ) -> Result<Prepared<DiffusionBatch>> {
         let mut chosen = Vec::with_capacity(indices.len());
         let mut rejected = Vec::with_capacity(indices.len());
         let mut noise = Vec::with_capacity(indices.len());
@@ -292,7 +297,7 @@ impl Objective for DiffusionDpoObjective {
         let n_train = self.schedule.num_train_timesteps();
         for (i, &index) in indices.iter().enumerate() {
             let pos = position + i;
-            let pair = &self.data.pairs[index];
+            let pair = &data.pairs[index];
             let flips = draw_seed(self.seed, pos, Draw::Flips);
             let (flip_c, flip_r) = (self.hflip && flips & 1 == 1, self.hflip && flips & 2 == 2);
             let latents = |path: &Path, flip, draw| {
@@ -332,7 +337,7 @@ impl Objective for DiffusionDpoObjective {
             .target(self.prediction, &latents, &noise, &timesteps)?;
         let captions: Vec<&str> = indices
             .iter()
-            .map(|&i| self.data.pairs[i].caption.as_str())
+            .map(|&i| data.pairs[i].caption.as_str())
             .collect();
         let cond = self.conditioner.encode(&captions)?;
         let twice = |t: &Tensor| Tensor::cat(&[t, t], 0);
@@ -361,6 +366,19 @@ impl Objective for DiffusionDpoObjective {
                 pairs,
             },
         })
+    }
+}
+
+impl Objective for DiffusionDpoObjective {
+    type Batch = DiffusionBatch;
+    type Model = UNet2DConditionModel;
+
+    fn num_examples(&self) -> usize {
+        self.data.pairs.len()
+    }
+
+    fn prepare(&self, indices: &[usize], position: usize) -> Result<Prepared<DiffusionBatch>> {
+        self.prepare_from(&self.data, indices, position)
     }
 
     fn forward(&self, model: &UNet2DConditionModel, b: &DiffusionBatch) -> Result<Forward> {
@@ -393,6 +411,35 @@ impl Objective for DiffusionDpoObjective {
         })
     }
 
+    /// The held-out pairs' mean loss and implicit accuracy over [`EVAL_DRAWS`] draws of each,
+    /// every pair at the same draws
+    /// (noise, timestep, flips, latent sample) every time, so that evaluations are comparable
+    /// across steps and runs.
+    fn evaluate(&self, model: &UNet2DConditionModel) -> Result<Vec<(String, f64)>> {
+        let Some(eval) = &self.eval else {
+            return Ok(Vec::new());
+        };
+        let (mut loss, mut accurate) = (0.0, 0.0);
+        for draw in 0..EVAL_DRAWS {
+            for index in 0..eval.pairs.len() {
+                let position = EVAL_POSITION + draw * eval.pairs.len() + index;
+                let batch = self.prepare_from(eval, &[index], position)?;
+                let fwd = self.forward(model, &batch.batch)?;
+                loss += fwd.loss_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                accurate += fwd
+                    .metric_sums
+                    .iter()
+                    .find(|(k, _)| k == "implicit_acc")
+                    .map_or(0.0, |(_, v)| *v);
+            }
+        }
+        let n = (EVAL_DRAWS * eval.pairs.len()).max(1) as f64;
+        Ok(vec![
+            ("eval_loss".into(), loss / n),
+            ("eval_implicit_acc".into(), accurate / n),
+        ])
+    }
+
     fn describe(&self) -> Value {
         json!({
             "kind": "diffusion-dpo",
@@ -401,7 +448,7 @@ impl Objective for DiffusionDpoObjective {
             "resolution": self.latents.resolution,
             "hflip": self.hflip,
             "prediction_type": format!("{:?}", self.prediction),
-            "sdxl": matches!(self.conditioner, Conditioner::Sdxl { .. }),
+            "sdxl": self.conditioner.is_sdxl(),
         })
     }
 
