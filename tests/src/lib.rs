@@ -1,5 +1,6 @@
 //! Support for the workspace-level tests: where the golden data lives and what its cases say.
 
+pub mod diffusion_pipeline;
 pub mod http;
 
 use std::collections::HashMap;
