@@ -1,7 +1,7 @@
-//! Text-to-image sampling (`unireward_models::diffusion::pipeline`) on the tiny SD 1.5
-//! pipeline of `unireward_tests::diffusion_pipeline`, against diffusers'
-//! `StableDiffusionPipeline` (`fixtures/diffusion/pipeline`, made by
-//! `scripts/golden/make_pipeline.py` with our seeded initial latents and step noise).
+//! Text-to-image sampling (`unireward_models::diffusion::pipeline`) on the tiny SD 1.5 and
+//! SDXL pipelines of `unireward_tests::diffusion_pipeline`, against diffusers'
+//! `StableDiffusionPipeline` and `StableDiffusionXLPipeline` (`fixtures/diffusion/pipeline`,
+//! made by `scripts/golden/make_pipeline.py` with our seeded initial latents and step noise).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,7 +15,9 @@ use unireward_models::diffusion::pipeline::{GenerateOptions, PipelineKind, TextT
 use unireward_models::diffusion::scheduler::{Sampler, SchedulerConfig};
 use unireward_models::diffusion::unet::UNet2DConditionModel;
 use unireward_models::diffusion::vae::AutoencoderKL;
-use unireward_tests::diffusion_pipeline::{tiny_sd15_pipeline_with, TinyScheduler, TINY_SD15_SIZE};
+use unireward_tests::diffusion_pipeline::{
+    tiny_sd15_pipeline_with, tiny_sdxl_pipeline_with, TinyScheduler, TINY_SD15_SIZE,
+};
 
 fn fixture() -> PathBuf {
     unireward_tests::repo_dir().join("fixtures/diffusion/pipeline")
@@ -29,6 +31,7 @@ struct Cases {
 #[derive(Deserialize)]
 struct Case {
     name: String,
+    pipeline: String,
     scheduler: String,
     prompts: Vec<String>,
     negative_prompts: Option<Vec<String>>,
@@ -52,8 +55,16 @@ fn tiny_scheduler(name: &str) -> Result<TinyScheduler> {
 }
 
 fn tiny(sched: TinyScheduler) -> Result<(tempfile::TempDir, TextToImage)> {
+    tiny_of("sd15", sched)
+}
+
+fn tiny_of(pipeline: &str, sched: TinyScheduler) -> Result<(tempfile::TempDir, TextToImage)> {
     let tmp = tempfile::tempdir()?;
-    tiny_sd15_pipeline_with(tmp.path(), sched)?;
+    match pipeline {
+        "sd15" => tiny_sd15_pipeline_with(tmp.path(), sched)?,
+        "sdxl" => tiny_sdxl_pipeline_with(tmp.path(), sched)?,
+        other => anyhow::bail!("unknown pipeline {other}"),
+    }
     let pipe = TextToImage::load(tmp.path(), DType::F32, &Device::Cpu)?;
     Ok((tmp, pipe))
 }
@@ -86,11 +97,18 @@ fn the_tiny_pipeline_loads_component_by_component() -> Result<()> {
         assert_eq!(te.hidden_size(), 32);
         assert_eq!(unet.spec().in_channels, vae.latent_channels());
     }
+    let tmp = tempfile::tempdir()?;
+    tiny_sdxl_pipeline_with(tmp.path(), TinyScheduler::EulerAncestralTrailing)?;
+    let te2 = ClipTextModel::load(&tmp.path().join("text_encoder_2"), DType::F32, &Device::Cpu)?;
+    assert_eq!(te2.config().projection_dim, 48);
+    ClipTokenizer::from_dir(&tmp.path().join("tokenizer_2"))?;
+    let unet = UNet2DConditionModel::load(&tmp.path().join("unet"), DType::F32, &Device::Cpu)?;
+    assert_eq!(unet.spec().cross_attention_dim, 32 + 48);
     Ok(())
 }
 
 #[test]
-fn sampling_matches_diffusers_stable_diffusion_pipeline() -> Result<()> {
+fn sampling_matches_diffusers_sd_and_sdxl_pipelines() -> Result<()> {
     let cases: Cases =
         serde_json::from_str(&std::fs::read_to_string(fixture().join("cases.json"))?)?;
     let golden =
@@ -101,16 +119,20 @@ fn sampling_matches_diffusers_stable_diffusion_pipeline() -> Result<()> {
             .cloned()
             .with_context(|| format!("golden {k}"))
     };
-    let mut pipes: HashMap<String, (tempfile::TempDir, TextToImage)> = HashMap::new();
+    let mut pipes: HashMap<(String, String), (tempfile::TempDir, TextToImage)> = HashMap::new();
     let mut report = Vec::new();
     for case in &cases.cases {
-        if !pipes.contains_key(&case.scheduler) {
-            pipes.insert(
-                case.scheduler.clone(),
-                tiny(tiny_scheduler(&case.scheduler)?)?,
-            );
+        let key = (case.pipeline.clone(), case.scheduler.clone());
+        if !pipes.contains_key(&key) {
+            let sched = tiny_scheduler(&case.scheduler)?;
+            pipes.insert(key.clone(), tiny_of(&case.pipeline, sched)?);
         }
-        let pipe = &pipes[&case.scheduler].1;
+        let pipe = &pipes[&key].1;
+        let kind = match case.pipeline.as_str() {
+            "sdxl" => PipelineKind::StableDiffusionXl,
+            _ => PipelineKind::StableDiffusion,
+        };
+        assert_eq!(pipe.kind(), kind, "{}", case.name);
         let prompts: Vec<&str> = case.prompts.iter().map(String::as_str).collect();
         let negatives: Option<Vec<&str>> = case
             .negative_prompts
@@ -336,5 +358,34 @@ fn bad_requests_are_refused_with_what_is_wrong() -> Result<()> {
         .context("T5 loaded")?
         .to_string();
     assert!(err.contains("text_encoder is a T5EncoderModel"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn sdxl_guides_from_zeros_without_a_negative_prompt_unless_told_otherwise() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    tiny_sdxl_pipeline_with(tmp.path(), TinyScheduler::EulerDiscrete)?;
+    let pipe = TextToImage::load(tmp.path(), DType::F32, &Device::Cpu)?;
+    assert_eq!(pipe.kind(), PipelineKind::StableDiffusionXl);
+    assert_eq!(pipe.vae().config().scaling_factor, 0.13025);
+    let zeros = pipe.sample_latents(&["a boat"], None, &opts(5.0, 2, 1))?;
+    let empty = pipe.sample_latents(&["a boat"], Some(&[""]), &opts(5.0, 2, 1))?;
+    assert!(
+        max_diff(&zeros, &empty)? > 1e-3,
+        "zeros and \"\" guided alike"
+    );
+    // force_zeros_for_empty_prompt false: no negative prompt means "".
+    let index = tmp.path().join("model_index.json");
+    let text = std::fs::read_to_string(&index)?;
+    std::fs::write(
+        &index,
+        text.replace(
+            "\"force_zeros_for_empty_prompt\": true",
+            "\"force_zeros_for_empty_prompt\": false",
+        ),
+    )?;
+    let pipe = TextToImage::load(tmp.path(), DType::F32, &Device::Cpu)?;
+    let none = pipe.sample_latents(&["a boat"], None, &opts(5.0, 2, 1))?;
+    assert_eq!(max_diff(&none, &empty)?, 0.0);
     Ok(())
 }

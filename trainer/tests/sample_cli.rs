@@ -227,3 +227,40 @@ fn a_seed_gives_the_same_images_and_a_second_run_resumes() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn sample_draws_from_an_sdxl_turbo_like_pipeline() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let model = tmp.path().join("sdxl");
+    unireward_tests::diffusion_pipeline::tiny_sdxl_pipeline_with(
+        &model,
+        unireward_tests::diffusion_pipeline::TinyScheduler::EulerAncestralTrailing,
+    )?;
+    let prompts = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts, "a castle on a hill\n")?;
+    let out = tmp.path().join("run");
+    let o = sample(
+        &model,
+        &prompts,
+        &out,
+        &[
+            "--steps",
+            "1",
+            "--guidance",
+            "0",
+            "--height",
+            "48",
+            "--width",
+            "80",
+        ],
+    )?;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recs = records(&out)?;
+    assert_eq!(recs.len(), 1);
+    assert_eq!(png_size(&out.join(&recs[0].candidates[2]))?, (80, 48));
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("sample_settings.json"))?)?;
+    assert_eq!(settings["scheduler"], "EulerAncestralDiscreteScheduler");
+    assert_eq!(settings["guidance"], 0.0);
+    Ok(())
+}
