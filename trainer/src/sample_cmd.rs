@@ -13,12 +13,13 @@
 //! - `sample_settings.json`, what the images were drawn with.
 //!
 //! Resumable: a second run over the same DIR skips the prompts `candidates.jsonl` already has
-//! (and whose images are there), drops a last line cut short by a kill, and refuses to mix
-//! settings (`sample_settings.json` must match). Prompt lines: JSONL (`{"id"?, "prompt"}`,
+//! (and whose images are there; a missing image is drawn again), drops a last line cut short
+//! by a kill, and refuses to mix settings (`sample_settings.json` must match) or to give a
+//! finished id another prompt (that line fails). Images are synced before their line. Prompt lines: JSONL (`{"id"?, "prompt"}`,
 //! when the first non-blank line starts with `{`) or plain text, one prompt a line; blank
 //! lines are skipped; a line without an id gets its line number.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -33,7 +34,7 @@ use unireward_models::diffusion::pipeline::{GenerateOptions, TextToImage};
 use unireward_models::formats::pairs_request::PairsRequestRecord;
 use unireward_models::formats::record::Record;
 use unireward_models::judge::Task;
-use unireward_trainer::durable_file::replace_file;
+use unireward_trainer::durable_file::{replace_file, sync_dir};
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -197,7 +198,29 @@ pub fn run_sample(args: SampleArgs) -> Result<()> {
         let paths: Vec<String> = (0..args.n)
             .map(|j| format!("images/{}_{j}.png", p.stem))
             .collect();
-        let have_line = done.contains(&p.stem);
+        let have_line = match done.get(&p.stem) {
+            Some(prompt) if *prompt != p.prompt => {
+                failed += 1;
+                let error = format!(
+                    "{} line {}: {} already has id {} with another prompt ({prompt:?}); \
+                     not sampling it again",
+                    args.prompts.display(),
+                    p.line,
+                    candidates_path.display(),
+                    p.id
+                );
+                eprintln!("sample: {error}");
+                let id = p.id.clone();
+                write_line(
+                    &mut errors,
+                    &Record::<()>::Error { id, error },
+                    &errors_path,
+                )?;
+                continue;
+            }
+            Some(_) => true,
+            None => false,
+        };
         if have_line && paths.iter().all(|c| args.out.join(c).is_file()) {
             skipped += 1;
             continue;
@@ -281,10 +304,15 @@ fn sample_prompt(
             let tmp = path.with_extension("partial.png");
             img.save(&tmp)
                 .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {}", tmp.display()))?;
             std::fs::rename(&tmp, &path)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
         }
     }
+    // The images are on disk before the line that names them.
+    sync_dir(&out.join("images"))?;
     Ok(())
 }
 
@@ -416,11 +444,11 @@ fn check_settings(out: &Path, settings: &SampleSettings) -> Result<()> {
     Ok(())
 }
 
-/// The file stems of the prompts `candidates.jsonl` already holds. A last line cut short (a
+/// The prompts `candidates.jsonl` already holds, by file stem. A last line cut short (a
 /// killed run) is dropped from the file; any other line that is not a candidates record
 /// stops the run.
-fn read_done(path: &Path) -> Result<HashSet<String>> {
-    let mut done = HashSet::new();
+fn read_done(path: &Path) -> Result<HashMap<String, String>> {
+    let mut done = HashMap::new();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(done),
@@ -455,7 +483,7 @@ fn read_done(path: &Path) -> Result<HashSet<String>> {
                 k + 1
             )
         })?;
-        done.insert(file_stem(&rec.id));
+        done.insert(file_stem(&rec.id), rec.prompt);
     }
     Ok(done)
 }

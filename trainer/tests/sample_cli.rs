@@ -217,6 +217,19 @@ fn a_seed_gives_the_same_images_and_a_second_run_resumes() -> Result<()> {
         .count();
     assert_eq!(partials, 0);
 
+    // A prompt file whose line now says something else under a finished id is refused there.
+    let changed = s.root.join("changed.txt");
+    std::fs::write(&changed, "a red fox\n\na blue whale\na green frog\n")?;
+    let o = sample(&s.model, &changed, &a, &[])?;
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("line 3: ")
+            && stderr(&o).contains("with another prompt (\"a blue bird\")"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read_to_string(a.join("candidates.jsonl"))?, before);
+
     // Other settings over the same directory are refused.
     let o = sample(&s.model, &prompts, &a, &["--steps", "3"])?;
     assert!(!o.status.success());
