@@ -1,6 +1,8 @@
-//! A complete, tiny Stable Diffusion 1.5 pipeline directory in diffusers' layout, assembled from
-//! the repository's diffusion fixtures, for tests that need a whole generator (sampling,
-//! Diffusion-DPO training) rather than one component.
+//! Complete, tiny Stable Diffusion 1.5 and SDXL pipeline directories in diffusers' layout,
+//! assembled from the repository's diffusion fixtures, for tests that need a whole generator
+//! (sampling, Diffusion-DPO training) rather than one component.
+//!
+//! SD 1.5 ([`tiny_sd15_pipeline`]):
 //!
 //! | component | from | notes |
 //! | --- | --- | --- |
@@ -12,8 +14,17 @@
 //!
 //! `model_index.json` names `StableDiffusionPipeline` with no safety checker or feature
 //! extractor, so `StableDiffusionPipeline.from_pretrained(dir)` loads the directory too.
-//! `scripts/golden/make_pipeline.py` builds the same directory in Python (the goldens of
-//! `fixtures/diffusion/pipeline` come from it). The UNet's `sample_size` is 8: the default image
+//!
+//! SDXL ([`tiny_sdxl_pipeline`], `StableDiffusionXLPipeline`, `force_zeros_for_empty_prompt`):
+//! `unet/` from `fixtures/diffusion/pipeline/sdxl_unet` (the `unet/sdxl` fixture's blocks with
+//! `cross_attention_dim` 80 = 32 + 48, the two encoders side by side, and a 48-wide pooled
+//! embedding: `projection_class_embeddings_input_dim` 48 + 6·256), synthetic weights as above;
+//! `vae/` as above with SDXL's own `scaling_factor` 0.13025; `text_encoder/` + `tokenizer/` as
+//! above, `text_encoder_2/` (`CLIPTextModelWithProjection`) + `tokenizer_2/` from
+//! `fixtures/diffusion/clip_text`; the scheduler SDXL's Euler by default.
+//!
+//! `scripts/golden/make_pipeline.py` builds the same directories in Python (the goldens of
+//! `fixtures/diffusion/pipeline` come from it). Both UNets' `sample_size` is 8: the default image
 //! is [`TINY_SD15_SIZE`] pixels square (8 x 8 latents).
 
 use std::collections::HashMap;
@@ -29,7 +40,8 @@ use crate::repo_dir;
 /// The tiny pipeline's default height and width in pixels (UNet `sample_size` 8 × VAE factor 8).
 pub const TINY_SD15_SIZE: usize = 64;
 
-/// SD 1.5's VAE `scaling_factor`, written into the tiny pipeline's `vae/config.json`.
+/// SD 1.5's VAE `scaling_factor`, written into the tiny SD 1.5 pipeline's `vae/config.json`
+/// (the SDXL one keeps the fixture's 0.13025, SDXL's).
 pub const SD15_SCALING_FACTOR: f64 = 0.18215;
 
 /// Which `scheduler/scheduler_config.json` the tiny pipeline gets.
@@ -97,53 +109,10 @@ pub fn tiny_sd15_pipeline(dir: &Path) -> Result<()> {
 pub fn tiny_sd15_pipeline_with(dir: &Path, scheduler: TinyScheduler) -> Result<()> {
     let fixtures = repo_dir().join("fixtures/diffusion");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-
-    // unet/
-    let src = fixtures.join("unet/sd15/unet");
-    let unet = make_dir(dir, "unet")?;
-    copy(&src.join("config.json"), &unet.join("config.json"))?;
-    let specs: Vec<TensorSpec> = serde_json::from_value(read_json(&src.join("weights.json"))?)
-        .context("unet weights.json")?;
-    let weights = synthetic_tensors(&specs, "", DType::F32, &Device::Cpu)?;
-    save(&weights, &unet.join("diffusion_pytorch_model.safetensors"))?;
-
-    // vae/
-    let src = fixtures.join("vae/sdxl_tiny/model");
-    let vae = make_dir(dir, "vae")?;
-    let mut config = read_json(&src.join("config.json"))?;
-    config["scaling_factor"] = json!(SD15_SCALING_FACTOR);
-    write_json(&vae.join("config.json"), &config)?;
-    let weights = candle_core::safetensors::load(
-        src.join("diffusion_pytorch_model.fp16.safetensors"),
-        &Device::Cpu,
-    )?
-    .into_iter()
-    .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
-    .collect::<Result<HashMap<_, _>>>()?;
-    save(&weights, &vae.join("diffusion_pytorch_model.safetensors"))?;
-
-    // text_encoder/
-    let src = fixtures.join("clip_text/text_encoder");
-    let text_encoder = make_dir(dir, "text_encoder")?;
-    copy(&src.join("config.json"), &text_encoder.join("config.json"))?;
-    let vocab = read_json(&src.join("config.json"))?["vocab_size"]
-        .as_u64()
-        .context("text_encoder config: vocab_size")? as usize;
-    let dense = densify(&src.join("weights.compact.safetensors"), vocab)?;
-    save(&dense, &text_encoder.join("model.safetensors"))?;
-
-    // tokenizer/
-    let src = fixtures.join("clip_text/tokenizer");
-    let tokenizer = make_dir(dir, "tokenizer")?;
-    for entry in std::fs::read_dir(&src).with_context(|| src.display().to_string())? {
-        let entry = entry?;
-        copy(&entry.path(), &tokenizer.join(entry.file_name()))?;
-    }
-
-    // scheduler/
-    let sched = make_dir(dir, "scheduler")?;
-    write_json(&sched.join("scheduler_config.json"), &scheduler.config()?)?;
-
+    write_unet(dir, &fixtures.join("unet/sd15/unet"))?;
+    write_vae(dir, Some(SD15_SCALING_FACTOR))?;
+    write_text_encoder(dir, "")?;
+    write_scheduler(dir, scheduler)?;
     write_json(
         &dir.join("model_index.json"),
         &json!({
@@ -160,6 +129,97 @@ pub fn tiny_sd15_pipeline_with(dir: &Path, scheduler: TinyScheduler) -> Result<(
             "vae": ["diffusers", "AutoencoderKL"],
         }),
     )
+}
+
+/// Writes the tiny SDXL pipeline (SDXL base's Euler scheduler) into `dir`.
+pub fn tiny_sdxl_pipeline(dir: &Path) -> Result<()> {
+    tiny_sdxl_pipeline_with(dir, TinyScheduler::EulerDiscrete)
+}
+
+/// Writes the tiny SDXL pipeline with `scheduler` into `dir` (created if missing);
+/// [`TinyScheduler::EulerAncestralTrailing`] makes it SDXL-Turbo-like.
+pub fn tiny_sdxl_pipeline_with(dir: &Path, scheduler: TinyScheduler) -> Result<()> {
+    let fixtures = repo_dir().join("fixtures/diffusion");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_unet(dir, &fixtures.join("pipeline/sdxl_unet"))?;
+    write_vae(dir, None)?;
+    write_text_encoder(dir, "")?;
+    write_text_encoder(dir, "_2")?;
+    write_scheduler(dir, scheduler)?;
+    write_json(
+        &dir.join("model_index.json"),
+        &json!({
+            "_class_name": "StableDiffusionXLPipeline",
+            "_diffusers_version": "0.42.1",
+            "feature_extractor": [null, null],
+            "force_zeros_for_empty_prompt": true,
+            "image_encoder": [null, null],
+            "scheduler": ["diffusers", scheduler.class_name()],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }),
+    )
+}
+
+/// `unet/`: `src`'s config.json, and float32 weights from its `weights.json`.
+fn write_unet(dir: &Path, src: &Path) -> Result<()> {
+    let unet = make_dir(dir, "unet")?;
+    copy(&src.join("config.json"), &unet.join("config.json"))?;
+    let specs: Vec<TensorSpec> = serde_json::from_value(read_json(&src.join("weights.json"))?)
+        .context("unet weights.json")?;
+    let weights = synthetic_tensors(&specs, "", DType::F32, &Device::Cpu)?;
+    save(&weights, &unet.join("diffusion_pytorch_model.safetensors"))
+}
+
+/// `vae/`: the `sdxl_tiny` VAE in float32, its `scaling_factor` replaced when given.
+fn write_vae(dir: &Path, scaling_factor: Option<f64>) -> Result<()> {
+    let src = repo_dir().join("fixtures/diffusion/vae/sdxl_tiny/model");
+    let vae = make_dir(dir, "vae")?;
+    let mut config = read_json(&src.join("config.json"))?;
+    if let Some(sf) = scaling_factor {
+        config["scaling_factor"] = json!(sf);
+    }
+    write_json(&vae.join("config.json"), &config)?;
+    let weights = candle_core::safetensors::load(
+        src.join("diffusion_pytorch_model.fp16.safetensors"),
+        &Device::Cpu,
+    )?
+    .into_iter()
+    .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
+    .collect::<Result<HashMap<_, _>>>()?;
+    save(&weights, &vae.join("diffusion_pytorch_model.safetensors"))
+}
+
+/// `text_encoder{suffix}/` (dense float32 `model.safetensors`) and `tokenizer{suffix}/`.
+fn write_text_encoder(dir: &Path, suffix: &str) -> Result<()> {
+    let clip = repo_dir().join("fixtures/diffusion/clip_text");
+    let name = format!("text_encoder{suffix}");
+    let src = clip.join(&name);
+    let out = make_dir(dir, &name)?;
+    copy(&src.join("config.json"), &out.join("config.json"))?;
+    let vocab = read_json(&src.join("config.json"))?["vocab_size"]
+        .as_u64()
+        .with_context(|| format!("{name} config: vocab_size"))? as usize;
+    let dense = densify(&src.join("weights.compact.safetensors"), vocab)?;
+    save(&dense, &out.join("model.safetensors"))?;
+
+    let name = format!("tokenizer{suffix}");
+    let src = clip.join(&name);
+    let out = make_dir(dir, &name)?;
+    for entry in std::fs::read_dir(&src).with_context(|| src.display().to_string())? {
+        let entry = entry?;
+        copy(&entry.path(), &out.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
+fn write_scheduler(dir: &Path, scheduler: TinyScheduler) -> Result<()> {
+    let sched = make_dir(dir, "scheduler")?;
+    write_json(&sched.join("scheduler_config.json"), &scheduler.config()?)
 }
 
 /// The compact CLIP checkpoint (every tensor under its hub name, the token embedding as

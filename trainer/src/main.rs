@@ -8,6 +8,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod sample_cmd;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -57,6 +59,9 @@ enum Command {
     Dpo(DpoArgs),
     /// Merge a LoRA adapter (PEFT layout) into its base model: a full checkpoint.
     MergeLora(MergeArgs),
+    /// Draw candidate images per prompt with a diffusers text-to-image pipeline, written as
+    /// `engine pairs` input (resumable).
+    Sample(sample_cmd::SampleArgs),
 }
 
 #[derive(Args)]
@@ -608,6 +613,7 @@ fn main() {
         Command::Reward(args) => run_reward(args),
         Command::Dpo(args) => run_dpo(args),
         Command::MergeLora(args) => run_merge(args),
+        Command::Sample(args) => sample_cmd::run_sample(args),
     };
     if let Err(e) = result {
         eprintln!("trainer: error: {e:#}");

@@ -7,6 +7,7 @@ pub mod clip_text;
 pub mod clip_tokenizer;
 pub mod component;
 pub mod group_norm;
+pub mod pipeline;
 pub mod scheduler;
 pub mod synthetic_weights;
 pub mod train_image;

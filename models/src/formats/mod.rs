@@ -4,5 +4,6 @@
 pub mod export_manifest;
 pub mod logprob_record;
 pub mod pair_record;
+pub mod pairs_request;
 pub mod record;
 pub mod score_record;
