@@ -161,6 +161,7 @@ fn main() -> Result<()> {
             .map(|(_, v)| grads.get(v.as_tensor()).cloned())
             .collect();
         optimizer.step(&g, LR)?;
+
         Ok(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?)
     })?;
     if let Some(python) = &args.torch {

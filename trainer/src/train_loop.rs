@@ -383,9 +383,12 @@ fn accumulate<T: Trainee, O: Objective<Model = T::Model>>(
                 .into_iter()
                 .chain(recomputed.as_ref())
             {
+                // Detached, so that what is kept past this micro-batch holds no activation
+                // (see AdamW::step).
+                let g = g.detach();
                 *acc = Some(match acc.take() {
                     Some(a) => (a + g)?,
-                    None => g.clone(),
+                    None => g,
                 });
             }
         }
