@@ -11,13 +11,15 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use serde_json::Value;
 use unireward_models::formats::pair_record::{DroppedPair, PairRecord, PairsAnswer, Paths, Turns};
+use unireward_models::formats::pairs_request::PairsRequestRecord;
 use unireward_models::judge::sift_templates::{sift_prompt, sift_resize, AnswerForm};
 use unireward_models::judge::{Family, Media, Mode, PromptTemplate, Task};
 use unireward_models::pack::EncodedMedia;
 use unireward_models::preprocess::{
-    MediaLoader, MediaRequest, PreparedMedia, QwenVlProcessor, VideoSource,
+    MediaLoader, MediaRequest, PreparedMedia, QwenVlProcessor, RawMedia, VideoSource,
 };
 use unireward_models::MediaFeatures;
 
@@ -41,7 +43,8 @@ impl From<InvalidJudgement> for EngineError {
     }
 }
 
-/// `{"id", "task", "prompt", "candidates", "images" / "videos"}`.
+/// One prompt to build a pair for: a [`PairsRequestRecord`] (`{"id", "task", "prompt",
+/// "candidates", "images" / "videos"}`) that passed the engine's checks.
 pub struct PairsRequest {
     pub task: Task,
     pub prompt: String,
@@ -51,36 +54,43 @@ pub struct PairsRequest {
 }
 
 impl PairsRequest {
+    /// Reads one input line (or `/v1/rank` body) through [`PairsRequestRecord`], then
+    /// [`Self::from_record`]. The error names the field at fault.
     pub fn parse(v: &Value) -> std::result::Result<Self, String> {
-        let task: Task = v
-            .get("task")
-            .and_then(Value::as_str)
-            .ok_or("missing string field \"task\"")?
-            .parse()
-            .map_err(|e: unireward_models::Error| e.to_string())?;
-        let prompt = v
-            .get("prompt")
-            .and_then(Value::as_str)
-            .ok_or("missing string field \"prompt\"")?
-            .to_string();
-        let candidates: Vec<String> = v
-            .get("candidates")
-            .and_then(Value::as_array)
-            .ok_or("missing list field \"candidates\"")?
-            .iter()
-            .map(|c| {
-                c.as_str()
-                    .map(str::to_string)
-                    .ok_or("candidates must be strings")
-            })
-            .collect::<std::result::Result<_, _>>()?;
+        let record = PairsRequestRecord::deserialize(v).map_err(|e| e.to_string())?;
+        Self::from_record(record)
+    }
+
+    /// The engine's checks on a record: at least two candidates; the question's media readable
+    /// (`images` a path or a list of paths, `videos` a list of videos), none on a generation
+    /// prompt (its candidates are the media), and those an understanding task asks about.
+    pub fn from_record(record: PairsRequestRecord) -> std::result::Result<Self, String> {
+        let PairsRequestRecord {
+            task,
+            prompt,
+            candidates,
+            images,
+            videos,
+            ..
+        } = record;
         if candidates.len() < 2 {
             return Err(format!(
                 "{} candidate(s): a pair needs at least 2",
                 candidates.len()
             ));
         }
-        let media = MediaRequest::parse(v, "images", "videos")?;
+        let raw = |value: Option<Value>, key: &str| {
+            value
+                .map(RawMedia::deserialize)
+                .transpose()
+                .map_err(|e| format!("{key:?}: {e}"))
+        };
+        let media = MediaRequest::from_raw(
+            raw(images, "images")?,
+            "images",
+            raw(videos, "videos")?,
+            "videos",
+        )?;
         if task.is_generation() && !(media.images.is_empty() && media.videos.is_empty()) {
             return Err(format!(
                 "{task} judges its candidates; the prompt carries no media"
@@ -749,5 +759,116 @@ mod tests {
         let seen = json!({"task": "image_understanding", "prompt": "What is it?",
                           "images": ["a.png"], "candidates": ["a", "b"]});
         assert!(PairsRequest::parse(&seen).is_ok());
+    }
+
+    #[test]
+    fn a_trainer_sample_line_is_read_as_written() {
+        // As `trainer sample` writes its candidates.jsonl: the record, serialized.
+        let written = PairsRequestRecord {
+            id: Value::from("p1"),
+            task: Task::ImageGeneration,
+            prompt: "a cat".into(),
+            candidates: vec!["images/p1_0.png".into(), "images/p1_1.png".into()],
+            images: None,
+            videos: None,
+        };
+        let line = serde_json::to_string(&written).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let req = PairsRequest::parse(&v).unwrap();
+        assert_eq!(req.task, Task::ImageGeneration);
+        assert_eq!(req.prompt, "a cat");
+        assert_eq!(req.candidates, written.candidates);
+        assert_eq!(req.media, MediaRequest::default());
+        assert_eq!(
+            req.media_to_load().images,
+            vec![
+                PathBuf::from("images/p1_0.png"),
+                PathBuf::from("images/p1_1.png")
+            ]
+        );
+
+        // An understanding record with its question's media, and a number as its id.
+        let written = PairsRequestRecord {
+            id: Value::from(3),
+            task: Task::VideoUnderstanding,
+            prompt: "What happens?".into(),
+            candidates: vec!["It rolls.".into(), "Nothing.".into(), "It falls.".into()],
+            images: None,
+            videos: Some(json!([["f0.png", "f1.png"]])),
+        };
+        let v = serde_json::to_value(&written).unwrap();
+        let req = PairsRequest::parse(&v).unwrap();
+        assert_eq!(req.candidates.len(), 3);
+        assert_eq!(
+            req.media.videos,
+            vec![VideoSource::FrameFiles(vec![
+                PathBuf::from("f0.png"),
+                PathBuf::from("f1.png")
+            ])]
+        );
+        assert_eq!(req.media_to_load(), req.media);
+    }
+
+    #[test]
+    fn malformed_lines_are_refused_naming_the_cause() {
+        let base = json!({"id": "p1", "task": "image_generation", "prompt": "a cat",
+                          "candidates": ["a.png", "b.png"]});
+        assert!(PairsRequest::parse(&base).is_ok());
+        let err = |v: Value| PairsRequest::parse(&v).err().unwrap();
+        let with = |key: &str, value: Value| {
+            let mut v = base.clone();
+            v[key] = value;
+            err(v)
+        };
+        let without = |key: &str| {
+            let mut v = base.clone();
+            v.as_object_mut().unwrap().remove(key);
+            err(v)
+        };
+        assert_eq!(without("task"), "missing string field \"task\"");
+        assert_eq!(with("task", Value::Null), "missing string field \"task\"");
+        let unknown = with("task", json!("audio_generation"));
+        assert!(
+            unknown.contains("unknown task \"audio_generation\""),
+            "{unknown}"
+        );
+        assert_eq!(with("prompt", json!(3)), "missing string field \"prompt\"");
+        assert_eq!(without("candidates"), "missing list field \"candidates\"");
+        assert_eq!(
+            with("candidates", json!({"a": 1})),
+            "missing list field \"candidates\""
+        );
+        assert_eq!(
+            with("candidates", json!(["a.png", null])),
+            "candidates must be strings"
+        );
+        assert_eq!(
+            with("candidates", json!(["a.png"])),
+            "1 candidate(s): a pair needs at least 2"
+        );
+        assert_eq!(
+            with("images", json!(["q.png"])),
+            "image_generation judges its candidates; the prompt carries no media"
+        );
+        let not_object = err(json!([
+            "p1",
+            "image_generation",
+            "a cat",
+            ["a.png", "b.png"]
+        ]));
+        assert!(
+            not_object.contains("expected a pairs line: a JSON object"),
+            "{not_object}"
+        );
+
+        let question = json!({"task": "image_understanding", "prompt": "What is it?",
+                              "candidates": ["a", "b"]});
+        let mut bad_images = question.clone();
+        bad_images["images"] = json!([1]);
+        assert_eq!(err(bad_images), "\"images\" must list paths, found 1");
+        let mut bad_videos = question.clone();
+        bad_videos["task"] = json!("video_understanding");
+        bad_videos["videos"] = json!(5);
+        assert_eq!(err(bad_videos), "\"videos\": not a video: 5");
     }
 }
