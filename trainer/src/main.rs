@@ -387,15 +387,19 @@ impl Common {
         Ok(model)
     }
 
-    fn preparer(&self, model: &VarMapModel, data: &Path) -> Result<Preparer> {
-        let root = match &self.media_root {
+    /// Where `data`'s relative media paths start: --media-root, else the file's directory.
+    fn media_root(&self, data: &Path) -> PathBuf {
+        match &self.media_root {
             Some(r) => r.clone(),
             None => data.parent().unwrap_or(Path::new(".")).to_path_buf(),
-        };
+        }
+    }
+
+    fn preparer(&self, model: &VarMapModel, data: &Path) -> Result<Preparer> {
         Ok(Preparer::new(
             &self.model,
             model.config(),
-            root,
+            self.media_root(data),
             self.frames,
             self.max_length,
         )?)
@@ -414,15 +418,22 @@ fn report(summary: &TrainSummary, out: &Path) {
     );
 }
 
+/// Held-out evaluation every `every` steps and at the last (only at the last by default),
+/// when there is held-out data.
+fn set_eval(cfg: &mut LoopConfig, has_data: bool, every: Option<usize>) -> Result<()> {
+    if every == Some(0) {
+        anyhow::bail!("--eval-every must be at least 1, got 0");
+    }
+    if has_data {
+        cfg.eval_every = Some(every.unwrap_or(usize::MAX));
+    }
+    Ok(())
+}
+
 fn run_reward(args: RewardArgs) -> Result<()> {
     let c = &args.common;
     let mut cfg = c.loop_config(1e-5, 0.03);
-    if args.eval_every == Some(0) {
-        anyhow::bail!("--eval-every must be at least 1, got 0");
-    }
-    if args.eval_data.is_some() {
-        cfg.eval_every = Some(args.eval_every.unwrap_or(usize::MAX));
-    }
+    set_eval(&mut cfg, args.eval_data.is_some(), args.eval_every)?;
     c.validate(&cfg)?;
     c.check_out()?;
     let mut model = c.load_model()?;
@@ -533,12 +544,7 @@ fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
     // train.py's --learning_rate 1e-8 with --scale_lr (both launchers): times the pairs of
     // an optimizer step.
     let mut cfg = c.loop_config(1e-8 * (c.batch_size * c.grad_accum) as f64, 0.0);
-    if args.eval_every == Some(0) {
-        anyhow::bail!("--eval-every must be at least 1, got 0");
-    }
-    if args.eval_data.is_some() {
-        cfg.eval_every = Some(args.eval_every.unwrap_or(usize::MAX));
-    }
+    set_eval(&mut cfg, args.eval_data.is_some(), args.eval_every)?;
     c.validate(&cfg)?;
     c.check_out()?;
     let beta = args.beta.unwrap_or(diffusion_dpo::DEFAULT_BETA);
@@ -563,13 +569,9 @@ fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
     let vae = AutoencoderKL::load(&model_dir.join("vae"), DType::F32, &device)?;
     let conditioner = Conditioner::load(model_dir, sdxl, resolution, DType::F32, &device)?;
     let reference = DiffusionDpoObjective::load_reference(model_dir, dtype, &device)?;
-    let root = match &c.media_root {
-        Some(r) => r.clone(),
-        None => c.data.parent().unwrap_or(Path::new(".")).to_path_buf(),
-    };
-    let data = DiffusionPairs::read(&c.data, &root)?;
+    let data = DiffusionPairs::read(&c.data, &c.media_root(&c.data))?;
     let eval = match &args.eval_data {
-        Some(path) => Some(DiffusionPairs::read(path, &root)?),
+        Some(path) => Some(DiffusionPairs::read(path, &c.media_root(path))?),
         None => None,
     };
     let objective = DiffusionDpoObjective {

@@ -6,6 +6,7 @@
 pub mod clip_text;
 pub mod clip_tokenizer;
 pub mod component;
+pub mod conv;
 pub mod group_norm;
 pub mod pipeline;
 pub mod scheduler;

@@ -15,12 +15,12 @@ use candle_nn::{Conv2d, VarBuilder};
 
 use crate::checkpoint::Checkpoint;
 use crate::diffusion::component::{open_component, DIFFUSERS_WEIGHTS};
+use crate::diffusion::conv::conv2d;
 use crate::diffusion::group_norm::GroupNorm;
 use crate::Result;
 use blocks::{DownBlock, MidBlock, UpBlock, UpChannels};
 pub use config::{UNetConfig, UNetSpec};
 use embeddings::{timestep_embedding, TimestepEmbedding};
-use resnet::conv2d;
 
 /// SDXL's added conditioning: the pooled prompt embedding (text_encoder_2's projection) and
 /// the six ids (original height, width, crop top, left, target height, width).

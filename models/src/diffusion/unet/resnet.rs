@@ -3,28 +3,11 @@
 //! halve and double the resolution between blocks.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2d, VarBuilder};
 
+use crate::diffusion::conv::conv2d;
 use crate::diffusion::group_norm::GroupNorm;
 use crate::linear::Linear;
-
-pub fn conv2d(
-    vb: VarBuilder,
-    c_in: usize,
-    c_out: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
-    };
-    let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
-    let bias = vb.get(c_out, "bias")?;
-    Ok(Conv2d::new(weight, Some(bias), cfg))
-}
 
 #[derive(Clone)]
 pub struct ResnetBlock2D {

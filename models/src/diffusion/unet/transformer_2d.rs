@@ -5,7 +5,7 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Conv2d, VarBuilder};
 
-use super::resnet::conv2d;
+use crate::diffusion::conv::conv2d;
 use crate::diffusion::group_norm::GroupNorm;
 use crate::linear::Linear;
 use crate::nn::{gelu_erf, softmax_last_dim, LayerNorm};

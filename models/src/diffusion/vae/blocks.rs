@@ -7,9 +7,10 @@
 //! its gradient instead of adding it, which is wrong as soon as its input has another use).
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2d, VarBuilder};
 
 use super::config::VaeConfig;
+use crate::diffusion::conv::conv2d;
 use crate::diffusion::group_norm::GroupNorm;
 use crate::linear::Linear;
 
@@ -65,22 +66,6 @@ impl AttentionNames {
     }
 }
 
-fn conv(
-    vb: VarBuilder,
-    cin: usize,
-    cout: usize,
-    k: usize,
-    padding: usize,
-    stride: usize,
-) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
-    };
-    candle_nn::conv2d(cin, cout, k, cfg, vb)
-}
-
 fn linear(vb: VarBuilder, dim: usize) -> Result<Linear> {
     Linear::new(vb.get((dim, dim), "weight")?, Some(vb.get(dim, "bias")?))
 }
@@ -99,11 +84,11 @@ impl ResnetBlock {
     fn new(vb: VarBuilder, cin: usize, cout: usize, groups: usize) -> Result<Self> {
         Ok(Self {
             norm1: GroupNorm::new(vb.pp("norm1"), groups, cin, EPS)?,
-            conv1: conv(vb.pp("conv1"), cin, cout, 3, 1, 1)?,
+            conv1: conv2d(vb.pp("conv1"), cin, cout, 3, 1, 1)?,
             norm2: GroupNorm::new(vb.pp("norm2"), groups, cout, EPS)?,
-            conv2: conv(vb.pp("conv2"), cout, cout, 3, 1, 1)?,
+            conv2: conv2d(vb.pp("conv2"), cout, cout, 3, 1, 1)?,
             shortcut: if cin != cout {
-                Some(conv(vb.pp("conv_shortcut"), cin, cout, 1, 0, 1)?)
+                Some(conv2d(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?)
             } else {
                 None
             },
@@ -335,7 +320,7 @@ impl Encoder {
                 .collect::<Result<Vec<_>>>()?;
             let down = if i + 1 < ch.len() {
                 Some(Downsample {
-                    conv: conv(vb.pp("downsamplers.0.conv"), cout, cout, 3, 0, 2)?,
+                    conv: conv2d(vb.pp("downsamplers.0.conv"), cout, cout, 3, 2, 0)?,
                 })
             } else {
                 None
@@ -348,11 +333,11 @@ impl Encoder {
             cin = cout;
         }
         Ok(Self {
-            conv_in: conv(vb.pp("conv_in"), cfg.in_channels, ch[0], 3, 1, 1)?,
+            conv_in: conv2d(vb.pp("conv_in"), cfg.in_channels, ch[0], 3, 1, 1)?,
             stages,
             mid: MidBlock::new(vb.pp("mid_block"), cfg, last, names)?,
             norm_out: GroupNorm::new(vb.pp("conv_norm_out"), groups, last, EPS)?,
-            conv_out: conv(vb.pp("conv_out"), last, 2 * cfg.latent_channels, 3, 1, 1)?,
+            conv_out: conv2d(vb.pp("conv_out"), last, 2 * cfg.latent_channels, 3, 1, 1)?,
         })
     }
 }
@@ -403,7 +388,7 @@ impl Decoder {
                 .collect::<Result<Vec<_>>>()?;
             let up = if i + 1 < rev.len() {
                 Some(Upsample {
-                    conv: conv(vb.pp("upsamplers.0.conv"), cout, cout, 3, 1, 1)?,
+                    conv: conv2d(vb.pp("upsamplers.0.conv"), cout, cout, 3, 1, 1)?,
                 })
             } else {
                 None
@@ -417,11 +402,11 @@ impl Decoder {
         }
         let first = cfg.block_out_channels[0];
         Ok(Self {
-            conv_in: conv(vb.pp("conv_in"), cfg.latent_channels, rev[0], 3, 1, 1)?,
+            conv_in: conv2d(vb.pp("conv_in"), cfg.latent_channels, rev[0], 3, 1, 1)?,
             mid: MidBlock::new(vb.pp("mid_block"), cfg, rev[0], names)?,
             stages,
             norm_out: GroupNorm::new(vb.pp("conv_norm_out"), groups, first, EPS)?,
-            conv_out: conv(vb.pp("conv_out"), first, cfg.out_channels, 3, 1, 1)?,
+            conv_out: conv2d(vb.pp("conv_out"), first, cfg.out_channels, 3, 1, 1)?,
         })
     }
 }

@@ -19,6 +19,7 @@ pub use blocks::{upsample_nearest_2x, AttentionNames, SCORES_PER_PASS};
 pub use config::{SampleSize, VaeConfig, DOWN_BLOCK, UP_BLOCK};
 
 use super::component::{open_component, DIFFUSERS_WEIGHTS};
+use crate::diffusion::conv::conv2d;
 use crate::{Error, Result};
 
 /// The posterior of one encoding: a diagonal Gaussian over the latents, in the layout of
@@ -100,7 +101,7 @@ impl AutoencoderKL {
     pub fn new(config: VaeConfig, vb: VarBuilder, names: AttentionNames) -> Result<Self> {
         config.validate()?;
         let latent = config.latent_channels;
-        let conv1x1 = |vb: VarBuilder, c: usize| candle_nn::conv2d(c, c, 1, Default::default(), vb);
+        let conv1x1 = |vb: VarBuilder, c: usize| conv2d(vb, c, c, 1, 1, 0);
         Ok(Self {
             encoder: blocks::Encoder::new(vb.pp("encoder"), &config, names)?,
             decoder: blocks::Decoder::new(vb.pp("decoder"), &config, names)?,
