@@ -44,6 +44,7 @@ use super::clip_tokenizer::ClipTokenizer;
 use super::scheduler::{gaussian, Sampler, SchedulerClass, SchedulerConfig};
 use super::unet::{AddedCond, UNet2DConditionModel};
 use super::vae::AutoencoderKL;
+use crate::splitmix64;
 use crate::{Error, Result};
 
 /// The pipeline classes [`TextToImage`] runs, by `model_index.json`'s `_class_name`.
@@ -193,14 +194,13 @@ impl GenerateOptions {
 /// started at `candidate_seed ⊕ "step"`. Independent of the initial latents' stream
 /// (`gaussian(.., candidate_seed, ..)`) and of the other candidates' seeds.
 pub fn step_noise_seed(candidate_seed: u64, step: usize) -> u64 {
-    let mut z = (candidate_seed ^ 0x7374_6570).wrapping_add(
-        (step as u64)
-            .wrapping_add(1)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    splitmix64::mix(
+        (candidate_seed ^ 0x7374_6570).wrapping_add(
+            (step as u64)
+                .wrapping_add(1)
+                .wrapping_mul(splitmix64::GAMMA),
+        ),
+    )
 }
 
 /// One Gaussian latent `[1, C, h, w]` per seed, stacked along the batch: `[seeds, C, h, w]`.

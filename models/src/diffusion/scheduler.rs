@@ -38,6 +38,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{Map, Value};
 
+use crate::splitmix64::SplitMix64;
 use crate::{Error, Result};
 
 /// The scheduler classes this module implements, by diffusers' `_class_name`.
@@ -1546,21 +1547,6 @@ impl Sampler {
 
 // ---------------------------------------------------------------------------------------------
 // Seeded Gaussian noise.
-
-/// SplitMix64 (Steele, Lea & Flood 2014): the state advances by 0x9E3779B97F4A7C15 and each
-/// output is the state mixed by two xor-shift-multiplies.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
 
 /// `count` standard normal samples from `seed`: SplitMix64 from state `seed`; per pair of
 /// outputs `(a, b)`, `u1 = ((a >> 11) + 1) · 2^-53` in (0, 1], `u2 = (b >> 11) · 2^-53` in

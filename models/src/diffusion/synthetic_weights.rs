@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Result, Tensor};
 use serde::Deserialize;
 
-const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+use crate::splitmix64;
 
 fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -27,10 +27,7 @@ pub fn counter_uniform(name: &str, n: usize) -> Vec<f64> {
     let seed = fnv1a(name);
     (1..=n as u64)
         .map(|i| {
-            let mut z = seed.wrapping_add(i.wrapping_mul(GAMMA));
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
+            let z = splitmix64::mix(seed.wrapping_add(i.wrapping_mul(splitmix64::GAMMA)));
             (z >> 11) as f64 * 2f64.powi(-53) * 2.0 - 1.0
         })
         .collect()

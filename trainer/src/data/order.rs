@@ -3,27 +3,15 @@
 //! (seed, step), so a resumed run visits exactly what the uninterrupted one would have, with
 //! no generator state to save.
 
-/// SplitMix64 (Steele, Lea, Flood 2014): a tiny generator whose output is fixed by its
-/// definition, so data orders never change with a dependency's version.
-pub(crate) struct SplitMix64(pub(crate) u64);
+use unireward_models::splitmix64::SplitMix64;
 
-impl SplitMix64 {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in 0..n (n > 0), by rejection so that no value is favoured.
-    fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let x = self.next();
-            if x < zone {
-                return x % n;
-            }
+/// Uniform in 0..n (n > 0) from `rng`, by rejection so that no value is favoured.
+fn below(rng: &mut SplitMix64, n: u64) -> u64 {
+    let zone = u64::MAX - u64::MAX % n;
+    loop {
+        let x = rng.next_u64();
+        if x < zone {
+            return x % n;
         }
     }
 }
@@ -54,7 +42,7 @@ impl DataOrder {
         }
         let mut rng = SplitMix64(self.seed ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
         for i in (1..order.len()).rev() {
-            let j = rng.below(i as u64 + 1) as usize;
+            let j = below(&mut rng, i as u64 + 1) as usize;
             order.swap(i, j);
         }
         order

@@ -13,10 +13,10 @@ use super::module_names::module_name;
 use super::peft_file::{peft_key, AdapterFile, A_SUFFIX, B_SUFFIX};
 use super::targets::{linear_modules, select_modules, target_modules_value};
 use crate::checkpoint_keys::{Shapes, TrainParts};
-use crate::data::order::SplitMix64;
 use crate::json_file::write_json;
 use crate::model_files::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use crate::{Error, Result};
+use unireward_models::splitmix64::SplitMix64;
 
 /// The dtype the update is added in: f64 for f64 weights, f32 otherwise.
 fn compute_dtype(dtype: DType) -> DType {
@@ -247,7 +247,7 @@ fn kaiming_uniform(
     let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
     let values: Vec<f64> = (0..rows * fan_in)
         .map(|_| {
-            let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
             bound * (2.0 * u - 1.0)
         })
         .collect();

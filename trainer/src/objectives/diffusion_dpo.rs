@@ -30,6 +30,7 @@ use unireward_models::diffusion::scheduler::{
 use unireward_models::diffusion::train_image::load_train_pixels;
 use unireward_models::diffusion::unet::{AddedCond, UNet2DConditionModel};
 use unireward_models::diffusion::vae::{AutoencoderKL, DiagonalGaussian};
+use unireward_models::splitmix64;
 
 use crate::data::diffusion_pairs::DiffusionPairs;
 use crate::data::fingerprint::Fnv1a;
@@ -245,12 +246,10 @@ enum Draw {
 
 /// A seed for `draw` at stream position `position`: splitmix64 of the three.
 fn draw_seed(seed: u64, position: usize, draw: Draw) -> u64 {
-    let mut z = seed
-        .wrapping_add((position as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add((draw as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    splitmix64::mix(
+        seed.wrapping_add((position as u64).wrapping_mul(splitmix64::GAMMA))
+            .wrapping_add((draw as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)),
+    )
 }
 
 impl DiffusionDpoObjective {
