@@ -22,7 +22,7 @@ use unireward_trainer::data::diffusion_pairs::DiffusionPairs;
 use unireward_trainer::data::dpo::DpoData;
 use unireward_trainer::data::reward::RewardData;
 use unireward_trainer::data::Preparer;
-use unireward_trainer::lora::{merge, LoraConfig};
+use unireward_trainer::lora::{merge, LoraConfig, UNET_DEFAULT_TARGETS};
 use unireward_trainer::loss::diffusion_dpo;
 use unireward_trainer::loss::dpo::{DpoLossKind, DpoParams};
 use unireward_trainer::objectives::diffusion_dpo::{
@@ -97,7 +97,11 @@ struct LoraArgs {
     /// Comma-separated module names to adapt (q_proj k_proj v_proj o_proj gate_proj up_proj
     /// down_proj, vision out_proj fc1 fc2, projector linear_1 linear_2, lm_head), within the
     /// parts --train-vision/--train-projector/--train-decoder enable
-    /// [default: q_proj,k_proj,v_proj,o_proj].
+    /// [default: q_proj,k_proj,v_proj,o_proj]. For a UNet (--kind diffusion): its linear
+    /// layers by PEFT's suffix rule (to_q to_k to_v to_out.0 ff.net.0.proj ff.net.2
+    /// proj_in proj_out time_emb_proj) [default: to_k,to_q,to_v,to_out.0, as diffusers'
+    /// LoRA training scripts adapt it]; the output then holds the adapter as diffusers saves
+    /// it (pytorch_lora_weights.safetensors).
     #[arg(long, requires = "lora_rank", value_delimiter = ',')]
     lora_targets: Option<Vec<String>>,
 }
@@ -521,7 +525,6 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
 fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
     let c = &args.common;
     let vlm_only = [
-        ("--lora-rank", c.lora.lora_rank.is_some()),
         ("--grad-checkpointing", c.grad_checkpointing),
         (
             "--loss other than sigmoid",
@@ -551,8 +554,17 @@ fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
     let dtype = parse_dtype(&c.dtype)?;
     let device = parse_device(&c.device)?;
     let model_dir = &c.model;
-    let mut unet = UNetTrainee::load(model_dir, dtype, &device)
-        .with_context(|| format!("loading the UNet of {}", model_dir.display()))?;
+    let mut unet = match c.lora.config() {
+        None => UNetTrainee::load(model_dir, dtype, &device),
+        Some(mut lora) => {
+            if c.lora.lora_targets.is_none() {
+                lora.targets = UNET_DEFAULT_TARGETS.iter().map(|t| t.to_string()).collect();
+            }
+            lora.validate_for_training()?;
+            UNetTrainee::load_with_lora(model_dir, dtype, &device, &lora, c.seed)
+        }
+    }
+    .with_context(|| format!("loading the UNet of {}", model_dir.display()))?;
     let sdxl = unet.spec().text_time.is_some();
     let resolution = args.resolution.unwrap_or(if sdxl { 1024 } else { 512 });
     let timesteps = match args.timesteps {

@@ -35,6 +35,7 @@ use unireward_models::formats::pairs_request::PairsRequestRecord;
 use unireward_models::formats::record::Record;
 use unireward_models::judge::Task;
 use unireward_trainer::durable_file::{replace_file, sync_dir};
+use unireward_trainer::unet_trainee::{load_adapted_unet, UNET_DIR};
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -77,6 +78,10 @@ pub struct SampleArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// A UNet LoRA as diffusers saves it (a directory with pytorch_lora_weights.safetensors,
+    /// e.g. the output of `trainer dpo --kind diffusion --lora-rank R`), applied unmerged.
+    #[arg(long)]
+    lora: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Debug)]
@@ -110,6 +115,8 @@ struct SampleSettings {
     negative_prompt: Option<String>,
     scheduler: String,
     dtype: SampleDtype,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lora: Option<String>,
 }
 
 /// One usable prompt line.
@@ -133,8 +140,18 @@ pub fn run_sample(args: SampleArgs) -> Result<()> {
         .with_context(|| format!("reading {}", args.prompts.display()))?;
     let (lines, bad) = parse_prompts(&text, &args.prompts);
 
-    let pipe = TextToImage::load(&args.model, args.dtype.dtype(), &device)
+    let mut pipe = TextToImage::load(&args.model, args.dtype.dtype(), &device)
         .with_context(|| format!("loading the pipeline {}", args.model.display()))?;
+    if let Some(lora) = &args.lora {
+        let unet = load_adapted_unet(
+            &args.model.join(UNET_DIR),
+            lora,
+            args.dtype.dtype(),
+            &device,
+        )
+        .with_context(|| format!("applying the LoRA {}", lora.display()))?;
+        pipe = pipe.with_unet(unet)?;
+    }
     let (default_h, default_w) = pipe.default_size().unwrap_or((0, 0));
     let settings = SampleSettings {
         model: std::fs::canonicalize(&args.model)
@@ -152,6 +169,12 @@ pub fn run_sample(args: SampleArgs) -> Result<()> {
         negative_prompt: args.negative_prompt.clone(),
         scheduler: pipe.scheduler_config().class.name().to_string(),
         dtype: args.dtype,
+        lora: args.lora.as_ref().map(|l| {
+            std::fs::canonicalize(l)
+                .unwrap_or_else(|_| l.clone())
+                .display()
+                .to_string()
+        }),
     };
     if settings.height == 0 || settings.width == 0 {
         bail!("the pipeline's unet/config.json has no sample_size: give --height and --width");

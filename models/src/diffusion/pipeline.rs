@@ -365,6 +365,14 @@ impl TextToImage {
         Ok(pipe)
     }
 
+    /// This pipeline with `unet` in place of its own (an adapted copy of it, say), checked
+    /// against the other components as loading checks it.
+    pub fn with_unet(self, unet: UNet2DConditionModel) -> Result<Self> {
+        let pipe = Self { unet, ..self };
+        pipe.check_widths()?;
+        Ok(pipe)
+    }
+
     /// The text encoders' widths against the UNet's (cross-attention, pooled + time ids) and
     /// the VAE's latent channels against the UNet's.
     fn check_widths(&self) -> Result<()> {

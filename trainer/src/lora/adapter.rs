@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
-use serde_json::Value;
+use serde_json::{json, Value};
 use unireward_models::checkpoint::KeyLayout;
 
 use super::config::LoraConfig;
 use super::module_names::module_name;
 use super::peft_file::{peft_key, AdapterFile, A_SUFFIX, B_SUFFIX};
-use super::targets::{linear_modules, select_modules, target_modules_value};
+use super::targets::{linear_modules, select_by_suffix, select_modules, target_modules_value};
 use crate::checkpoint_keys::{Shapes, TrainParts};
 use crate::json_file::write_json;
 use crate::model_files::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
@@ -83,22 +83,57 @@ impl LoraAdapter {
     ) -> Result<Self> {
         config.validate_for_training()?;
         let selected = select_modules(&config.targets, layout, parts, shapes)?;
+        let named: Vec<(String, String)> = selected
+            .iter()
+            .map(|path| (path.clone(), module_name(layout, path)))
+            .collect();
+        let target_modules = target_modules_value(&config.targets, &selected, shapes, layout);
+        Self::init_named(config, &named, target_modules, shapes, dtype, device, seed)
+    }
+
+    /// Fresh adapters for a model whose checkpoint keys are its module paths and which is
+    /// adapted wherever `config.targets` match (a diffusers UNet): PEFT's suffix rule over
+    /// every linear layer, and `target_modules` the target names as given.
+    pub fn init_by_suffix(
+        config: &LoraConfig,
+        shapes: &Shapes,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        config.validate_for_training()?;
+        let selected = select_by_suffix(&config.targets, shapes)?;
+        let named: Vec<(String, String)> =
+            selected.iter().map(|p| (p.clone(), p.clone())).collect();
+        let mut names: Vec<&str> = config.targets.iter().map(|t| t.trim()).collect();
+        names.sort();
+        names.dedup();
+        Self::init_named(config, &named, json!(names), shapes, dtype, device, seed)
+    }
+
+    /// Fresh factors (A Kaiming-uniform, B zero) on the (checkpoint path, saved name) modules.
+    fn init_named(
+        config: &LoraConfig,
+        named: &[(String, String)],
+        target_modules: Value,
+        shapes: &Shapes,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
         let dims: HashMap<&str, [usize; 2]> = linear_modules(shapes).collect();
         let r = config.rank;
         let mut modules = BTreeMap::new();
-        for path in &selected {
+        for (path, module) in named {
             let [out, inp] = dims[path.as_str()];
             let a = kaiming_uniform(r, inp, seed, path, device)?.to_dtype(dtype)?;
             let b = Tensor::zeros((out, r), dtype, device)?;
-            modules.insert(
-                path.clone(),
-                Factors::new(&a, &b, module_name(layout, path))?,
-            );
+            modules.insert(path.clone(), Factors::new(&a, &b, module.clone())?);
         }
         Ok(Self {
             config: config.clone(),
             scale: config.scale(),
-            target_modules: target_modules_value(&config.targets, &selected, shapes, layout),
+            target_modules,
             modules,
         })
     }
@@ -128,6 +163,30 @@ impl LoraAdapter {
             target_modules,
             modules,
         })
+    }
+
+    /// An adapter of given factors (module path = saved name; a model whose checkpoint keys
+    /// are its module paths), which become variables.
+    pub(super) fn from_factors(
+        config: LoraConfig,
+        target_modules: Value,
+        factors: Vec<(String, Tensor, Tensor)>,
+    ) -> Result<Self> {
+        let mut modules = BTreeMap::new();
+        for (path, a, b) in factors {
+            modules.insert(path.clone(), Factors::new(&a, &b, path)?);
+        }
+        Ok(Self {
+            scale: config.scale(),
+            config,
+            target_modules,
+            modules,
+        })
+    }
+
+    /// `target_modules` as the adapter's settings state it.
+    pub fn target_modules(&self) -> &Value {
+        &self.target_modules
     }
 
     pub fn config(&self) -> &LoraConfig {

@@ -15,6 +15,9 @@ use crate::{Error, Result};
 /// The decoder's attention projections (with the default parts, the vision tower is frozen,
 /// so its own `q_proj`… are not adapted).
 pub const DEFAULT_TARGETS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+/// A UNet's attention projections, what diffusers' LoRA training scripts adapt
+/// (`train_text_to_image_lora.py`: `target_modules=["to_k", "to_q", "to_v", "to_out.0"]`).
+pub const UNET_DEFAULT_TARGETS: [&str; 4] = ["to_k", "to_q", "to_v", "to_out.0"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {

@@ -25,6 +25,7 @@
 
 mod adapter;
 mod config;
+mod diffusers_file;
 mod merge;
 pub mod module_names;
 mod peft_file;
@@ -33,6 +34,7 @@ mod targets;
 mod test_support;
 
 pub use adapter::{merged_weight, LoraAdapter};
-pub use config::{LoraConfig, DEFAULT_TARGETS};
+pub use config::{LoraConfig, DEFAULT_TARGETS, UNET_DEFAULT_TARGETS};
+pub use diffusers_file::{read_diffusers, restore_diffusers, save_diffusers, DIFFUSERS_LORA_FILE};
 pub use merge::{merge, MergeSummary};
 pub use targets::select_modules;

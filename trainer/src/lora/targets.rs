@@ -84,6 +84,32 @@ pub fn select_modules(
     Ok(selected.into_iter().collect())
 }
 
+/// The linear layers (sorted paths) that `targets` name by PEFT's suffix rule alone, for
+/// models whose checkpoint keys are their module paths and which are adapted everywhere
+/// (a diffusers UNet); a target that names none is an error.
+pub fn select_by_suffix(targets: &[String], shapes: &Shapes) -> Result<Vec<String>> {
+    let mut selected = BTreeSet::new();
+    let mut unmatched = Vec::new();
+    for target in targets {
+        let target = target.trim();
+        let hits: Vec<&str> = linear_modules(shapes)
+            .map(|(path, _)| path)
+            .filter(|path| peft_matches(target, path))
+            .collect();
+        if hits.is_empty() {
+            unmatched.push(target.to_string());
+        }
+        selected.extend(hits.into_iter().map(String::from));
+    }
+    if !unmatched.is_empty() {
+        return Err(Error::Config(format!(
+            "--lora-targets: {} name(s) no linear layer of the model",
+            unmatched.join(", ")
+        )));
+    }
+    Ok(selected.into_iter().collect())
+}
+
 fn on_off(b: bool) -> &'static str {
     if b {
         "trained"
