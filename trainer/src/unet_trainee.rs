@@ -1,7 +1,9 @@
 //! A diffusers UNet as the loop's [`Trainee`]: every weight a `Var` (full fine-tuning, as
-//! DiffusionDPO's train.py trains SD 1.5 and SDXL), written back in diffusers' layout
-//! (`unet/config.json`, `unet/diffusion_pytorch_model.safetensors`) so that
-//! `UNet2DConditionModel.from_pretrained(OUT/unet)` and our loader read the result.
+//! DiffusionDPO's train.py trains SD 1.5 and SDXL), or only the linear layers' (as VideoDPO
+//! trains its video UNet), written back in diffusers' layout (`unet/config.json`,
+//! `unet/diffusion_pytorch_model.safetensors`) so that `UNet2DConditionModel.from_pretrained
+//! (OUT/unet)` (or `UNetMotionModel`'s) and our loader read the result. The UNet is either
+//! kind a pipeline holds ([`Denoiser`]: image, or AnimateDiff's motion UNet).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,8 @@ use candle_nn::VarBuilder;
 use serde_json::{json, Value};
 use unireward_models::checkpoint::load_all;
 use unireward_models::diffusion::component::{open_component, DIFFUSERS_WEIGHTS};
-use unireward_models::diffusion::unet::{UNet2DConditionModel, UNetConfig, UNetSpec};
+use unireward_models::diffusion::denoiser::{Denoiser, DenoiserSpec};
+use unireward_models::diffusion::unet::UNetSpec;
 
 use crate::memory_estimate::{MemoryEstimate, StepShape};
 use crate::trainee::Trainee;
@@ -21,41 +24,118 @@ use crate::{Error, Result};
 pub const UNET_DIR: &str = "unet";
 pub const UNET_WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 
+/// Which of the UNet's weights train (`--train`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainedPart {
+    /// Every parameter (DiffusionDPO's train.py).
+    All,
+    /// The `nn.Linear` layers' weights and biases only (VideoDPO): attention projections,
+    /// feed-forwards, linear proj_in/out, time-embedding MLPs; convolutions, norms and
+    /// buffers stay frozen.
+    Linear,
+}
+
+/// A buffer, not a parameter: torch's optimizers never see it.
+fn is_buffer(name: &str) -> bool {
+    name.ends_with("pos_embed.pe")
+}
+
+/// Whether `name` is trained under `part`, given every tensor's shape.
+fn trains(part: TrainedPart, name: &str, shapes: &HashMap<String, Vec<usize>>) -> bool {
+    if is_buffer(name) {
+        return false;
+    }
+    match part {
+        TrainedPart::All => true,
+        TrainedPart::Linear => {
+            // A linear layer's weight is the one rank-2 parameter kind of a UNet (convolution
+            // kernels are rank 4, norms and biases rank 1); a bias is linear when its weight is.
+            let module = name
+                .strip_suffix(".weight")
+                .or_else(|| name.strip_suffix(".bias"));
+            module.is_some_and(|m| {
+                shapes
+                    .get(&format!("{m}.weight"))
+                    .is_some_and(|s| s.len() == 2)
+            })
+        }
+    }
+}
+
 pub struct UNetTrainee {
-    spec: UNetSpec,
+    spec: DenoiserSpec,
     /// Sorted by name: the optimizer's moments are saved in this order.
     vars: Vec<(String, Var)>,
+    /// The weights that do not train (`--train linear`'s others, buffers), written back as
+    /// they were read.
+    frozen: Vec<(String, Tensor)>,
+    part: TrainedPart,
     dtype: DType,
     device: Device,
-    model: UNet2DConditionModel,
+    model: Denoiser,
 }
 
 impl UNetTrainee {
     /// The UNet of the pipeline in `pipeline` (its `unet/` directory), every weight trained,
     /// in `dtype`.
     pub fn load(pipeline: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_part(pipeline, dtype, device, TrainedPart::All)
+    }
+
+    /// [`Self::load`] training only `part` of the weights.
+    pub fn load_part(
+        pipeline: &Path,
+        dtype: DType,
+        device: &Device,
+        part: TrainedPart,
+    ) -> Result<Self> {
         let dir = pipeline.join(UNET_DIR);
-        let (config, ckpt): (UNetConfig, _) = open_component(&dir, DIFFUSERS_WEIGHTS)?;
-        let spec = config.resolve()?;
+        let (config, ckpt): (Value, _) = open_component(&dir, DIFFUSERS_WEIGHTS)?;
+        let spec = DenoiserSpec::from_config(&config)?;
         let tensors = load_all(&ckpt, device)?;
-        let mut vars: Vec<(String, Var)> = tensors
-            .into_iter()
-            .map(|(k, t)| Ok((k, Var::from_tensor(&t.to_dtype(dtype)?)?)))
-            .collect::<Result<_>>()?;
+        let shapes: HashMap<String, Vec<usize>> = tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+            .collect();
+        let mut vars = Vec::new();
+        let mut frozen = Vec::new();
+        for (k, t) in tensors {
+            let t = t.to_dtype(dtype)?;
+            if trains(part, &k, &shapes) {
+                vars.push((k, Var::from_tensor(&t)?));
+            } else {
+                frozen.push((k, t));
+            }
+        }
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let model = build(&spec, &vars, dtype, device)
+        frozen.sort_by(|a, b| a.0.cmp(&b.0));
+        if vars.is_empty() {
+            return Err(Error::Config(format!(
+                "{}: no weight to train under --train {part:?}",
+                dir.display()
+            )));
+        }
+        let model = build(&spec, &vars, &frozen, dtype, device)
             .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
         Ok(Self {
             spec,
             vars,
+            frozen,
+            part,
             dtype,
             device: device.clone(),
             model,
         })
     }
 
+    /// The spatial UNet's settings (the motion UNet's image part).
     pub fn spec(&self) -> &UNetSpec {
-        &self.spec
+        self.spec.unet()
+    }
+
+    /// Whether the UNet is AnimateDiff's motion UNet, trained on videos.
+    pub fn is_video(&self) -> bool {
+        self.spec.is_video()
     }
 
     pub fn dtype(&self) -> DType {
@@ -64,16 +144,18 @@ impl UNetTrainee {
 }
 
 fn build(
-    spec: &UNetSpec,
+    spec: &DenoiserSpec,
     vars: &[(String, Var)],
+    frozen: &[(String, Tensor)],
     dtype: DType,
     device: &Device,
-) -> candle_core::Result<UNet2DConditionModel> {
+) -> candle_core::Result<Denoiser> {
     let tensors: HashMap<String, Tensor> = vars
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .chain(frozen.iter().cloned())
         .collect();
-    UNet2DConditionModel::new(spec, VarBuilder::from_tensors(tensors, dtype, device))
+    Denoiser::new(spec, VarBuilder::from_tensors(tensors, dtype, device))
 }
 
 fn weights_path(dir: &Path) -> PathBuf {
@@ -81,9 +163,9 @@ fn weights_path(dir: &Path) -> PathBuf {
 }
 
 impl Trainee for UNetTrainee {
-    type Model = UNet2DConditionModel;
+    type Model = Denoiser;
 
-    fn model(&self) -> &UNet2DConditionModel {
+    fn model(&self) -> &Denoiser {
         &self.model
     }
 
@@ -96,7 +178,14 @@ impl Trainee for UNetTrainee {
     }
 
     fn settings(&self) -> Value {
-        json!({"dtype": format!("{:?}", self.dtype), "trained": "unet"})
+        match self.part {
+            TrainedPart::All => json!({"dtype": format!("{:?}", self.dtype), "trained": "unet"}),
+            TrainedPart::Linear => json!({
+                "dtype": format!("{:?}", self.dtype),
+                "trained": "unet",
+                "trained_part": "linear",
+            }),
+        }
     }
 
     /// Weights, gradients and AdamW's moments are known exactly; the UNet's activations are
@@ -115,6 +204,7 @@ impl Trainee for UNetTrainee {
             .vars
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .chain(self.frozen.iter().cloned())
             .collect();
         candle_core::safetensors::save(&tensors, weights_path(dir))?;
         Ok(())
