@@ -99,7 +99,10 @@ fn forward_matches(model: &str) -> Result<()> {
         let want = get(&golden, &format!("{name}.output"), DType::F64)?;
         assert_eq!(got.dims(), want.dims(), "{model} {name}");
         let diff = max_abs_diff(&got, &want)?;
-        eprintln!("{model} {name}: max |Δ| {diff:.2e} (output max {:.2})", max_abs(&want)?);
+        eprintln!(
+            "{model} {name}: max |Δ| {diff:.2e} (output max {:.2})",
+            max_abs(&want)?
+        );
         assert!(diff < 1e-4, "{model} {name}: max |Δ| {diff}");
     }
     Ok(())
@@ -224,7 +227,11 @@ fn unsupported_motion_settings_are_refused_by_name() -> Result<()> {
             ]),
             "DownBlockSpatioTemporal",
         ),
-        ("layers_per_block", serde_json::json!([2, 2, 2, 2]), "layers_per_block"),
+        (
+            "layers_per_block",
+            serde_json::json!([2, 2, 2, 2]),
+            "layers_per_block",
+        ),
     ] {
         let mut cfg = config("v1_5_2")?;
         cfg[key] = value;

@@ -324,12 +324,24 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 pub fn sharpen_vae(dir: &Path) -> Result<()> {
     let weights = dir.join("vae/diffusion_pytorch_model.safetensors");
     let mut t = candle_core::safetensors::load(&weights, &Device::Cpu)?;
-    let w = t.get("quant_conv.weight").context("quant_conv.weight")?.clone();
+    let w = t
+        .get("quant_conv.weight")
+        .context("quant_conv.weight")?
+        .clone();
     let b = t.get("quant_conv.bias").context("quant_conv.bias")?.clone();
     let half = w.dim(0)? / 2;
-    let w = Tensor::cat(&[w.narrow(0, 0, half)?, w.narrow(0, half, half)?.zeros_like()?], 0)?;
+    let w = Tensor::cat(
+        &[
+            w.narrow(0, 0, half)?,
+            w.narrow(0, half, half)?.zeros_like()?,
+        ],
+        0,
+    )?;
     let b = Tensor::cat(
-        &[b.narrow(0, 0, half)?, (b.narrow(0, half, half)?.zeros_like()? - 12.0)?],
+        &[
+            b.narrow(0, 0, half)?,
+            (b.narrow(0, half, half)?.zeros_like()? - 12.0)?,
+        ],
         0,
     )?;
     t.insert("quant_conv.weight".into(), w);

@@ -56,8 +56,10 @@ fn write_data(dir: &Path) -> Result<PathBuf> {
         let r = write_video(dir, &format!("r{i}"), false, i)?;
         let caption = format!("a sunny clip number {i}");
         lines.push(match i {
-            0 => serde_json::json!({"id": "v0", "prompt": caption, "chosen": "c0", "rejected": "r0",
-                                    "chosen_score": 8.0, "rejected_score": 3.0}),
+            0 => {
+                serde_json::json!({"id": "v0", "prompt": caption, "chosen": "c0", "rejected": "r0",
+                                    "chosen_score": 8.0, "rejected_score": 3.0})
+            }
             1 => serde_json::json!({"caption": caption, "jpg_0": c, "jpg_1": r, "label_0": 1}),
             _ => serde_json::json!({"caption": caption, "jpg_0": r, "jpg_1": c, "label_0": 0,
                                     "weight": 2.0}),
@@ -147,7 +149,9 @@ fn video_dpo_on_linear_layers_learns_and_freezes_the_rest() -> Result<()> {
     let after = weights(&out)?;
     let (mut changed, mut linear) = (0, 0);
     for (name, old) in &before {
-        let new = after.get(name).with_context(|| format!("{name} not written"))?;
+        let new = after
+            .get(name)
+            .with_context(|| format!("{name} not written"))?;
         let module = name
             .strip_suffix(".weight")
             .or_else(|| name.strip_suffix(".bias"))
@@ -164,7 +168,10 @@ fn video_dpo_on_linear_layers_learns_and_freezes_the_rest() -> Result<()> {
         }
     }
     // Every linear layer the loss reaches moves; none are unreachable in this UNet.
-    assert_eq!(changed, linear, "{changed} of {linear} linear tensors changed");
+    assert_eq!(
+        changed, linear,
+        "{changed} of {linear} linear tensors changed"
+    );
     UNetMotionModel::load(&out.join("unet"), DType::F32, &Device::Cpu)?;
     Ok(())
 }

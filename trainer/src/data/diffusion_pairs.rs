@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use unireward_models::formats::pair_record::{PairsAnswer, PairsRecord};
-use unireward_models::preprocess::video::VideoSource;
 use unireward_models::formats::record::Record;
+use unireward_models::preprocess::video::VideoSource;
 
 use super::{read_records, record_id};
 use crate::{Error, Result};

@@ -27,11 +27,11 @@ use unireward_models::diffusion::clip_text::{
     sd15_prompt_embeds, sdxl_prompt_embeds, ClipTextModel,
 };
 use unireward_models::diffusion::clip_tokenizer::ClipTokenizer;
+use unireward_models::diffusion::denoiser::Denoiser;
 use unireward_models::diffusion::scheduler::{
     gaussian, turbo_timesteps, NoiseSchedule, PredictionType, SchedulerConfig,
 };
 use unireward_models::diffusion::train_image::load_train_pixels;
-use unireward_models::diffusion::denoiser::Denoiser;
 use unireward_models::diffusion::unet::AddedCond;
 use unireward_models::diffusion::vae::{AutoencoderKL, DiagonalGaussian};
 use unireward_models::splitmix64;
@@ -299,11 +299,7 @@ impl DiffusionDpoObjective {
     }
 
     /// The frozen reference: the starting UNet, loaded again.
-    pub fn load_reference(
-        pipeline: &Path,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Denoiser> {
+    pub fn load_reference(pipeline: &Path, dtype: DType, device: &Device) -> Result<Denoiser> {
         Ok(Denoiser::load(&pipeline.join(UNET_DIR), dtype, device)?)
     }
     /// A micro-batch of `data`'s pairs at `indices`, the first at stream `position`.

@@ -3,7 +3,7 @@
 //! resnets, cross-attention transformers and resamplers over all frames at once ([B·F, C, H,
 //! W]), with a motion module after each resnet (and its transformer) mixing the frames.
 
-use candle_core::{Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{MotionBlockSpec, MotionSpec};
@@ -67,7 +67,13 @@ impl Layer {
         })
     }
 
-    fn forward(&self, xs: &Tensor, temb: &Tensor, context: &Tensor, frames: usize) -> Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+        frames: usize,
+    ) -> Result<Tensor> {
         let mut xs = self.resnet.forward(xs, temb)?;
         if let Some(attn) = &self.attention {
             xs = attn.forward(&xs, context)?;

@@ -109,7 +109,12 @@ impl UNetMotionModel {
     /// embeddings `context` [B, S, cross_attention_dim], one prompt per video (diffusers'
     /// AnimateDiff pipeline repeats each prompt per frame before calling the UNet; this does
     /// that itself).
-    pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> CResult<Tensor> {
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+    ) -> CResult<Tensor> {
         let (b, c, frames, h, w) = sample.dims5()?;
         let dtype = sample.dtype();
         let u = &self.spec.unet;

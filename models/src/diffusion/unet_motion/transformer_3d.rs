@@ -88,8 +88,8 @@ impl AnimateDiffTransformer3D {
         let blocks = (0..layers)
             .map(|i| TemporalBlock::new(vb.pp(format!("transformer_blocks.{i}")), channels, heads))
             .collect::<Result<_>>()?;
-        let positions = sinusoidal_positions(max_seq_length, channels, vb.device())?
-            .to_dtype(vb.dtype())?;
+        let positions =
+            sinusoidal_positions(max_seq_length, channels, vb.device())?.to_dtype(vb.dtype())?;
         Ok(Self {
             // AnimateDiffTransformer3D's own GroupNorm eps, not the config's norm_eps.
             norm: GroupNorm::new(vb.pp("norm"), groups, channels, 1e-6)?,
