@@ -48,6 +48,9 @@ V15_2 = dict(
 )
 V1 = {**V15_2, "use_motion_mid_block": False}
 
+# Not the last motion module's proj_out.bias: a per-channel constant before conv_norm_out (32
+# groups of 32 channels, one channel a group) is normalised away, so its true gradient is 0 and
+# both sides return rounding noise.
 GRAD_KEYS = [
     "conv_in.weight", "time_embedding.linear_2.weight",
     "down_blocks.0.motion_modules.0.proj_in.weight",
@@ -59,7 +62,7 @@ GRAD_KEYS = [
     "up_blocks.0.upsamplers.0.conv.bias",
     "up_blocks.1.motion_modules.2.transformer_blocks.0.norm2.bias",
     "up_blocks.3.motion_modules.0.transformer_blocks.0.ff.net.0.proj.weight",
-    "up_blocks.3.motion_modules.2.proj_out.bias",
+    "up_blocks.3.motion_modules.2.proj_out.weight",
     "conv_out.bias",
 ]
 V1_GRAD_KEYS = [k for k in GRAD_KEYS if not k.startswith("mid_block.motion")] + ["mid_block.attentions.0.proj_in.weight"]
