@@ -23,6 +23,9 @@
 //! above, `text_encoder_2/` (`CLIPTextModelWithProjection`) + `tokenizer_2/` from
 //! `fixtures/diffusion/clip_text`; the scheduler SDXL's Euler by default.
 //!
+//! AnimateDiff ([`tiny_motion_pipeline_with`], `AnimateDiffPipeline`): the SD 1.5 components
+//! above with `unet/` the `UNetMotionModel` of `fixtures/diffusion/unet_motion/v1_5_2`.
+//!
 //! `scripts/golden/make_pipeline.py` builds the same directories in Python (the goldens of
 //! `fixtures/diffusion/pipeline` come from it). Both UNets' `sample_size` is 8: the default image
 //! is [`TINY_SD15_SIZE`] pixels square (8 x 8 latents).
@@ -126,6 +129,34 @@ pub fn tiny_sd15_pipeline_with(dir: &Path, scheduler: TinyScheduler) -> Result<(
             "text_encoder": ["transformers", "CLIPTextModel"],
             "tokenizer": ["transformers", "CLIPTokenizer"],
             "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }),
+    )
+}
+
+/// Writes a tiny AnimateDiff (SD 1.5 + motion adapter v1-5-2) pipeline into `dir`: the tiny
+/// SD 1.5 pipeline's VAE, text encoder, tokenizer and scheduler (`scheduler`), and as `unet/`
+/// the `UNetMotionModel` of `fixtures/diffusion/unet_motion/v1_5_2` (the SD 1.5 fixture's
+/// widths with 8-head motion modules), synthetic float32 weights as above.
+pub fn tiny_motion_pipeline_with(dir: &Path, scheduler: TinyScheduler) -> Result<()> {
+    let fixtures = repo_dir().join("fixtures/diffusion");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_unet(dir, &fixtures.join("unet_motion/v1_5_2/unet"))?;
+    write_vae(dir, Some(SD15_SCALING_FACTOR))?;
+    write_text_encoder(dir, "")?;
+    write_scheduler(dir, scheduler)?;
+    write_json(
+        &dir.join("model_index.json"),
+        &json!({
+            "_class_name": "AnimateDiffPipeline",
+            "_diffusers_version": "0.42.1",
+            "feature_extractor": [null, null],
+            "image_encoder": [null, null],
+            "motion_adapter": [null, null],
+            "scheduler": ["diffusers", scheduler.class_name()],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNetMotionModel"],
             "vae": ["diffusers", "AutoencoderKL"],
         }),
     )
@@ -283,4 +314,41 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
     std::fs::write(path, text).with_context(|| path.display().to_string())
+}
+
+/// Makes the pipeline in `dir`'s VAE encode as a trained one does: an untrained VAE's
+/// posterior has unit variance (log-variance ~0), so a latent sample is mostly sampling noise
+/// and chosen and rejected images hardly differ after it; a trained one's is narrow, and its
+/// scaling factor brings the latents to unit variance. Here the log-variance is set to -12
+/// (quant_conv's log-variance half: zero weights, bias -12) and the scaling factor to 2.
+pub fn sharpen_vae(dir: &Path) -> Result<()> {
+    let weights = dir.join("vae/diffusion_pytorch_model.safetensors");
+    let mut t = candle_core::safetensors::load(&weights, &Device::Cpu)?;
+    let w = t
+        .get("quant_conv.weight")
+        .context("quant_conv.weight")?
+        .clone();
+    let b = t.get("quant_conv.bias").context("quant_conv.bias")?.clone();
+    let half = w.dim(0)? / 2;
+    let w = Tensor::cat(
+        &[
+            w.narrow(0, 0, half)?,
+            w.narrow(0, half, half)?.zeros_like()?,
+        ],
+        0,
+    )?;
+    let b = Tensor::cat(
+        &[
+            b.narrow(0, 0, half)?,
+            (b.narrow(0, half, half)?.zeros_like()? - 12.0)?,
+        ],
+        0,
+    )?;
+    t.insert("quant_conv.weight".into(), w);
+    t.insert("quant_conv.bias".into(), b);
+    candle_core::safetensors::save(&t, &weights)?;
+    let config_path = dir.join("vae/config.json");
+    let mut config = read_json(&config_path)?;
+    config["scaling_factor"] = json!(2.0);
+    write_json(&config_path, &config)
 }

@@ -37,7 +37,7 @@ use unireward_trainer::schedule::ScheduleKind;
 use unireward_trainer::train_loop::{
     check_fresh_out, check_resume_data, train, LoopConfig, TrainSummary,
 };
-use unireward_trainer::unet_trainee::UNetTrainee;
+use unireward_trainer::unet_trainee::{TrainedPart, UNetTrainee};
 use unireward_trainer::varmap_model::VarMapModel;
 
 #[derive(Parser)]
@@ -234,6 +234,15 @@ enum Kind {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum TrainArg {
+    /// Every UNet weight (DiffusionDPO's train.py).
+    All,
+    /// Only the UNet's linear layers (weights and biases), as VideoDPO trains; convolutions
+    /// and norms stay frozen.
+    Linear,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum TimestepArg {
     /// Uniform over the schedule's training steps.
     Uniform,
@@ -291,6 +300,9 @@ struct DpoArgs {
     /// diffusion: evaluate every N steps (and at the last); default: only at the last.
     #[arg(long, requires = "eval_data")]
     eval_every: Option<usize>,
+    /// diffusion: which UNet weights train [default: all].
+    #[arg(long, value_enum)]
+    train: Option<TrainArg>,
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {
@@ -467,6 +479,7 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
         ("--cache-latents", args.cache_latents),
         ("--timesteps", args.timesteps.is_some()),
         ("--eval-data", args.eval_data.is_some()),
+        ("--train", args.train.is_some()),
     ];
     if let Some((flag, _)) = diffusion_only.iter().find(|(_, set)| *set) {
         anyhow::bail!("{flag} applies to --kind diffusion only");
@@ -554,8 +567,17 @@ fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
     let dtype = parse_dtype(&c.dtype)?;
     let device = parse_device(&c.device)?;
     let model_dir = &c.model;
+    let part = match args.train {
+        Some(TrainArg::Linear) => TrainedPart::Linear,
+        Some(TrainArg::All) | None => TrainedPart::All,
+    };
     let mut unet = match c.lora.config() {
-        None => UNetTrainee::load(model_dir, dtype, &device),
+        None => UNetTrainee::load_part(model_dir, dtype, &device, part),
+        Some(_) if args.train.is_some() => {
+            anyhow::bail!(
+                "--train and --lora-rank exclude each other: with LoRA only the adapters train"
+            )
+        }
         Some(mut lora) => {
             if c.lora.lora_targets.is_none() {
                 lora.targets = UNET_DEFAULT_TARGETS.iter().map(|t| t.to_string()).collect();
@@ -586,6 +608,25 @@ fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
         Some(path) => Some(DiffusionPairs::read(path, &c.media_root(path))?),
         None => None,
     };
+    let video = unet.is_video();
+    let eval_path = args.eval_data.as_ref().unwrap_or(&c.data);
+    for (path, pairs) in [(&c.data, Some(&data)), (eval_path, eval.as_ref())] {
+        let Some(pairs) = pairs else { continue };
+        if let Some(p) = pairs.pairs.iter().find(|p| p.chosen.is_video() != video) {
+            anyhow::bail!(
+                "{}: pair {} holds {} but the UNet of {} is {}",
+                path.display(),
+                p.id,
+                if video { "images" } else { "videos" },
+                model_dir.display(),
+                if video {
+                    "a motion UNet (videos)"
+                } else {
+                    "an image UNet"
+                }
+            );
+        }
+    }
     let objective = DiffusionDpoObjective {
         data,
         eval,

@@ -30,6 +30,7 @@ use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use unireward_models::device::parse_device;
+use unireward_models::diffusion::denoiser::Denoiser;
 use unireward_models::diffusion::pipeline::{GenerateOptions, TextToImage};
 use unireward_models::formats::pairs_request::PairsRequestRecord;
 use unireward_models::formats::record::Record;
@@ -143,13 +144,16 @@ pub fn run_sample(args: SampleArgs) -> Result<()> {
     let mut pipe = TextToImage::load(&args.model, args.dtype.dtype(), &device)
         .with_context(|| format!("loading the pipeline {}", args.model.display()))?;
     if let Some(lora) = &args.lora {
-        let unet = load_adapted_unet(
+        let adapted = load_adapted_unet(
             &args.model.join(UNET_DIR),
             lora,
             args.dtype.dtype(),
             &device,
         )
         .with_context(|| format!("applying the LoRA {}", lora.display()))?;
+        let Denoiser::Image(unet) = adapted else {
+            bail!("--lora: the pipeline's UNet is a motion UNet; trainer sample draws images");
+        };
         pipe = pipe.with_unet(unet)?;
     }
     let (default_h, default_w) = pipe.default_size().unwrap_or((0, 0));

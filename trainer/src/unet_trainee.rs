@@ -1,10 +1,13 @@
 //! A diffusers UNet as the loop's [`Trainee`]: every weight a `Var` (full fine-tuning, as
-//! DiffusionDPO's train.py trains SD 1.5 and SDXL), written back in diffusers' layout
-//! (`unet/config.json`, `unet/diffusion_pytorch_model.safetensors`) so that
-//! `UNet2DConditionModel.from_pretrained(OUT/unet)` and our loader read the result; or, with
-//! LoRA, the weights frozen and adapters on the targeted linear layers trained (PEFT's
-//! base(x) + s·B(A(x)), through `models::linear`'s branch), written as diffusers saves a
-//! UNet's LoRA (`pytorch_lora_weights.safetensors`, which `pipe.load_lora_weights(OUT)`
+//! DiffusionDPO's train.py trains SD 1.5 and SDXL), or only the linear layers' (as VideoDPO
+//! trains its video UNet), written back in diffusers' layout (`unet/config.json`,
+//! `unet/diffusion_pytorch_model.safetensors`) so that `UNet2DConditionModel.from_pretrained
+//! (OUT/unet)` (or `UNetMotionModel`'s) and our loader read the result. The UNet is either
+//! kind a pipeline holds ([`Denoiser`]: image, or AnimateDiff's motion UNet).
+//!
+//! Or, with LoRA, every weight frozen and adapters on the targeted linear layers trained
+//! (PEFT's base(x) + s·B(A(x)), through `models::linear`'s branch), written as diffusers saves
+//! a UNet's LoRA (`pytorch_lora_weights.safetensors`, which `pipe.load_lora_weights(OUT)`
 //! reads). The adapter's base is the starting UNet, so it is also the DPO reference.
 
 use std::collections::HashMap;
@@ -15,7 +18,8 @@ use candle_nn::VarBuilder;
 use serde_json::{json, Value};
 use unireward_models::checkpoint::load_all;
 use unireward_models::diffusion::component::{open_component, DIFFUSERS_WEIGHTS};
-use unireward_models::diffusion::unet::{UNet2DConditionModel, UNetConfig, UNetSpec};
+use unireward_models::diffusion::denoiser::{Denoiser, DenoiserSpec};
+use unireward_models::diffusion::unet::UNetSpec;
 use unireward_models::linear::{LORA_A, LORA_B, LORA_SCALE};
 
 use crate::checkpoint_keys::Shapes;
@@ -28,14 +32,56 @@ use crate::{Error, Result};
 pub const UNET_DIR: &str = "unet";
 pub const UNET_WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 
+/// Which of the UNet's weights train (`--train`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainedPart {
+    /// Every parameter (DiffusionDPO's train.py).
+    All,
+    /// The `nn.Linear` layers' weights and biases only (VideoDPO): attention projections,
+    /// feed-forwards, linear proj_in/out, time-embedding MLPs; convolutions, norms and
+    /// buffers stay frozen.
+    Linear,
+}
+
+/// A buffer, not a parameter: torch's optimizers never see it.
+fn is_buffer(name: &str) -> bool {
+    name.ends_with("pos_embed.pe")
+}
+
+/// Whether `name` is trained under `part`, given every tensor's shape.
+fn trains(part: TrainedPart, name: &str, shapes: &Shapes) -> bool {
+    if is_buffer(name) {
+        return false;
+    }
+    match part {
+        TrainedPart::All => true,
+        TrainedPart::Linear => {
+            // A linear layer's weight is the one rank-2 parameter kind of a UNet (convolution
+            // kernels are rank 4, norms and biases rank 1); a bias is linear when its weight is.
+            let module = name
+                .strip_suffix(".weight")
+                .or_else(|| name.strip_suffix(".bias"));
+            module.is_some_and(|m| {
+                shapes
+                    .get(&format!("{m}.weight"))
+                    .is_some_and(|s| s.len() == 2)
+            })
+        }
+    }
+}
+
 pub struct UNetTrainee {
-    spec: UNetSpec,
+    spec: DenoiserSpec,
     /// Sorted by name: the optimizer's moments are saved in this order.
     vars: Vec<(String, Var)>,
+    /// The weights that do not train (`--train linear`'s others, buffers), written back as
+    /// they were read.
+    frozen: Vec<(String, Tensor)>,
+    part: TrainedPart,
     dtype: DType,
     device: Device,
-    model: UNet2DConditionModel,
-    /// With LoRA: the adapters (then `vars` are theirs and the weights are frozen).
+    model: Denoiser,
+    /// With LoRA: the adapters (then `vars` are theirs and every weight is in `frozen`).
     lora: Option<LoraAdapter>,
 }
 
@@ -43,22 +89,43 @@ impl UNetTrainee {
     /// The UNet of the pipeline in `pipeline` (its `unet/` directory), every weight trained,
     /// in `dtype`.
     pub fn load(pipeline: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_part(pipeline, dtype, device, TrainedPart::All)
+    }
+
+    /// [`Self::load`] training only `part` of the weights.
+    pub fn load_part(
+        pipeline: &Path,
+        dtype: DType,
+        device: &Device,
+        part: TrainedPart,
+    ) -> Result<Self> {
         let dir = pipeline.join(UNET_DIR);
         let (spec, tensors) = frozen_tensors(&dir, dtype, device)?;
-        let mut vars: Vec<(String, Var)> = tensors
-            .into_iter()
-            .map(|(k, t)| Ok((k, Var::from_tensor(&t)?)))
-            .collect::<Result<_>>()?;
+        let shapes = shapes_of(&tensors);
+        let mut vars = Vec::new();
+        let mut frozen = Vec::new();
+        for (k, t) in tensors {
+            if trains(part, &k, &shapes) {
+                vars.push((k, Var::from_tensor(&t)?));
+            } else {
+                frozen.push((k, t));
+            }
+        }
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let tensors = vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
-        let model = build(&spec, tensors, dtype, device)
+        frozen.sort_by(|a, b| a.0.cmp(&b.0));
+        if vars.is_empty() {
+            return Err(Error::Config(format!(
+                "{}: no weight to train under --train {part:?}",
+                dir.display()
+            )));
+        }
+        let model = build(&spec, &vars, &frozen, dtype, device)
             .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
         Ok(Self {
             spec,
             vars,
+            frozen,
+            part,
             dtype,
             device: device.clone(),
             model,
@@ -80,11 +147,20 @@ impl UNetTrainee {
         let adapter =
             LoraAdapter::init_by_suffix(config, &shapes_of(&tensors), dtype, device, seed)
                 .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
-        let model = build(&spec, with_branches(tensors, &adapter)?, dtype, device)
-            .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
+        let model = Denoiser::from_tensors(
+            &spec,
+            with_branches(tensors.clone(), &adapter)?,
+            dtype,
+            device,
+        )
+        .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
+        let mut frozen: Vec<(String, Tensor)> = tensors.into_iter().collect();
+        frozen.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Self {
             spec,
             vars: adapter.vars(),
+            frozen,
+            part: TrainedPart::All,
             dtype,
             device: device.clone(),
             model,
@@ -96,8 +172,14 @@ impl UNetTrainee {
         self.lora.as_ref()
     }
 
+    /// The spatial UNet's settings (the motion UNet's image part).
     pub fn spec(&self) -> &UNetSpec {
-        &self.spec
+        self.spec.unet()
+    }
+
+    /// Whether the UNet is AnimateDiff's motion UNet, trained on videos.
+    pub fn is_video(&self) -> bool {
+        self.spec.is_video()
     }
 
     pub fn dtype(&self) -> DType {
@@ -106,12 +188,18 @@ impl UNetTrainee {
 }
 
 fn build(
-    spec: &UNetSpec,
-    tensors: HashMap<String, Tensor>,
+    spec: &DenoiserSpec,
+    vars: &[(String, Var)],
+    frozen: &[(String, Tensor)],
     dtype: DType,
     device: &Device,
-) -> candle_core::Result<UNet2DConditionModel> {
-    UNet2DConditionModel::new(spec, VarBuilder::from_tensors(tensors, dtype, device))
+) -> candle_core::Result<Denoiser> {
+    let tensors: HashMap<String, Tensor> = vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .chain(frozen.iter().cloned())
+        .collect();
+    Denoiser::new(spec, VarBuilder::from_tensors(tensors, dtype, device))
 }
 
 /// The UNet in `unet_dir` with the adapter diffusers saved in `adapter_dir`
@@ -121,21 +209,21 @@ pub fn load_adapted_unet(
     adapter_dir: &Path,
     dtype: DType,
     device: &Device,
-) -> Result<UNet2DConditionModel> {
+) -> Result<Denoiser> {
     let (spec, tensors) = frozen_tensors(unet_dir, dtype, device)?;
     let adapter = read_diffusers(adapter_dir, &shapes_of(&tensors), dtype, device)?;
-    build(&spec, with_branches(tensors, &adapter)?, dtype, device)
+    Denoiser::from_tensors(&spec, with_branches(tensors, &adapter)?, dtype, device)
         .map_err(|e| Error::Config(format!("{}: {e}", unet_dir.display())))
 }
 
-/// A UNet directory's config and weights (in `dtype`), as plain tensors.
+/// A UNet directory's config (either kind) and weights (in `dtype`), as plain tensors.
 fn frozen_tensors(
     dir: &Path,
     dtype: DType,
     device: &Device,
-) -> Result<(UNetSpec, HashMap<String, Tensor>)> {
-    let (config, ckpt): (UNetConfig, _) = open_component(dir, DIFFUSERS_WEIGHTS)?;
-    let spec = config.resolve()?;
+) -> Result<(DenoiserSpec, HashMap<String, Tensor>)> {
+    let (config, ckpt): (Value, _) = open_component(dir, DIFFUSERS_WEIGHTS)?;
+    let spec = DenoiserSpec::from_config(&config)?;
     let tensors = load_all(&ckpt, device)?
         .into_iter()
         .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
@@ -172,9 +260,9 @@ fn weights_path(dir: &Path) -> PathBuf {
 }
 
 impl Trainee for UNetTrainee {
-    type Model = UNet2DConditionModel;
+    type Model = Denoiser;
 
-    fn model(&self) -> &UNet2DConditionModel {
+    fn model(&self) -> &Denoiser {
         &self.model
     }
 
@@ -187,12 +275,19 @@ impl Trainee for UNetTrainee {
     }
 
     fn settings(&self) -> Value {
-        match &self.lora {
-            None => json!({"dtype": format!("{:?}", self.dtype), "trained": "unet"}),
-            Some(l) => json!({
+        if let Some(l) = &self.lora {
+            return json!({
                 "dtype": format!("{:?}", self.dtype),
                 "trained": "unet lora",
                 "lora": l.config(),
+            });
+        }
+        match self.part {
+            TrainedPart::All => json!({"dtype": format!("{:?}", self.dtype), "trained": "unet"}),
+            TrainedPart::Linear => json!({
+                "dtype": format!("{:?}", self.dtype),
+                "trained": "unet",
+                "trained_part": "linear",
             }),
         }
     }
@@ -216,6 +311,7 @@ impl Trainee for UNetTrainee {
             .vars
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .chain(self.frozen.iter().cloned())
             .collect();
         candle_core::safetensors::save(&tensors, weights_path(dir))?;
         Ok(())

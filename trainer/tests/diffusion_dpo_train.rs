@@ -12,7 +12,7 @@ use candle_core::{DType, Device};
 use image::{Rgb, RgbImage};
 use serde_json::Value;
 use unireward_models::diffusion::unet::UNet2DConditionModel;
-use unireward_tests::diffusion_pipeline::tiny_sd15_pipeline;
+use unireward_tests::diffusion_pipeline::{sharpen_vae, tiny_sd15_pipeline};
 
 /// A 96x80 picture (not square, so the transform resizes and crops): chosen ones bright and
 /// warm with a disc, rejected ones dark and cold with noise.
@@ -100,43 +100,11 @@ fn field(line: &Value, key: &str) -> Result<f64> {
         .with_context(|| format!("metrics line without {key}: {line}"))
 }
 
-/// The tiny pipeline with its VAE made to encode as a trained one does: an untrained VAE's
-/// posterior has unit variance (log-variance ~0), so a latent sample is mostly sampling noise
-/// and the chosen and rejected images hardly differ after it; a trained one's is narrow, and
-/// its scaling factor brings the latents to unit variance. Here the log-variance is set to
-/// -12 (quant_conv's log-variance half: zero weights, bias -12) and the scaling factor to 2.
+/// The tiny pipeline with its VAE made to encode as a trained one does
+/// ([`sharpen_vae`]).
 fn pipeline_with_sharp_vae(dir: &Path) -> Result<()> {
     tiny_sd15_pipeline(dir)?;
-    let weights = dir.join("vae/diffusion_pytorch_model.safetensors");
-    let mut t = candle_core::safetensors::load(&weights, &Device::Cpu)?;
-    let w = t
-        .get("quant_conv.weight")
-        .context("quant_conv.weight")?
-        .clone();
-    let b = t.get("quant_conv.bias").context("quant_conv.bias")?.clone();
-    let half = w.dim(0)? / 2;
-    let w = candle_core::Tensor::cat(
-        &[
-            w.narrow(0, 0, half)?,
-            w.narrow(0, half, half)?.zeros_like()?,
-        ],
-        0,
-    )?;
-    let b = candle_core::Tensor::cat(
-        &[
-            b.narrow(0, 0, half)?,
-            (b.narrow(0, half, half)?.zeros_like()? - 12.0)?,
-        ],
-        0,
-    )?;
-    t.insert("quant_conv.weight".into(), w);
-    t.insert("quant_conv.bias".into(), b);
-    candle_core::safetensors::save(&t, &weights)?;
-    let config_path = dir.join("vae/config.json");
-    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&config_path)?)?;
-    config["scaling_factor"] = serde_json::json!(2.0);
-    std::fs::write(&config_path, config.to_string())?;
-    Ok(())
+    sharpen_vae(dir)
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
-use unireward_models::diffusion::unet::UNet2DConditionModel;
+use unireward_models::diffusion::denoiser::Denoiser;
 use unireward_tests::diffusion_pipeline::tiny_sd15_pipeline;
 use unireward_tests::repo_dir;
 use unireward_trainer::checkpoint_keys::Shapes;
@@ -53,7 +53,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
 }
 
 fn predict(
-    unet: &UNet2DConditionModel,
+    unet: &Denoiser,
     t: &HashMap<String, Tensor>,
     case: &str,
     dtype: DType,
@@ -84,7 +84,7 @@ fn diffusers_adapters_predict_as_in_diffusers() -> Result<()> {
         DType::F32,
         &Device::Cpu,
     )?;
-    let base = UNet2DConditionModel::load(&unet_dir, DType::F32, &Device::Cpu)?;
+    let base = Denoiser::load(&unet_dir, DType::F32, &Device::Cpu)?;
     for case in cases()? {
         let want = get(&t, &format!("{case}.output"), DType::F64)?;
         let got = predict(&adapted, &t, &case, DType::F32)?;

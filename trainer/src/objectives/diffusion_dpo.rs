@@ -1,5 +1,8 @@
 //! `trainer dpo --kind diffusion`: Diffusion-DPO on pairs of generated images, as
-//! SalesforceAIResearch/DiffusionDPO train.py trains SD 1.5 and SDXL(-Turbo).
+//! SalesforceAIResearch/DiffusionDPO train.py trains SD 1.5 and SDXL(-Turbo), and on pairs of
+//! generated videos for AnimateDiff's motion UNet (each frame through the VAE, the latents
+//! stacked into [1, C, F, h, w]; one noise tensor over all frames and one timestep shared by
+//! chosen and rejected; the MSE over all frames). A pair's optional weight multiplies its loss.
 //!
 //! Per pair and visit: both images through train.py's transform (each flipped with
 //! probability ½ unless `--no-hflip`), the VAE's latent distribution sampled and scaled,
@@ -24,15 +27,16 @@ use unireward_models::diffusion::clip_text::{
     sd15_prompt_embeds, sdxl_prompt_embeds, ClipTextModel,
 };
 use unireward_models::diffusion::clip_tokenizer::ClipTokenizer;
+use unireward_models::diffusion::denoiser::Denoiser;
 use unireward_models::diffusion::scheduler::{
     gaussian, turbo_timesteps, NoiseSchedule, PredictionType, SchedulerConfig,
 };
 use unireward_models::diffusion::train_image::load_train_pixels;
-use unireward_models::diffusion::unet::{AddedCond, UNet2DConditionModel};
+use unireward_models::diffusion::unet::AddedCond;
 use unireward_models::diffusion::vae::{AutoencoderKL, DiagonalGaussian};
 use unireward_models::splitmix64;
 
-use crate::data::diffusion_pairs::DiffusionPairs;
+use crate::data::diffusion_pairs::{Candidate, DiffusionPairs};
 use crate::data::fingerprint::Fnv1a;
 use crate::loss::diffusion_dpo::{diffusion_dpo_loss, per_sample_mse, PairErrors};
 use crate::memory_estimate::StepShape;
@@ -199,6 +203,28 @@ impl LatentEncoder {
             gaussian(dist.mean.dims(), seed, dist.mean.device())?.to_dtype(dist.mean.dtype())?;
         Ok(self.vae.to_latents(&dist.sample(&noise)?)?)
     }
+
+    /// An image's latents [1, C, h, w], or a video's [1, C, F, h, w]: every frame encoded
+    /// on its own (as AnimateDiff's VAE sees frames), flipped alike, each with its own
+    /// latent sample draw.
+    pub fn candidate_latents(&self, c: &Candidate, flip: bool, seed: u64) -> Result<Tensor> {
+        match c {
+            Candidate::Image(path) => self.latents(path, flip, seed),
+            Candidate::Frames(frames) => {
+                let latents = frames
+                    .iter()
+                    .enumerate()
+                    .map(|(k, frame)| {
+                        let draw = splitmix64::mix(
+                            seed.wrapping_add((k as u64 + 1).wrapping_mul(splitmix64::GAMMA)),
+                        );
+                        self.latents(frame, flip, draw)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::stack(&latents, 2)?)
+            }
+        }
+    }
 }
 
 pub struct DiffusionDpoObjective {
@@ -208,7 +234,7 @@ pub struct DiffusionDpoObjective {
     pub data_file: PathBuf,
     pub latents: LatentEncoder,
     pub conditioner: Conditioner,
-    pub reference: UNet2DConditionModel,
+    pub reference: Denoiser,
     pub schedule: NoiseSchedule,
     pub prediction: PredictionType,
     pub beta: f64,
@@ -227,6 +253,8 @@ pub struct DiffusionBatch {
     pub context: Tensor,
     pub added: Option<(Tensor, Tensor)>,
     pub pairs: usize,
+    /// [P] f64: each pair's weight on its loss.
+    pub pair_weights: Tensor,
 }
 
 /// Where evaluation draws stand in the stream: far past any run's training positions.
@@ -271,16 +299,8 @@ impl DiffusionDpoObjective {
     }
 
     /// The frozen reference: the starting UNet, loaded again.
-    pub fn load_reference(
-        pipeline: &Path,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<UNet2DConditionModel> {
-        Ok(UNet2DConditionModel::load(
-            &pipeline.join(UNET_DIR),
-            dtype,
-            device,
-        )?)
+    pub fn load_reference(pipeline: &Path, dtype: DType, device: &Device) -> Result<Denoiser> {
+        Ok(Denoiser::load(&pipeline.join(UNET_DIR), dtype, device)?)
     }
     /// A micro-batch of `data`'s pairs at `indices`, the first at stream `position`.
     pub fn prepare_from(
@@ -299,9 +319,9 @@ impl DiffusionDpoObjective {
             let pair = &data.pairs[index];
             let flips = draw_seed(self.seed, pos, Draw::Flips);
             let (flip_c, flip_r) = (self.hflip && flips & 1 == 1, self.hflip && flips & 2 == 2);
-            let latents = |path: &Path, flip, draw| {
+            let latents = |c: &Candidate, flip, draw| {
                 self.latents
-                    .latents(path, flip, draw_seed(self.seed, pos, draw))
+                    .candidate_latents(c, flip, draw_seed(self.seed, pos, draw))
                     .map_err(|e| Error::record(&pair.id, e))
             };
             let c = latents(&pair.chosen, flip_c, Draw::ChosenSample)?;
@@ -341,12 +361,14 @@ impl DiffusionDpoObjective {
         let cond = self.conditioner.encode(&captions)?;
         let twice = |t: &Tensor| Tensor::cat(&[t, t], 0);
         let ts: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
-        let (_, _, h, w) = latents.dims4()?;
+        // Latent positions per sample: h·w, times the frames of a video.
+        let positions: usize = latents.dims().iter().skip(2).product();
+        let weights: Vec<f64> = indices.iter().map(|&i| data.pairs[i].weight).collect();
         Ok(Prepared {
             weight: pairs as f64,
             shape: StepShape {
                 rows: 2 * pairs,
-                tokens: h * w,
+                tokens: positions,
                 scored: 0,
                 tiles: 0,
             },
@@ -363,6 +385,7 @@ impl DiffusionDpoObjective {
                     None => None,
                 },
                 pairs,
+                pair_weights: Tensor::from_vec(weights, pairs, latents.device())?,
             },
         })
     }
@@ -370,7 +393,7 @@ impl DiffusionDpoObjective {
 
 impl Objective for DiffusionDpoObjective {
     type Batch = DiffusionBatch;
-    type Model = UNet2DConditionModel;
+    type Model = Denoiser;
 
     fn num_examples(&self) -> usize {
         self.data.pairs.len()
@@ -380,7 +403,7 @@ impl Objective for DiffusionDpoObjective {
         self.prepare_from(&self.data, indices, position)
     }
 
-    fn forward(&self, model: &UNet2DConditionModel, b: &DiffusionBatch) -> Result<Forward> {
+    fn forward(&self, model: &Denoiser, b: &DiffusionBatch) -> Result<Forward> {
         let added = || {
             b.added.as_ref().map(|(text_embeds, time_ids)| AddedCond {
                 text_embeds,
@@ -405,7 +428,7 @@ impl Objective for DiffusionDpoObjective {
             },
         )?;
         Ok(Forward {
-            loss_sum: out.losses.sum_all()?,
+            loss_sum: (out.losses * &b.pair_weights)?.sum_all()?,
             metric_sums: out.metric_sums,
         })
     }
@@ -414,7 +437,7 @@ impl Objective for DiffusionDpoObjective {
     /// every pair at the same draws
     /// (noise, timestep, flips, latent sample) every time, so that evaluations are comparable
     /// across steps and runs.
-    fn evaluate(&self, model: &UNet2DConditionModel) -> Result<Vec<(String, f64)>> {
+    fn evaluate(&self, model: &Denoiser) -> Result<Vec<(String, f64)>> {
         let Some(eval) = &self.eval else {
             return Ok(Vec::new());
         };

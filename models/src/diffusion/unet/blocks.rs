@@ -9,7 +9,12 @@ use super::config::{BlockSpec, UNetSpec};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use super::transformer_2d::{Transformer2DModel, TransformerSpec};
 
-fn transformer(vb: VarBuilder, spec: &UNetSpec, block: &BlockSpec) -> Result<Transformer2DModel> {
+/// The block's cross-attention `Transformer2DModel` (also the motion UNet's).
+pub(crate) fn transformer(
+    vb: VarBuilder,
+    spec: &UNetSpec,
+    block: &BlockSpec,
+) -> Result<Transformer2DModel> {
     Transformer2DModel::new(
         vb,
         TransformerSpec {

@@ -60,14 +60,14 @@ impl Attention {
 
 /// `FeedForward` with GEGLU: proj to 2·inner, value · gelu(gate) (erf), back to dim.
 #[derive(Clone)]
-struct GegluFeedForward {
+pub(crate) struct GegluFeedForward {
     proj: Linear,
     out: Linear,
     inner: usize,
 }
 
 impl GegluFeedForward {
-    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+    pub(crate) fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         let inner = dim * 4;
         Ok(Self {
             proj: Linear::load(vb.pp("net.0.proj"), dim, inner * 2, true)?,
