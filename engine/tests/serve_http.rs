@@ -675,7 +675,7 @@ fn assert_generated(record: &Value, answer: &str) {
 /// A Qwen2.5-VL judge behind `engine serve`: MixGRPO's UnifiedReward-qwen body (a JPEG data
 /// URI, then the question, `temperature: 0`, `max_tokens: 4096`) and a two-image pair body
 /// generate what `engine score --judge generate` generates; `/v1/score` in fast and generate
-/// mode writes `engine score`'s records, on pictures of 300x200 and 1920x1080.
+/// mode writes `engine score`'s records, on pictures of 300x200 and 40x30.
 #[test]
 fn qwen_requests_answer_as_engine_score_does() -> Result<()> {
     let dir = scratch("qwen")?;
@@ -685,8 +685,8 @@ fn qwen_requests_answer_as_engine_score_does() -> Result<()> {
         .to_rgb8()
         .save_with_format(dir.join("small.jpg"), image::ImageFormat::Jpeg)?;
     let jpeg = std::fs::read(dir.join("small.jpg"))?;
-    let large = std::fs::read(qwen_picture("1920x1080.png"))?;
-    std::fs::write(dir.join("large.png"), &large)?;
+    let other = std::fs::read(qwen_picture("40x30.png"))?;
+    std::fs::write(dir.join("other.png"), &other)?;
     let caption = "a yellow square on a grey floor";
     let server = Server::start_on(&model, &["--max-new-tokens", NEW_TOKENS])?;
 
@@ -705,15 +705,16 @@ fn qwen_requests_answer_as_engine_score_does() -> Result<()> {
     let cli = engine_score_on(&model, &dir, std::slice::from_ref(&point), &generate)?;
     assert_generated(&cli[0], &answer);
 
-    // Two images, one of 1920x1080, a Qwen-VL `image` part for the second.
+    // Two images (40x30 grows to the processor's smallest grid), the second a Qwen-VL `image`
+    // part.
     let pair_body = json!({"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": data_uri("image/png", &large)}},
+        {"type": "image_url", "image_url": {"url": data_uri("image/png", &other)}},
         {"type": "image", "image": data_uri("image/jpeg", &jpeg)},
         {"type": "text", "text": qwen_question(Mode::Pair, caption, 2)?},
     ]}], "max_tokens": 4096, "do_sample": false});
     let pair_answer = content_of(&server.post("/v1/chat/completions", &pair_body)?)?;
     let pair = json!({"id": "pair", "task": "image_generation", "mode": "pair",
-        "prompt": caption, "images": ["large.png", "small.jpg"]});
+        "prompt": caption, "images": ["other.png", "small.jpg"]});
     let cli_pair = engine_score_on(&model, &dir, std::slice::from_ref(&pair), &generate)?;
     assert_generated(&cli_pair[0], &pair_answer);
 
@@ -721,7 +722,7 @@ fn qwen_requests_answer_as_engine_score_does() -> Result<()> {
     let inline = |record: &Value| {
         let mut r = record.clone();
         r["images"] = match record["mode"].as_str() {
-            Some("pair") => json!([data_uri("image/png", &large), data_uri("image/jpeg", &jpeg)]),
+            Some("pair") => json!([data_uri("image/png", &other), data_uri("image/jpeg", &jpeg)]),
             _ => json!([data_uri("image/jpeg", &jpeg)]),
         };
         r
