@@ -25,6 +25,7 @@ use unireward_engine::qwen_media::QwenVideos;
 use unireward_engine::qwen_score::QwenScoreJob;
 use unireward_engine::records::{check_output_path, OutputMode, DEFAULT_MAX_LINE_BYTES};
 use unireward_engine::score::ScoreJob;
+use unireward_engine::serve::media::MediaReader;
 use unireward_engine::serve::media_inbox::MediaPolicy;
 use unireward_engine::serve::{serve, ServeModel, ServeOptions};
 use unireward_models::device::parse_device;
@@ -309,8 +310,10 @@ struct ServeArgs {
     #[arg(long)]
     rank_swap: bool,
     /// /v1/rank's prompts: sift (the DPO-data scripts', as `engine pairs`) or inference.
-    #[arg(long, default_value = "sift")]
-    rank_recipe: Recipe,
+    /// Default: sift for the llava template families, inference for the others (the DPO-data
+    /// scripts have LLaVA's prompts only).
+    #[arg(long)]
+    rank_recipe: Option<Recipe>,
 }
 
 fn main() -> ExitCode {
@@ -672,63 +675,91 @@ fn run() -> Result<RunSummary> {
     }
 }
 
-/// Refuses a checkpoint whose family `what` does not run yet, before anything is loaded.
-fn refuse_qwen(dir: &Path, what: &str) -> Result<()> {
-    let family = ModelFamily::of_dir(dir)?;
-    if let Some(why) = family.not_runnable_by(what) {
-        bail!("{}: {why}", dir.display());
-    }
-    Ok(())
-}
-
 fn run_server(model: &ModelArgs, judge: &JudgeArgs, args: &ServeArgs) -> Result<()> {
-    refuse_qwen(&model.model, "engine serve")?;
     let family = judge.family(&model.model)?;
-    if args.rank_recipe == Recipe::Sift && !matches!(family, Family::Llava | Family::LlavaAcs) {
-        bail!(
+    let llava_prompts = matches!(family, Family::Llava | Family::LlavaAcs);
+    let rank_recipe = match args.rank_recipe {
+        Some(Recipe::Sift) if !llava_prompts => bail!(
             "--rank-recipe sift judges with the LLaVA family's prompts; with template family \
              {family} use --rank-recipe inference"
-        );
-    }
+        ),
+        Some(recipe) => recipe,
+        None if llava_prompts => Recipe::Sift,
+        None => Recipe::Inference,
+    };
     // The server's fast judge refuses a Think family's requests one by one (a request may
     // ask for ?judge=generate); only a fast default is refused here.
     judge.check_mode(family)?;
+    let options = serve_options(model, judge, args, rank_recipe)?;
+    let fast_args = JudgeArgs {
+        judge: JudgeMode::Fast,
+        ..judge.clone()
+    };
+    let generate_args = JudgeArgs {
+        judge: JudgeMode::Generate,
+        ..judge.clone()
+    };
+    // /v1/rank judges every pair, as `--ranking round-robin`.
+    let rank_options = PairOptions {
+        ranking: RankingMode::RoundRobin,
+        swap: args.rank_swap,
+        recipe: rank_recipe,
+        format: PairFormat::default(),
+    };
+    let feature_cache_bytes = args.feature_cache_mb.saturating_mul(1 << 20);
+    if ModelFamily::of_dir(&model.model)? == ModelFamily::Qwen25Vl {
+        let q = load_qwen(model)?;
+        // One fast judge for /v1/score and /v1/rank: building one scans the whole vocabulary.
+        let fast = qwen_judge(&q, &fast_args, family, model)?;
+        let videos = qwen_videos(judge, family, model);
+        let serve_model = ServeModel {
+            fast: &fast,
+            generate: qwen_judge(&q, &generate_args, family, model)?,
+            rank: PairsJob {
+                judge: &fast,
+                media: PairsMedia::Qwen {
+                    backend: &q.backend,
+                    processor: &q.processor,
+                    videos,
+                },
+                options: rank_options,
+            },
+            token_budget: model.token_budget,
+            feature_cache_bytes,
+            qwen: Some(&q.backend),
+        };
+        let reader = MediaReader::Qwen {
+            processor: q.processor.clone(),
+            videos,
+        };
+        return listen(&serve_model, reader, options);
+    }
     let l = load(model, judge.video_mode(family))?;
-    let fast = make_judge(
-        &l,
-        &JudgeArgs {
-            judge: JudgeMode::Fast,
-            ..judge.clone()
-        },
-        family,
-        model,
-    )?;
-    let generate = make_judge(
-        &l,
-        &JudgeArgs {
-            judge: JudgeMode::Generate,
-            ..judge.clone()
-        },
-        family,
-        model,
-    )?;
-    // One fast judge for /v1/score and /v1/rank: building one scans the whole vocabulary.
+    let fast = make_judge(&l, &fast_args, family, model)?;
     let serve_model = ServeModel {
         fast: &fast,
-        generate,
+        generate: make_judge(&l, &generate_args, family, model)?,
         rank: PairsJob {
             judge: &fast,
             media: PairsMedia::Llava(&l.media),
-            options: PairOptions {
-                ranking: RankingMode::RoundRobin,
-                swap: args.rank_swap,
-                recipe: args.rank_recipe,
-                format: PairFormat::default(),
-            },
+            options: rank_options,
         },
         token_budget: model.token_budget,
-        feature_cache_bytes: args.feature_cache_mb.saturating_mul(1 << 20),
+        feature_cache_bytes,
+        qwen: None,
     };
+    let loader = MediaLoader::from_model_dir(&model.model, l.backend.config(), model.frames)?
+        .with_video_mode(judge.video_mode(family));
+    listen(&serve_model, MediaReader::Llava(loader), options)
+}
+
+/// How the server listens and what it accepts, from the command line.
+fn serve_options(
+    model: &ModelArgs,
+    judge: &JudgeArgs,
+    args: &ServeArgs,
+    rank_recipe: Recipe,
+) -> Result<ServeOptions> {
     let allowed_dir = args
         .allowed_media_dir
         .as_ref()
@@ -745,7 +776,7 @@ fn run_server(model: &ModelArgs, judge: &JudgeArgs, args: &ServeArgs) -> Result<
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "unireward".into())
     });
-    let options = ServeOptions {
+    Ok(ServeOptions {
         host: args.host.clone(),
         port: args.port,
         // From the environment too, so that the key need not show in `ps`.
@@ -763,14 +794,15 @@ fn run_server(model: &ModelArgs, judge: &JudgeArgs, args: &ServeArgs) -> Result<
             max_pixels: args.max_image_pixels,
         },
         default_judge: judge.judge,
-        rank_resize: match args.rank_recipe {
+        rank_resize: match rank_recipe {
             Recipe::Sift => sift_resize,
             Recipe::Inference => |_| None,
         },
-    };
-    let loader = MediaLoader::from_model_dir(&model.model, l.backend.config(), model.frames)?
-        .with_video_mode(judge.video_mode(family));
-    serve(&serve_model, loader, options, |address| {
+    })
+}
+
+fn listen(model: &ServeModel, reader: MediaReader, options: ServeOptions) -> Result<()> {
+    serve(model, reader, options, |address| {
         // Scripts (and the tests) read the address from this line.
         println!("listening on http://{address}");
         let _ = std::io::Write::flush(&mut std::io::stdout());

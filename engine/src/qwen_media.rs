@@ -11,7 +11,7 @@ use unireward_models::preprocess::{
     load_image, FrameLoader, FrameSampling, MediaRequest, QwenVlPixels, QwenVlProcessor,
     QwenVlVideo,
 };
-use unireward_models::qwen2_5_vl::Qwen25Vl;
+use unireward_models::qwen2_5_vl::{MediaGrid, Qwen25Vl};
 
 use crate::error::{EngineError, Result};
 
@@ -27,6 +27,7 @@ pub enum QwenVideos {
 }
 
 /// One video, preprocessed as its family's scripts send it.
+#[derive(Clone)]
 pub enum QwenVideo {
     /// One video item.
     Item(QwenVlVideo),
@@ -35,6 +36,7 @@ pub enum QwenVideo {
 }
 
 /// A request's media, preprocessed, in marker order.
+#[derive(Clone)]
 pub struct QwenMedia {
     pub images: Vec<QwenVlPixels>,
     pub videos: Vec<QwenVideo>,
@@ -117,29 +119,58 @@ impl QwenMedia {
             }
         }
         let mut encoded = model.media_features_batch(&all)?.into_iter();
+        let (image_grids, video_grids) = self.grids(model);
         let mut out = EncodedMedia {
             images: encoded.by_ref().take(self.images.len()).collect(),
-            image_grids: self.images.iter().map(|p| model.image_grid(p)).collect(),
+            image_grids,
+            video_grids,
             ..Default::default()
         };
         for v in &self.videos {
             match v {
-                QwenVideo::Item(video) => {
+                QwenVideo::Item(_) => {
                     let feats = encoded
                         .next()
                         .ok_or_else(|| EngineError::Invalid("a video was not encoded".into()))?;
                     out.videos.push(VideoFeatures::Pooled(feats));
-                    out.video_grids.push(vec![model.video_grid(video)]);
                 }
                 QwenVideo::Frames(frames) => {
                     out.videos.push(VideoFeatures::Frames(
                         encoded.by_ref().take(frames.len()).collect(),
                     ));
-                    out.video_grids
-                        .push(frames.iter().map(|p| model.image_grid(p)).collect());
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Each image's grid, and each video's (one per frame in frames mode): what the prompt's
+    /// M-RoPE positions follow, known without encoding.
+    pub fn grids(&self, model: &Qwen25Vl) -> (Vec<MediaGrid>, Vec<Vec<MediaGrid>>) {
+        let images = self.images.iter().map(|p| model.image_grid(p)).collect();
+        let videos = self
+            .videos
+            .iter()
+            .map(|v| match v {
+                QwenVideo::Item(video) => vec![model.video_grid(video)],
+                QwenVideo::Frames(frames) => frames.iter().map(|p| model.image_grid(p)).collect(),
+            })
+            .collect();
+        (images, videos)
+    }
+
+    /// The images at `images` and the videos at `videos`, in that order (pixels shared, not
+    /// copied): the media of a request that still need encoding.
+    pub fn subset(&self, images: &[usize], videos: &[usize]) -> Self {
+        Self {
+            images: images
+                .iter()
+                .filter_map(|&i| self.images.get(i).cloned())
+                .collect(),
+            videos: videos
+                .iter()
+                .filter_map(|&i| self.videos.get(i).cloned())
+                .collect(),
+        }
     }
 }

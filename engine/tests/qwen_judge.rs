@@ -449,24 +449,6 @@ fn frames_mode_sends_sampled_frames_as_images() -> Result<()> {
     Ok(())
 }
 
-/// `engine serve` does not take Qwen-VL judges yet: refused by name, before any weight is
-/// read.
-#[test]
-fn serve_refuses_qwen_checkpoints_by_name() -> Result<()> {
-    let model = fixtures().join("qwen2_5_vl_3b").join("model");
-    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(["serve", "--port", "0", "--model"])
-        .arg(&model)
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("Qwen2.5-VL checkpoints") && stderr.contains("engine serve"),
-        "{stderr}"
-    );
-    Ok(())
-}
-
 /// `engine pairs` with a Qwen2.5-VL judge (inference recipe): image candidates ranked round
 /// robin, video candidates (frame directories) in the 2.0 family's frames mode; every pair
 /// record names two different candidates with the chosen one scored at least as high.

@@ -62,10 +62,14 @@ impl std::ops::Deref for Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Result<Self> {
+        Self::start_on(&golden_model_dir()?, extra)
+    }
+
+    fn start_on(model: &Path, extra: &[&str]) -> Result<Self> {
         let mut command = engine();
         command
             .args(["serve", "--model"])
-            .arg(golden_model_dir()?)
+            .arg(model)
             .args(["--port", "0"])
             .args(extra)
             .stderr(Stdio::inherit());
@@ -110,6 +114,15 @@ fn content_of(reply: &Reply) -> Result<String> {
 
 /// `engine score` on `records` (written as JSONL beside the images), its output lines.
 fn engine_score(dir: &Path, records: &[Value], extra: &[&str]) -> Result<Vec<Value>> {
+    engine_score_on(&golden_model_dir()?, dir, records, extra)
+}
+
+fn engine_score_on(
+    model: &Path,
+    dir: &Path,
+    records: &[Value],
+    extra: &[&str],
+) -> Result<Vec<Value>> {
     let input = dir.join("in.jsonl");
     let out = dir.join("out.jsonl");
     let _ = std::fs::remove_file(&out);
@@ -117,7 +130,7 @@ fn engine_score(dir: &Path, records: &[Value], extra: &[&str]) -> Result<Vec<Val
     std::fs::write(&input, lines.join("\n") + "\n")?;
     let status = engine()
         .args(["score", "--model"])
-        .arg(golden_model_dir()?)
+        .arg(model)
         .arg("--batch")
         .arg(&input)
         .arg("--out")
@@ -615,6 +628,212 @@ fn a_video_as_frame_images_answers_as_engine_score_does() -> Result<()> {
     assert!(
         error.ends_with(&format!("{answer:?}")),
         "{error:?} vs {answer:?}"
+    );
+    Ok(())
+}
+
+/// The tiny Qwen2.5-VL-3B checkpoint (real geometry) and the pictures its goldens use.
+fn qwen_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qwen2_5_vl/qwen2_5_vl_3b/model")
+}
+
+fn qwen_picture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/qwen2_5_vl/media")
+        .join(name)
+}
+
+/// The user turn `engine score` writes for a Qwen judge, without its leading image markers:
+/// the question MixGRPO's UnifiedReward-qwen client sends after its image parts.
+fn qwen_question(mode: Mode, caption: &str, images: usize) -> Result<String> {
+    let text = user_turn(
+        Family::Qwen,
+        Task::ImageGeneration,
+        mode,
+        caption,
+        &[] as &[String],
+        Media::Images(images),
+    )?;
+    let markers = "<image>\n".repeat(images);
+    text.strip_prefix(&markers)
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("the Qwen user turn does not start with its markers: {text:?}"))
+}
+
+/// A chat answer is what `engine score --judge generate` generated for the same record: its
+/// answer's text, or (the tiny model writes no verdict) its parse error, which quotes it.
+fn assert_generated(record: &Value, answer: &str) {
+    match record["error"].as_str() {
+        Some(error) => assert!(
+            error.ends_with(&format!("{answer:?}")),
+            "engine score wrote {error:?}; the server answered {answer:?}"
+        ),
+        None => assert_eq!(record["text"].as_str(), Some(answer), "{record}"),
+    }
+}
+
+/// A Qwen2.5-VL judge behind `engine serve`: MixGRPO's UnifiedReward-qwen body (a JPEG data
+/// URI, then the question, `temperature: 0`, `max_tokens: 4096`) and a two-image pair body
+/// generate what `engine score --judge generate` generates; `/v1/score` in fast and generate
+/// mode writes `engine score`'s records, on pictures of 300x200 and 40x30.
+#[test]
+fn qwen_requests_answer_as_engine_score_does() -> Result<()> {
+    let dir = scratch("qwen")?;
+    let model = qwen_model();
+    let small = image::open(qwen_picture("300x200.png"))?;
+    small
+        .to_rgb8()
+        .save_with_format(dir.join("small.jpg"), image::ImageFormat::Jpeg)?;
+    let jpeg = std::fs::read(dir.join("small.jpg"))?;
+    let other = std::fs::read(qwen_picture("40x30.png"))?;
+    std::fs::write(dir.join("other.png"), &other)?;
+    let caption = "a yellow square on a grey floor";
+    let server = Server::start_on(&model, &["--max-new-tokens", NEW_TOKENS])?;
+
+    let mix = json!({"model": "UnifiedReward", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_uri("image/jpeg", &jpeg)}},
+        {"type": "text", "text": qwen_question(Mode::Point, caption, 1)?},
+    ]}], "temperature": 0, "max_tokens": 4096});
+    let reply = server.post("/v1/chat/completions", &mix)?;
+    let answer = content_of(&reply)?;
+    let usage = &reply.json()?["usage"];
+    // 300x200 is 10x7 merged patches of 28 px after smart_resize, plus the question.
+    assert!(usage["prompt_tokens"].as_u64().unwrap_or(0) > 70, "{usage}");
+    let point = json!({"id": "point", "task": "image_generation", "mode": "point",
+        "prompt": caption, "images": ["small.jpg"]});
+    let generate = ["--judge", "generate", "--max-new-tokens", NEW_TOKENS];
+    let cli = engine_score_on(&model, &dir, std::slice::from_ref(&point), &generate)?;
+    assert_generated(&cli[0], &answer);
+
+    // Two images (40x30 grows to the processor's smallest grid), the second a Qwen-VL `image`
+    // part.
+    let pair_body = json!({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_uri("image/png", &other)}},
+        {"type": "image", "image": data_uri("image/jpeg", &jpeg)},
+        {"type": "text", "text": qwen_question(Mode::Pair, caption, 2)?},
+    ]}], "max_tokens": 4096, "do_sample": false});
+    let pair_answer = content_of(&server.post("/v1/chat/completions", &pair_body)?)?;
+    let pair = json!({"id": "pair", "task": "image_generation", "mode": "pair",
+        "prompt": caption, "images": ["other.png", "small.jpg"]});
+    let cli_pair = engine_score_on(&model, &dir, std::slice::from_ref(&pair), &generate)?;
+    assert_generated(&cli_pair[0], &pair_answer);
+
+    // /v1/score in generate mode writes those very records; in fast mode the fast ones.
+    let inline = |record: &Value| {
+        let mut r = record.clone();
+        r["images"] = match record["mode"].as_str() {
+            Some("pair") => json!([data_uri("image/png", &other), data_uri("image/jpeg", &jpeg)]),
+            _ => json!([data_uri("image/jpeg", &jpeg)]),
+        };
+        r
+    };
+    let records = [point.clone(), pair.clone()];
+    let inlined: Vec<Value> = records.iter().map(inline).collect();
+    let batch = server.post("/v1/score?judge=generate", &json!(inlined))?;
+    assert_eq!(batch.status, 200, "{}", batch.body);
+    assert_eq!(batch.json()?, json!([cli[0].clone(), cli_pair[0].clone()]));
+    let cli_fast = engine_score_on(&model, &dir, &records, &[])?;
+    assert!(
+        cli_fast.iter().all(|r| r.get("error").is_none()),
+        "{cli_fast:?}"
+    );
+    let fast = server.post("/v1/score", &json!(inlined))?;
+    assert_eq!(fast.status, 200, "{}", fast.body);
+    assert_close(&fast.json()?, &json!(cli_fast), 1e-5, "fast");
+    // Each picture was sent again and again: encoded once.
+    let hits = server.metric("unireward_feature_cache_hits_total")?;
+    assert!(hits >= 4.0, "{hits} hits: {}", server.get("/metrics")?.body);
+    Ok(())
+}
+
+/// Concurrent Qwen requests share their decoder calls (prompt passes at their own M-RoPE
+/// positions, then steps over a cache with holes) and answer what each answers alone; a bad
+/// image among them is a clean error of its own request or record.
+#[test]
+fn qwen_requests_batched_together_answer_as_alone_and_a_bad_image_fails_alone() -> Result<()> {
+    let small = std::fs::read(qwen_picture("300x200.png"))?;
+    let tiny = std::fs::read(qwen_picture("40x30.png"))?;
+    let server = Server::start_on(&qwen_model(), &["--max-new-tokens", "120"])?;
+    // Prompts of different lengths, so that the shorter ones leave holes in a shared cache.
+    let body = |n: usize| {
+        let picture = [&small, &tiny][n % 2];
+        json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_uri("image/png", picture)}},
+            {"type": "text", "text": format!("Describe picture {n} at length.")},
+        ]}], "temperature": 0})
+    };
+    let alone: Vec<String> = (0..3)
+        .map(|n| content_of(&server.post("/v1/chat/completions", &body(n))?))
+        .collect::<Result<_>>()?;
+    let single = |page: &str| metric(page, "unireward_batch_size_bucket{le=\"1\"}").unwrap_or(0.0);
+    let calls = |page: &str| metric(page, "unireward_batch_size_count").unwrap_or(0.0);
+    let before = server.get("/metrics")?.body;
+    let batched_before = calls(&before) - single(&before);
+
+    // A PNG whose header is whole (its size passes the checks) and whose pixels are cut off.
+    let mut cut = small.clone();
+    cut.truncate(small.len() / 2);
+    let addr = server.addr.clone();
+    let go = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let clients: Vec<_> = (0..4)
+        .map(|n| {
+            let (addr, go) = (addr.clone(), go.clone());
+            let b = match n {
+                3 => json!({"messages": [{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": data_uri("image/png", &cut)}},
+                    {"type": "text", "text": "Describe it."}]}]}),
+                n => body(n),
+            }
+            .to_string();
+            std::thread::spawn(move || {
+                go.wait();
+                http(&addr, "POST", "/v1/chat/completions", &[], b.as_bytes())
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for c in clients {
+        replies.push(c.join().map_err(|_| anyhow!("a client panicked"))??);
+    }
+    for (n, want) in alone.iter().enumerate() {
+        assert_eq!(&content_of(&replies[n])?, want, "request {n}");
+    }
+    let bad = &replies[3];
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let message = bad.json()?["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(message.contains(".png"), "{message}");
+    let after = server.get("/metrics")?.body;
+    assert!(
+        calls(&after) - single(&after) > batched_before,
+        "no decoder call held more than one sequence: {after}"
+    );
+
+    // /v1/score: the bad record is an error record, the others are judged.
+    let record = |image: &[u8]| {
+        json!({"task": "image_generation", "mode": "point", "prompt": "a yellow square",
+               "images": [data_uri("image/png", image)]})
+    };
+    let scored = server.post(
+        "/v1/score",
+        &json!([record(&small), record(&cut), record(&tiny)]),
+    )?;
+    assert_eq!(scored.status, 200, "{}", scored.body);
+    let scored = scored.json()?;
+    assert!(scored[0]["score"].as_f64().is_some(), "{scored}");
+    assert!(
+        scored[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(".png")),
+        "{scored}"
+    );
+    assert!(scored[2]["score"].as_f64().is_some(), "{scored}");
+    // The server still answers.
+    assert_eq!(
+        content_of(&server.post("/v1/chat/completions", &body(0))?)?,
+        alone[0]
     );
     Ok(())
 }

@@ -9,7 +9,9 @@ use unireward_models::decode::KvCache;
 use unireward_models::family::{JudgeModel, ModelFamily};
 use unireward_models::LlavaOnevision;
 
-use super::candle_batch::{lengths, no_rows, per_sequence, right_padded, wanted, Wanted};
+use super::candle_batch::{
+    lengths, next_token_mask, no_rows, per_sequence, right_padded, wanted, Wanted,
+};
 use super::{own_cache, Backend, Decoder, DecoderCache, Limits, Rows};
 use crate::error::{EngineError, Result};
 
@@ -127,17 +129,7 @@ impl Decoder for CandleBackend {
             .unsqueeze(1)?;
         let positions: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
         let positions = Tensor::from_vec(positions, (batch, 1), model.device())?;
-        // Each token sees its sequence's slots and itself; f32's lowest rather than −inf, as
-        // the decoder's own masks.
-        let mask: Vec<f32> = seen
-            .iter()
-            .flat_map(|s| {
-                s.iter()
-                    .map(|&own| if own { 0.0 } else { f32::MIN })
-                    .chain([0.0])
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (batch, 1, 1, past + 1), model.device())?;
+        let mask = next_token_mask(seen, past, model.device())?;
         let hidden = model.hidden_states_masked(&input, &positions, &mask, Some(cache))?;
         log_softmax_rows(model, &hidden.squeeze(1)?)
     }

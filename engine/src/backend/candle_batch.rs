@@ -87,6 +87,25 @@ pub(crate) fn per_sequence(
         .collect()
 }
 
+/// The additive mask [B, 1, 1, past + 1] of one new token per sequence over a cache with
+/// holes: each token sees its own sequence's slots (`seen[b]`) and itself. f32's lowest
+/// rather than −inf, as the decoder's own masks.
+pub(crate) fn next_token_mask(seen: &[&[bool]], past: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = seen
+        .iter()
+        .flat_map(|s| {
+            s.iter()
+                .map(|&own| if own { 0.0 } else { f32::MIN })
+                .chain([0.0])
+        })
+        .collect();
+    Ok(Tensor::from_vec(
+        mask,
+        (seen.len(), 1, 1, past + 1),
+        device,
+    )?)
+}
+
 /// What a call that asks for no row returns: an empty [0, vocab] per sequence.
 pub(crate) fn no_rows(n: usize, vocab: usize, device: &Device) -> Result<Vec<Tensor>> {
     let none = Tensor::zeros((0, vocab), DType::F32, device)?;

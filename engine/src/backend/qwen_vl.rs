@@ -15,7 +15,9 @@ use unireward_models::qwen2_5_vl::{Qwen25Vl, RopePositions};
 use unireward_models::tokenize::Tokenized;
 use unireward_models::MediaFeatures;
 
-use super::candle_batch::{lengths, no_rows, per_sequence, right_padded, wanted, Wanted};
+use super::candle_batch::{
+    lengths, next_token_mask, no_rows, per_sequence, right_padded, wanted, Wanted,
+};
 use super::{own_cache, Decoder, DecoderCache, Limits, Rows};
 use crate::error::{EngineError, Result};
 
@@ -197,6 +199,51 @@ impl Decoder for QwenVlBackend {
         cache.deltas = positions.iter().map(|p| p.delta).collect();
         Ok(out)
     }
+
+    /// Each sequence's token at its cached count plus its prompt's offset, on all three axes
+    /// (as [`Decoder::decode`] continues one sequence), over a cache whose holes it masks.
+    fn decode_next(
+        &self,
+        embeds: &Tensor,
+        positions: &[usize],
+        seen: &[&[bool]],
+        cache: &mut dyn DecoderCache,
+    ) -> Result<Tensor> {
+        let model = &self.model;
+        let cache = own_cache::<QwenCache>(cache)?;
+        let (batch, hidden) = embeds.dims2()?;
+        let past = cache.kv.len();
+        super::check_next(batch, hidden, positions, seen, past, &model.config().text)?;
+        if cache.deltas.len() != batch {
+            return Err(EngineError::Invalid(format!(
+                "{batch} tokens after a cache of {} sequences",
+                cache.deltas.len()
+            )));
+        }
+        let mut flat = Vec::with_capacity(3 * batch);
+        for _ in 0..3 {
+            for (&p, &delta) in positions.iter().zip(&cache.deltas) {
+                let at = p as i64 + delta;
+                let at = u32::try_from(at).map_err(|_| {
+                    EngineError::Invalid(format!(
+                        "position offset {delta} puts token {p} at position {at}"
+                    ))
+                })?;
+                flat.push(at);
+            }
+        }
+        let positions = Tensor::from_vec(flat, (3, batch, 1), model.device())?;
+        let input = embeds
+            .to_dtype(model.dtype())?
+            .to_device(model.device())?
+            .unsqueeze(1)?;
+        let mask = next_token_mask(seen, past, model.device())?;
+        let hidden =
+            model
+                .decoder()
+                .forward(&input, &positions, Some(&mask), Some(&mut cache.kv))?;
+        self.log_softmax(&hidden.squeeze(1)?)
+    }
 }
 
 /// Positions [3, B, t] of `t` tokens after `past` cached ones: sequence b's at
@@ -259,6 +306,28 @@ impl DecoderCache for QwenCache {
 
     fn copies_per_call(&self) -> usize {
         usize::MAX
+    }
+
+    fn gather(&self, rows: &[usize], slots: &[usize]) -> Result<Box<dyn DecoderCache>> {
+        let deltas =
+            rows.iter()
+                .map(|&b| {
+                    self.deltas.get(b).copied().ok_or_else(|| {
+                        EngineError::Invalid(format!("no sequence {b} in the cache"))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+        Ok(Box::new(Self {
+            kv: self.kv.gather(rows, slots)?,
+            deltas,
+        }))
+    }
+
+    fn append(&mut self, other: &mut dyn DecoderCache) -> Result<()> {
+        let other = own_cache::<QwenCache>(other)?;
+        self.kv.append(&other.kv)?;
+        self.deltas.extend_from_slice(&other.deltas);
+        Ok(())
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {

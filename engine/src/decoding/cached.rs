@@ -53,7 +53,7 @@ fn after_prompt_pass<B: Decoder + ?Sized>(
 
 /// One decoder call over `prompts` after `cache`, at their own positions where they carry
 /// them (all or none of one call do; such prompts start an empty cache).
-fn prompt_pass<B: Decoder + ?Sized>(
+pub(super) fn prompt_pass<B: Decoder + ?Sized>(
     backend: &B,
     prompts: &[Prompt],
     rows: Rows<'_>,

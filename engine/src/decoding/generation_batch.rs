@@ -16,6 +16,7 @@
 
 use candle_core::{Tensor, D};
 
+use super::{cached, positions_need_cache, Prompt};
 use crate::backend::{Decoder, DecoderCache, Rows};
 use crate::error::{EngineError, Result};
 
@@ -89,7 +90,7 @@ type Picked = Option<(Box<dyn DecoderCache>, Vec<usize>)>;
 struct Joining<K> {
     index: usize,
     key: K,
-    prompt: Tensor,
+    prompt: Prompt,
     max_new: usize,
     stop: Vec<u32>,
 }
@@ -102,20 +103,22 @@ impl<'b, K: Copy + Eq + std::fmt::Debug> GenerationBatch<'b, K> {
         }
     }
 
-    /// Prompt passes of the new sequences (embeddings [T, hidden] f32 each, at most
-    /// `limits().batch()` per decoder call, right-padded), then they join the running batch.
+    /// Prompt passes of the new sequences (embeddings [T, hidden] f32 each, at their own
+    /// positions where they carry them, at most `limits().batch()` per decoder call,
+    /// right-padded), then they join the running batch.
     /// Answers each in the order given: an error for a sequence whose prompt pass failed (the
     /// others go on), the finished sequence for one that ended at once (`max_new` 0, or a
     /// stop token first), else `None` (it runs; [`Self::step`] returns it when it ends).
-    pub fn admit(
+    pub fn admit<P: Into<Prompt>>(
         &mut self,
-        seqs: Vec<(K, Tensor, usize, Vec<u32>)>,
+        seqs: Vec<(K, P, usize, Vec<u32>)>,
     ) -> Vec<(K, Result<Option<Generated<K>>>)> {
         let mut answers: Vec<Option<Result<Option<Generated<K>>>>> =
             seqs.iter().map(|_| None).collect();
         let keys: Vec<K> = seqs.iter().map(|s| s.0).collect();
         let mut waiting = Vec::new();
         for (index, (key, prompt, max_new, stop)) in seqs.into_iter().enumerate() {
+            let prompt: Prompt = prompt.into();
             let checked = if self.contains(key) || keys[..index].contains(&key) {
                 Err(EngineError::Invalid(format!(
                     "{key:?} is already generating"
@@ -244,8 +247,8 @@ impl<'b, K: Copy + Eq + std::fmt::Debug> GenerationBatch<'b, K> {
             .any(|q| q.key == key && !q.cancelled)
     }
 
-    fn check_prompt(&self, prompt: &Tensor) -> Result<()> {
-        let (t, hidden) = prompt.dims2()?;
+    fn check_prompt(&self, prompt: &Prompt) -> Result<()> {
+        let (t, hidden) = prompt.embeds.dims2()?;
         if t == 0 {
             return Err(EngineError::Invalid("an empty prompt".into()));
         }
@@ -261,10 +264,10 @@ impl<'b, K: Copy + Eq + std::fmt::Debug> GenerationBatch<'b, K> {
     /// One decoder call over the prompts; each sequence takes its first token. The group
     /// holds all of them, finished ones too (`Running::take` said which).
     fn prompt_pass(&self, chunk: &[Joining<K>]) -> Result<(Group<K>, Vec<Option<Finish>>)> {
-        let prompts: Vec<Tensor> = chunk.iter().map(|j| j.prompt.clone()).collect();
+        let prompts: Vec<Prompt> = chunk.iter().map(|j| j.prompt.clone()).collect();
         let lens = prompts
             .iter()
-            .map(|p| p.dim(0))
+            .map(|p| p.embeds.dim(0))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let last: Vec<Vec<usize>> = lens.iter().map(|&n| vec![n - 1]).collect();
         let mut cache = match self.backend.limits().kv_cache {
@@ -272,10 +275,14 @@ impl<'b, K: Copy + Eq + std::fmt::Debug> GenerationBatch<'b, K> {
             false => None,
         };
         let rows = match cache.as_mut() {
-            Some(c) => self
-                .backend
-                .decode(&prompts, Rows::At(&last), Some(c.as_mut()))?,
-            None => self.backend.decode(&prompts, Rows::At(&last), None)?,
+            Some(c) => cached::prompt_pass(self.backend, &prompts, Rows::At(&last), c.as_mut())?,
+            None if prompts.iter().any(|p| p.positions.is_some()) => {
+                return Err(positions_need_cache(self.backend))
+            }
+            None => {
+                let embeds: Vec<Tensor> = prompts.iter().map(|p| p.embeds.clone()).collect();
+                self.backend.decode(&embeds, Rows::At(&last), None)?
+            }
         };
         let slots = cache.as_ref().map_or(0, |c| c.len());
         let mut finishes = Vec::with_capacity(chunk.len());
@@ -289,7 +296,7 @@ impl<'b, K: Copy + Eq + std::fmt::Debug> GenerationBatch<'b, K> {
                 tokens: Vec::new(),
                 seen: (0..slots).map(|s| s < n).collect(),
                 cached: n,
-                history: cache.is_none().then(|| j.prompt.clone()),
+                history: cache.is_none().then(|| j.prompt.embeds.clone()),
                 cancelled: false,
             };
             finishes.push(seq.take(first));

@@ -79,6 +79,13 @@ impl Prompt {
     }
 }
 
+/// A prompt at positions 0..T.
+impl From<Tensor> for Prompt {
+    fn from(embeds: Tensor) -> Self {
+        Self::plain(embeds)
+    }
+}
+
 impl<B: Decoder + ?Sized> Decoding for B {
     fn log_probs_at(&self, seqs: &[Tensor], positions: &[Vec<usize>]) -> Result<Vec<Tensor>> {
         if seqs.len() != positions.len() {
@@ -171,7 +178,7 @@ impl<B: Decoder + ?Sized> Decoding for B {
 }
 
 /// Prompts with their own positions continue through the cache, which keeps their offsets.
-fn positions_need_cache<B: Decoder + ?Sized>(backend: &B) -> EngineError {
+pub(crate) fn positions_need_cache<B: Decoder + ?Sized>(backend: &B) -> EngineError {
     EngineError::Invalid(format!(
         "the {} backend keeps no cache, which prompts with their own positions continue from",
         backend.name()

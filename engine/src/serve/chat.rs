@@ -298,7 +298,9 @@ fn place_media(at: usize, text: &str, media: Vec<Piece>) -> Result<Vec<Piece>, A
 
 impl ChatPrompt {
     /// The messages with their markers (a video as `video_marks` says), the text quoted so
-    /// that a marker or special token typed by the client is read as text.
+    /// that a marker or special token typed by the client is read as text. The line break
+    /// right after a medium is left unquoted: it is the marker's own, LLaVA's layout, which a
+    /// Qwen-VL judge drops as its template does (`MediaMarkers::apply`).
     pub fn messages_with_markers(
         &self,
         video_marks: &[VideoMarks],
@@ -307,9 +309,23 @@ impl ChatPrompt {
             .iter()
             .map(|m| {
                 let mut content = String::new();
+                let mut after_media = false;
                 for piece in &m.pieces {
+                    let text = match piece {
+                        Piece::Text(t) if after_media => match t.strip_prefix('\n') {
+                            Some(rest) => {
+                                content.push('\n');
+                                rest
+                            }
+                            None => t.as_str(),
+                        },
+                        Piece::Text(t) => t.as_str(),
+                        _ => "",
+                    };
+                    after_media = !matches!(piece, Piece::Text(_));
                     match piece {
-                        Piece::Text(t) => content.push_str(&quote_user_text(t)),
+                        Piece::Text(_) if text.is_empty() => {}
+                        Piece::Text(_) => content.push_str(&quote_user_text(text)),
                         Piece::Image(_) => content.push_str(IMAGE_MARKER),
                         Piece::Video(v) => match video_marks.get(*v) {
                             Some(VideoMarks::Pooled) => content.push_str(VIDEO_MARKER),
@@ -465,5 +481,39 @@ mod tests {
         );
         let pooled = p.messages_with_markers(&[VideoMarks::Pooled]).unwrap();
         assert!(pooled[0].content.starts_with("<video>"));
+    }
+
+    /// MixGRPO's UnifiedReward-qwen body (an image part, then the question, no marker) reads
+    /// as the Qwen-VL chat template writes it: the image's tokens right before the question.
+    #[test]
+    fn a_medium_s_line_break_is_layout_that_qwen_vl_markers_drop() {
+        use unireward_models::judge::MediaMarkers;
+        let p = parse(
+            json!({"model": "UnifiedReward", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AA"}},
+            {"type": "text", "text": "Rate [a cat]."}]}], "temperature": 0, "max_tokens": 4096}),
+        )
+        .unwrap();
+        let content = &p.messages_with_markers(&[]).unwrap()[0].content;
+        assert_eq!(
+            unireward_models::tokenize::unquote_user_text(content),
+            "<image>\nRate [a cat]."
+        );
+        assert_eq!(
+            MediaMarkers::QwenVl.apply(content),
+            format!(
+                "<|vision_start|><|image_pad|><|vision_end|>{}",
+                quote_user_text("Rate [a cat].")
+            )
+        );
+        // A marker the client typed, then its line break: the same prompt.
+        let marked = parse(json!({"messages": [{"role": "user", "content": [
+            {"type": "image", "image": "data:image/png;base64,AA"},
+            {"type": "text", "text": "<image>\nRate [a cat]."}]}]}))
+        .unwrap();
+        assert_eq!(
+            &marked.messages_with_markers(&[]).unwrap()[0].content,
+            content
+        );
     }
 }

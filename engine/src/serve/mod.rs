@@ -11,6 +11,7 @@
 pub mod api_error;
 pub mod chat;
 pub mod feature_cache;
+pub mod media;
 pub mod media_inbox;
 pub mod metrics;
 pub mod routes;
@@ -23,8 +24,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use unireward_models::judge::Task;
-use unireward_models::preprocess::MediaLoader;
 
+use self::media::MediaReader;
 use self::media_inbox::MediaPolicy;
 use self::metrics::Metrics;
 use self::routes::{AppState, Shared};
@@ -54,7 +55,7 @@ pub struct ServeOptions {
 /// Serves until SIGTERM / SIGINT; `on_listening` gets the bound address first.
 pub fn serve(
     model: &ServeModel,
-    loader: MediaLoader,
+    reader: MediaReader,
     options: ServeOptions,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
@@ -73,7 +74,7 @@ pub fn serve(
     let (queue, work) = std::sync::mpsc::channel();
     let shared: AppState = Arc::new(Shared {
         queue,
-        loader: Arc::new(loader),
+        reader: Arc::new(reader),
         policy: options.policy.clone(),
         metrics: metrics.clone(),
         api_key: options.api_key.clone(),

@@ -3,7 +3,6 @@
 //! preprocessed on a blocking thread), queues it for the model thread, and waits; a client
 //! that goes away drops the wait, which the model thread sees and skips.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -21,10 +20,11 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use unireward_models::formats::record::Record;
 use unireward_models::formats::score_record::ScoreAnswer;
-use unireward_models::preprocess::{MediaLoader, MediaRequest, VideoSource};
+use unireward_models::preprocess::{MediaRequest, VideoSource};
 
 use super::api_error::ApiError;
 use super::chat::{ChatRequest, Completion, VideoRef};
+use super::media::MediaReader;
 use super::media_inbox::{Inbox, MediaPolicy};
 use super::metrics::Metrics;
 use super::worker::{PreparedInput, Work};
@@ -35,7 +35,7 @@ use crate::pairs::Ranking;
 /// What every handler shares.
 pub struct Shared {
     pub queue: Sender<Work>,
-    pub loader: Arc<MediaLoader>,
+    pub reader: Arc<MediaReader>,
     pub policy: MediaPolicy,
     pub metrics: Arc<Metrics>,
     pub api_key: Option<String>,
@@ -192,9 +192,9 @@ fn prepare(
     let (local, keys) = inbox.localize_request(req)?;
     // Every path is absolute (inbox files, or canonical ones under the allowed folder).
     let media = s
-        .loader
-        .load_resized(&local, Path::new("/"), resized)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .reader
+        .read(&local, resized)
+        .map_err(ApiError::bad_request)?;
     Ok(PreparedInput {
         media,
         keys,

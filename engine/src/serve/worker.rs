@@ -21,9 +21,11 @@ use unireward_models::MediaFeatures;
 use super::api_error::ApiError;
 use super::chat::{ChatPrompt, FinishReason, Piece, VideoMarks};
 use super::feature_cache::{CacheKey, CachedFeatures, FeatureCache};
+use super::media::RequestMedia;
 use super::media_inbox::MediaKeys;
 use super::metrics::Metrics;
-use crate::decoding::{Finish, Generated, GenerationBatch};
+use crate::backend::QwenVlBackend;
+use crate::decoding::{Finish, Generated, GenerationBatch, Prompt};
 use crate::encode_media::encode_request;
 use crate::error::{EngineError, Result};
 use crate::judge::generate::{outcome_of_text, stop_tokens};
@@ -44,11 +46,14 @@ pub struct ServeModel<'a> {
     pub token_budget: usize,
     /// Bytes of vision features kept for media seen again.
     pub feature_cache_bytes: usize,
+    /// A Qwen-VL judge's model, which encodes its own media; `None` for LLaVA-OneVision,
+    /// whose judge's backend encodes them.
+    pub qwen: Option<&'a QwenVlBackend>,
 }
 
 /// A request's media, preprocessed, with their content hashes.
 pub struct PreparedInput {
-    pub media: PreparedMedia,
+    pub media: RequestMedia,
     pub keys: MediaKeys,
     /// The size images were resized to before preprocessing (part of the cache key).
     pub resized: Option<(u32, u32)>,
@@ -174,7 +179,7 @@ impl Worker<'_, '_> {
                 } => match self.chat_prompt(&prompt, &input) {
                     Ok((embeds, max_new)) => {
                         let key = self.key();
-                        let prompt_tokens = embeds.dim(0).unwrap_or(0);
+                        let prompt_tokens = embeds.embeds.dim(0).unwrap_or(0);
                         self.waiters.insert(
                             key,
                             Waiter::Chat {
@@ -204,7 +209,7 @@ impl Worker<'_, '_> {
         if !new_generations.is_empty() {
             let prompt_tokens: usize = new_generations
                 .iter()
-                .map(|(_, e, _, _)| e.dim(0).unwrap_or(0))
+                .map(|(_, p, _, _): &(u64, Prompt, usize, Vec<u32>)| p.embeds.dim(0).unwrap_or(0))
                 .sum();
             self.metrics.batch(new_generations.len());
             self.metrics.tokens(prompt_tokens, 0);
@@ -357,7 +362,7 @@ impl Worker<'_, '_> {
         &mut self,
         records: Vec<(ScoreRequest, PreparedInput)>,
         reply: oneshot::Sender<ScoreAnswers>,
-        new_generations: &mut Vec<(u64, Tensor, usize, Vec<u32>)>,
+        new_generations: &mut Vec<(u64, Prompt, usize, Vec<u32>)>,
     ) {
         let group = self.key();
         let mut answers = Vec::with_capacity(records.len());
@@ -366,7 +371,7 @@ impl Worker<'_, '_> {
             let judge = &self.model.generate;
             let prepared = self
                 .score_inputs(judge, req, input)
-                .and_then(|(text, features)| judge.embed_prompt(&text, &features));
+                .and_then(|(text, features)| judge.prompt(&text, &features));
             match prepared {
                 Ok(embeds) => {
                     answers.push(None);
@@ -448,12 +453,12 @@ impl Worker<'_, '_> {
         Ok((text, features))
     }
 
-    /// The chat prompt's embeddings and how many tokens it may add.
+    /// The chat prompt as the decoder takes it and how many tokens it may add.
     fn chat_prompt(
         &mut self,
         prompt: &ChatPrompt,
         input: &PreparedInput,
-    ) -> std::result::Result<(Tensor, usize), ApiError> {
+    ) -> std::result::Result<(Prompt, usize), ApiError> {
         let encoded = self.encode(input)?;
         let marks: Vec<VideoMarks> = encoded
             .videos
@@ -463,21 +468,20 @@ impl Worker<'_, '_> {
                 VideoFeatures::Pooled(_) => VideoMarks::Pooled,
             })
             .collect();
-        // Features in the order of their markers: the tokenizer fills the i-th <image> with
-        // the i-th image feature, whatever the content order was.
+        // Features (and grids) in the order of their markers: the tokenizer fills the i-th
+        // <image> with the i-th image feature, whatever the content order was.
         let mut features = MediaFeatures::default();
         for slot in prompt.media_order() {
-            match slot {
-                Piece::Image(i) => features.images.extend(encoded.images.get(i).cloned()),
-                Piece::Video(v) => match encoded.videos.get(v) {
-                    Some(VideoFeatures::Frames(frames)) => {
-                        features.images.extend(frames.iter().cloned())
-                    }
-                    Some(VideoFeatures::Pooled(t)) => features.videos.push(t.clone()),
-                    None => {}
-                },
-                Piece::Text(_) => {}
+            let (one, _) = match slot {
+                Piece::Image(i) => encoded.select(&[i], &[]),
+                Piece::Video(v) => encoded.select(&[], &[v]),
+                Piece::Text(_) => continue,
             }
+            .map_err(EngineError::from)?;
+            features.images.extend(one.images);
+            features.videos.extend(one.videos);
+            features.image_grids.extend(one.image_grids);
+            features.video_grids.extend(one.video_grids);
         }
         let judge = &self.model.generate;
         let messages = prompt.messages_with_markers(&marks)?;
@@ -486,7 +490,7 @@ impl Worker<'_, '_> {
             .chat
             .render_conversation(&messages)
             .map_err(EngineError::from)?;
-        let embeds = judge.embed_prompt(&text, &features)?;
+        let embeds = judge.prompt(&judge.style.markers.apply(&text), &features)?;
         let cap = judge.max_new_tokens;
         let max_new = prompt.max_tokens.map_or(cap, |m| m.min(cap));
         Ok((embeds, max_new))
@@ -501,13 +505,13 @@ impl Worker<'_, '_> {
                 resized: input.resized,
             })
         };
-        let media = &input.media;
+        let (n_images, n_videos) = input.media.counts();
         let image_keys: Vec<Option<CacheKey>> =
             input.keys.images.iter().map(|k| key(k, false)).collect();
         let video_keys: Vec<Option<CacheKey>> =
             input.keys.videos.iter().map(|k| key(k, true)).collect();
-        let mut images: Vec<Option<Tensor>> = vec![None; media.images.len()];
-        let mut videos: Vec<Option<VideoFeatures>> = vec![None; media.videos.len()];
+        let mut images: Vec<Option<Tensor>> = vec![None; n_images];
+        let mut videos: Vec<Option<VideoFeatures>> = vec![None; n_videos];
         for (slot, k) in images.iter_mut().zip(&image_keys) {
             if let Some(CachedFeatures::Image(t)) = k.as_ref().and_then(|k| self.cache.get(k)) {
                 *slot = Some(t);
@@ -523,18 +527,7 @@ impl Worker<'_, '_> {
         let missing_videos: Vec<usize> =
             (0..videos.len()).filter(|&i| videos[i].is_none()).collect();
         if !missing_images.is_empty() || !missing_videos.is_empty() {
-            let sub = PreparedMedia {
-                images: missing_images
-                    .iter()
-                    .map(|&i| media.images[i].clone())
-                    .collect(),
-                videos: missing_videos
-                    .iter()
-                    .map(|&i| media.videos[i].clone())
-                    .collect(),
-                video_mode: media.video_mode,
-            };
-            let encoded = encode_request(self.model.generate.backend("engine serve")?, &sub)?;
+            let encoded = self.encode_some(&input.media, &missing_images, &missing_videos)?;
             for (&i, t) in missing_images.iter().zip(encoded.images) {
                 if let Some(k) = image_keys[i] {
                     self.cache.insert(k, CachedFeatures::Image(t.clone()));
@@ -551,10 +544,44 @@ impl Worker<'_, '_> {
         // Before any answer goes out, so that a client reading /metrics after it sees this.
         self.metrics
             .cache(self.cache.hits, self.cache.misses, self.cache.bytes());
+        // Grids follow from the pixels, so cached features need none of their own.
+        let (image_grids, video_grids) = match &input.media {
+            RequestMedia::Llava(_) => Default::default(),
+            RequestMedia::Qwen(media) => media.grids(self.qwen()?.model()),
+        };
         Ok(EncodedMedia {
             images: images.into_iter().flatten().collect(),
             videos: videos.into_iter().flatten().collect(),
-            ..Default::default()
+            image_grids,
+            video_grids,
+        })
+    }
+
+    /// The images at `images` and videos at `videos` of a request's media encoded, in that
+    /// order, by the vision model of their family.
+    fn encode_some(
+        &self,
+        media: &RequestMedia,
+        images: &[usize],
+        videos: &[usize],
+    ) -> Result<EncodedMedia> {
+        match media {
+            RequestMedia::Llava(media) => {
+                let sub = PreparedMedia {
+                    images: images.iter().map(|&i| media.images[i].clone()).collect(),
+                    videos: videos.iter().map(|&i| media.videos[i].clone()).collect(),
+                    video_mode: media.video_mode,
+                };
+                encode_request(self.model.generate.backend("engine serve")?, &sub)
+            }
+            RequestMedia::Qwen(media) => media.subset(images, videos).encoded(self.qwen()?.model()),
+        }
+    }
+
+    /// The Qwen-VL model that encodes Qwen-VL media.
+    fn qwen(&self) -> Result<&QwenVlBackend> {
+        self.model.qwen.ok_or_else(|| {
+            EngineError::Invalid("Qwen-VL media reached a server without a Qwen-VL model".into())
         })
     }
 }
