@@ -43,7 +43,10 @@ impl WindowLayout {
         let mut window_index = Vec::new();
         let mut cu_window_seqlens = vec![0];
         let mut offset = 0;
-        let (positions, cu_seqlens) = merge_group_positions(grids, m)?;
+        let FramePatches {
+            positions,
+            cu_seqlens,
+        } = merge_group_positions(grids, m)?;
         for &(t, h, w) in grids {
             let (lh, lw) = (h / m, w / m);
             for f in 0..t {
@@ -89,13 +92,20 @@ impl WindowLayout {
     }
 }
 
-/// Per patch of `grids` (t, h, w), in the order the processor flattens them (merge group by
-/// merge group, raster over groups, frame after frame): (row, column) in patches; and the
-/// patch boundaries of the frames, over which attention runs.
+/// Where the patches of a batch of grids sit, in the order the processor flattens them (merge
+/// group by merge group, raster over groups, frame after frame).
+pub(crate) struct FramePatches {
+    /// Per patch: (row, column) in patches.
+    pub positions: Vec<(usize, usize)>,
+    /// Patch boundaries of the frames (starting at 0), over which full attention runs.
+    pub cu_seqlens: Vec<usize>,
+}
+
+/// The [`FramePatches`] of `grids` (t, h, w) with `m` x `m` merge groups.
 pub(crate) fn merge_group_positions(
     grids: &[(usize, usize, usize)],
     m: usize,
-) -> Result<(Vec<(usize, usize)>, Vec<usize>)> {
+) -> Result<FramePatches> {
     let mut cu_seqlens = vec![0];
     let mut positions = Vec::new();
     for &(t, h, w) in grids {
@@ -119,7 +129,10 @@ pub(crate) fn merge_group_positions(
             cu_seqlens.push(end);
         }
     }
-    Ok((positions, cu_seqlens))
+    Ok(FramePatches {
+        positions,
+        cu_seqlens,
+    })
 }
 
 /// The 2-D rotary embedding of the Qwen-VL vision towers: half of each head rotates by the

@@ -12,7 +12,9 @@ use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::Qwen3VisionConfig;
-use crate::encode::qwen2_5_vl_vision::{merge_group_positions, VisionAttention, VisionRotary};
+use crate::encode::qwen2_5_vl_vision::{
+    merge_group_positions, FramePatches, VisionAttention, VisionRotary,
+};
 use crate::linear::Linear;
 use crate::nn::LayerNorm;
 use crate::{Error, Result};
@@ -210,7 +212,10 @@ impl Qwen3VisionTransformer {
         pixels: &Tensor,
         grids: &[(usize, usize, usize)],
     ) -> Result<Qwen3VisionFeatures> {
-        let (positions, cu_seqlens) = merge_group_positions(grids, self.cfg.spatial_merge_size)?;
+        let FramePatches {
+            positions,
+            cu_seqlens,
+        } = merge_group_positions(grids, self.cfg.spatial_merge_size)?;
         let n = pixels.dim(0)?;
         if n != positions.len() {
             return Err(Error::Input(format!(
@@ -278,7 +283,7 @@ mod tests {
             pos_embed: Tensor::from_vec(grid, (4, 4), &Device::Cpu)?,
             ..vt
         };
-        let (positions, _) = merge_group_positions(&[(1, 4, 6)], 2)?;
+        let positions = merge_group_positions(&[(1, 4, 6)], 2)?.positions;
         let pe = vt.position_embeddings(&[(1, 4, 6)], &positions)?;
         let first: Vec<f32> = pe.to_vec2::<f32>()?.iter().map(|r| r[0]).collect();
         let at = |row: usize, col: usize| {
