@@ -77,6 +77,19 @@ impl Golden {
             .collect()
     }
 
+    fn images_torchvision(&self, case: &Value) -> Vec<QwenVlPixels> {
+        let proc = self.processor();
+        case["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let img = load_image(self.media.join(f.as_str().unwrap())).unwrap();
+                proc.preprocess_torchvision(&img).unwrap()
+            })
+            .collect()
+    }
+
     /// The prompt's and the whole text's tokens, image spans expanded to their merged counts.
     fn tokenize(&self, case: &Value, imgs: &[QwenVlPixels]) -> (Tokenized, usize) {
         let tok = PromptTokenizer::load_qwen_vl(&self.model_dir, IMAGE_PAD, VIDEO_PAD).unwrap();
@@ -146,6 +159,44 @@ fn processor_pixels_are_bit_equal_and_grids_equal() {
         }
     }
     // 1920x1080, 300x200 twice (alone and in the pair), 40x30.
+    assert_eq!(checked, 4);
+}
+
+fn sha256_of(px: &QwenVlPixels) -> String {
+    let values = px
+        .pixel_values
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    format!("{:x}", Sha256::digest(&bytes))
+}
+
+/// The torchvision backend (what the hub's `Qwen2VLImageProcessorFast` loads) differs from the
+/// Pillow one on every image; its pixels are bit-equal too.
+#[test]
+fn torchvision_backend_pixels_are_bit_equal() {
+    let g = golden("qwen3_vl_4b");
+    let mut checked = 0;
+    for case in &g.cases {
+        let name = case["name"].as_str().unwrap();
+        let hashes = case["pixel_values_sha256_torchvision"].as_array();
+        for (i, px) in g.images_torchvision(case).iter().enumerate() {
+            let want = hashes.unwrap()[i].as_str().unwrap();
+            assert_eq!(
+                sha256_of(px),
+                want,
+                "{name} image {i}: torchvision pixel bytes"
+            );
+            assert_ne!(
+                want,
+                case["pixel_values_sha256"][i].as_str().unwrap(),
+                "{name} image {i}: the backends agree here"
+            );
+            checked += 1;
+        }
+    }
     assert_eq!(checked, 4);
 }
 

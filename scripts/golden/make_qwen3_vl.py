@@ -163,7 +163,7 @@ def build(out, seed, name, dims, tok, imgs, source, shard):
                     at += s
                 case["pixel_values_sha256"] = hashes
                 # The torchvision backend (what `image_processor_type: Qwen2VLImageProcessorFast`
-                # loads) is recorded, not asserted: it resizes with torch's kernels, not Pillow's.
+                # loads) resizes with torch's u8 kernel, not Pillow's: its pixels too.
                 case["pixel_values_sha256_torchvision"] = tv_hashes
                 pos, _ = model.model.get_rope_index(enc["input_ids"], enc["mm_token_type_ids"], image_grid_thw=grid)
                 tensors[f"{cname}.position_ids"] = pos[:, 0].to(torch.int64).contiguous()
