@@ -6,8 +6,9 @@
 //! (timestamp text between frames, positions per frame) are refused.
 //!
 //! The processor is Qwen2.5-VL's ([`crate::preprocess::QwenVlProcessor`]) with Qwen3-VL's
-//! `preprocessor_config.json` (patch 16, factor 32, mean / std 0.5); image positions are
-//! Qwen2.5-VL's ([`RopePositions`]).
+//! `preprocessor_config.json` (patch 16, factor 32, mean / std 0.5): `preprocess_torchvision`
+//! for the torchvision backend its `Qwen2VLImageProcessorFast` names, `preprocess` for the
+//! Pillow one. Image positions are Qwen2.5-VL's ([`RopePositions`]).
 
 pub mod config;
 pub mod vision;
