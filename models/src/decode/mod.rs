@@ -5,4 +5,4 @@ pub mod kv_cache;
 pub mod qwen2;
 
 pub use kv_cache::KvCache;
-pub use qwen2::Qwen2;
+pub use qwen2::{AttentionVariant, Qwen2};

@@ -22,24 +22,46 @@ use crate::Result;
 pub struct Rotary {
     inv_freq: Tensor,
     mrope_section: Option<Vec<usize>>,
+    /// Qwen3-VL's layout: frequency j rotates by the height when j % 3 == 1 and j < 3·h, by
+    /// the width when j % 3 == 2 and j < 3·w, by the time otherwise (instead of three runs).
+    /// A one-hot [3, 1, 1, head_dim / 2] of each frequency's axis.
+    interleaved: Option<Tensor>,
 }
 
 impl Rotary {
-    fn new(cfg: &TextConfig, mrope_section: Option<&[usize]>, device: &Device) -> Result<Self> {
-        let dim = cfg.head_dim();
+    fn new(cfg: &TextConfig, variant: &AttentionVariant, device: &Device) -> Result<Self> {
+        let dim = variant.head_dim;
+        let mrope_section = variant.mrope_section.as_deref();
         if let Some(s) = mrope_section {
-            if s.iter().sum::<usize>() * 2 != dim {
+            if s.len() != 3 || s.iter().sum::<usize>() * 2 != dim {
                 return Err(crate::Error::Config(format!(
-                    "mrope_section {s:?} does not split head_dim {dim} / 2"
+                    "mrope_section {s:?} does not split head_dim {dim} / 2 in three"
                 )));
             }
         }
         let inv: Vec<f32> = (0..dim / 2)
             .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64)) as f32)
             .collect();
+        let interleaved = match mrope_section.filter(|_| variant.mrope_interleaved) {
+            Some(s) => {
+                let half = dim / 2;
+                let mut onehot = vec![0f32; 3 * half];
+                for j in 0..half {
+                    let axis = match j % 3 {
+                        1 if j < 3 * s[1] => 1,
+                        2 if j < 3 * s[2] => 2,
+                        _ => 0,
+                    };
+                    onehot[axis * half + j] = 1.0;
+                }
+                Some(Tensor::from_vec(onehot, (3, 1, 1, half), device)?)
+            }
+            None => None,
+        };
         Ok(Self {
             inv_freq: Tensor::from_vec(inv, (1, 1, dim / 2), device)?,
             mrope_section: mrope_section.map(<[usize]>::to_vec),
+            interleaved,
         })
     }
 
@@ -51,6 +73,19 @@ impl Rotary {
                 .to_dtype(DType::F32)?
                 .unsqueeze(D::Minus1)?
                 .broadcast_mul(&self.inv_freq)?,
+            // Each angle is one axis' position times its frequency, the others weighted by an
+            // exact 0: the same f32 products transformers computes.
+            (3, Some(_)) if self.interleaved.is_some() => {
+                let onehot = self.interleaved.as_ref().ok_or_else(|| {
+                    crate::Error::Config("interleaved M-RoPE without its axis table".into())
+                })?;
+                positions
+                    .to_dtype(DType::F32)?
+                    .unsqueeze(D::Minus1)?
+                    .broadcast_mul(&self.inv_freq)?
+                    .broadcast_mul(onehot)?
+                    .sum(0)?
+            }
             (3, Some(sections)) => {
                 let pos = positions.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
                 let mut pieces = Vec::with_capacity(sections.len());
@@ -88,26 +123,64 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
+/// Where a decoder of the Qwen2 family departs from Qwen2's attention. Qwen3 (the text model of
+/// Qwen3-VL) sizes its heads apart from `hidden_size / heads`, has no q/k/v biases, normalises
+/// each head's queries and keys (RMSNorm over the head, before the rotary embedding), and
+/// Qwen3-VL interleaves the M-RoPE axes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionVariant {
+    pub head_dim: usize,
+    pub qkv_bias: bool,
+    pub qk_norm: bool,
+    /// `mrope_section` of Qwen2-VL's multimodal rotary embedding ([`Rotary`]).
+    pub mrope_section: Option<Vec<usize>>,
+    pub mrope_interleaved: bool,
+}
+
+impl AttentionVariant {
+    /// Qwen2's (and Qwen2.5-VL's, with `mrope_section`).
+    pub fn qwen2(cfg: &TextConfig, mrope_section: Option<&[usize]>) -> Self {
+        Self {
+            head_dim: cfg.head_dim(),
+            qkv_bias: true,
+            qk_norm: false,
+            mrope_section: mrope_section.map(<[usize]>::to_vec),
+            mrope_interleaved: false,
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Attention {
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Per-head RMSNorm of the queries and keys (Qwen3).
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
 }
 
 impl Attention {
-    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
-        let (d, hd) = (cfg.hidden_size, cfg.head_dim());
+    fn new(cfg: &TextConfig, variant: &AttentionVariant, vb: VarBuilder) -> Result<Self> {
+        let (d, hd, bias) = (cfg.hidden_size, variant.head_dim, variant.qkv_bias);
         let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let qk_norm = if variant.qk_norm {
+            Some((
+                RmsNorm::new(vb.pp("q_norm"), hd, cfg.rms_norm_eps)?,
+                RmsNorm::new(vb.pp("k_norm"), hd, cfg.rms_norm_eps)?,
+            ))
+        } else {
+            None
+        };
         Ok(Self {
-            q_proj: Linear::load(vb.pp("q_proj"), d, h * hd, true)?,
-            k_proj: Linear::load(vb.pp("k_proj"), d, kvh * hd, true)?,
-            v_proj: Linear::load(vb.pp("v_proj"), d, kvh * hd, true)?,
+            q_proj: Linear::load(vb.pp("q_proj"), d, h * hd, bias)?,
+            k_proj: Linear::load(vb.pp("k_proj"), d, kvh * hd, bias)?,
+            v_proj: Linear::load(vb.pp("v_proj"), d, kvh * hd, bias)?,
             o_proj: Linear::load(vb.pp("o_proj"), h * hd, d, false)?,
+            qk_norm,
             heads: h,
             kv_heads: kvh,
             head_dim: hd,
@@ -144,6 +217,10 @@ impl Attention {
         let q = split(self.q_proj.forward(&q_in)?, self.heads)?;
         let k = split(self.k_proj.forward(xs)?, self.kv_heads)?;
         let v = split(self.v_proj.forward(xs)?, self.kv_heads)?;
+        let (q, k) = match &self.qk_norm {
+            Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
+            None => (q, k),
+        };
         // Scaling q instead of the scores touches T·d values instead of T·S.
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let q = (apply_rotary(&q, q_cos, q_sin)? * scale)?;
@@ -349,11 +426,11 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, variant: &AttentionVariant, vb: VarBuilder) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         Ok(Self {
             input_layernorm: RmsNorm::new(vb.pp("input_layernorm"), d, eps)?,
-            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            self_attn: Attention::new(cfg, variant, vb.pp("self_attn"))?,
             post_attention_layernorm: RmsNorm::new(vb.pp("post_attention_layernorm"), d, eps)?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
         })
@@ -404,20 +481,35 @@ impl Qwen2 {
         head: Option<VarBuilder>,
         mrope_section: Option<&[usize]>,
     ) -> Result<Self> {
+        Self::with_variant(
+            cfg,
+            body,
+            head,
+            &AttentionVariant::qwen2(cfg, mrope_section),
+        )
+    }
+
+    /// [`Self::new`] with the attention of `variant` (Qwen3's, Qwen3-VL's).
+    pub fn with_variant(
+        cfg: &TextConfig,
+        body: VarBuilder,
+        head: Option<VarBuilder>,
+        variant: &AttentionVariant,
+    ) -> Result<Self> {
         let embeddings = body.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
         let lm_head = match head {
             Some(vb) => Linear::load(vb, cfg.hidden_size, cfg.vocab_size, false)?,
             None => Linear::tied(embeddings.clone()),
         };
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::new(cfg, body.pp(format!("layers.{i}"))))
+            .map(|i| Layer::new(cfg, variant, body.pp(format!("layers.{i}"))))
             .collect::<Result<_>>()?;
         Ok(Self {
             embed_tokens: Embedding::new(embeddings, cfg.hidden_size),
             layers,
             norm: RmsNorm::new(body.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?,
             lm_head,
-            rotary: Rotary::new(cfg, mrope_section, body.device())?,
+            rotary: Rotary::new(cfg, variant, body.device())?,
             cfg: cfg.clone(),
             checkpointing: None,
         })
@@ -455,7 +547,7 @@ impl Qwen2 {
         mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        self.forward_rows(embeds, positions, mask, cache, None)
+        self.forward_rows(embeds, positions, mask, cache, None, &[])
     }
 
     /// [`Self::forward`] for callers that read only the rows `rows` [B, P] (indices into this
@@ -469,7 +561,29 @@ impl Qwen2 {
         cache: Option<&mut KvCache>,
         rows: &Tensor,
     ) -> Result<Tensor> {
-        self.forward_rows(embeds, positions, mask, cache, Some(rows))
+        self.forward_rows(embeds, positions, mask, cache, Some(rows), &[])
+    }
+
+    /// [`Self::forward`] (or [`Self::forward_at`] with `rows`) adding `injections[i]` [B, T,
+    /// hidden] to the hidden states after layer i: Qwen3-VL's deep-stack visual features, zero
+    /// outside the media tokens.
+    pub fn forward_injected(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        rows: Option<&Tensor>,
+        injections: &[Tensor],
+    ) -> Result<Tensor> {
+        if injections.len() > self.layers.len() {
+            return Err(crate::Error::Input(format!(
+                "{} injected feature levels for {} decoder layers",
+                injections.len(),
+                self.layers.len()
+            )));
+        }
+        self.forward_rows(embeds, positions, mask, cache, rows, injections)
     }
 
     fn forward_rows(
@@ -479,6 +593,7 @@ impl Qwen2 {
         mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
         rows: Option<&Tensor>,
+        injections: &[Tensor],
     ) -> Result<Tensor> {
         let (_, t, _) = embeds.dims3()?;
         let (cos, sin) = self.rotary.tables(positions, embeds.dtype())?;
@@ -521,6 +636,12 @@ impl Qwen2 {
                     layer.forward(&xs, &cos, &sin, mask, layer_cache, layer_rows)?
                 }
             };
+            if let Some(add) = injections.get(i) {
+                xs = match layer_rows {
+                    Some(r) => (xs + gather_rows(add, &r.index, 1)?)?,
+                    None => (xs + add)?,
+                };
+            }
         }
         if let Some(r) = rows.as_ref().filter(|_| self.layers.is_empty()) {
             xs = gather_rows(&xs, &r.index, 1)?;

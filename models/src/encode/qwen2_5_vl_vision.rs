@@ -42,30 +42,13 @@ impl WindowLayout {
         let win = cfg.merged_window();
         let mut window_index = Vec::new();
         let mut cu_window_seqlens = vec![0];
-        let mut cu_seqlens = vec![0];
-        let mut positions = Vec::new();
         let mut offset = 0;
+        let FramePatches {
+            positions,
+            cu_seqlens,
+        } = merge_group_positions(grids, m)?;
         for &(t, h, w) in grids {
-            if t == 0 || h == 0 || w == 0 || h % m != 0 || w % m != 0 {
-                return Err(Error::Input(format!(
-                    "grid {t}x{h}x{w} is not whole {m}x{m} merge groups"
-                )));
-            }
             let (lh, lw) = (h / m, w / m);
-            // Patches come merge group by merge group (raster over groups).
-            for _ in 0..t {
-                for bh in 0..lh {
-                    for bw in 0..lw {
-                        for mh in 0..m {
-                            for mw in 0..m {
-                                positions.push((bh * m + mh, bw * m + mw));
-                            }
-                        }
-                    }
-                }
-                let end = cu_seqlens[cu_seqlens.len() - 1] + h * w;
-                cu_seqlens.push(end);
-            }
             for f in 0..t {
                 for wy in (0..lh).step_by(win) {
                     for wx in (0..lw).step_by(win) {
@@ -109,7 +92,98 @@ impl WindowLayout {
     }
 }
 
-struct VisionAttention {
+/// Where the patches of a batch of grids sit, in the order the processor flattens them (merge
+/// group by merge group, raster over groups, frame after frame).
+pub(crate) struct FramePatches {
+    /// Per patch: (row, column) in patches.
+    pub positions: Vec<(usize, usize)>,
+    /// Patch boundaries of the frames (starting at 0), over which full attention runs.
+    pub cu_seqlens: Vec<usize>,
+}
+
+/// The [`FramePatches`] of `grids` (t, h, w) with `m` x `m` merge groups.
+pub(crate) fn merge_group_positions(
+    grids: &[(usize, usize, usize)],
+    m: usize,
+) -> Result<FramePatches> {
+    let mut cu_seqlens = vec![0];
+    let mut positions = Vec::new();
+    for &(t, h, w) in grids {
+        if t == 0 || h == 0 || w == 0 || h % m != 0 || w % m != 0 {
+            return Err(Error::Input(format!(
+                "grid {t}x{h}x{w} is not whole {m}x{m} merge groups"
+            )));
+        }
+        let (lh, lw) = (h / m, w / m);
+        for _ in 0..t {
+            for bh in 0..lh {
+                for bw in 0..lw {
+                    for mh in 0..m {
+                        for mw in 0..m {
+                            positions.push((bh * m + mh, bw * m + mw));
+                        }
+                    }
+                }
+            }
+            let end = cu_seqlens[cu_seqlens.len() - 1] + h * w;
+            cu_seqlens.push(end);
+        }
+    }
+    Ok(FramePatches {
+        positions,
+        cu_seqlens,
+    })
+}
+
+/// The 2-D rotary embedding of the Qwen-VL vision towers: half of each head rotates by the
+/// patch's row, half by its column, head_dim / 4 frequencies each.
+pub(crate) struct VisionRotary {
+    inv_freq: Vec<f32>,
+}
+
+impl VisionRotary {
+    pub(crate) fn new(head_dim: usize, theta: f64) -> Self {
+        let spatial = head_dim / 2;
+        let inv_freq = (0..spatial / 2)
+            .map(|i| (1.0 / theta.powf((2 * i) as f64 / spatial as f64)) as f32)
+            .collect();
+        Self { inv_freq }
+    }
+
+    /// (cos, sin) [S, head_dim] f32 for patches at `positions` (row, column), computed as
+    /// transformers does: the angles in f32, laid out [h freqs, w freqs, h freqs, w freqs].
+    pub(crate) fn tables(
+        &self,
+        positions: &[(usize, usize)],
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let f = self.inv_freq.len();
+        let dim = 4 * f;
+        let mut cos = Vec::with_capacity(positions.len() * dim);
+        let mut sin = Vec::with_capacity(positions.len() * dim);
+        for &(h, w) in positions {
+            let angles: Vec<f32> = self
+                .inv_freq
+                .iter()
+                .map(|&fr| h as f32 * fr)
+                .chain(self.inv_freq.iter().map(|&fr| w as f32 * fr))
+                .collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos()));
+                sin.extend(angles.iter().map(|a| a.sin()));
+            }
+        }
+        let n = positions.len();
+        Ok((
+            Tensor::from_vec(cos, (n, dim), device)?,
+            Tensor::from_vec(sin, (n, dim), device)?,
+        ))
+    }
+}
+
+/// Multi-head self-attention of the Qwen-VL vision towers (fused qkv with biases, 2-D rotary,
+/// no mask: attention runs within each segment).
+pub(crate) struct VisionAttention {
     qkv: Linear,
     proj: Linear,
     heads: usize,
@@ -118,18 +192,28 @@ struct VisionAttention {
 
 impl VisionAttention {
     fn new(cfg: &Qwen25VisionConfig, vb: VarBuilder) -> Result<Self> {
-        let d = cfg.hidden_size;
+        Self::load(vb, cfg.hidden_size, cfg.num_heads)
+    }
+
+    /// `qkv` and `proj` under `vb`, for a width `d` split in `heads`.
+    pub(crate) fn load(vb: VarBuilder, d: usize, heads: usize) -> Result<Self> {
         Ok(Self {
             qkv: Linear::load(vb.pp("qkv"), d, 3 * d, true)?,
             proj: Linear::load(vb.pp("proj"), d, d, true)?,
-            heads: cfg.num_heads,
-            head_dim: cfg.head_dim(),
+            heads,
+            head_dim: d / heads,
         })
     }
 
     /// x [S, D] with rotary tables cos / sin [S, head_dim] (f32), attending within the
     /// segments `cu` (patch boundaries).
-    fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, cu: &[usize]) -> Result<Tensor> {
+    pub(crate) fn forward(
+        &self,
+        xs: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cu: &[usize],
+    ) -> Result<Tensor> {
         let s = xs.dim(0)?;
         let qkv = self
             .qkv
@@ -287,7 +371,7 @@ pub struct Qwen25VisionTransformer {
     patch_embed: Linear,
     blocks: Vec<VisionBlock>,
     merger: PatchMerger,
-    inv_freq: Vec<f32>,
+    rotary: VisionRotary,
     cfg: Qwen25VisionConfig,
 }
 
@@ -300,48 +384,17 @@ impl Qwen25VisionTransformer {
         let blocks = (0..cfg.depth)
             .map(|i| VisionBlock::new(cfg, vb.pp(format!("blocks.{i}"))))
             .collect::<Result<_>>()?;
-        // Half the head rotates by the height, half by the width: head_dim / 4 frequencies each.
-        let spatial = cfg.head_dim() / 2;
-        let inv_freq = (0..spatial / 2)
-            .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / spatial as f64)) as f32)
-            .collect();
         Ok(Self {
             patch_embed,
             blocks,
             merger: PatchMerger::new(cfg, vb.pp("merger"))?,
-            inv_freq,
+            rotary: VisionRotary::new(cfg.head_dim(), cfg.rope_theta),
             cfg: cfg.clone(),
         })
     }
 
     pub fn config(&self) -> &Qwen25VisionConfig {
         &self.cfg
-    }
-
-    /// (cos, sin) [S, head_dim] f32 for patches at `positions` (row, column), computed as
-    /// transformers does: the angles in f32, laid out [h freqs, w freqs, h freqs, w freqs].
-    fn rotary(&self, positions: &[(usize, usize)], device: &Device) -> Result<(Tensor, Tensor)> {
-        let f = self.inv_freq.len();
-        let dim = 4 * f;
-        let mut cos = Vec::with_capacity(positions.len() * dim);
-        let mut sin = Vec::with_capacity(positions.len() * dim);
-        for &(h, w) in positions {
-            let angles: Vec<f32> = self
-                .inv_freq
-                .iter()
-                .map(|&fr| h as f32 * fr)
-                .chain(self.inv_freq.iter().map(|&fr| w as f32 * fr))
-                .collect();
-            for _ in 0..2 {
-                cos.extend(angles.iter().map(|a| a.cos()));
-                sin.extend(angles.iter().map(|a| a.sin()));
-            }
-        }
-        let n = positions.len();
-        Ok((
-            Tensor::from_vec(cos, (n, dim), device)?,
-            Tensor::from_vec(sin, (n, dim), device)?,
-        ))
     }
 
     /// Flattened patches [N, C·tp·p·p] of images / videos with `grids` (t, h, w) → merged
@@ -363,7 +416,7 @@ impl Qwen25VisionTransformer {
             .patch_embed
             .forward(&pixels.to_dtype(dtype)?)?
             .index_select(&order, 0)?;
-        let (cos, sin) = self.rotary(&layout.positions, device)?;
+        let (cos, sin) = self.rotary.tables(&layout.positions, device)?;
         let (cos, sin) = (cos.index_select(&order, 0)?, sin.index_select(&order, 0)?);
         let mut xs = xs;
         for (i, block) in self.blocks.iter().enumerate() {

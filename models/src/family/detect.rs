@@ -23,6 +23,8 @@ struct FamilyFields {
 pub struct UnsupportedFamily {
     pub name: &'static str,
     pub checkpoints: &'static str,
+    /// How far its support goes, when it has begun ("" otherwise).
+    pub status: &'static str,
 }
 
 /// Families implemented besides LLaVA-OneVision: (architecture, model_type, family).
@@ -39,6 +41,8 @@ const UNSUPPORTED: &[(&str, &str, UnsupportedFamily)] = &[
         UnsupportedFamily {
             name: "Qwen3-VL",
             checkpoints: "UnifiedReward-2.0-qwen3vl-*, UnifiedReward-Think-qwen3vl-*",
+            status: " by the engine, the trainer or the exporter (the candle model is \
+                     unireward_models::qwen3_vl::Qwen3Vl, images only)",
         },
     ),
     (
@@ -47,6 +51,7 @@ const UNSUPPORTED: &[(&str, &str, UnsupportedFamily)] = &[
         UnsupportedFamily {
             name: "Qwen3-VL mixture-of-experts",
             checkpoints: "Qwen3-VL MoE judges",
+            status: "",
         },
     ),
 ];
@@ -81,9 +86,9 @@ fn family_of(fields: &FamilyFields) -> std::result::Result<ModelFamily, String> 
             || fields.model_type.as_deref() == Some(model_type)
         {
             return Err(format!(
-                "{} checkpoints ({}) are not supported yet; unireward runs LLaVA-OneVision \
+                "{} checkpoints ({}) are not supported yet{}; unireward runs LLaVA-OneVision \
                  judges (UnifiedReward-7b, -7b-v1.5, -0.5b)",
-                family.name, family.checkpoints
+                family.name, family.checkpoints, family.status
             ));
         }
     }
@@ -131,5 +136,14 @@ mod tests {
         }
         let err = family_of(&fields(r#"{"model_type": "qwen3_vl"}"#)).unwrap_err();
         assert!(err.starts_with("Qwen3-VL checkpoints"), "{err}");
+        assert!(err.contains("qwen3_vl::Qwen3Vl"), "{err}");
+        let err = family_of(&fields(
+            r#"{"architectures": ["Qwen3VLMoeForConditionalGeneration"], "model_type": "qwen3_vl_moe"}"#,
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("Qwen3-VL mixture-of-experts checkpoints"),
+            "{err}"
+        );
     }
 }

@@ -13,7 +13,7 @@ use image::{DynamicImage, RgbImage};
 use serde_json::Value;
 
 use super::image::{read_common, to_rgb, AlphaHandling, CommonFields, ImageProcessorConfig};
-use super::resize::{resize_pillow, Filter};
+use super::resize::{resize, resize_pillow, Filter, Flavor};
 use crate::{Error, Result};
 
 /// OpenAI CLIP's normalisation, the Qwen-VL processors' default.
@@ -272,6 +272,34 @@ impl QwenVlProcessor {
             )));
         }
         resize_pillow(rgb, rw, rh, c.resample)
+    }
+
+    /// The image as transformers' torchvision backend computes it (`Qwen2VLImageProcessor`,
+    /// what a preprocessor_config.json naming `Qwen2VLImageProcessorFast` loads, as Qwen3-VL's
+    /// do): torchvision's `resize` of a u8 image, which takes torch's u8 antialiased kernel
+    /// ([`Flavor::TorchU8`]; a video frame through qwen-vl-utils is resized in f32 instead),
+    /// and the rescale fused into the normalisation. [`Self::preprocess`] is the Pillow
+    /// backend's.
+    pub fn preprocess_torchvision(&self, image: &DynamicImage) -> Result<QwenVlPixels> {
+        let c = &self.config;
+        let rgb = self.rgb(image);
+        let (h, w) = (rgb.height(), rgb.width());
+        let (rh, rw) = if c.do_resize {
+            smart_resize(h, w, c.factor(), c.min_pixels, c.max_pixels)?
+        } else {
+            (h, w)
+        };
+        let resized = if (rh, rw) == (h, w) {
+            rgb.clone()
+        } else {
+            resize(&rgb, rw, rh, c.resample, Flavor::TorchU8)?
+        };
+        let (pixel_values, grid_thw) = self.patchify_with(&[resized], &self.fused_lut())?;
+        Ok(QwenVlPixels {
+            pixel_values,
+            grid_thw,
+            original_size: (h, w),
+        })
     }
 
     pub fn preprocess_rgb(&self, rgb: &RgbImage) -> Result<QwenVlPixels> {

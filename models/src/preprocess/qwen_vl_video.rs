@@ -109,7 +109,7 @@ impl QwenVlProcessor {
 
     /// Each u8 value normalised as the video processor does: rescale fused into mean and std
     /// (`mean * (1 / rescale_factor)` in f32), then `(x - mean) / std` in f32.
-    fn fused_lut(&self) -> Vec<[f32; 3]> {
+    pub(crate) fn fused_lut(&self) -> Vec<[f32; 3]> {
         let c = &self.config;
         let inverse = (1.0 / c.rescale_factor) as f32;
         (0..=255u8)

@@ -159,42 +159,7 @@ impl Qwen25VlConfig {
             )));
         }
 
-        // transformers 5 nests the decoder's settings in `text_config`; the hub's files have
-        // them at the top level. The rotary kind is M-RoPE in both, spelt `"type": "mrope"`
-        // by the oldest files, `"default"` with an `mrope_section` since.
-        let text_obj = v
-            .get("text_config")
-            .filter(|t| t.is_object())
-            .unwrap_or(v)
-            .clone();
-        let mut text_obj = text_obj;
-        let mut mrope_section = None;
-        for key in ["rope_scaling", "rope_parameters"] {
-            let Some(rope) = text_obj.get_mut(key).and_then(Value::as_object_mut) else {
-                continue;
-            };
-            if let Some(s) = rope.remove("mrope_section") {
-                let s: Vec<usize> = serde_json::from_value(s)
-                    .map_err(|e| bad(&format!("{key}.mrope_section"), e))?;
-                mrope_section = Some(s);
-            }
-            for kind in ["type", "rope_type"] {
-                if rope.get(kind).and_then(Value::as_str) == Some("mrope") {
-                    rope.insert(kind.into(), Value::from("default"));
-                }
-            }
-        }
-        // Settings the hub's files keep at the top level even beside a `text_config`.
-        if let (Some(t), Some(top)) = (text_obj.as_object_mut(), v.as_object()) {
-            for key in ["tie_word_embeddings", "eos_token_id"] {
-                if !t.contains_key(key) {
-                    if let Some(x) = top.get(key) {
-                        t.insert(key.into(), x.clone());
-                    }
-                }
-            }
-        }
-        let text = text_config_from_json(&text_obj, "text_config.")?;
+        let (text, mrope_section) = mrope_text_config(v)?;
         let mrope_section = mrope_section.unwrap_or_else(|| vec![16, 24, 24]);
         if mrope_section.len() != 3 || mrope_section.iter().sum::<usize>() * 2 != text.head_dim() {
             return Err(Error::Config(format!(
@@ -233,6 +198,49 @@ impl Qwen25VlConfig {
             mrope_section,
         })
     }
+}
+
+/// The decoder's settings of a Qwen-VL `config.json` (Qwen2.5-VL's, Qwen3-VL's) and its
+/// `mrope_section`, wherever the file's transformers version put them.
+pub(crate) fn mrope_text_config(v: &Value) -> Result<(TextConfig, Option<Vec<usize>>)> {
+    let bad = |key: &str, e: serde_json::Error| Error::Config(format!("{key}: {e}"));
+    // transformers 5 nests the decoder's settings in `text_config`; the hub's files have
+    // them at the top level. The rotary kind is M-RoPE in both, spelt `"type": "mrope"`
+    // by the oldest files, `"default"` with an `mrope_section` since.
+    let text_obj = v
+        .get("text_config")
+        .filter(|t| t.is_object())
+        .unwrap_or(v)
+        .clone();
+    let mut text_obj = text_obj;
+    let mut mrope_section = None;
+    for key in ["rope_scaling", "rope_parameters"] {
+        let Some(rope) = text_obj.get_mut(key).and_then(Value::as_object_mut) else {
+            continue;
+        };
+        if let Some(s) = rope.remove("mrope_section") {
+            let s: Vec<usize> =
+                serde_json::from_value(s).map_err(|e| bad(&format!("{key}.mrope_section"), e))?;
+            mrope_section = Some(s);
+        }
+        for kind in ["type", "rope_type"] {
+            if rope.get(kind).and_then(Value::as_str) == Some("mrope") {
+                rope.insert(kind.into(), Value::from("default"));
+            }
+        }
+    }
+    // Settings the hub's files keep at the top level even beside a `text_config`.
+    if let (Some(t), Some(top)) = (text_obj.as_object_mut(), v.as_object()) {
+        for key in ["tie_word_embeddings", "eos_token_id"] {
+            if !t.contains_key(key) {
+                if let Some(x) = top.get(key) {
+                    t.insert(key.into(), x.clone());
+                }
+            }
+        }
+    }
+    let text = text_config_from_json(&text_obj, "text_config.")?;
+    Ok((text, mrope_section))
 }
 
 #[cfg(test)]

@@ -1,0 +1,230 @@
+//! Qwen3-VL, dense (`Qwen3VLForConditionalGeneration`: Qwen3-VL-2B/4B/8B, UnifiedReward-2.0-
+//! qwen3vl-*): the vision transformer (`vision`) → merged features spliced over the
+//! `<|image_pad|>` runs, and deep-stack features added to the hidden states at those tokens after
+//! the decoder's first layers → the Qwen3 decoder (the Qwen2 decoder with Qwen3's
+//! [`AttentionVariant`]) with interleaved 3-D M-RoPE positions. Images only: Qwen3-VL's videos
+//! (timestamp text between frames, positions per frame) are refused.
+//!
+//! The processor is Qwen2.5-VL's ([`crate::preprocess::QwenVlProcessor`]) with Qwen3-VL's
+//! `preprocessor_config.json` (patch 16, factor 32, mean / std 0.5): `preprocess_torchvision`
+//! for the torchvision backend its `Qwen2VLImageProcessorFast` names, `preprocess` for the
+//! Pillow one. Image positions are Qwen2.5-VL's ([`RopePositions`]).
+
+pub mod config;
+pub mod vision;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::checkpoint::Checkpoint;
+use crate::decode::{KvCache, Qwen2};
+use crate::pack::{merge_media, MediaFeatures};
+use crate::preprocess::qwen_vl::QwenVlPixels;
+use crate::qwen2_5_vl::{MediaGrid, RopePositions};
+use crate::tokenize::{MediaKind, Tokenized};
+use crate::{Error, Result};
+
+pub use config::{Qwen3VisionConfig, Qwen3VlConfig};
+pub use vision::{Qwen3VisionFeatures, Qwen3VisionTransformer};
+
+/// Key prefixes: transformers 5's `save_pretrained` and the hub's Qwen3-VL files (saved by
+/// transformers 4.57) agree.
+const VISION: &str = "model.visual";
+const DECODER: &str = "model.language_model";
+const LM_HEAD: &str = "lm_head";
+const LAYOUT_NAME: &str = "Qwen3-VL (model.visual., model.language_model., lm_head)";
+
+/// A prompt ready for the decoder: its embeddings [T, hidden] with the media spliced in, and per
+/// deep-stack level the features to add after that decoder layer [T, hidden] (zero outside the
+/// media tokens; none for a text-only prompt).
+#[derive(Debug, Clone)]
+pub struct Qwen3VlInputs {
+    pub embeds: Tensor,
+    pub deepstack: Vec<Tensor>,
+}
+
+pub struct Qwen3Vl {
+    cfg: Qwen3VlConfig,
+    vision: Qwen3VisionTransformer,
+    decoder: Qwen2,
+    device: Device,
+}
+
+impl Qwen3Vl {
+    /// Reads `config.json` and the weights of `dir` (one file or shards), converting them to
+    /// `dtype`; every missing or misshapen key is named.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = Qwen3VlConfig::from_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        let tied = cfg.text.tie_word_embeddings || !ckpt.contains("lm_head.weight");
+        let (vb, audit) = ckpt.var_builder(dtype, device);
+        let built = Self::new(cfg, tied, vb);
+        audit.finish_named(dir, LAYOUT_NAME)?;
+        built
+    }
+
+    /// Builds the model from any weight source in the checkpoints' key layout; `tied`: the
+    /// head is the embeddings.
+    pub fn new(cfg: Qwen3VlConfig, tied: bool, vb: VarBuilder) -> Result<Self> {
+        let vision = Qwen3VisionTransformer::new(&cfg.vision, vb.pp(VISION))?;
+        let head = (!tied).then(|| vb.pp(LM_HEAD));
+        let decoder = Qwen2::with_variant(&cfg.text, vb.pp(DECODER), head, &cfg.attention)?;
+        Ok(Self {
+            cfg,
+            vision,
+            decoder,
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Qwen3VlConfig {
+        &self.cfg
+    }
+
+    pub fn decoder(&self) -> &Qwen2 {
+        &self.decoder
+    }
+
+    pub fn vision(&self) -> &Qwen3VisionTransformer {
+        &self.vision
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.decoder.dtype()
+    }
+
+    /// Several images encoded in one pass of the vision transformer (attention never crosses
+    /// an image) → each one's features.
+    pub fn image_features(&self, images: &[&QwenVlPixels]) -> Result<Vec<Qwen3VisionFeatures>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let grids: Vec<_> = images.iter().map(|m| m.grid_thw).collect();
+        let pixels = Tensor::cat(
+            &images.iter().map(|m| &m.pixel_values).collect::<Vec<_>>(),
+            0,
+        )?
+        .to_device(&self.device)?;
+        let all = self.vision.forward(&pixels, &grids)?;
+        let merge = self.cfg.vision.spatial_merge_size;
+        let mut out = Vec::with_capacity(images.len());
+        let mut at = 0;
+        for m in images {
+            let n = m.num_tokens(merge);
+            out.push(Qwen3VisionFeatures {
+                merged: all.merged.narrow(0, at, n)?,
+                deepstack: all
+                    .deepstack
+                    .iter()
+                    .map(|level| level.narrow(0, at, n))
+                    .collect::<candle_core::Result<_>>()?,
+            });
+            at += n;
+        }
+        Ok(out)
+    }
+
+    /// The grid of a preprocessed image, for [`RopePositions`].
+    pub fn image_grid(&self, pixels: &QwenVlPixels) -> MediaGrid {
+        let (t, h, w) = pixels.grid_thw;
+        MediaGrid {
+            t,
+            h,
+            w,
+            time_interval: 1.0,
+        }
+    }
+
+    /// The M-RoPE positions of a prompt whose image spans hold `images`.
+    pub fn positions(&self, tokens: &Tokenized, images: &[MediaGrid]) -> Result<RopePositions> {
+        refuse_videos(tokens)?;
+        RopePositions::new(tokens, images, &[], self.cfg.vision.spatial_merge_size)
+    }
+
+    /// Token embeddings with each image span overwritten by its merged features, and the
+    /// deep-stack levels laid over the prompt.
+    pub fn inputs(
+        &self,
+        tokens: &Tokenized,
+        images: &[Qwen3VisionFeatures],
+    ) -> Result<Qwen3VlInputs> {
+        refuse_videos(tokens)?;
+        let ids = Tensor::new(tokens.ids.as_slice(), &self.device)?;
+        let text = self.decoder.embed(&ids)?;
+        let spliced = |feats: Vec<Tensor>, over: &Tensor| {
+            merge_media(
+                over,
+                tokens,
+                &MediaFeatures {
+                    images: feats,
+                    ..Default::default()
+                },
+            )
+        };
+        let embeds = spliced(images.iter().map(|f| f.merged.clone()).collect(), &text)?;
+        if tokens.spans.is_empty() {
+            return Ok(Qwen3VlInputs {
+                embeds,
+                deepstack: Vec::new(),
+            });
+        }
+        let zeros = text.zeros_like()?;
+        let deepstack = (0..self.cfg.vision.deepstack_visual_indexes.len())
+            .map(|level| {
+                let feats = images
+                    .iter()
+                    .map(|f| {
+                        f.deepstack.get(level).cloned().ok_or_else(|| {
+                            Error::Input(format!("image features lack deep-stack level {level}"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                spliced(feats, &zeros)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Qwen3VlInputs { embeds, deepstack })
+    }
+
+    /// A prompt's inputs (embeddings [B, T, D] and deep-stack levels [B, T, D], B = 1 for
+    /// [`Self::inputs`]' [T, D] after `unsqueeze(0)`) at `positions` [3, B, T] → final hidden
+    /// states, continuing `cache`; with `rows` [B, P], only those rows ([`Qwen2::forward_at`]).
+    pub fn hidden_states(
+        &self,
+        embeds: &Tensor,
+        deepstack: &[Tensor],
+        positions: &Tensor,
+        cache: Option<&mut KvCache>,
+        rows: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if positions.rank() != 3 {
+            return Err(Error::Input(
+                "Qwen3-VL takes 3-D positions [3, B, T]".into(),
+            ));
+        }
+        self.decoder
+            .forward_injected(embeds, positions, None, cache, rows, deepstack)
+    }
+
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.decoder.logits(hidden)
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.decoder.num_layers())
+    }
+}
+
+fn refuse_videos(tokens: &Tokenized) -> Result<()> {
+    if tokens.spans.iter().any(|s| s.kind == MediaKind::Video) {
+        return Err(Error::Input(
+            "Qwen3-VL videos (timestamped frames) are not supported yet: images only".into(),
+        ));
+    }
+    Ok(())
+}
