@@ -6,8 +6,13 @@ Needs: torch, transformers (>= 5), peft, safetensors, pillow, numpy; versions ar
 dpo/cases.json ("generator").
 
 Reads qwen2_5_vl_7b/model (hub layout, untied head), media/300x200.png and dpo/adapter: a LoRA
-adapter written by our trainer (`trainer dpo --kind vlm --lora-rank 4 ...`, see dpo/README.md),
-loaded here with `PeftModel.from_pretrained` onto `Qwen2_5_VLForConditionalGeneration`.
+adapter written by our trainer, loaded here with `PeftModel.from_pretrained` onto
+`Qwen2_5_VLForConditionalGeneration`. It was made, from the repository root, by
+  trainer dpo --kind vlm --model fixtures/qwen2_5_vl/qwen2_5_vl_7b/model \
+    --data fixtures/qwen2_5_vl/dpo/adapter_pairs.jsonl --out OUT --lora-rank 4 --lora-alpha 8 \
+    --lora-targets q_proj,k_proj,v_proj,o_proj,qkv,mlp.0 --train-vision --max-steps 4 \
+    --batch-size 2 --lr 2e-2 --warmup-ratio 0
+(adapter_pairs.jsonl's image paths relative to it; OUT/adapter_* copied to dpo/adapter).
 
 One preference pair on the 300x200 image, tokenized as the trainer does: the ChatML prompt
 (default system turn) with the image item `<|vision_start|><|image_pad|><|vision_end|>` before
@@ -137,7 +142,8 @@ def main():
     loss_lora.backward()
     lora_keys = sorted(k for k in lora_params if "lora_" in k)
     assert lora_keys, "the adapter attached no LoRA layer"
-    picked = [k for k in lora_keys if "layers.0.self_attn.q_proj" in k or "layers.1.self_attn.v_proj" in k]
+    picked = [k for k in lora_keys if any(m in k for m in ("layers.0.self_attn.q_proj", "layers.1.self_attn.v_proj",
+                                                         "blocks.0.attn.qkv", "merger.mlp.0"))]
     for k in picked:
         # The name as adapter_model.safetensors stores it (no adapter name).
         saved = k.replace(".default", "")
@@ -148,8 +154,8 @@ def main():
            f"pillow {PIL.__version__}, numpy {np.__version__}, float64 from bf16 weights, eager attention")
     cases = dict(generator=gen, model="../qwen2_5_vl_7b/model", image="../media/300x200.png",
                  question=QUESTION, chosen=CHOSEN, rejected=REJECTED, beta=BETA, prompt_len=plen,
-                 base_logps=[float(rc), float(rr)], lora_logps=[float(lc), float(lr)],
-                 full_loss=float(loss_full), lora_loss=float(loss_lora),
+                 base_logps=[rc.item(), rr.item()], lora_logps=[lc.item(), lr.item()],
+                 full_loss=loss_full.item(), lora_loss=loss_lora.item(),
                  lora_modules=sorted({k.split(".lora_")[0] for k in lora_keys}))
     json.dump(cases, open(os.path.join(ddir, "cases.json"), "w"), indent=1)
     print(json.dumps({k: v for k, v in cases.items() if k != "lora_modules"}, indent=1))
