@@ -91,7 +91,7 @@ pub struct Preparer {
 pub enum MediaProcessor {
     /// LLaVA-OneVision: anyres tiles, pooled video frames.
     Llava {
-        loader: MediaLoader,
+        loader: Box<MediaLoader>,
         geometry: AnyresGeometry,
     },
     /// Qwen2.5-VL: `smart_resize` patches, a video as one item of its frames (what
@@ -114,7 +114,7 @@ impl Preparer {
         Ok(Self {
             tokenizer: PromptTokenizer::load(model_dir, cfg)?,
             media: MediaProcessor::Llava {
-                loader: MediaLoader::from_model_dir(model_dir, cfg, frames)?,
+                loader: Box::new(MediaLoader::from_model_dir(model_dir, cfg, frames)?),
                 geometry: cfg.anyres.clone(),
             },
             media_root,
