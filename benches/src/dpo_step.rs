@@ -36,6 +36,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use image::{Rgb, RgbImage};
 use serde_json::{json, Value};
+use unireward_models::family::JudgeMedia;
 use unireward_trainer::checkpoint_keys::TrainParts;
 use unireward_trainer::data::dpo::DpoData;
 use unireward_trainer::data::Preparer;
@@ -178,7 +179,7 @@ fn run_config(
     let mut model = VarMapModel::load(model_dir, DType::F32, &Device::Cpu, setup.parts)?;
     // The reference is the model as loaded (adapters start as a no-op).
     let root = data.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let preparer = Preparer::new(model_dir, model.config(), root, 8, None)?;
+    let preparer = Preparer::new(model_dir, model.config()?, root, 8, None)?;
     let pairs = DpoData::read(data, preparer)?;
     let t = Instant::now();
     let reference = compute_reference(model.model(), &pairs, batch_size, false)?;
@@ -269,7 +270,7 @@ fn main() -> Result<()> {
         let root = dir.join("data");
         let pairs = DpoData::read(
             &data,
-            Preparer::new(&model_dir, model.config(), root, 8, None)?,
+            Preparer::new(&model_dir, model.config()?, root, 8, None)?,
         )?;
         let ex = pairs.prepare(0)?;
         println!(
@@ -392,15 +393,17 @@ fn write_torch_pairs(dir: &Path, model_dir: &Path, data: &Path) -> Result<()> {
     let root = data.parent().unwrap_or(Path::new(".")).to_path_buf();
     let pairs = DpoData::read(
         data,
-        Preparer::new(model_dir, model.config(), root, 8, None)?,
+        Preparer::new(model_dir, model.config()?, root, 8, None)?,
     )?;
     let dev = Device::Cpu;
     let mut tensors = HashMap::new();
     tensors.insert("pairs".to_string(), Tensor::new(pairs.len() as i64, &dev)?);
     for i in 0..pairs.len() {
         let ex = pairs.prepare(i)?;
-        let image = ex
-            .media
+        let JudgeMedia::Llava(media) = &ex.media else {
+            bail!("the bench model is LLaVA-OneVision");
+        };
+        let image = media
             .images
             .first()
             .context("a bench pair without its image")?;

@@ -10,7 +10,6 @@ pub mod logprob;
 pub mod pairs;
 pub mod pipeline;
 pub mod qwen_logprob;
-pub mod qwen_media;
 pub mod qwen_score;
 pub mod records;
 pub mod score;

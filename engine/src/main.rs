@@ -21,7 +21,6 @@ use unireward_engine::pairs::job::{Grouping, PairsJob, PairsMedia};
 use unireward_engine::pairs::{PairFormat, PairOptions, RankingMode, Recipe};
 use unireward_engine::pipeline::{RunOptions, RunSummary, DEFAULT_DECODE_BUDGET_BYTES};
 use unireward_engine::qwen_logprob::QwenLogprobJob;
-use unireward_engine::qwen_media::QwenVideos;
 use unireward_engine::qwen_score::QwenScoreJob;
 use unireward_engine::records::{check_output_path, OutputMode, DEFAULT_MAX_LINE_BYTES};
 use unireward_engine::score::ScoreJob;
@@ -36,9 +35,8 @@ use unireward_models::judge::sift_templates::sift_resize;
 use unireward_models::judge::{
     checkpoint_family, ChatTemplate, Family, MediaMarkers, PromptTemplate,
 };
-use unireward_models::preprocess::{
-    MediaLoader, QwenVlProcessor, QwenVlProcessorConfig, VideoMode,
-};
+use unireward_models::preprocess::{MediaLoader, QwenVlProcessor, VideoMode};
+use unireward_models::qwen2_5_vl::QwenVideos;
 use unireward_models::tokenize::PromptTokenizer;
 
 #[derive(Parser)]
@@ -366,12 +364,7 @@ fn load_qwen(args: &ModelArgs) -> Result<LoadedQwen> {
     let cfg = backend.model().config();
     let tokenizer =
         PromptTokenizer::load_qwen_vl(&args.model, cfg.image_token_id, cfg.video_token_id)?;
-    let preprocessor = args.model.join("preprocessor_config.json");
-    let processor = QwenVlProcessor::new(if preprocessor.is_file() {
-        QwenVlProcessorConfig::from_file(&preprocessor)?
-    } else {
-        QwenVlProcessorConfig::default()
-    });
+    let processor = QwenVlProcessor::from_model_dir(&args.model)?;
     Ok(LoadedQwen {
         backend,
         tokenizer,

@@ -16,7 +16,7 @@ use unireward_models::tokenize::PromptTokenizer;
 use crate::error::{EngineError, Result};
 use crate::pipeline::{decoded_image_bytes, run_pipeline_with};
 use crate::pipeline::{RunOptions, RunSummary};
-use crate::qwen_media::{QwenMedia, QwenVideos};
+use unireward_models::qwen2_5_vl::{QwenMedia, QwenVideos};
 
 pub struct QwenLogprobJob<'a> {
     pub model: &'a Qwen25Vl,
@@ -62,7 +62,8 @@ impl QwenLogprobJob<'_> {
         };
         let (prompt, completion) = (text("prompt")?, text("completion")?);
         let media = MediaRequest::parse(v, "images", "video")?;
-        let media = QwenMedia::read(self.processor, &media, base, QwenVideos::Items)?;
+        let media = QwenMedia::read(self.processor, &media, base, QwenVideos::Items)
+            .map_err(|e| e.to_string())?;
         Ok(Request {
             prompt,
             completion,

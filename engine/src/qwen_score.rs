@@ -15,8 +15,8 @@ use crate::backend::QwenVlBackend;
 use crate::error::Result;
 use crate::judge::{Judge, ScoreRequest};
 use crate::pipeline::{decoded_image_bytes, run_pipeline_with, RunOptions, RunSummary};
-use crate::qwen_media::{QwenMedia, QwenVideos};
 use crate::score::judge_requests;
+use unireward_models::qwen2_5_vl::{QwenMedia, QwenVideos};
 
 pub struct QwenScoreJob<'a> {
     pub judge: &'a Judge<'a>,
@@ -48,7 +48,8 @@ impl QwenScoreJob<'_> {
             },
             |v: &Value| {
                 let req = ScoreRequest::parse(v)?;
-                let media = QwenMedia::read(self.processor, &req.media, &base, self.videos)?;
+                let media = QwenMedia::read(self.processor, &req.media, &base, self.videos)
+                    .map_err(|e| e.to_string())?;
                 Ok(Request { req, media })
             },
             |batch: Vec<(Value, Request)>| self.answer_batch(&batch),

@@ -19,13 +19,13 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use unireward_engine::backend::{Decoding, Prompt, QwenVlBackend};
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
-use unireward_engine::qwen_media::{QwenMedia, QwenVideo, QwenVideos};
 use unireward_models::judge::{
     ChatTemplate, Family, Media, MediaMarkers, Mode, PromptTemplate, Task,
 };
 use unireward_models::preprocess::{
     load_image, MediaRequest, QwenVlPixels, QwenVlProcessor, QwenVlProcessorConfig, VideoSource,
 };
+use unireward_models::qwen2_5_vl::{QwenMedia, QwenVideo, QwenVideos};
 use unireward_models::tokenize::{unquote_user_text, PromptTokenizer};
 use unireward_models::MediaFeatures;
 

@@ -41,7 +41,10 @@ pub struct Linear {
 impl Linear {
     /// From W [out, in] and an optional bias [out].
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        if weight.is_variable() {
+        // A trainable weight is a variable or a view of one (Qwen2.5-VL's patch kernel,
+        // reshaped): either shares the variable's storage, so the optimizer's in-place
+        // updates reach the forward, where a transposed copy would keep the first values.
+        if weight.track_op() {
             return Ok(Self {
                 weight,
                 transposed: false,

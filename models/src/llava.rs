@@ -12,12 +12,11 @@ use crate::config::{LlavaConfig, TextConfig};
 use crate::decode::checkpointing::Checkpointing;
 use crate::decode::{KvCache, Qwen2};
 use crate::encode::{Projector, SiglipVision};
-use crate::family::judge_model::JudgeModel;
+use crate::family::judge_model::{JudgeMedia, JudgeModel};
 use crate::family::kind::ModelFamily;
 use crate::pack::{encode_media_with, merge_media, pack_image, pack_video, MediaFeatures};
-use crate::preprocess::PreparedMedia;
 use crate::tokenize::Tokenized;
-use crate::Result;
+use crate::{Error, Result};
 
 pub struct LlavaOnevision {
     cfg: LlavaConfig,
@@ -132,7 +131,12 @@ impl JudgeModel for LlavaOnevision {
         pack_video(feats, &self.image_newline)
     }
 
-    fn media_features(&self, media: &PreparedMedia) -> Result<MediaFeatures> {
+    fn media_features(&self, media: &JudgeMedia) -> Result<MediaFeatures> {
+        let JudgeMedia::Llava(media) = media else {
+            return Err(Error::Media(
+                "media prepared by another family's processor reached LLaVA-OneVision".into(),
+            ));
+        };
         encode_media_with(
             |pixels| self.encode_tiles(&pixels.to_device(self.device())?),
             &self.image_newline,

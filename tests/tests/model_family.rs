@@ -1,6 +1,7 @@
 //! A checkpoint's family is read from its config before anything else: a Qwen2.5-VL judge is
-//! detected as such and refused by name where the seams are still LLaVA-shaped (not by some
-//! LLaVA field it lacks), and the golden LLaVA checkpoint loads through the family seam.
+//! detected as such and refused by name where the seams are still LLaVA-shaped (the engine's
+//! backends; not by some LLaVA field it lacks), and both the golden LLaVA checkpoint and a
+//! Qwen2.5-VL one load through the family seam.
 
 use candle_core::{DType, Device};
 use unireward_engine::backend::CandleBackend;
@@ -38,12 +39,18 @@ fn qwen_vl_checkpoints_are_refused_by_family_before_their_weights() {
         err.contains("config.json") && err.contains("Qwen2.5-VL checkpoints"),
         "{err}"
     );
-    let err = load_judge(&dir, DType::F32, &Device::Cpu)
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(err.contains("UnifiedReward-qwen-*"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_qwen_vl_checkpoint_loads_through_the_seam() -> anyhow::Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/qwen2_5_vl/qwen2_5_vl_3b/model");
+    let model = load_judge(&dir, DType::F32, &Device::Cpu)?;
+    assert_eq!(model.family(), ModelFamily::Qwen25Vl);
+    assert!(model.llava_config().is_none());
+    assert_eq!(model.text_config().vocab_size, 151657);
+    Ok(())
 }
 
 #[test]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use unireward_models::checkpoint::KeyLayout;
+use unireward_models::qwen2_5_vl::Qwen25VlLayout;
 
 /// A checkpoint key's shape, by key.
 pub type Shapes = BTreeMap<String, Vec<usize>>;
@@ -47,11 +48,9 @@ pub enum Part {
 /// `mm_mlp_adapter`, `mm_language_model`): the tower and the projector by name, everything
 /// else (the decoder, its head, and `image_newline`) with the language model. Vision and
 /// projector are tested first because the LLaVA-NeXT decoder prefix `model.` also starts
-/// their keys.
+/// their keys, and the projector before the vision tower because Qwen2.5-VL's merger layers
+/// (its projector, Qwen's `tune_mm_mlp`) lie under the tower's prefix.
 pub fn part_of(layout: &KeyLayout, key: &str) -> Part {
-    if !layout.vision.is_empty() && key.starts_with(&layout.vision) {
-        return Part::Vision;
-    }
     let in_projector = layout.projector.iter().any(|p| {
         !p.is_empty()
             && key
@@ -60,8 +59,25 @@ pub fn part_of(layout: &KeyLayout, key: &str) -> Part {
     });
     if in_projector {
         Part::Projector
+    } else if !layout.vision.is_empty() && key.starts_with(&layout.vision) {
+        Part::Vision
     } else {
         Part::Decoder
+    }
+}
+
+/// Qwen2.5-VL's key layout as training reads a checkpoint's keys: the vision transformer, its
+/// merger's two linear layers as the projector (the merger's `ln_q` norm stays with the
+/// tower), the Qwen2 body and the head.
+pub fn qwen_vl_keys(layout: &Qwen25VlLayout) -> KeyLayout {
+    let merger = |i: usize| format!("{}.merger.mlp.{i}", layout.vision);
+    KeyLayout {
+        name: layout.name,
+        vision: format!("{}.", layout.vision),
+        projector: [merger(0), merger(2)],
+        image_newline: String::new(),
+        decoder: format!("{}.", layout.decoder),
+        lm_head: layout.lm_head.map(String::from),
     }
 }
 

@@ -1,7 +1,8 @@
-//! Training the LLaVA-OneVision reward model in candle.
+//! Training the reward model (LLaVA-OneVision or Qwen2.5-VL) in candle.
 //!
 //! - [`varmap_model`]: the model over a `VarMap` holding a checkpoint's weights, with the
-//!   vision tower, projector and decoder each trained or frozen;
+//!   vision tower, projector and decoder each trained or frozen, built through the family
+//!   seam (`unireward_models::family::JudgeModel`);
 //! - [`data`]: judge data for supervised fine-tuning ([`data::reward`]), preference pairs for
 //!   DPO ([`data::dpo`]), and the seeded order examples are visited in ([`data::order`]);
 //! - [`logprob`]: summed completion log-probabilities of right-padded batches, with gradients;

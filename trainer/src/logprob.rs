@@ -5,9 +5,9 @@
 //! (`ops::log_softmax_gather`), so no [tokens, vocab] log-probability tensor is made.
 
 use candle_core::{DType, Tensor};
+use unireward_models::family::JudgeMedia;
 use unireward_models::family::JudgeModel;
 use unireward_models::ops::{log_softmax_gather, IGNORE_INDEX};
-use unireward_models::preprocess::PreparedMedia;
 use unireward_models::tokenize::Tokenized;
 use unireward_models::MediaFeatures;
 
@@ -64,15 +64,17 @@ impl ScoredSequence {
     }
 }
 
-/// Encodes a record's images and videos through `model` in one batch of tiles and packs
-/// them (anyres for images, pooling for videos). Differentiable in the model's weights.
-pub fn media_features(model: &dyn JudgeModel, media: &PreparedMedia) -> Result<MediaFeatures> {
+/// Encodes a record's images and videos through `model` in one batch and packs them as its
+/// family does (LLaVA: anyres for images, pooling for videos; Qwen-VL: merged patches with
+/// their grids). Differentiable in the model's weights.
+pub fn media_features(model: &dyn JudgeModel, media: &JudgeMedia) -> Result<MediaFeatures> {
     Ok(model.media_features(media)?)
 }
 
 /// Summed log-probabilities of each sequence's scored tokens → `[batch]` (f32, or f64 when
-/// the logits are). One decoder call over the right-padded batch; logits are taken only at
-/// positions from the earliest one that predicts a scored token.
+/// the logits are). One decoder call over the right-padded batch, each sequence at the
+/// positions inference gives it (M-RoPE for Qwen-VL); logits are taken only at positions from
+/// the earliest one that predicts a scored token.
 pub fn sequence_logprobs(
     model: &dyn JudgeModel,
     batch: &[(&ScoredSequence, &MediaFeatures)],
@@ -108,7 +110,8 @@ pub fn sequence_logprobs(
         });
     }
     let embeds = Tensor::stack(&rows, 0)?;
-    let hidden = model.hidden_states(&embeds, None)?;
+    let seqs: Vec<_> = batch.iter().map(|(s, m)| (&s.tokens, *m)).collect();
+    let hidden = model.sequence_hidden_states(&embeds, &seqs)?;
     // Position p predicts token p + 1: positions first - 1 ..= t_max - 2.
     let span = t_max - first;
     let hidden = hidden.narrow(1, first - 1, span)?;

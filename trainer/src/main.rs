@@ -1,6 +1,6 @@
 //! `trainer reward` (supervised fine-tuning on judge data) and `trainer dpo --kind vlm`
-//! (DPO on preference pairs) for the LLaVA-OneVision reward model, training the weights or
-//! LoRA adapters; `trainer dpo --kind diffusion` (Diffusion-DPO of a diffusers pipeline's
+//! (DPO on preference pairs) for the reward model (LLaVA-OneVision or Qwen2.5-VL), training
+//! the weights or LoRA adapters; `trainer dpo --kind diffusion` (Diffusion-DPO of a diffusers pipeline's
 //! UNet on image pairs); `trainer merge-lora` merges an adapter into its base model.
 
 // Tensors of a few MB are allocated and freed per op; glibc's malloc returns them to the
@@ -38,7 +38,7 @@ use unireward_trainer::train_loop::{
     check_fresh_out, check_resume_data, train, LoopConfig, TrainSummary,
 };
 use unireward_trainer::unet_trainee::{TrainedPart, UNetTrainee};
-use unireward_trainer::varmap_model::VarMapModel;
+use unireward_trainer::varmap_model::{Architecture, VarMapModel};
 
 #[derive(Parser)]
 #[command(
@@ -226,7 +226,7 @@ struct RewardArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Kind {
-    /// The reward model itself (LLaVA-OneVision), on text answers.
+    /// The reward model itself (LLaVA-OneVision or Qwen2.5-VL), on text answers.
     Vlm,
     /// A diffusers text-to-image pipeline's UNet (SD 1.5, SDXL, SDXL-Turbo), on image pairs
     /// (Diffusion-DPO, as DiffusionDPO's train.py).
@@ -412,13 +412,19 @@ impl Common {
     }
 
     fn preparer(&self, model: &VarMapModel, data: &Path) -> Result<Preparer> {
-        Ok(Preparer::new(
-            &self.model,
-            model.config(),
-            self.media_root(data),
-            self.frames,
-            self.max_length,
-        )?)
+        Ok(match model.architecture() {
+            Architecture::Llava(cfg) => Preparer::new(
+                &self.model,
+                cfg,
+                self.media_root(data),
+                self.frames,
+                self.max_length,
+            )?,
+            // A video is one item of all its frames, as `inference_qwen` sends it.
+            Architecture::QwenVl(cfg, _) => {
+                Preparer::qwen_vl(&self.model, cfg, self.media_root(data), self.max_length)?
+            }
+        })
     }
 }
 

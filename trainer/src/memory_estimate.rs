@@ -72,7 +72,7 @@ impl MemoryEstimate {
         // f32 logits of the scored span, and their gradient in backward (bytes).
         let head = 2 * rows * shape.scored as u64 * text.vocab_size as u64 * 4;
         let tower = if model.parts().vision && model.lora().is_none() {
-            let v = &model.config().vision;
+            let v = &model.config()?.vision;
             let p = v.tokens_per_tile() as u64;
             let (dv, iv, hv) = (
                 v.hidden_size as u64,

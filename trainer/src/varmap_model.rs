@@ -22,17 +22,26 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{VarBuilder, VarMap};
-use unireward_models::checkpoint::{load_all, open_model_dir, KeyLayout};
+use unireward_models::checkpoint::{load_all, open_model_dir, Checkpoint, KeyLayout};
 use unireward_models::config::LlavaConfig;
 use unireward_models::decode::checkpointing::Checkpointing;
-use unireward_models::family::{build_llava, JudgeModel, ModelFamily};
+use unireward_models::family::{build_llava, build_qwen2_5_vl, JudgeModel, ModelFamily};
+use unireward_models::qwen2_5_vl::{Qwen25VlConfig, Qwen25VlLayout};
 
-use crate::checkpoint_keys::{part_of, Shapes, TrainParts};
+use crate::checkpoint_keys::{part_of, qwen_vl_keys, Shapes, TrainParts};
 use crate::lora::{LoraAdapter, LoraConfig};
 use crate::{Error, Result};
 
+/// The family the weights build, with its configuration (and, for Qwen2.5-VL, its own key
+/// layout; [`VarMapModel::layout`] is the layout parts and adapters are read in).
+#[derive(Clone)]
+pub enum Architecture {
+    Llava(LlavaConfig),
+    QwenVl(Qwen25VlConfig, Qwen25VlLayout),
+}
+
 pub struct VarMapModel {
-    cfg: LlavaConfig,
+    arch: Architecture,
     layout: KeyLayout,
     varmap: VarMap,
     trained: BTreeSet<String>,
@@ -48,25 +57,71 @@ pub struct VarMapModel {
 impl VarMapModel {
     /// Reads `config.json` and every tensor of the checkpoint in `dir`, converted to `dtype`.
     pub fn load(dir: &Path, dtype: DType, device: &Device, parts: TrainParts) -> Result<Self> {
-        // A family the trainer cannot build is refused by name before any weight is read.
-        let family = ModelFamily::of_dir(dir)?;
-        if let Some(why) = family.not_runnable_by("the trainer") {
-            return Err(unireward_models::Error::Config(format!(
-                "{}: {why}",
-                dir.join("config.json").display()
-            ))
-            .into());
+        match ModelFamily::of_dir(dir)? {
+            ModelFamily::LlavaOnevision => {
+                // As `LlavaOnevision::load`: config fixed up and checked against the stored
+                // shapes.
+                let (cfg, ckpt, layout) = open_model_dir(dir)?;
+                let tensors = load_all(&ckpt, device)?;
+                Self::from_tensors(cfg, layout, tensors, dtype, device, parts)
+            }
+            ModelFamily::Qwen25Vl => {
+                let cfg = Qwen25VlConfig::from_file(&dir.join("config.json"))?;
+                let ckpt = Checkpoint::open(dir)?;
+                let layout = Qwen25VlLayout::detect(&ckpt, cfg.text.tie_word_embeddings);
+                let tensors = load_all(&ckpt, device)?;
+                Self::with_architecture(
+                    Architecture::QwenVl(cfg, layout),
+                    tensors,
+                    dtype,
+                    device,
+                    parts,
+                )
+            }
         }
-        // As `LlavaOnevision::load`: config fixed up and checked against the stored shapes.
-        let (cfg, ckpt, layout) = open_model_dir(dir)?;
-        let tensors = load_all(&ckpt, device)?;
-        Self::from_tensors(cfg, layout, tensors, dtype, device, parts)
     }
 
     /// Builds the model over `tensors` (named by `layout`); every tensor becomes a `Var`,
     /// also those the model does not use, so that saving writes the whole checkpoint back.
     pub fn from_tensors(
         cfg: LlavaConfig,
+        layout: KeyLayout,
+        tensors: HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+        parts: TrainParts,
+    ) -> Result<Self> {
+        Self::over_tensors(
+            Architecture::Llava(cfg),
+            layout,
+            tensors,
+            dtype,
+            device,
+            parts,
+        )
+    }
+
+    /// [`Self::from_tensors`] for any family (a Qwen2.5-VL model's keys named by its layout).
+    pub fn with_architecture(
+        arch: Architecture,
+        tensors: HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+        parts: TrainParts,
+    ) -> Result<Self> {
+        let layout = match &arch {
+            Architecture::Llava(_) => {
+                return Err(Error::Config(
+                    "a LLaVA model over tensors takes its key layout (from_tensors)".into(),
+                ))
+            }
+            Architecture::QwenVl(_, layout) => qwen_vl_keys(layout),
+        };
+        Self::over_tensors(arch, layout, tensors, dtype, device, parts)
+    }
+
+    fn over_tensors(
+        arch: Architecture,
         layout: KeyLayout,
         tensors: HashMap<String, Tensor>,
         dtype: DType,
@@ -85,9 +140,9 @@ impl VarMapModel {
                 data.insert(name, Var::from_tensor(&t)?);
             }
         }
-        let model = build(&cfg, &layout, &varmap, &trained, None, dtype, device)?;
+        let model = build(&arch, &layout, &varmap, &trained, None, dtype, device)?;
         Ok(Self {
-            cfg,
+            arch,
             layout,
             varmap,
             trained,
@@ -104,8 +159,18 @@ impl VarMapModel {
         self.model.as_ref()
     }
 
-    pub fn config(&self) -> &LlavaConfig {
-        &self.cfg
+    /// The LLaVA configuration; an error for other families.
+    pub fn config(&self) -> Result<&LlavaConfig> {
+        match &self.arch {
+            Architecture::Llava(cfg) => Ok(cfg),
+            Architecture::QwenVl(..) => Err(Error::Config(
+                "a Qwen2.5-VL model has no LLaVA configuration".into(),
+            )),
+        }
+    }
+
+    pub fn architecture(&self) -> &Architecture {
+        &self.arch
     }
 
     pub fn layout(&self) -> &KeyLayout {
@@ -132,7 +197,7 @@ impl VarMapModel {
     /// replaced by a resume); an optimizer step needs none.
     pub fn rebuild(&mut self) -> Result<()> {
         self.model = build(
-            &self.cfg,
+            &self.arch,
             &self.layout,
             &self.varmap,
             &self.trained,
@@ -294,7 +359,7 @@ impl VarMapModel {
                 .collect::<Result<HashMap<_, _>>>()?
         };
         let vb = VarBuilder::from_tensors(copies, self.dtype, &self.device);
-        Ok(build_llava(self.cfg.clone(), self.layout.clone(), vb)?)
+        build_arch(&self.arch, &self.layout, vb)
     }
 }
 
@@ -305,8 +370,20 @@ fn lock(varmap: &VarMap) -> Result<std::sync::MutexGuard<'_, HashMap<String, Var
         .map_err(|_| Error::Config("the weight map's lock was poisoned by a panic".into()))
 }
 
+/// The family's model over `vb`.
+fn build_arch(
+    arch: &Architecture,
+    layout: &KeyLayout,
+    vb: VarBuilder,
+) -> Result<Box<dyn JudgeModel>> {
+    Ok(match arch {
+        Architecture::Llava(cfg) => build_llava(cfg.clone(), layout.clone(), vb)?,
+        Architecture::QwenVl(cfg, layout) => build_qwen2_5_vl(cfg.clone(), layout, vb)?,
+    })
+}
+
 fn build(
-    cfg: &LlavaConfig,
+    arch: &Architecture,
     layout: &KeyLayout,
     varmap: &VarMap,
     trained: &BTreeSet<String>,
@@ -321,7 +398,7 @@ fn build(
         lora: lora.cloned(),
     };
     let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
-    Ok(build_llava(cfg.clone(), layout.clone(), vb)?)
+    build_arch(arch, layout, vb)
 }
 
 /// Serves trained weights as their `Var`s, frozen ones as detached views, and an adapted
@@ -419,7 +496,14 @@ impl crate::trainee::Trainee for VarMapModel {
         &self,
         shape: crate::memory_estimate::StepShape,
     ) -> Result<Option<crate::memory_estimate::MemoryEstimate>> {
-        crate::memory_estimate::MemoryEstimate::new(self, shape).map(Some)
+        match self.arch {
+            Architecture::Llava(_) => {
+                crate::memory_estimate::MemoryEstimate::new(self, shape).map(Some)
+            }
+            // Its tower's activations follow the patch grids, which the estimate does not
+            // model yet: no estimate rather than a wrong one.
+            Architecture::QwenVl(..) => Ok(None),
+        }
     }
 
     /// The adapter when the model has one (its `base_model_name_or_path` is `source_dir`),

@@ -388,7 +388,7 @@ fn lora_dpo_learns_writes_a_peft_adapter_and_merges() -> Result<()> {
     let merged_model = LlavaOnevision::load(&merged, DType::F32, &Device::Cpu)?;
     let mut adapted = VarMapModel::load(&model, DType::F32, &Device::Cpu, TrainParts::all())?;
     adapted.load_lora(&out)?;
-    let prep = Preparer::new(&model, adapted.config(), tmp.path().into(), 8, None)?;
+    let prep = Preparer::new(&model, adapted.config()?, tmp.path().into(), 8, None)?;
     let pairs = DpoData::read(&data, prep)?;
     let via_adapter = compute_reference(adapted.model(), &pairs, 4, false)?;
     let via_merged = compute_reference(&merged_model, &pairs, 4, false)?;

@@ -6,63 +6,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use common::*;
 use serde_json::{json, Value};
-
-fn assert_same_metrics(a: &[Value], b: &[Value]) {
-    assert_eq!(a.len(), b.len(), "number of metrics lines");
-    let mut worst: f64 = 0.0;
-    for (la, lb) in a.iter().zip(b) {
-        let (Some(ma), Some(mb)) = (la.as_object(), lb.as_object()) else {
-            panic!("metrics lines must be objects: {la} / {lb}");
-        };
-        assert_eq!(
-            ma.keys().collect::<Vec<_>>(),
-            mb.keys().collect::<Vec<_>>(),
-            "keys of step {}",
-            la["step"]
-        );
-        for (k, va) in ma {
-            let (x, y) = (
-                va.as_f64().unwrap_or(f64::NAN),
-                mb[k].as_f64().unwrap_or(f64::NAN),
-            );
-            let d = (x - y).abs();
-            worst = worst.max(d);
-            assert!(d <= 1e-6, "step {}: {k} {x} vs {y}", la["step"]);
-        }
-    }
-    println!("metrics of {} steps agree; max diff {worst:.2e}", a.len());
-}
-
-fn weights(dir: &Path) -> Result<HashMap<String, Tensor>> {
-    Ok(candle_core::safetensors::load(
-        dir.join("model.safetensors"),
-        &Device::Cpu,
-    )?)
-}
-
-fn assert_same_weights(a: &Path, b: &Path) -> Result<()> {
-    let (wa, wb) = (weights(a)?, weights(b)?);
-    assert_eq!(wa.len(), wb.len());
-    let mut worst: f32 = 0.0;
-    for (k, ta) in &wa {
-        let d = (ta.to_dtype(DType::F32)? - wb[k].to_dtype(DType::F32)?)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f32>()?;
-        worst = worst.max(d);
-    }
-    println!("final weights: max abs diff {worst:.2e}");
-    assert!(worst <= 1e-6);
-    Ok(())
-}
 
 #[test]
 fn resumed_dpo_run_repeats_the_uninterrupted_one() -> Result<()> {

@@ -35,7 +35,7 @@ use crate::error::{EngineError, Result};
 use crate::judge::request::check_question_media;
 use crate::judge::{Judge, JudgeItem, Outcome, PromptStyle};
 use crate::pipeline::{answer_each, run_pipeline, Prepared, RunSummary};
-use crate::qwen_media::{QwenMedia, QwenVideos};
+use unireward_models::qwen2_5_vl::{QwenMedia, QwenVideos};
 
 impl From<InvalidJudgement> for EngineError {
     fn from(e: InvalidJudgement) -> Self {
@@ -230,7 +230,8 @@ impl PairsJob<'_> {
             resume,
             |v: &Value| {
                 let req = PairsRequest::parse(v)?;
-                let media = QwenMedia::read(processor, &req.media_to_load(), &base, videos)?;
+                let media = QwenMedia::read(processor, &req.media_to_load(), &base, videos)
+                    .map_err(|e| e.to_string())?;
                 Ok((req, media))
             },
             |batch: Vec<(Value, (PairsRequest, QwenMedia))>| {

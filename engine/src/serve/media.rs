@@ -7,7 +7,7 @@ use std::path::Path;
 
 use unireward_models::preprocess::{MediaLoader, MediaRequest, PreparedMedia, QwenVlProcessor};
 
-use crate::qwen_media::{QwenMedia, QwenVideos};
+use unireward_models::qwen2_5_vl::{QwenMedia, QwenVideos};
 
 /// How the server reads media (on the HTTP side, before the model thread).
 pub enum MediaReader {
@@ -45,7 +45,9 @@ impl MediaReader {
                         "a Qwen-VL judge takes images at their own size, not resized to {w}x{h}"
                     ));
                 }
-                QwenMedia::read(processor, request, root, *videos).map(RequestMedia::Qwen)
+                QwenMedia::read(processor, request, root, *videos)
+                    .map(RequestMedia::Qwen)
+                    .map_err(|e| e.to_string())
             }
         }
     }

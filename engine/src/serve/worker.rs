@@ -574,7 +574,9 @@ impl Worker<'_, '_> {
                 };
                 encode_request(self.model.generate.backend("engine serve")?, &sub)
             }
-            RequestMedia::Qwen(media) => media.subset(images, videos).encoded(self.qwen()?.model()),
+            RequestMedia::Qwen(media) => {
+                Ok(media.subset(images, videos).encoded(self.qwen()?.model())?)
+            }
         }
     }
 

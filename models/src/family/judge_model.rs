@@ -11,8 +11,29 @@ use crate::decode::checkpointing::Checkpointing;
 use crate::decode::KvCache;
 use crate::pack::MediaFeatures;
 use crate::preprocess::PreparedMedia;
+use crate::qwen2_5_vl::QwenMedia;
 use crate::tokenize::Tokenized;
 use crate::Result;
+
+/// A request's media preprocessed by its family's processor: what
+/// [`JudgeModel::media_features`] encodes.
+pub enum JudgeMedia {
+    /// Anyres tiles and video frames (LLaVA-OneVision's `MediaLoader`).
+    Llava(PreparedMedia),
+    /// Patches with their grids (Qwen-VL's processor).
+    QwenVl(QwenMedia),
+}
+
+impl JudgeMedia {
+    /// Rows the vision tower encodes for this request: LLaVA's tiles and frames, or Qwen-VL's
+    /// patches (what a step's memory grows with).
+    pub fn tiles(&self) -> usize {
+        match self {
+            JudgeMedia::Llava(m) => m.tiles(),
+            JudgeMedia::QwenVl(m) => m.patches(),
+        }
+    }
+}
 
 pub trait JudgeModel: Send + Sync {
     fn family(&self) -> ModelFamily;
@@ -51,8 +72,9 @@ pub trait JudgeModel: Send + Sync {
     }
 
     /// A request's prepared images and videos → their token features, encoded in one batch
-    /// and packed as this family packs them. Differentiable in the model's weights.
-    fn media_features(&self, media: &PreparedMedia) -> Result<MediaFeatures>;
+    /// and packed as this family packs them (with the grids its positions need).
+    /// Differentiable in the model's weights. Media prepared for another family are refused.
+    fn media_features(&self, media: &JudgeMedia) -> Result<MediaFeatures>;
 
     /// Token ids [T] or [B, T] → their embeddings.
     fn embed_ids(&self, ids: &Tensor) -> Result<Tensor>;
@@ -63,6 +85,19 @@ pub trait JudgeModel: Send + Sync {
     /// Embeddings [B, T, D] → final hidden states [B, T, D], continuing `cache` when given
     /// (right padding; every row's positions start after the cache).
     fn hidden_states(&self, embeds: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor>;
+
+    /// Whole right-padded sequences [B, T, D], row b holding `seqs[b]`'s tokens and media,
+    /// without a cache → final hidden states [B, T, D], each row at the positions inference
+    /// gives a prompt of those tokens and media (LLaVA: 0..T; Qwen-VL: its M-RoPE positions
+    /// from the media grids). What training's forwards run.
+    fn sequence_hidden_states(
+        &self,
+        embeds: &Tensor,
+        seqs: &[(&Tokenized, &MediaFeatures)],
+    ) -> Result<Tensor> {
+        let _ = seqs;
+        self.hidden_states(embeds, None)
+    }
 
     /// [`JudgeModel::hidden_states`] read at `rows` [B, P] (u32 indices into this call's
     /// tokens) only: [B, P, D].

@@ -11,21 +11,22 @@ pub enum ModelFamily {
     /// Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`): window-attention vision transformer
     /// → 2x2 merger → Qwen2 with 3-D M-RoPE positions (UnifiedReward-qwen-3b/7b/32b,
     /// UnifiedReward-2.0-qwen-*, UnifiedReward-Think-qwen-7b). The model is
-    /// [`crate::qwen2_5_vl::Qwen25Vl`]; the engine and the trainer do not run it yet.
+    /// [`crate::qwen2_5_vl::Qwen25Vl`]; the trainer runs it through the family seam, the
+    /// engine through its own `Decoder`.
     Qwen25Vl,
 }
 
 impl ModelFamily {
     /// Why a command that runs judges through the LLaVA-shaped seams (the engine's backends,
-    /// the trainer, the exporter) cannot take this family yet; `None` when it can.
+    /// the exporter) cannot take this family yet; `None` when it can.
     pub fn not_runnable_by(self, what: &str) -> Option<String> {
         match self {
             ModelFamily::LlavaOnevision => None,
             ModelFamily::Qwen25Vl => Some(format!(
                 "Qwen2.5-VL checkpoints (UnifiedReward-qwen-*, UnifiedReward-2.0-qwen-*, \
-                 UnifiedReward-Think-qwen-7b) are not supported by {what} yet (`engine score` \
-                 and `engine logprob` run them, on candle); {what} takes LLaVA-OneVision judges \
-                 (UnifiedReward-7b, -7b-v1.5, -0.5b)"
+                 UnifiedReward-Think-qwen-7b) are not supported by {what} yet (`engine score`, \
+                 `engine logprob`, `engine pairs` and the trainer run them, on candle); {what} \
+                 takes LLaVA-OneVision judges (UnifiedReward-7b, -7b-v1.5, -0.5b)"
             )),
         }
     }

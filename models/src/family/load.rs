@@ -10,6 +10,7 @@ use super::kind::ModelFamily;
 use crate::checkpoint::KeyLayout;
 use crate::config::LlavaConfig;
 use crate::llava::LlavaOnevision;
+use crate::qwen2_5_vl::{Qwen25Vl, Qwen25VlConfig, Qwen25VlLayout};
 use crate::Result;
 
 impl ModelFamily {
@@ -17,15 +18,7 @@ impl ModelFamily {
     pub fn load(self, dir: &Path, dtype: DType, device: &Device) -> Result<Box<dyn JudgeModel>> {
         match self {
             ModelFamily::LlavaOnevision => Ok(Box::new(LlavaOnevision::load(dir, dtype, device)?)),
-            // `JudgeModel` hands out encode-tiles and 1-D-position calls; Qwen2.5-VL's vision
-            // tower needs each medium's grid and its decoder 3-D positions from the prompt's
-            // media layout, which the trait does not carry yet.
-            ModelFamily::Qwen25Vl => Err(crate::Error::Config(format!(
-                "{}: {}",
-                dir.join("config.json").display(),
-                self.not_runnable_by("the judge-model seam (engine, trainer)")
-                    .unwrap_or_default()
-            ))),
+            ModelFamily::Qwen25Vl => Ok(Box::new(Qwen25Vl::load(dir, dtype, device)?)),
         }
     }
 }
@@ -43,4 +36,14 @@ pub fn build_llava(
     vb: VarBuilder,
 ) -> Result<Box<dyn JudgeModel>> {
     Ok(Box::new(LlavaOnevision::new(cfg, layout, vb)?))
+}
+
+/// Builds a Qwen2.5-VL model from any weight source whose names follow `layout` (a
+/// checkpoint, or a `VarMap` for training).
+pub fn build_qwen2_5_vl(
+    cfg: Qwen25VlConfig,
+    layout: &Qwen25VlLayout,
+    vb: VarBuilder,
+) -> Result<Box<dyn JudgeModel>> {
+    Ok(Box::new(Qwen25Vl::new(cfg, layout, vb)?))
 }

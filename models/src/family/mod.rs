@@ -14,6 +14,6 @@ pub(crate) mod kind;
 mod load;
 
 pub use detect::UnsupportedFamily;
-pub use judge_model::JudgeModel;
+pub use judge_model::{JudgeMedia, JudgeModel};
 pub use kind::ModelFamily;
-pub use load::{build_llava, load_judge};
+pub use load::{build_llava, build_qwen2_5_vl, load_judge};

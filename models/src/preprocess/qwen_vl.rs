@@ -243,6 +243,17 @@ impl QwenVlProcessor {
         Self { config }
     }
 
+    /// The processor of the checkpoint in `dir`: its `preprocessor_config.json`, or
+    /// Qwen2.5-VL's defaults without one.
+    pub fn from_model_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("preprocessor_config.json");
+        Ok(Self::new(if path.is_file() {
+            QwenVlProcessorConfig::from_file(&path)?
+        } else {
+            QwenVlProcessorConfig::default()
+        }))
+    }
+
     pub fn preprocess(&self, image: &DynamicImage) -> Result<QwenVlPixels> {
         self.preprocess_rgb(&self.rgb(image))
     }

@@ -4,6 +4,8 @@
 //! 3-D M-RoPE positions (`positions`).
 
 pub mod config;
+mod judge_model;
+pub mod media;
 pub mod positions;
 
 use std::path::Path;
@@ -21,6 +23,7 @@ use crate::tokenize::Tokenized;
 use crate::{Error, Result};
 
 pub use config::{Qwen25VisionConfig, Qwen25VlConfig};
+pub use media::{QwenMedia, QwenVideo, QwenVideos};
 pub use positions::{continuation_positions, MediaGrid, RopePositions};
 
 /// Where the parts live in a checkpoint's key space.

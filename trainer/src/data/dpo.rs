@@ -11,10 +11,11 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
+use unireward_models::family::JudgeMedia;
 use unireward_models::formats::pair_record::{PairRecord, PairsAnswer, PairsRecord, Paths};
 use unireward_models::formats::record::Record;
 use unireward_models::judge::ChatTemplate;
-use unireward_models::preprocess::{MediaRequest, PreparedMedia};
+use unireward_models::preprocess::MediaRequest;
 use unireward_models::tokenize::{IMAGE_MARKER, VIDEO_MARKER};
 
 use super::reward::END_OF_TURN;
@@ -85,7 +86,7 @@ pub struct DpoExample {
     pub id: String,
     pub chosen: ScoredSequence,
     pub rejected: ScoredSequence,
-    pub media: PreparedMedia,
+    pub media: JudgeMedia,
 }
 
 pub struct DpoData {

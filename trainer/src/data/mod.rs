@@ -12,7 +12,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use unireward_models::config::LlavaConfig;
-use unireward_models::preprocess::{MediaLoader, MediaRequest, PreparedMedia, VideoSource};
+use unireward_models::family::JudgeMedia;
+use unireward_models::judge::MediaMarkers;
+use unireward_models::preprocess::{
+    AnyresGeometry, MediaLoader, MediaRequest, QwenVlProcessor, VideoSource,
+};
+use unireward_models::qwen2_5_vl::{Qwen25VlConfig, QwenMedia, QwenVideo, QwenVideos};
 use unireward_models::tokenize::{PromptTokenizer, IMAGE_MARKER, VIDEO_MARKER};
 
 use crate::logprob::ScoredSequence;
@@ -76,11 +81,25 @@ pub fn count_markers(text: &str) -> (usize, usize) {
 /// of the model's media, and where relative media paths start.
 pub struct Preparer {
     pub tokenizer: PromptTokenizer,
-    pub media: MediaLoader,
-    pub cfg: LlavaConfig,
+    pub media: MediaProcessor,
     pub media_root: PathBuf,
     /// Sequences longer than this are refused (the model's context by default).
     pub max_length: usize,
+}
+
+/// A family's media processor, and how many tokens each medium it prepares fills.
+pub enum MediaProcessor {
+    /// LLaVA-OneVision: anyres tiles, pooled video frames.
+    Llava {
+        loader: Box<MediaLoader>,
+        geometry: AnyresGeometry,
+    },
+    /// Qwen2.5-VL: `smart_resize` patches, a video as one item of its frames (what
+    /// `inference_qwen` sends), each medium `merge`² patches a token.
+    QwenVl {
+        processor: QwenVlProcessor,
+        merge: usize,
+    },
 }
 
 impl Preparer {
@@ -94,8 +113,34 @@ impl Preparer {
     ) -> Result<Self> {
         Ok(Self {
             tokenizer: PromptTokenizer::load(model_dir, cfg)?,
-            media: MediaLoader::from_model_dir(model_dir, cfg, frames)?,
-            cfg: cfg.clone(),
+            media: MediaProcessor::Llava {
+                loader: Box::new(MediaLoader::from_model_dir(model_dir, cfg, frames)?),
+                geometry: cfg.anyres.clone(),
+            },
+            media_root,
+            max_length: max_length.unwrap_or(cfg.text.max_position_embeddings),
+        })
+    }
+
+    /// For the Qwen2.5-VL checkpoint in `model_dir`: its tokenizer with the media pads, and
+    /// its processor (`preprocessor_config.json`, as `engine score` reads it).
+    pub fn qwen_vl(
+        model_dir: &Path,
+        cfg: &Qwen25VlConfig,
+        media_root: PathBuf,
+        max_length: Option<usize>,
+    ) -> Result<Self> {
+        let processor = QwenVlProcessor::from_model_dir(model_dir)?;
+        Ok(Self {
+            tokenizer: PromptTokenizer::load_qwen_vl(
+                model_dir,
+                cfg.image_token_id,
+                cfg.video_token_id,
+            )?,
+            media: MediaProcessor::QwenVl {
+                processor,
+                merge: cfg.vision.spatial_merge_size,
+            },
             media_root,
             max_length: max_length.unwrap_or(cfg.text.max_position_embeddings),
         })
@@ -135,32 +180,69 @@ impl Preparer {
     }
 
     /// Decodes and preprocesses a record's images and videos.
-    pub fn load_media(&self, id: &str, req: &MediaRequest) -> Result<PreparedMedia> {
-        self.media
-            .load(req, &self.media_root)
-            .map_err(|e| Error::record(id, e))
+    pub fn load_media(&self, id: &str, req: &MediaRequest) -> Result<JudgeMedia> {
+        match &self.media {
+            MediaProcessor::Llava { loader, .. } => {
+                loader.load(req, &self.media_root).map(JudgeMedia::Llava)
+            }
+            MediaProcessor::QwenVl { processor, .. } => {
+                QwenMedia::read(processor, req, &self.media_root, QwenVideos::Items)
+                    .map(JudgeMedia::QwenVl)
+            }
+        }
+        .map_err(|e| Error::record(id, e))
+    }
+
+    /// Tokens each image and each video of `media` fills, in marker order.
+    fn token_lens(&self, media: &JudgeMedia) -> Result<(Vec<usize>, Vec<usize>)> {
+        match (&self.media, media) {
+            (MediaProcessor::Llava { geometry, .. }, JudgeMedia::Llava(media)) => Ok((
+                media
+                    .images
+                    .iter()
+                    .map(|im| geometry.image_token_count(im.original_size))
+                    .collect::<unireward_models::Result<Vec<_>>>()?,
+                media
+                    .videos
+                    .iter()
+                    .map(|v| Ok(geometry.video_token_count(v.dim(0)?)))
+                    .collect::<Result<Vec<_>>>()?,
+            )),
+            (MediaProcessor::QwenVl { merge, .. }, JudgeMedia::QwenVl(media)) => Ok((
+                media.images.iter().map(|p| p.num_tokens(*merge)).collect(),
+                media
+                    .videos
+                    .iter()
+                    .map(|v| match v {
+                        QwenVideo::Item(video) => video.pixels.num_tokens(*merge),
+                        QwenVideo::Frames(frames) => {
+                            frames.iter().map(|p| p.num_tokens(*merge)).sum()
+                        }
+                    })
+                    .collect(),
+            )),
+            _ => Err(Error::Config(
+                "media prepared by another family's processor".into(),
+            )),
+        }
     }
 
     /// Tokenizes `segments` (text, scored) in order into one sequence, each marker expanded
     /// to as many placeholders as its image or video yields. Segments are tokenized apart,
-    /// so a prompt ends at a token boundary and exactly the answer tokens are scored.
+    /// so a prompt ends at a token boundary and exactly the answer tokens are scored. The
+    /// segments carry LLaVA's `<image>` / `<video>` marker lines; a Qwen-VL model reads them
+    /// as its processor writes media items (`MediaMarkers`).
     pub fn encode(
         &self,
         id: &str,
         segments: &[(String, bool)],
-        media: &PreparedMedia,
+        media: &JudgeMedia,
     ) -> Result<ScoredSequence> {
-        let geometry = &self.cfg.anyres;
-        let image_lens = media
-            .images
-            .iter()
-            .map(|im| geometry.image_token_count(im.original_size))
-            .collect::<unireward_models::Result<Vec<_>>>()?;
-        let video_lens = media
-            .videos
-            .iter()
-            .map(|v| Ok(geometry.video_token_count(v.dim(0)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let (image_lens, video_lens) = self.token_lens(media)?;
+        let markers = match self.media {
+            MediaProcessor::Llava { .. } => MediaMarkers::Llava,
+            MediaProcessor::QwenVl { .. } => MediaMarkers::QwenVl,
+        };
         let (mut next_image, mut next_video) = (0, 0);
         let mut seq = ScoredSequence::default();
         for (text, scored) in segments {
@@ -181,7 +263,7 @@ impl Preparer {
             };
             let mut part = self
                 .tokenizer
-                .encode(text, images, videos)
+                .encode(&markers.apply(text), images, videos)
                 .map_err(|e| Error::record(id, e))?;
             for span in &mut part.spans {
                 span.start += seq.tokens.ids.len();

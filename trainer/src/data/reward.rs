@@ -10,8 +10,9 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use unireward_models::family::JudgeMedia;
 use unireward_models::judge::ChatTemplate;
-use unireward_models::preprocess::{MediaRequest, PreparedMedia};
+use unireward_models::preprocess::MediaRequest;
 use unireward_models::tokenize::{IMAGE_MARKER, VIDEO_MARKER};
 
 use super::{count_markers, ensure_markers, read_records, record_id, Preparer};
@@ -117,7 +118,7 @@ impl RewardRecord {
 pub struct RewardExample {
     pub id: String,
     pub seq: ScoredSequence,
-    pub media: PreparedMedia,
+    pub media: JudgeMedia,
 }
 
 pub struct RewardData {

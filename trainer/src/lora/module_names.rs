@@ -32,6 +32,35 @@ fn transformers_modules() -> KeyLayout {
     }
 }
 
+/// Prefixes of Qwen2.5-VL's vision transformer: transformers 5's module path first, then the
+/// hub checkpoints' key.
+const QWEN_VL_VISION: [&str; 2] = ["model.visual.", "visual."];
+
+/// How transformers 5 names the modules of `Qwen2_5_VLForConditionalGeneration`
+/// (`model.visual.{blocks.N,merger}.…`, `model.language_model.layers.N.…`, `lm_head`).
+fn qwen_vl_modules() -> KeyLayout {
+    KeyLayout {
+        name: "transformers modules (Qwen2.5-VL)",
+        vision: QWEN_VL_VISION[0].into(),
+        projector: [
+            "model.visual.merger.mlp.0".into(),
+            "model.visual.merger.mlp.2".into(),
+        ],
+        image_newline: String::new(),
+        decoder: "model.language_model.".into(),
+        lm_head: Some("lm_head".into()),
+    }
+}
+
+/// The module names of the family whose checkpoint keys follow `layout`.
+fn modules_of(layout: &KeyLayout) -> KeyLayout {
+    if QWEN_VL_VISION.contains(&layout.vision.as_str()) {
+        qwen_vl_modules()
+    } else {
+        transformers_modules()
+    }
+}
+
 /// Where a module lies in a layout: a part, and the path within it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place<'a> {
@@ -89,7 +118,7 @@ pub fn module_name(layout: &KeyLayout, path: &str) -> String {
         return path.to_string();
     }
     place(layout, path)
-        .and_then(|p| path_in(&transformers_modules(), p))
+        .and_then(|p| path_in(&modules_of(layout), p))
         .unwrap_or_else(|| path.to_string())
 }
 
@@ -119,6 +148,9 @@ pub fn checkpoint_paths(module: &str, shapes: &Shapes) -> Vec<String> {
     };
     for from in &s.vision {
         try_under(from, &s.vision, false);
+    }
+    for from in QWEN_VL_VISION {
+        try_under(from, &QWEN_VL_VISION, false);
     }
     for from in &s.decoder {
         try_under(from, &s.decoder, false);

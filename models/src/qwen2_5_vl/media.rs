@@ -1,19 +1,18 @@
 //! A request's images and videos read and preprocessed for a Qwen2.5-VL checkpoint, as
-//! `engine score` and `engine logprob` read them, and encoded by the model's vision transformer
-//! with the grids its M-RoPE positions need. Images go through the processor (`smart_resize`,
+//! `engine score`, `engine logprob` and the trainer read them, and encoded by the model's
+//! vision transformer with the grids its M-RoPE positions need. Images go through the processor (`smart_resize`,
 //! 14 px patches, temporal pairs). A video is given as its frames (a list of files or a
 //! directory) and reaches the model as its family's scripts send it ([`QwenVideos`]).
 
 use std::path::Path;
 
-use unireward_models::pack::{EncodedMedia, VideoFeatures};
-use unireward_models::preprocess::{
+use super::{MediaGrid, Qwen25Vl};
+use crate::pack::{EncodedMedia, VideoFeatures};
+use crate::preprocess::{
     load_image, FrameLoader, FrameSampling, MediaRequest, QwenVlPixels, QwenVlProcessor,
     QwenVlVideo,
 };
-use unireward_models::qwen2_5_vl::{MediaGrid, Qwen25Vl};
-
-use crate::error::{EngineError, Result};
+use crate::{Error, Result};
 
 /// How a Qwen-VL judge's scripts send a video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,13 +42,27 @@ pub struct QwenMedia {
 }
 
 impl QwenMedia {
+    /// Patch rows the vision transformer encodes.
+    pub fn patches(&self) -> usize {
+        let rows = |p: &QwenVlPixels| p.pixel_values.dims().first().copied().unwrap_or(0);
+        self.images.iter().map(rows).sum::<usize>()
+            + self
+                .videos
+                .iter()
+                .map(|v| match v {
+                    QwenVideo::Item(video) => rows(&video.pixels),
+                    QwenVideo::Frames(frames) => frames.iter().map(rows).sum(),
+                })
+                .sum::<usize>()
+    }
+
     /// The media of `request`, relative paths under `base`; the error names the file.
     pub fn read(
         processor: &QwenVlProcessor,
         request: &MediaRequest,
         base: &Path,
         mode: QwenVideos,
-    ) -> std::result::Result<Self, String> {
+    ) -> Result<Self> {
         let at = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -62,12 +75,12 @@ impl QwenMedia {
             .iter()
             .map(|p| {
                 let path = at(p);
-                let image = load_image(&path).map_err(|e| e.to_string())?;
+                let image = load_image(&path)?;
                 processor
                     .preprocess(&image)
-                    .map_err(|e| format!("{}: {e}", path.display()))
+                    .map_err(|e| Error::Media(format!("{}: {e}", path.display())))
             })
-            .collect::<std::result::Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let videos = request
             .videos
             .iter()
@@ -80,31 +93,26 @@ impl QwenMedia {
                         .and_then(|frames| {
                             frames.iter().map(|f| processor.preprocess_rgb(f)).collect()
                         })
-                        .map(QwenVideo::Frames)
-                        .map_err(|e| e.to_string());
+                        .map(QwenVideo::Frames);
                 }
-                let files = source
-                    .frame_files()
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| {
-                        format!(
+                let files = source.frame_files()?.ok_or_else(|| {
+                    Error::Media(format!(
                         "{:?}: Qwen2.5-VL takes a video as its frames (a list of image files or a \
                          directory of them); decoding a video file with qwen_vl_utils' 2 fps \
                          sampling is not built yet",
                         source
-                    )
-                    })?;
+                    ))
+                })?;
                 let frames = files
                     .iter()
                     .map(|f| Ok(processor.rgb(&load_image(f)?)))
-                    .collect::<unireward_models::Result<Vec<_>>>()
-                    .map_err(|e| e.to_string())?;
+                    .collect::<Result<Vec<_>>>()?;
                 processor
                     .preprocess_frames(&frames)
                     .map(QwenVideo::Item)
-                    .map_err(|e| format!("video of {} frames: {e}", files.len()))
+                    .map_err(|e| Error::Media(format!("video of {} frames: {e}", files.len())))
             })
-            .collect::<std::result::Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self { images, videos })
     }
 
@@ -131,7 +139,7 @@ impl QwenMedia {
                 QwenVideo::Item(_) => {
                     let feats = encoded
                         .next()
-                        .ok_or_else(|| EngineError::Invalid("a video was not encoded".into()))?;
+                        .ok_or_else(|| Error::Media("a video was not encoded".into()))?;
                     out.videos.push(VideoFeatures::Pooled(feats));
                 }
                 QwenVideo::Frames(frames) => {

@@ -1,0 +1,168 @@
+//! Qwen2.5-VL behind the family seam, as the trainer runs it: media encoded with their grids,
+//! and every forward at the positions inference uses (M-RoPE from the media grids for whole
+//! sequences, all three axes advancing together for text after a cache).
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::{continuation_positions, Qwen25Vl};
+use crate::config::{LlavaConfig, TextConfig};
+use crate::decode::checkpointing::Checkpointing;
+use crate::decode::KvCache;
+use crate::family::judge_model::{JudgeMedia, JudgeModel};
+use crate::family::kind::ModelFamily;
+use crate::pack::MediaFeatures;
+use crate::tokenize::Tokenized;
+use crate::{Error, Result};
+
+fn no_tiles(what: &str) -> Error {
+    Error::Media(format!(
+        "Qwen2.5-VL encodes each image or video with its patch grid, not as {what}; use \
+         media_features"
+    ))
+}
+
+impl Qwen25Vl {
+    /// Positions [3, B, T] of text tokens after `past` cached ones (no media in the cache
+    /// shifts them: the trainer's caches hold text only).
+    fn text_positions(&self, embeds: &Tensor, past: usize) -> Result<Tensor> {
+        let (b, t, _) = embeds.dims3()?;
+        continuation_positions(b, t, past, 0, &self.device)
+    }
+}
+
+impl JudgeModel for Qwen25Vl {
+    fn family(&self) -> ModelFamily {
+        ModelFamily::Qwen25Vl
+    }
+
+    fn text_config(&self) -> &TextConfig {
+        &self.config().text
+    }
+
+    fn llava_config(&self) -> Option<&LlavaConfig> {
+        None
+    }
+
+    fn device(&self) -> &Device {
+        Qwen25Vl::device(self)
+    }
+
+    fn dtype(&self) -> DType {
+        Qwen25Vl::dtype(self)
+    }
+
+    fn encode_tiles(&self, _: &Tensor) -> Result<Tensor> {
+        Err(no_tiles("tiles"))
+    }
+
+    fn pack_image(&self, _: &Tensor, _: (u32, u32)) -> Result<Tensor> {
+        Err(no_tiles("packed tiles"))
+    }
+
+    fn pack_video(&self, _: &Tensor) -> Result<Tensor> {
+        Err(no_tiles("pooled frames"))
+    }
+
+    fn media_features(&self, media: &JudgeMedia) -> Result<MediaFeatures> {
+        match media {
+            JudgeMedia::QwenVl(m) => Ok(m.encoded(self)?.into_features()),
+            JudgeMedia::Llava(_) => Err(Error::Media(
+                "media prepared by LLaVA's processor reached Qwen2.5-VL".into(),
+            )),
+        }
+    }
+
+    fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        self.decoder().embed(ids)
+    }
+
+    fn embed(&self, tokens: &Tokenized, media: &MediaFeatures) -> Result<Tensor> {
+        Qwen25Vl::embed(self, tokens, media)
+    }
+
+    fn hidden_states(&self, embeds: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let positions = self.text_positions(embeds, past)?;
+        self.decoder().forward(embeds, &positions, None, cache)
+    }
+
+    fn sequence_hidden_states(
+        &self,
+        embeds: &Tensor,
+        seqs: &[(&Tokenized, &MediaFeatures)],
+    ) -> Result<Tensor> {
+        let (b, t, _) = embeds.dims3()?;
+        if seqs.len() != b {
+            return Err(Error::Input(format!(
+                "{} sequences for {b} rows of embeddings",
+                seqs.len()
+            )));
+        }
+        // Padding sits after each row's tokens and the mask is causal, so whatever positions
+        // it gets never reach a real token; it continues the row's last position.
+        let mut flat = vec![0u32; 3 * b * t];
+        for (row, (tokens, media)) in seqs.iter().enumerate() {
+            let pos = self.positions(tokens, &media.image_grids, &media.video_grids)?;
+            let n = tokens.ids.len();
+            if n > t {
+                return Err(Error::Input(format!(
+                    "a sequence of {n} tokens in rows of {t} embeddings"
+                )));
+            }
+            for (axis, values) in pos.axes.iter().enumerate() {
+                let last = values.last().copied().unwrap_or(0);
+                let out = &mut flat[(axis * b + row) * t..(axis * b + row + 1) * t];
+                out[..n].copy_from_slice(values);
+                for (k, p) in out[n..].iter_mut().enumerate() {
+                    *p = last + 1 + k as u32;
+                }
+            }
+        }
+        let positions = Tensor::from_vec(flat, (3, b, t), self.device())?;
+        self.decoder().forward(embeds, &positions, None, None)
+    }
+
+    fn hidden_states_at(
+        &self,
+        embeds: &Tensor,
+        cache: Option<&mut KvCache>,
+        rows: &Tensor,
+    ) -> Result<Tensor> {
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let positions = self.text_positions(embeds, past)?;
+        self.decoder()
+            .forward_at(embeds, &positions, None, cache, rows)
+    }
+
+    fn hidden_states_masked(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        // Text positions advance all three M-RoPE axes together.
+        let (b, t) = positions.dims2()?;
+        let positions = positions
+            .unsqueeze(0)?
+            .broadcast_as((3, b, t))?
+            .contiguous()?;
+        self.decoder()
+            .forward(embeds, &positions, Some(mask), cache)
+    }
+
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Qwen25Vl::logits(self, hidden)
+    }
+
+    fn new_cache(&self) -> KvCache {
+        Qwen25Vl::new_cache(self)
+    }
+
+    fn set_checkpointing(&mut self, grads: Option<Arc<Checkpointing>>) -> Result<()> {
+        self.decoder.set_checkpointing(grads);
+        Ok(())
+    }
+}
