@@ -333,8 +333,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// A Qwen2.5-VL checkpoint, its tokenizer and its image processor: candle only (the ONNX
-/// export is LLaVA's so far).
+/// A Qwen-VL checkpoint (Qwen2.5-VL, Qwen3-VL), its tokenizer and its image processor: candle
+/// only (the ONNX export is LLaVA's so far).
 struct LoadedQwen {
     backend: QwenVlBackend,
     tokenizer: PromptTokenizer,
@@ -344,14 +344,14 @@ struct LoadedQwen {
 fn load_qwen(args: &ModelArgs) -> Result<LoadedQwen> {
     if args.backend == BackendKind::Ort || args.model.join(export_manifest::FILE_NAME).is_file() {
         bail!(
-            "{} is a Qwen2.5-VL checkpoint: it runs on the candle backend only (there is no ONNX \
+            "{} is a Qwen-VL checkpoint: it runs on the candle backend only (there is no ONNX \
              export of this family yet)",
             args.model.display()
         );
     }
     if args.ep != ExecutionProvider::Cpu {
         bail!(
-            "--ep {} needs the ONNX Runtime backend, which Qwen2.5-VL checkpoints do not have yet",
+            "--ep {} needs the ONNX Runtime backend, which Qwen-VL checkpoints do not have yet",
             args.ep.name()
         );
     }
@@ -361,9 +361,8 @@ fn load_qwen(args: &ModelArgs) -> Result<LoadedQwen> {
     };
     let backend = QwenVlBackend::load(&args.model, dtype, &parse_device(&args.device)?)
         .with_context(|| format!("loading {}", args.model.display()))?;
-    let cfg = backend.model().config();
-    let tokenizer =
-        PromptTokenizer::load_qwen_vl(&args.model, cfg.image_token_id, cfg.video_token_id)?;
+    let (image_pad, video_pad) = backend.model().media_token_ids();
+    let tokenizer = PromptTokenizer::load_qwen_vl(&args.model, image_pad, video_pad)?;
     let processor = QwenVlProcessor::from_model_dir(&args.model)?;
     Ok(LoadedQwen {
         backend,
@@ -372,7 +371,7 @@ fn load_qwen(args: &ModelArgs) -> Result<LoadedQwen> {
     })
 }
 
-/// `engine logprob` on a Qwen2.5-VL checkpoint.
+/// `engine logprob` on a Qwen-VL checkpoint.
 fn qwen_logprob(args: &ModelArgs, input: &Path, out: &Path, run: &RunArgs) -> Result<RunSummary> {
     let q = load_qwen(args)?;
     let job = QwenLogprobJob {
@@ -383,7 +382,7 @@ fn qwen_logprob(args: &ModelArgs, input: &Path, out: &Path, run: &RunArgs) -> Re
     Ok(job.run(input, out, &run.options())?)
 }
 
-/// A judge of a Qwen2.5-VL checkpoint: the family's templates with Qwen-VL's media markers.
+/// A judge of a Qwen-VL checkpoint: the family's templates with Qwen-VL's media markers.
 fn qwen_judge<'a>(
     q: &'a LoadedQwen,
     judge: &JudgeArgs,
@@ -411,7 +410,7 @@ fn qwen_videos(judge: &JudgeArgs, family: Family, model: &ModelArgs) -> QwenVide
     }
 }
 
-/// `engine score` on a Qwen2.5-VL checkpoint.
+/// `engine score` on a Qwen-VL checkpoint.
 fn qwen_score(
     model: &ModelArgs,
     judge: &JudgeArgs,
@@ -432,7 +431,7 @@ fn qwen_score(
     Ok(job.run(batch, out, &run.options())?)
 }
 
-/// `engine pairs` on a Qwen2.5-VL checkpoint.
+/// `engine pairs` on a Qwen-VL checkpoint.
 fn qwen_pairs(
     model: &ModelArgs,
     judge: &JudgeArgs,
@@ -582,7 +581,7 @@ fn run() -> Result<RunSummary> {
             run,
         } => {
             check_out(&out, &[Some(&input)], &model)?;
-            if ModelFamily::of_dir(&model.model)? == ModelFamily::Qwen25Vl {
+            if ModelFamily::of_dir(&model.model)?.is_qwen_vl() {
                 return qwen_logprob(&model, &input, &out, &run);
             }
             // Each record's markers choose its video mode; the loader's is not used.
@@ -606,7 +605,7 @@ fn run() -> Result<RunSummary> {
             check_out(&out, &[Some(&batch), templates[0], templates[1]], &model)?;
             let family = judge.family(&model.model)?;
             judge.check_mode(family)?;
-            if ModelFamily::of_dir(&model.model)? == ModelFamily::Qwen25Vl {
+            if ModelFamily::of_dir(&model.model)?.is_qwen_vl() {
                 return qwen_score(&model, &judge, family, &batch, &out, &run);
             }
             let l = load(&model, judge.video_mode(family))?;
@@ -639,7 +638,7 @@ fn run() -> Result<RunSummary> {
                 recipe,
                 format,
             };
-            if ModelFamily::of_dir(&model.model)? == ModelFamily::Qwen25Vl {
+            if ModelFamily::of_dir(&model.model)?.is_qwen_vl() {
                 return qwen_pairs(&model, &judge, family, options, &input, &out, &run);
             }
             let l = load(&model, judge.video_mode(family))?;
@@ -700,7 +699,7 @@ fn run_server(model: &ModelArgs, judge: &JudgeArgs, args: &ServeArgs) -> Result<
         format: PairFormat::default(),
     };
     let feature_cache_bytes = args.feature_cache_mb.saturating_mul(1 << 20);
-    if ModelFamily::of_dir(&model.model)? == ModelFamily::Qwen25Vl {
+    if ModelFamily::of_dir(&model.model)?.is_qwen_vl() {
         let q = load_qwen(model)?;
         // One fast judge for /v1/score and /v1/rank: building one scans the whole vocabulary.
         let fast = qwen_judge(&q, &fast_args, family, model)?;

@@ -1,16 +1,18 @@
-//! `engine logprob` on a Qwen2.5-VL checkpoint: the same records in and out as for LLaVA
-//! ([`crate::logprob`]), the prompt raw text with `<|vision_start|><|image_pad|><|vision_end|>`
-//! once per image and `<|vision_start|><|video_pad|><|vision_end|>` once per video (`"video"`:
-//! its frames), each pad expanded to the medium's merged token count as the processor expands
-//! it. It runs the candle model ([`Qwen25Vl`]) directly, one record a forward pass.
+//! `engine logprob` on a Qwen-VL checkpoint (Qwen2.5-VL, Qwen3-VL): the same records in and
+//! out as for LLaVA ([`crate::logprob`]), the prompt raw text with
+//! `<|vision_start|><|image_pad|><|vision_end|>` once per image and
+//! `<|vision_start|><|video_pad|><|vision_end|>` once per video (`"video"`: its frames; Qwen3-VL
+//! takes none), each pad expanded to the medium's merged token count as the processor expands
+//! it. It runs the candle model ([`QwenVlModel`]) directly, one record a forward pass.
 
 use std::path::Path;
 
 use candle_core::{DType, Tensor, D};
 use serde_json::Value;
 use unireward_models::formats::logprob_record::LogprobAnswer;
+use unireward_models::pack::{merge_deepstack, merge_media};
 use unireward_models::preprocess::{MediaRequest, QwenVlProcessor};
-use unireward_models::qwen2_5_vl::Qwen25Vl;
+use unireward_models::qwen_vl::QwenVlModel;
 use unireward_models::tokenize::PromptTokenizer;
 
 use crate::error::{EngineError, Result};
@@ -19,7 +21,7 @@ use crate::pipeline::{RunOptions, RunSummary};
 use unireward_models::qwen2_5_vl::{QwenMedia, QwenVideos};
 
 pub struct QwenLogprobJob<'a> {
-    pub model: &'a Qwen25Vl,
+    pub model: &'a QwenVlModel,
     pub tokenizer: &'a PromptTokenizer,
     pub processor: &'a QwenVlProcessor,
 }
@@ -74,7 +76,7 @@ impl QwenLogprobJob<'_> {
     fn answer(&self, req: &Request) -> Result<LogprobAnswer> {
         let model = self.model;
         // Frames are video items here: the raw prompt places each video's `<|video_pad|>`.
-        let (media, _) = req.media.encoded(model)?.all()?;
+        let (media, _) = req.media.encoded(model.vision())?.all()?;
         let lens = |ts: &[candle_core::Tensor]| {
             ts.iter()
                 .map(|t| t.dim(0))
@@ -89,7 +91,7 @@ impl QwenLogprobJob<'_> {
             .ids
             .len();
         let n = tokens.ids.len();
-        let max = model.config().text.max_position_embeddings;
+        let max = model.text_config().max_position_embeddings;
         if n > max {
             return Err(EngineError::Invalid(format!(
                 "prompt and completion are {n} tokens, over the context length {max}"
@@ -103,12 +105,16 @@ impl QwenLogprobJob<'_> {
         let positions = model
             .positions(&tokens, &media.image_grids, &media.video_grids)?
             .to_tensor(model.device())?;
-        let embeds = model.embed(&tokens, &media)?.unsqueeze(0)?;
+        let ids = Tensor::new(tokens.ids.as_slice(), model.device())?;
+        let text = model.decoder().embed(&ids)?;
+        let embeds = merge_media(&text, &tokens, &media)?.unsqueeze(0)?;
+        let deepstack = merge_deepstack(&text, &tokens, &media)?
+            .into_iter()
+            .map(|level| level.unsqueeze(0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let rows: Vec<u32> = (prompt_len as u32 - 1..n as u32 - 1).collect();
         let rows_t = Tensor::new(rows.as_slice(), model.device())?.unsqueeze(0)?;
-        let hidden = model
-            .decoder()
-            .forward_at(&embeds, &positions, None, None, &rows_t)?;
+        let hidden = model.hidden_states(&embeds, &deepstack, &positions, None, Some(&rows_t))?;
         let logits = model.logits(&hidden)?.squeeze(0)?.to_dtype(DType::F32)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let targets = Tensor::new(&tokens.ids[prompt_len..], model.device())?.unsqueeze(1)?;

@@ -1,4 +1,4 @@
-//! `engine score --batch` on a Qwen2.5-VL checkpoint: the same records in and out as for
+//! `engine score --batch` on a Qwen-VL checkpoint (Qwen2.5-VL, Qwen3-VL): the same records in and out as for
 //! LLaVA ([`crate::score`]), the same judge (templates, fast verdicts, generation parsed as the
 //! scripts do) over [`QwenVlBackend`]. The media take the `inference_qwen` scripts' path
 //! ([`QwenMedia`]), each one encoded by the model's vision transformer with its grid kept for
@@ -67,7 +67,7 @@ impl QwenScoreJob<'_> {
 
     /// The prompt text and encoded media of one request, in one vision pass.
     fn inputs(&self, r: &Request) -> Result<(String, MediaFeatures)> {
-        let (features, marks) = r.media.encoded(self.backend.model())?.all()?;
+        let (features, marks) = r.media.encoded(self.backend.model().vision())?.all()?;
         let req = &r.req;
         let text = self
             .judge

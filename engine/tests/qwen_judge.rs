@@ -25,7 +25,7 @@ use unireward_models::judge::{
 use unireward_models::preprocess::{
     load_image, MediaRequest, QwenVlPixels, QwenVlProcessor, QwenVlProcessorConfig, VideoSource,
 };
-use unireward_models::qwen2_5_vl::{QwenMedia, QwenVideo, QwenVideos};
+use unireward_models::qwen2_5_vl::{MediaGrid, QwenMedia, QwenVideo, QwenVideos};
 use unireward_models::tokenize::{unquote_user_text, PromptTokenizer};
 use unireward_models::MediaFeatures;
 
@@ -100,11 +100,17 @@ impl Fixture {
     }
 
     fn features(&self, images: &[QwenVlPixels]) -> Result<MediaFeatures> {
-        let model = self.backend.model();
         let refs: Vec<&QwenVlPixels> = images.iter().collect();
         Ok(MediaFeatures {
-            images: model.media_features_batch(&refs)?,
-            image_grids: images.iter().map(|p| model.image_grid(p)).collect(),
+            images: self
+                .backend
+                .model()
+                .vision()
+                .encode_media(&refs)?
+                .into_iter()
+                .map(|f| f.merged)
+                .collect(),
+            image_grids: images.iter().map(MediaGrid::of_image).collect(),
             ..Default::default()
         })
     }
@@ -137,7 +143,7 @@ impl Fixture {
         };
         let (media, _) = QwenMedia::read(&self.processor, &request, &fixtures(), QwenVideos::Items)
             .map_err(anyhow::Error::msg)?
-            .encoded(self.backend.model())?
+            .encoded(self.backend.model().vision())?
             .all()?;
         let text = case["prompt"].as_str().unwrap_or_default();
         let prompt = judge.prompt(text, &media)?;
@@ -433,7 +439,7 @@ fn frames_mode_sends_sampled_frames_as_images() -> Result<()> {
         _ => anyhow::bail!("one video of frames expected"),
     };
     assert_eq!(frames.len(), 4);
-    let (features, marks) = media.encoded(f.backend.model())?.all()?;
+    let (features, marks) = media.encoded(f.backend.model().vision())?.all()?;
     assert_eq!(marks, Media::Images(4));
     assert_eq!(features.image_grids.len(), 4);
     for (image, k) in frames.iter().zip([0, 2, 4, 7]) {

@@ -24,6 +24,7 @@ pub mod pack;
 pub mod preprocess;
 pub mod qwen2_5_vl;
 pub mod qwen3_vl;
+pub mod qwen_vl;
 pub mod splitmix64;
 pub mod tokenize;
 

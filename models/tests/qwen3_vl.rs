@@ -14,7 +14,8 @@ use unireward_models::preprocess::{
     load_image, QwenVlPixels, QwenVlProcessor, QwenVlProcessorConfig,
 };
 use unireward_models::qwen2_5_vl::continuation_positions;
-use unireward_models::qwen3_vl::{Qwen3VisionFeatures, Qwen3Vl};
+use unireward_models::qwen2_5_vl::QwenVisionFeatures;
+use unireward_models::qwen3_vl::Qwen3Vl;
 use unireward_models::tokenize::{PromptTokenizer, Tokenized};
 
 const LOGIT_TOL: f32 = 1e-4;
@@ -77,7 +78,7 @@ impl Golden {
             .collect()
     }
 
-    fn images_torchvision(&self, case: &Value) -> Vec<QwenVlPixels> {
+    fn images_pillow(&self, case: &Value) -> Vec<QwenVlPixels> {
         let proc = self.processor();
         case["images"]
             .as_array()
@@ -85,7 +86,7 @@ impl Golden {
             .iter()
             .map(|f| {
                 let img = load_image(self.media.join(f.as_str().unwrap())).unwrap();
-                proc.preprocess_torchvision(&img).unwrap()
+                proc.preprocess_pillow(&img).unwrap()
             })
             .collect()
     }
@@ -127,7 +128,9 @@ fn processor_pixels_are_bit_equal_and_grids_equal() {
             continue;
         }
         let grids = g.t(name, "image_grid_thw").to_vec2::<i64>().unwrap();
-        let hashes = case["pixel_values_sha256"].as_array().unwrap();
+        // The config names the torchvision backend (`Qwen2VLImageProcessorFast`), which
+        // `preprocess` follows and the references were computed from.
+        let hashes = case["pixel_values_sha256_torchvision"].as_array().unwrap();
         for (i, px) in imgs.iter().enumerate() {
             let (t, h, w) = px.grid_thw;
             assert_eq!(grids[i], [t as i64, h as i64, w as i64], "{name} image {i}");
@@ -173,25 +176,21 @@ fn sha256_of(px: &QwenVlPixels) -> String {
     format!("{:x}", Sha256::digest(&bytes))
 }
 
-/// The torchvision backend (what the hub's `Qwen2VLImageProcessorFast` loads) differs from the
-/// Pillow one on every image; its pixels are bit-equal too.
+/// The Pillow backend (`Qwen2VLImageProcessor`, what a config naming the slow processor loads)
+/// differs from the torchvision one on every image; its pixels are bit-equal too.
 #[test]
-fn torchvision_backend_pixels_are_bit_equal() {
+fn pillow_backend_pixels_are_bit_equal() {
     let g = golden("qwen3_vl_4b");
     let mut checked = 0;
     for case in &g.cases {
         let name = case["name"].as_str().unwrap();
-        let hashes = case["pixel_values_sha256_torchvision"].as_array();
-        for (i, px) in g.images_torchvision(case).iter().enumerate() {
+        let hashes = case["pixel_values_sha256"].as_array();
+        for (i, px) in g.images_pillow(case).iter().enumerate() {
             let want = hashes.unwrap()[i].as_str().unwrap();
-            assert_eq!(
-                sha256_of(px),
-                want,
-                "{name} image {i}: torchvision pixel bytes"
-            );
+            assert_eq!(sha256_of(px), want, "{name} image {i}: Pillow pixel bytes");
             assert_ne!(
                 want,
-                case["pixel_values_sha256"][i].as_str().unwrap(),
+                case["pixel_values_sha256_torchvision"][i].as_str().unwrap(),
                 "{name} image {i}: the backends agree here"
             );
             checked += 1;
@@ -230,7 +229,7 @@ fn input_ids_and_positions_match_the_processor_and_get_rope_index() {
     }
 }
 
-fn features(model: &Qwen3Vl, imgs: &[QwenVlPixels]) -> Vec<Qwen3VisionFeatures> {
+fn features(model: &Qwen3Vl, imgs: &[QwenVlPixels]) -> Vec<QwenVisionFeatures> {
     model
         .image_features(&imgs.iter().collect::<Vec<_>>())
         .unwrap()

@@ -117,7 +117,10 @@ def build(out, seed, name, dims, tok, imgs, source, shard):
               merge_size=2, image_mean=HALF, image_std=HALF, resample=3)
     ip = Qwen2VLImageProcessorPil(**kw)
     ip_tv = Qwen2VLImageProcessor(**kw)
-    proc = Qwen3VLProcessor(image_processor=ip, tokenizer=hf_tok, video_processor=Qwen3VLVideoProcessor(),
+    # The torchvision backend is what `AutoProcessor` loads for these configs
+    # (`image_processor_type: Qwen2VLImageProcessorFast`, as the hub's Qwen3-VL files say), so the
+    # references are computed from its pixels; the Pillow backend's are hashed beside them.
+    proc = Qwen3VLProcessor(image_processor=ip_tv, tokenizer=hf_tok, video_processor=Qwen3VLVideoProcessor(),
                             chat_template=CHAT_TEMPLATE)
     specs = [
         ("text_only", sys_user("Question: What color is the ball?"), [], "Answer 1 is better."),
@@ -156,14 +159,14 @@ def build(out, seed, name, dims, tok, imgs, source, shard):
                 at, hashes, tv_hashes = 0, [], []
                 for i, s in enumerate(sizes):
                     part = pix[at:at + s]
-                    hashes.append(sha(part))
+                    tv_hashes.append(sha(part))
                     tensors[f"{cname}.pixel_values_head{i}"] = part[:4].clone().contiguous()
-                    tv = ip_tv(images=[imgs[keys[i]]], return_tensors="pt")["pixel_values"]
-                    tv_hashes.append(sha(tv))
+                    pil = ip(images=[imgs[keys[i]]], return_tensors="pt")["pixel_values"]
+                    hashes.append(sha(pil))
                     at += s
+                # The Pillow backend resizes with Pillow's kernel, the torchvision one (what the
+                # references above were computed from) with torch's u8 kernel: both hashed.
                 case["pixel_values_sha256"] = hashes
-                # The torchvision backend (what `image_processor_type: Qwen2VLImageProcessorFast`
-                # loads) resizes with torch's u8 kernel, not Pillow's: its pixels too.
                 case["pixel_values_sha256_torchvision"] = tv_hashes
                 pos, _ = model.model.get_rope_index(enc["input_ids"], enc["mm_token_type_ids"], image_grid_thw=grid)
                 tensors[f"{cname}.position_ids"] = pos[:, 0].to(torch.int64).contiguous()

@@ -58,6 +58,13 @@ impl VarMapModel {
     /// Reads `config.json` and every tensor of the checkpoint in `dir`, converted to `dtype`.
     pub fn load(dir: &Path, dtype: DType, device: &Device, parts: TrainParts) -> Result<Self> {
         match ModelFamily::of_dir(dir)? {
+            // Refused by name, before any weight is read.
+            family @ ModelFamily::Qwen3Vl => Err(unireward_models::Error::Config(format!(
+                "{}: {}",
+                dir.join("config.json").display(),
+                family.not_trainable().unwrap_or_default()
+            ))
+            .into()),
             ModelFamily::LlavaOnevision => {
                 // As `LlavaOnevision::load`: config fixed up and checked against the stored
                 // shapes.

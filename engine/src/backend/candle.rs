@@ -30,13 +30,15 @@ impl CandleBackend {
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         match ModelFamily::of_dir(dir)? {
             ModelFamily::LlavaOnevision => Self::new(LlavaOnevision::load(dir, dtype, device)?),
-            family @ ModelFamily::Qwen25Vl => Err(EngineError::Invalid(format!(
-                "{}: {}",
-                dir.join("config.json").display(),
-                family
-                    .not_runnable_by("the engine's backends")
-                    .unwrap_or_default()
-            ))),
+            family @ (ModelFamily::Qwen25Vl | ModelFamily::Qwen3Vl) => {
+                Err(EngineError::Invalid(format!(
+                    "{}: {}",
+                    dir.join("config.json").display(),
+                    family
+                        .not_runnable_by("the engine's backends")
+                        .unwrap_or_default()
+                )))
+            }
         }
     }
 

@@ -88,16 +88,16 @@ pub trait Decoder: Send + Sync {
     }
 
     /// [`Decoder::decode`] of prompts at the positions [`Decoder::prompt_positions`] gave
-    /// them, into an empty `cache`, which keeps each prompt's position offset for the tokens
-    /// that follow. A decoder of 1-D positions (the default) says so.
+    /// them (and with their deep-stack features), into an empty `cache`, which keeps each
+    /// prompt's position offset for the tokens that follow. A decoder of 1-D positions (the
+    /// default) says so.
     fn decode_prompts(
         &self,
-        seqs: &[Tensor],
-        positions: &[&RopePositions],
+        prompts: &[Prompt],
         rows: Rows<'_>,
         cache: &mut dyn DecoderCache,
     ) -> Result<Vec<Tensor>> {
-        let _ = (seqs, positions, rows, cache);
+        let _ = (prompts, rows, cache);
         Err(crate::error::EngineError::Invalid(format!(
             "the {} backend takes 1-D positions only",
             self.name()

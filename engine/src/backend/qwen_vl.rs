@@ -1,9 +1,12 @@
-//! Qwen2.5-VL run by candle, as a [`Decoder`]: its decoder's positions are 3-D (M-RoPE), so a
-//! prompt with media takes the positions [`Decoder::prompt_positions`] computes from its
-//! media's grids ([`Decoder::decode_prompts`]), and every token after it advances all three
-//! axes together from the prompt's offset (transformers' `rope_deltas`), which the cache keeps
-//! per sequence. Its media are encoded by the model's own vision transformer
-//! ([`QwenVlBackend::model`]); it has no LLaVA tiles, so it is not a [`super::Backend`].
+//! The Qwen-VL judges (Qwen2.5-VL, Qwen3-VL) run by candle, as a [`Decoder`]: their decoders'
+//! positions are 3-D (M-RoPE), so a prompt with media takes the positions
+//! [`Decoder::prompt_positions`] computes from its media's grids ([`Decoder::decode_prompts`]),
+//! and every token after it advances all three axes together from the prompt's offset
+//! (transformers' `rope_deltas`), which the cache keeps per sequence. A Qwen3-VL prompt also
+//! carries its deep-stack features, added after the decoder's first layers in the prompt pass
+//! only (the tokens after it are text). Media are encoded by the model's own vision
+//! transformer ([`QwenVlBackend::model`]); there are no LLaVA tiles, so it is not a
+//! [`super::Backend`].
 
 use std::any::Any;
 use std::path::Path;
@@ -11,57 +14,61 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 use unireward_models::config::TextConfig;
 use unireward_models::decode::KvCache;
-use unireward_models::qwen2_5_vl::{Qwen25Vl, RopePositions};
+use unireward_models::qwen2_5_vl::RopePositions;
+use unireward_models::qwen_vl::QwenVlModel;
 use unireward_models::tokenize::Tokenized;
 use unireward_models::MediaFeatures;
 
 use super::candle_batch::{
     lengths, next_token_mask, no_rows, per_sequence, right_padded, wanted, Wanted,
 };
-use super::{own_cache, Decoder, DecoderCache, Limits, Rows};
+use super::{own_cache, Decoder, DecoderCache, Limits, Prompt, Rows};
 use crate::error::{EngineError, Result};
 
 pub struct QwenVlBackend {
-    model: Qwen25Vl,
+    model: QwenVlModel,
 }
 
 impl QwenVlBackend {
+    /// The Qwen2.5-VL or Qwen3-VL checkpoint in `dir`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        Ok(Self::new(Qwen25Vl::load(dir, dtype, device)?))
+        Ok(Self::new(QwenVlModel::load(dir, dtype, device)?))
     }
 
-    pub fn new(model: Qwen25Vl) -> Self {
+    pub fn new(model: QwenVlModel) -> Self {
         Self { model }
     }
 
-    pub fn model(&self) -> &Qwen25Vl {
+    pub fn model(&self) -> &QwenVlModel {
         &self.model
     }
 
-    /// One decoder call over right-padded `seqs` at `positions` [3, B, T] after `cache`.
+    /// One decoder call over right-padded `seqs` at `positions` [3, B, T] after `cache`, with
+    /// each sequence's deep-stack levels (`deepstack[b]`: [T_b, hidden] per level, or none).
     fn run(
         &self,
         seqs: &[Tensor],
+        deepstack: &[&[Tensor]],
         positions: &Tensor,
         rows: Rows<'_>,
         cache: Option<&mut KvCache>,
     ) -> Result<Vec<Tensor>> {
         let model = &self.model;
         let input = right_padded(seqs, model.dtype(), model.device())?;
+        let levels = padded_levels(seqs, deepstack, model.dtype(), model.device())?;
         let positions = positions.to_device(model.device())?;
         match wanted(rows, seqs.len(), model.device())? {
             Wanted::All => {
-                let hidden = model.hidden_states(&input, &positions, cache)?;
+                let hidden = model.hidden_states(&input, &levels, &positions, cache, None)?;
                 let rows = self.log_softmax(&hidden)?;
                 per_sequence(&rows, &lengths(seqs)?, |r| Ok(r.clone()))
             }
             Wanted::At { index, counts } => {
-                let hidden = model
-                    .decoder()
-                    .forward_at(&input, &positions, None, cache, &index)?;
+                let hidden =
+                    model.hidden_states(&input, &levels, &positions, cache, Some(&index))?;
                 per_sequence(&hidden, &counts, |h| self.log_softmax(h))
             }
-            Wanted::Nothing => no_rows(seqs.len(), model.config().text.vocab_size, model.device()),
+            Wanted::Nothing => no_rows(seqs.len(), model.text_config().vocab_size, model.device()),
         }
     }
 
@@ -75,11 +82,16 @@ impl QwenVlBackend {
 
 impl Decoder for QwenVlBackend {
     fn name(&self) -> String {
-        format!("candle-qwen2.5-vl-{:?}", self.model.dtype()).to_lowercase()
+        format!(
+            "candle-{}-{:?}",
+            self.model.family().name(),
+            self.model.dtype()
+        )
+        .to_lowercase()
     }
 
     fn text_config(&self) -> &TextConfig {
-        &self.model.config().text
+        self.model.text_config()
     }
 
     fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
@@ -135,9 +147,9 @@ impl Decoder for QwenVlBackend {
         match cache {
             Some(c) => {
                 c.deltas = deltas;
-                self.run(seqs, &positions, rows, Some(&mut c.kv))
+                self.run(seqs, &[], &positions, rows, Some(&mut c.kv))
             }
-            None => self.run(seqs, &positions, rows, None),
+            None => self.run(seqs, &[], &positions, rows, None),
         }
     }
 
@@ -155,8 +167,7 @@ impl Decoder for QwenVlBackend {
 
     fn decode_prompts(
         &self,
-        seqs: &[Tensor],
-        positions: &[&RopePositions],
+        prompts: &[Prompt],
         rows: Rows<'_>,
         cache: &mut dyn DecoderCache,
     ) -> Result<Vec<Tensor>> {
@@ -166,13 +177,17 @@ impl Decoder for QwenVlBackend {
                 "prompts with their own positions start an empty cache".into(),
             ));
         }
-        if positions.len() != seqs.len() {
-            return Err(EngineError::Invalid(format!(
-                "{} prompts with {} position lists",
-                seqs.len(),
-                positions.len()
-            )));
-        }
+        let seqs: Vec<Tensor> = prompts.iter().map(|p| p.embeds.clone()).collect();
+        let positions = prompts
+            .iter()
+            .map(|p| {
+                p.positions
+                    .as_ref()
+                    .ok_or_else(|| EngineError::Invalid("a prompt without its positions".into()))
+            })
+            .collect::<Result<Vec<&RopePositions>>>()?;
+        let deepstack: Vec<&[Tensor]> = prompts.iter().map(|p| p.deepstack.as_slice()).collect();
+        let seqs = seqs.as_slice();
         let lens = lengths(seqs)?;
         let longest = lens.iter().copied().max().unwrap_or(0);
         // [3, B, T]: each prompt's own positions, its padding continuing after them (never
@@ -195,7 +210,7 @@ impl Decoder for QwenVlBackend {
             }
         }
         let positions_t = Tensor::from_vec(flat, (3, seqs.len(), longest), self.model.device())?;
-        let out = self.run(seqs, &positions_t, rows, Some(&mut cache.kv))?;
+        let out = self.run(seqs, &deepstack, &positions_t, rows, Some(&mut cache.kv))?;
         cache.deltas = positions.iter().map(|p| p.delta).collect();
         Ok(out)
     }
@@ -213,7 +228,7 @@ impl Decoder for QwenVlBackend {
         let cache = own_cache::<QwenCache>(cache)?;
         let (batch, hidden) = embeds.dims2()?;
         let past = cache.kv.len();
-        super::check_next(batch, hidden, positions, seen, past, &model.config().text)?;
+        super::check_next(batch, hidden, positions, seen, past, model.text_config())?;
         if cache.deltas.len() != batch {
             return Err(EngineError::Invalid(format!(
                 "{batch} tokens after a cache of {} sequences",
@@ -244,6 +259,46 @@ impl Decoder for QwenVlBackend {
                 .forward(&input, &positions, Some(&mask), Some(&mut cache.kv))?;
         self.log_softmax(&hidden.squeeze(1)?)
     }
+}
+
+/// Each deep-stack level [B, T, hidden] of `dtype`: sequence b's [T_b, hidden] right-padded
+/// with zeros, or zeros where b has no levels (a text-only prompt beside prompts with media);
+/// empty when no sequence has any.
+fn padded_levels(
+    seqs: &[Tensor],
+    deepstack: &[&[Tensor]],
+    dtype: DType,
+    device: &Device,
+) -> Result<Vec<Tensor>> {
+    let levels = deepstack.iter().map(|d| d.len()).max().unwrap_or(0);
+    if levels == 0 {
+        return Ok(Vec::new());
+    }
+    if deepstack.len() != seqs.len() {
+        return Err(EngineError::Invalid(format!(
+            "{} sequences with {} deep-stack lists",
+            seqs.len(),
+            deepstack.len()
+        )));
+    }
+    (0..levels)
+        .map(|l| {
+            let level = seqs
+                .iter()
+                .zip(deepstack)
+                .map(|(s, d)| match d.get(l) {
+                    Some(t) if t.dims() == s.dims() => Ok(t.clone()),
+                    Some(t) => Err(EngineError::Invalid(format!(
+                        "deep-stack features {:?} for a prompt of {:?}",
+                        t.dims(),
+                        s.dims()
+                    ))),
+                    None => Ok(s.zeros_like()?),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            right_padded(&level, dtype, device)
+        })
+        .collect()
 }
 
 /// Positions [3, B, t] of `t` tokens after `past` cached ones: sequence b's at

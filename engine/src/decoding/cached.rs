@@ -59,17 +59,19 @@ pub(super) fn prompt_pass<B: Decoder + ?Sized>(
     rows: Rows<'_>,
     cache: &mut dyn DecoderCache,
 ) -> Result<Vec<Tensor>> {
-    let embeds: Vec<Tensor> = prompts.iter().map(|p| p.embeds.clone()).collect();
-    let positions: Option<Vec<_>> = prompts.iter().map(|p| p.positions.as_ref()).collect();
-    match positions {
-        Some(positions) => backend.decode_prompts(&embeds, &positions, rows, cache),
-        None if prompts.iter().all(|p| p.positions.is_none()) => {
-            backend.decode(&embeds, rows, Some(cache))
-        }
-        None => Err(EngineError::Invalid(
-            "prompts with and without their own positions in one decoder call".into(),
-        )),
+    if prompts.iter().all(|p| p.positions.is_some()) {
+        return backend.decode_prompts(prompts, rows, cache);
     }
+    if prompts
+        .iter()
+        .any(|p| p.positions.is_some() || !p.deepstack.is_empty())
+    {
+        return Err(EngineError::Invalid(
+            "prompts with and without their own positions in one decoder call".into(),
+        ));
+    }
+    let embeds: Vec<Tensor> = prompts.iter().map(|p| p.embeds.clone()).collect();
+    backend.decode(&embeds, rows, Some(cache))
 }
 
 /// Scores `continuations` after a prompt whose cache (one sequence) is `cache` and whose

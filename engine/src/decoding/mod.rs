@@ -67,6 +67,9 @@ pub trait Decoding {
 pub struct Prompt {
     pub embeds: Tensor,
     pub positions: Option<RopePositions>,
+    /// Per deep-stack level, [T, hidden] f32 added to the hidden states after that decoder
+    /// layer (Qwen3-VL's visual features, zero outside the media tokens); empty otherwise.
+    pub deepstack: Vec<Tensor>,
 }
 
 impl Prompt {
@@ -75,6 +78,7 @@ impl Prompt {
         Self {
             embeds,
             positions: None,
+            deepstack: Vec::new(),
         }
     }
 }

@@ -389,8 +389,13 @@ impl<'a> Judge<'a> {
         }
         let text_embeds = self.decoder.embed_tokens(&tokens.ids)?;
         let embeds = unireward_models::pack::merge_media(&text_embeds, &tokens, media)?;
+        let deepstack = unireward_models::pack::merge_deepstack(&text_embeds, &tokens, media)?;
         let positions = self.decoder.prompt_positions(&tokens, media)?;
-        Ok(Prompt { embeds, positions })
+        Ok(Prompt {
+            embeds,
+            positions,
+            deepstack,
+        })
     }
 
     /// Tokens of `continuation` when written right after `prompt`. Text after the last

@@ -238,7 +238,7 @@ impl PairsJob<'_> {
                 batch
                     .into_iter()
                     .map(|(_, (req, media))| {
-                        let features = media.encoded(backend.model())?;
+                        let features = media.encoded(backend.model().vision())?;
                         let built = self.construct_encoded(&req, features)?;
                         self.answer(&req, &built)
                     })

@@ -10,19 +10,24 @@ use unireward_models::pack::VideoFeatures;
 
 use super::media_inbox::MediaKey;
 
-/// One medium's encoded, packed features.
+/// One medium's encoded, packed features, and per deep-stack level (Qwen3-VL; none for the
+/// other families) its features at that level.
 #[derive(Debug, Clone)]
 pub enum CachedFeatures {
-    Image(Tensor),
-    Video(VideoFeatures),
+    Image(Tensor, Vec<Tensor>),
+    Video(VideoFeatures, Vec<VideoFeatures>),
 }
 
 impl CachedFeatures {
     fn bytes(&self) -> usize {
         let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let video = |v: &VideoFeatures| match v {
+            VideoFeatures::Pooled(t) => size(t),
+            VideoFeatures::Frames(frames) => frames.iter().map(size).sum(),
+        };
         match self {
-            CachedFeatures::Image(t) | CachedFeatures::Video(VideoFeatures::Pooled(t)) => size(t),
-            CachedFeatures::Video(VideoFeatures::Frames(frames)) => frames.iter().map(size).sum(),
+            CachedFeatures::Image(t, levels) => size(t) + levels.iter().map(size).sum::<usize>(),
+            CachedFeatures::Video(v, levels) => video(v) + levels.iter().map(video).sum::<usize>(),
         }
     }
 }
@@ -127,7 +132,10 @@ mod tests {
     }
 
     fn features(rows: usize) -> CachedFeatures {
-        CachedFeatures::Image(Tensor::zeros((rows, 4), DType::F32, &Device::Cpu).unwrap())
+        CachedFeatures::Image(
+            Tensor::zeros((rows, 4), DType::F32, &Device::Cpu).unwrap(),
+            Vec::new(),
+        )
     }
 
     #[test]

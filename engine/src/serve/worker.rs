@@ -478,10 +478,7 @@ impl Worker<'_, '_> {
                 Piece::Text(_) => continue,
             }
             .map_err(EngineError::from)?;
-            features.images.extend(one.images);
-            features.videos.extend(one.videos);
-            features.image_grids.extend(one.image_grids);
-            features.video_grids.extend(one.video_grids);
+            features.append(one);
         }
         let judge = &self.model.generate;
         let messages = prompt.messages_with_markers(&marks)?;
@@ -510,16 +507,20 @@ impl Worker<'_, '_> {
             input.keys.images.iter().map(|k| key(k, false)).collect();
         let video_keys: Vec<Option<CacheKey>> =
             input.keys.videos.iter().map(|k| key(k, true)).collect();
-        let mut images: Vec<Option<Tensor>> = vec![None; n_images];
-        let mut videos: Vec<Option<VideoFeatures>> = vec![None; n_videos];
+        let mut images: Vec<Option<(Tensor, Vec<Tensor>)>> = vec![None; n_images];
+        let mut videos: Vec<Option<(VideoFeatures, Vec<VideoFeatures>)>> = vec![None; n_videos];
         for (slot, k) in images.iter_mut().zip(&image_keys) {
-            if let Some(CachedFeatures::Image(t)) = k.as_ref().and_then(|k| self.cache.get(k)) {
-                *slot = Some(t);
+            if let Some(CachedFeatures::Image(t, levels)) =
+                k.as_ref().and_then(|k| self.cache.get(k))
+            {
+                *slot = Some((t, levels));
             }
         }
         for (slot, k) in videos.iter_mut().zip(&video_keys) {
-            if let Some(CachedFeatures::Video(v)) = k.as_ref().and_then(|k| self.cache.get(k)) {
-                *slot = Some(v);
+            if let Some(CachedFeatures::Video(v, levels)) =
+                k.as_ref().and_then(|k| self.cache.get(k))
+            {
+                *slot = Some((v, levels));
             }
         }
         let missing_images: Vec<usize> =
@@ -528,17 +529,43 @@ impl Worker<'_, '_> {
             (0..videos.len()).filter(|&i| videos[i].is_none()).collect();
         if !missing_images.is_empty() || !missing_videos.is_empty() {
             let encoded = self.encode_some(&input.media, &missing_images, &missing_videos)?;
-            for (&i, t) in missing_images.iter().zip(encoded.images) {
+            for (j, &i) in missing_images.iter().enumerate() {
+                let at = |m: &EncodedMedia| {
+                    m.images
+                        .get(j)
+                        .cloned()
+                        .ok_or_else(|| EngineError::Invalid(format!("image {i} was not encoded")))
+                };
+                let levels = encoded
+                    .deepstack
+                    .iter()
+                    .map(at)
+                    .collect::<Result<Vec<_>>>()?;
+                let t = at(&encoded)?;
                 if let Some(k) = image_keys[i] {
-                    self.cache.insert(k, CachedFeatures::Image(t.clone()));
+                    self.cache
+                        .insert(k, CachedFeatures::Image(t.clone(), levels.clone()));
                 }
-                images[i] = Some(t);
+                images[i] = Some((t, levels));
             }
-            for (&i, v) in missing_videos.iter().zip(encoded.videos) {
+            for (j, &i) in missing_videos.iter().enumerate() {
+                let at = |m: &EncodedMedia| {
+                    m.videos
+                        .get(j)
+                        .cloned()
+                        .ok_or_else(|| EngineError::Invalid(format!("video {i} was not encoded")))
+                };
+                let levels = encoded
+                    .deepstack
+                    .iter()
+                    .map(at)
+                    .collect::<Result<Vec<_>>>()?;
+                let v = at(&encoded)?;
                 if let Some(k) = video_keys[i] {
-                    self.cache.insert(k, CachedFeatures::Video(v.clone()));
+                    self.cache
+                        .insert(k, CachedFeatures::Video(v.clone(), levels.clone()));
                 }
-                videos[i] = Some(v);
+                videos[i] = Some((v, levels));
             }
         }
         // Before any answer goes out, so that a client reading /metrics after it sees this.
@@ -547,13 +574,39 @@ impl Worker<'_, '_> {
         // Grids follow from the pixels, so cached features need none of their own.
         let (image_grids, video_grids) = match &input.media {
             RequestMedia::Llava(_) => Default::default(),
-            RequestMedia::Qwen(media) => media.grids(self.qwen()?.model()),
+            RequestMedia::Qwen(media) => media.grids(self.qwen()?.model().vision())?,
         };
+        let (images, image_levels): (Vec<_>, Vec<_>) = images.into_iter().flatten().unzip();
+        let (videos, video_levels): (Vec<_>, Vec<_>) = videos.into_iter().flatten().unzip();
+        let levels = image_levels
+            .iter()
+            .map(Vec::len)
+            .chain(video_levels.iter().map(Vec::len))
+            .max()
+            .unwrap_or(0);
+        let deepstack = (0..levels)
+            .map(|l| {
+                Ok(EncodedMedia {
+                    images: image_levels
+                        .iter()
+                        .map(|d| d.get(l).cloned())
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| missing_level(l))?,
+                    videos: video_levels
+                        .iter()
+                        .map(|d| d.get(l).cloned())
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| missing_level(l))?,
+                    ..Default::default()
+                })
+            })
+            .collect::<Result<_>>()?;
         Ok(EncodedMedia {
-            images: images.into_iter().flatten().collect(),
-            videos: videos.into_iter().flatten().collect(),
+            images,
+            videos,
             image_grids,
             video_grids,
+            deepstack,
         })
     }
 
@@ -574,9 +627,9 @@ impl Worker<'_, '_> {
                 };
                 encode_request(self.model.generate.backend("engine serve")?, &sub)
             }
-            RequestMedia::Qwen(media) => {
-                Ok(media.subset(images, videos).encoded(self.qwen()?.model())?)
-            }
+            RequestMedia::Qwen(media) => Ok(media
+                .subset(images, videos)
+                .encoded(self.qwen()?.model().vision())?),
         }
     }
 
@@ -586,4 +639,12 @@ impl Worker<'_, '_> {
             EngineError::Invalid("Qwen-VL media reached a server without a Qwen-VL model".into())
         })
     }
+}
+
+/// Media of one request with and without features at a deep-stack level: they came from
+/// models of different families.
+fn missing_level(level: usize) -> EngineError {
+    EngineError::Invalid(format!(
+        "a medium without deep-stack level {level} beside media with it"
+    ))
 }

@@ -14,9 +14,21 @@ pub enum ModelFamily {
     /// [`crate::qwen2_5_vl::Qwen25Vl`]; the trainer runs it through the family seam, the
     /// engine through its own `Decoder`.
     Qwen25Vl,
+    /// Qwen3-VL, dense (`Qwen3VLForConditionalGeneration`): vision transformer with deep-stack
+    /// features → Qwen3 decoder with q/k norms and interleaved M-RoPE
+    /// (UnifiedReward-2.0-qwen3vl-*, UnifiedReward-Think-qwen3vl-*). The model is
+    /// [`crate::qwen3_vl::Qwen3Vl`]; the engine runs it through its Qwen-VL `Decoder`; the
+    /// trainer does not take it yet.
+    Qwen3Vl,
 }
 
 impl ModelFamily {
+    /// Whether the engine runs this family through its Qwen-VL decoder (M-RoPE positions, the
+    /// model's own vision transformer) rather than the LLaVA backends.
+    pub fn is_qwen_vl(self) -> bool {
+        matches!(self, ModelFamily::Qwen25Vl | ModelFamily::Qwen3Vl)
+    }
+
     /// Why a command that runs judges through the LLaVA-shaped seams (the engine's backends,
     /// the exporter) cannot take this family yet; `None` when it can.
     pub fn not_runnable_by(self, what: &str) -> Option<String> {
@@ -28,6 +40,23 @@ impl ModelFamily {
                  `engine logprob`, `engine pairs` and the trainer run them, on candle); {what} \
                  takes LLaVA-OneVision judges (UnifiedReward-7b, -7b-v1.5, -0.5b)"
             )),
+            ModelFamily::Qwen3Vl => Some(format!(
+                "Qwen3-VL checkpoints (UnifiedReward-2.0-qwen3vl-*, UnifiedReward-Think-qwen3vl-*) \
+                 are not supported by {what} yet (`engine score`, `engine logprob`, `engine \
+                 pairs` and `engine serve` run them, on candle); {what} takes LLaVA-OneVision \
+                 judges (UnifiedReward-7b, -7b-v1.5, -0.5b)"
+            )),
+        }
+    }
+
+    /// Why the trainer cannot take this family yet; `None` when it can.
+    pub fn not_trainable(self) -> Option<&'static str> {
+        match self {
+            ModelFamily::LlavaOnevision | ModelFamily::Qwen25Vl => None,
+            ModelFamily::Qwen3Vl => Some(
+                "Qwen3-VL checkpoints cannot be trained yet (the training forwards behind the \
+                 family seam are LLaVA-OneVision's and Qwen2.5-VL's); the engine scores them",
+            ),
         }
     }
 
@@ -35,6 +64,7 @@ impl ModelFamily {
         match self {
             ModelFamily::LlavaOnevision => "llava-onevision",
             ModelFamily::Qwen25Vl => "qwen2.5-vl",
+            ModelFamily::Qwen3Vl => "qwen3-vl",
         }
     }
 
@@ -43,6 +73,8 @@ impl ModelFamily {
         match self {
             ModelFamily::LlavaOnevision => TemplateFamily::Llava,
             ModelFamily::Qwen25Vl => TemplateFamily::Qwen,
+            // Every Qwen3-VL UnifiedReward checkpoint is a 2.0 or Think one.
+            ModelFamily::Qwen3Vl => TemplateFamily::V2,
         }
     }
 }

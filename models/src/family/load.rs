@@ -19,6 +19,11 @@ impl ModelFamily {
         match self {
             ModelFamily::LlavaOnevision => Ok(Box::new(LlavaOnevision::load(dir, dtype, device)?)),
             ModelFamily::Qwen25Vl => Ok(Box::new(Qwen25Vl::load(dir, dtype, device)?)),
+            ModelFamily::Qwen3Vl => Err(crate::Error::Config(format!(
+                "{}: {}",
+                dir.join("config.json").display(),
+                self.not_trainable().unwrap_or_default()
+            ))),
         }
     }
 }

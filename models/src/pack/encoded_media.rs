@@ -35,6 +35,9 @@ pub struct EncodedMedia {
     /// Empty for LLaVA.
     pub image_grids: Vec<MediaGrid>,
     pub video_grids: Vec<Vec<MediaGrid>>,
+    /// Per deep-stack level (Qwen3-VL), the same media's features at that level, laid out as
+    /// `images` and `videos` are; empty for the other families.
+    pub deepstack: Vec<EncodedMedia>,
 }
 
 impl EncodedMedia {
@@ -71,6 +74,11 @@ impl EncodedMedia {
                 }
             }
         }
+        out.deepstack = self
+            .deepstack
+            .iter()
+            .map(|level| Ok(level.select(images, videos)?.0))
+            .collect::<Result<_>>()?;
         let marks = match (out.images.len(), out.videos.len()) {
             (n, 0) => Media::Images(n),
             (0, n) => Media::Videos(n),
@@ -97,6 +105,11 @@ impl EncodedMedia {
         let mut out = MediaFeatures {
             images: self.images,
             image_grids: self.image_grids,
+            deepstack: self
+                .deepstack
+                .into_iter()
+                .map(EncodedMedia::into_features)
+                .collect(),
             ..Default::default()
         };
         let mut grids = self.video_grids.into_iter();

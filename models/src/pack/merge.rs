@@ -15,6 +15,45 @@ pub struct MediaFeatures {
     /// M-RoPE); empty for LLaVA, whose positions are 0..T.
     pub image_grids: Vec<MediaGrid>,
     pub video_grids: Vec<MediaGrid>,
+    /// Per deep-stack level, the same media's features at that level (Qwen3-VL adds them to
+    /// the hidden states at the media tokens after its first decoder layers; grids unused);
+    /// empty for the other families.
+    pub deepstack: Vec<MediaFeatures>,
+}
+
+impl MediaFeatures {
+    /// `other`'s media after these (their features, grids and deep-stack levels).
+    pub fn append(&mut self, other: MediaFeatures) {
+        self.images.extend(other.images);
+        self.videos.extend(other.videos);
+        self.image_grids.extend(other.image_grids);
+        self.video_grids.extend(other.video_grids);
+        if self.deepstack.len() < other.deepstack.len() {
+            self.deepstack
+                .resize_with(other.deepstack.len(), MediaFeatures::default);
+        }
+        for (level, more) in self.deepstack.iter_mut().zip(other.deepstack) {
+            level.append(more);
+        }
+    }
+}
+
+/// Each of `media`'s deep-stack levels laid over the prompt: [T, D] like `text` (the prompt's
+/// embeddings), the level's features at the media tokens and zero elsewhere.
+pub fn merge_deepstack(
+    text: &Tensor,
+    tokens: &Tokenized,
+    media: &MediaFeatures,
+) -> Result<Vec<Tensor>> {
+    if media.deepstack.is_empty() {
+        return Ok(Vec::new());
+    }
+    let zeros = text.zeros_like()?;
+    media
+        .deepstack
+        .iter()
+        .map(|level| merge_media(&zeros, tokens, level))
+        .collect()
 }
 
 /// text [T, D] (embeddings of `tokens.ids`) → [T, D] with media spliced in.

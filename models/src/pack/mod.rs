@@ -10,5 +10,5 @@ pub mod video;
 
 pub use encoded_media::{encode_media_with, encode_request_with, EncodedMedia, VideoFeatures};
 pub use image::pack_image;
-pub use merge::{merge_media, MediaFeatures};
+pub use merge::{merge_deepstack, merge_media, MediaFeatures};
 pub use video::pack_video;

@@ -37,6 +37,19 @@ pub struct QwenVlProcessorConfig {
     pub do_normalize: bool,
     pub do_convert_rgb: bool,
     pub alpha: AlphaHandling,
+    /// Which of transformers' image processors the config names (`image_processor_type`).
+    pub backend: ImageBackend,
+}
+
+/// transformers' two implementations of the Qwen-VL image processor, which resize differently
+/// (a subpixel apart): the config's `image_processor_type` picks one, as `AutoProcessor` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageBackend {
+    /// `Qwen2VLImageProcessor` (Qwen2.5-VL's configs): Pillow's resize.
+    #[default]
+    Pillow,
+    /// `Qwen2VLImageProcessorFast` (Qwen3-VL's configs): torchvision's resize of u8 tensors.
+    Torchvision,
 }
 
 impl Default for QwenVlProcessorConfig {
@@ -57,6 +70,7 @@ impl Default for QwenVlProcessorConfig {
             do_normalize: true,
             do_convert_rgb: true,
             alpha: AlphaHandling::default(),
+            backend: ImageBackend::Pillow,
         }
     }
 }
@@ -130,6 +144,11 @@ impl QwenVlProcessorConfig {
             if let Some(x) = v.get(key).filter(|x| !x.is_null()) {
                 *into = u32::try_from(count(key, x)?)
                     .map_err(|_| Error::Config(format!("{key}: too large: {x}")))?;
+            }
+        }
+        if let Some(kind) = v.get("image_processor_type").and_then(Value::as_str) {
+            if kind.ends_with("Fast") {
+                c.backend = ImageBackend::Torchvision;
             }
         }
         if c.min_pixels > c.max_pixels {
@@ -254,6 +273,7 @@ impl QwenVlProcessor {
         }))
     }
 
+    /// An image through the backend the config names ([`ImageBackend`]).
     pub fn preprocess(&self, image: &DynamicImage) -> Result<QwenVlPixels> {
         self.preprocess_rgb(&self.rgb(image))
     }
@@ -289,11 +309,26 @@ impl QwenVlProcessor {
     /// what a preprocessor_config.json naming `Qwen2VLImageProcessorFast` loads, as Qwen3-VL's
     /// do): torchvision's `resize` of a u8 image, which takes torch's u8 antialiased kernel
     /// ([`Flavor::TorchU8`]; a video frame through qwen-vl-utils is resized in f32 instead),
-    /// and the rescale fused into the normalisation. [`Self::preprocess`] is the Pillow
-    /// backend's.
+    /// and the rescale fused into the normalisation, whatever backend the config names.
     pub fn preprocess_torchvision(&self, image: &DynamicImage) -> Result<QwenVlPixels> {
+        self.torchvision_rgb(&self.rgb(image))
+    }
+
+    /// The image as the Pillow backend computes it, whatever backend the config names.
+    pub fn preprocess_pillow(&self, image: &DynamicImage) -> Result<QwenVlPixels> {
+        self.pillow_rgb(&self.rgb(image))
+    }
+
+    /// An RGB image (or a video frame sent as an image) through the config's backend.
+    pub fn preprocess_rgb(&self, rgb: &RgbImage) -> Result<QwenVlPixels> {
+        match self.config.backend {
+            ImageBackend::Pillow => self.pillow_rgb(rgb),
+            ImageBackend::Torchvision => self.torchvision_rgb(rgb),
+        }
+    }
+
+    fn torchvision_rgb(&self, rgb: &RgbImage) -> Result<QwenVlPixels> {
         let c = &self.config;
-        let rgb = self.rgb(image);
         let (h, w) = (rgb.height(), rgb.width());
         let (rh, rw) = if c.do_resize {
             smart_resize(h, w, c.factor(), c.min_pixels, c.max_pixels)?
@@ -303,7 +338,7 @@ impl QwenVlProcessor {
         let resized = if (rh, rw) == (h, w) {
             rgb.clone()
         } else {
-            resize(&rgb, rw, rh, c.resample, Flavor::TorchU8)?
+            resize(rgb, rw, rh, c.resample, Flavor::TorchU8)?
         };
         let (pixel_values, grid_thw) = self.patchify_with(&[resized], &self.fused_lut())?;
         Ok(QwenVlPixels {
@@ -313,7 +348,7 @@ impl QwenVlProcessor {
         })
     }
 
-    pub fn preprocess_rgb(&self, rgb: &RgbImage) -> Result<QwenVlPixels> {
+    fn pillow_rgb(&self, rgb: &RgbImage) -> Result<QwenVlPixels> {
         let resized = self.resized(rgb)?;
         let (pixel_values, grid_thw) = self.patchify(&[resized])?;
         Ok(QwenVlPixels {

@@ -173,31 +173,43 @@ impl Qwen25VlConfig {
                 vision.out_hidden_size, text.hidden_size
             )));
         }
-        let id = |key: &str, default: u32| -> Result<u32> {
-            match v.get(key).filter(|x| !x.is_null()) {
-                None => Ok(default),
-                Some(x) => x
-                    .as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .filter(|&n| (n as usize) < text.vocab_size)
-                    .ok_or_else(|| {
-                        Error::Config(format!(
-                            "{key}: {x} is not a token id under vocab_size {}",
-                            text.vocab_size
-                        ))
-                    }),
-            }
-        };
+        let [image_token_id, video_token_id, vision_start_token_id, vision_end_token_id] =
+            marker_token_ids(v, text.vocab_size)?;
         Ok(Self {
-            image_token_id: id("image_token_id", 151655)?,
-            video_token_id: id("video_token_id", 151656)?,
-            vision_start_token_id: id("vision_start_token_id", 151652)?,
-            vision_end_token_id: id("vision_end_token_id", 151653)?,
+            image_token_id,
+            video_token_id,
+            vision_start_token_id,
+            vision_end_token_id,
             vision,
             text,
             mrope_section,
         })
     }
+}
+
+/// The ids of a Qwen-VL `config.json`'s media markers — `image_token_id`, `video_token_id`,
+/// `vision_start_token_id`, `vision_end_token_id` — each Qwen2.5's where the file has none.
+pub(crate) fn marker_token_ids(v: &Value, vocab_size: usize) -> Result<[u32; 4]> {
+    let id = |key: &str, default: u32| -> Result<u32> {
+        match v.get(key).filter(|x| !x.is_null()) {
+            None => Ok(default),
+            Some(x) => x
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|&n| (n as usize) < vocab_size)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "{key}: {x} is not a token id under vocab_size {vocab_size}"
+                    ))
+                }),
+        }
+    };
+    Ok([
+        id("image_token_id", 151655)?,
+        id("video_token_id", 151656)?,
+        id("vision_start_token_id", 151652)?,
+        id("vision_end_token_id", 151653)?,
+    ])
 }
 
 /// The decoder's settings of a Qwen-VL `config.json` (Qwen2.5-VL's, Qwen3-VL's) and its

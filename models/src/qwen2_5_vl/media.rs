@@ -1,4 +1,4 @@
-//! A request's images and videos read and preprocessed for a Qwen2.5-VL checkpoint, as
+//! A request's images and videos read and preprocessed for a Qwen-VL checkpoint, as
 //! `engine score`, `engine logprob` and the trainer read them, and encoded by the model's
 //! vision transformer with the grids its M-RoPE positions need. Images go through the processor (`smart_resize`,
 //! 14 px patches, temporal pairs). A video is given as its frames (a list of files or a
@@ -6,13 +6,52 @@
 
 use std::path::Path;
 
-use super::{MediaGrid, Qwen25Vl};
+use candle_core::{Device, Tensor};
+
+use super::MediaGrid;
 use crate::pack::{EncodedMedia, VideoFeatures};
 use crate::preprocess::{
     load_image, FrameLoader, FrameSampling, MediaRequest, QwenVlPixels, QwenVlProcessor,
     QwenVlVideo,
 };
 use crate::{Error, Result};
+
+/// One medium's merged features [tokens, hidden] and, per deep-stack level (Qwen3-VL; none
+/// for Qwen2.5-VL), its deep-stack features [tokens, hidden].
+#[derive(Debug, Clone)]
+pub struct QwenVisionFeatures {
+    pub merged: Tensor,
+    pub deepstack: Vec<Tensor>,
+}
+
+/// What reading a request's media needs of a Qwen-VL model (Qwen2.5-VL, Qwen3-VL): its vision
+/// transformer over a batch of media, and a video item's grid.
+pub trait QwenVision {
+    /// Several media encoded in one pass (attention never crosses a medium) → each one's
+    /// features, in order.
+    fn encode_media(&self, media: &[&QwenVlPixels]) -> Result<Vec<QwenVisionFeatures>>;
+
+    /// A video item's grid for the M-RoPE positions; a model without video items says so.
+    fn video_grid(&self, video: &QwenVlVideo) -> Result<MediaGrid>;
+}
+
+/// A medium's `(grid_t, grid_h, grid_w)` in patches.
+pub(crate) type GridThw = (usize, usize, usize);
+
+/// The media's patches stacked for one pass of a vision transformer on `device`, with their
+/// grids.
+pub(crate) fn stacked_pixels(
+    media: &[&QwenVlPixels],
+    device: &Device,
+) -> Result<(Tensor, Vec<GridThw>)> {
+    let grids = media.iter().map(|m| m.grid_thw).collect();
+    let pixels = Tensor::cat(
+        &media.iter().map(|m| &m.pixel_values).collect::<Vec<_>>(),
+        0,
+    )?
+    .to_device(device)?;
+    Ok((pixels, grids))
+}
 
 /// How a Qwen-VL judge's scripts send a video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +136,7 @@ impl QwenMedia {
                 }
                 let files = source.frame_files()?.ok_or_else(|| {
                     Error::Media(format!(
-                        "{:?}: Qwen2.5-VL takes a video as its frames (a list of image files or a \
+                        "{:?}: a Qwen-VL judge takes a video as its frames (a list of image files or a \
                          directory of them); decoding a video file with qwen_vl_utils' 2 fps \
                          sampling is not built yet",
                         source
@@ -117,8 +156,9 @@ impl QwenMedia {
     }
 
     /// Every medium encoded in one pass of the vision transformer, kept per image and per
-    /// video with its grids, from which prompts showing some or all of them are built.
-    pub fn encoded(&self, model: &Qwen25Vl) -> Result<EncodedMedia> {
+    /// video with its grids (and its deep-stack levels, for Qwen3-VL), from which prompts
+    /// showing some or all of them are built.
+    pub fn encoded(&self, model: &dyn QwenVision) -> Result<EncodedMedia> {
         let mut all: Vec<&QwenVlPixels> = self.images.iter().collect();
         for v in &self.videos {
             match v {
@@ -126,45 +166,62 @@ impl QwenMedia {
                 QwenVideo::Frames(frames) => all.extend(frames),
             }
         }
-        let mut encoded = model.media_features_batch(&all)?.into_iter();
-        let (image_grids, video_grids) = self.grids(model);
-        let mut out = EncodedMedia {
-            images: encoded.by_ref().take(self.images.len()).collect(),
+        let (image_grids, video_grids) = self.grids(model)?;
+        let encoded = model.encode_media(&all)?;
+        let levels = encoded.first().map_or(0, |f| f.deepstack.len());
+        if let Some(odd) = encoded.iter().find(|f| f.deepstack.len() != levels) {
+            return Err(Error::Media(format!(
+                "media encoded with {} and {levels} deep-stack levels",
+                odd.deepstack.len()
+            )));
+        }
+        let deepstack = (0..levels)
+            .map(|l| self.laid_out(encoded.iter().map(|f| f.deepstack[l].clone())))
+            .collect::<Result<_>>()?;
+        Ok(EncodedMedia {
             image_grids,
             video_grids,
+            deepstack,
+            ..self.laid_out(encoded.into_iter().map(|f| f.merged))?
+        })
+    }
+
+    /// Features of every medium in encoding order (images, then each video's item or frames)
+    /// laid out per image and per video.
+    fn laid_out(&self, mut feats: impl Iterator<Item = Tensor>) -> Result<EncodedMedia> {
+        let mut out = EncodedMedia {
+            images: feats.by_ref().take(self.images.len()).collect(),
             ..Default::default()
         };
         for v in &self.videos {
-            match v {
-                QwenVideo::Item(_) => {
-                    let feats = encoded
+            out.videos.push(match v {
+                QwenVideo::Item(_) => VideoFeatures::Pooled(
+                    feats
                         .next()
-                        .ok_or_else(|| Error::Media("a video was not encoded".into()))?;
-                    out.videos.push(VideoFeatures::Pooled(feats));
-                }
+                        .ok_or_else(|| Error::Media("a video was not encoded".into()))?,
+                ),
                 QwenVideo::Frames(frames) => {
-                    out.videos.push(VideoFeatures::Frames(
-                        encoded.by_ref().take(frames.len()).collect(),
-                    ));
+                    VideoFeatures::Frames(feats.by_ref().take(frames.len()).collect())
                 }
-            }
+            });
         }
         Ok(out)
     }
 
     /// Each image's grid, and each video's (one per frame in frames mode): what the prompt's
-    /// M-RoPE positions follow, known without encoding.
-    pub fn grids(&self, model: &Qwen25Vl) -> (Vec<MediaGrid>, Vec<Vec<MediaGrid>>) {
-        let images = self.images.iter().map(|p| model.image_grid(p)).collect();
+    /// M-RoPE positions follow, known without encoding. A model without video items (Qwen3-VL)
+    /// refuses a video sent as one.
+    pub fn grids(&self, model: &dyn QwenVision) -> Result<(Vec<MediaGrid>, Vec<Vec<MediaGrid>>)> {
+        let images = self.images.iter().map(MediaGrid::of_image).collect();
         let videos = self
             .videos
             .iter()
             .map(|v| match v {
-                QwenVideo::Item(video) => vec![model.video_grid(video)],
-                QwenVideo::Frames(frames) => frames.iter().map(|p| model.image_grid(p)).collect(),
+                QwenVideo::Item(video) => Ok(vec![model.video_grid(video)?]),
+                QwenVideo::Frames(frames) => Ok(frames.iter().map(MediaGrid::of_image).collect()),
             })
-            .collect();
-        (images, videos)
+            .collect::<Result<_>>()?;
+        Ok((images, videos))
     }
 
     /// The images at `images` and the videos at `videos`, in that order (pixels shared, not

@@ -21,9 +21,10 @@ use crate::preprocess::qwen_vl::QwenVlPixels;
 use crate::preprocess::qwen_vl_video::QwenVlVideo;
 use crate::tokenize::Tokenized;
 use crate::{Error, Result};
+use media::stacked_pixels;
 
 pub use config::{Qwen25VisionConfig, Qwen25VlConfig};
-pub use media::{QwenMedia, QwenVideo, QwenVideos};
+pub use media::{QwenMedia, QwenVideo, QwenVideos, QwenVision, QwenVisionFeatures};
 pub use positions::{continuation_positions, MediaGrid, RopePositions};
 
 /// Where the parts live in a checkpoint's key space.
@@ -136,12 +137,7 @@ impl Qwen25Vl {
         if media.is_empty() {
             return Ok(Vec::new());
         }
-        let grids: Vec<_> = media.iter().map(|m| m.grid_thw).collect();
-        let pixels = Tensor::cat(
-            &media.iter().map(|m| &m.pixel_values).collect::<Vec<_>>(),
-            0,
-        )?
-        .to_device(&self.device)?;
+        let (pixels, grids) = stacked_pixels(media, &self.device)?;
         let feats = self.vision.forward(&pixels, &grids)?;
         let merge = self.cfg.vision.spatial_merge_size;
         let mut out = Vec::with_capacity(media.len());
@@ -156,13 +152,7 @@ impl Qwen25Vl {
 
     /// The grid of a preprocessed image, for [`RopePositions`].
     pub fn image_grid(&self, pixels: &QwenVlPixels) -> MediaGrid {
-        let (t, h, w) = pixels.grid_thw;
-        MediaGrid {
-            t,
-            h,
-            w,
-            time_interval: 1.0,
-        }
+        MediaGrid::of_image(pixels)
     }
 
     /// The grid of a prepared video: its temporal patches `second_per_grid` seconds apart, each
@@ -218,5 +208,22 @@ impl Qwen25Vl {
 
     pub fn dtype(&self) -> DType {
         self.decoder.dtype()
+    }
+}
+
+impl QwenVision for Qwen25Vl {
+    fn encode_media(&self, media: &[&QwenVlPixels]) -> Result<Vec<QwenVisionFeatures>> {
+        Ok(self
+            .media_features_batch(media)?
+            .into_iter()
+            .map(|merged| QwenVisionFeatures {
+                merged,
+                deepstack: Vec::new(),
+            })
+            .collect())
+    }
+
+    fn video_grid(&self, video: &QwenVlVideo) -> Result<MediaGrid> {
+        Ok(Qwen25Vl::video_grid(self, video))
     }
 }

@@ -5,6 +5,7 @@
 
 use candle_core::{Device, Tensor};
 
+use crate::preprocess::qwen_vl::QwenVlPixels;
 use crate::tokenize::Tokenized;
 use crate::{Error, Result};
 
@@ -16,6 +17,19 @@ pub struct MediaGrid {
     pub h: usize,
     pub w: usize,
     pub time_interval: f64,
+}
+
+impl MediaGrid {
+    /// The grid of a preprocessed image (or of a video frame sent as an image).
+    pub fn of_image(pixels: &QwenVlPixels) -> Self {
+        let (t, h, w) = pixels.grid_thw;
+        Self {
+            t,
+            h,
+            w,
+            time_interval: 1.0,
+        }
+    }
 }
 
 /// Positions [3][T] of a prompt and its delta: max position + 1 − T, what continuations add to

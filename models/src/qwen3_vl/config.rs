@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::config::TextConfig;
 use crate::decode::AttentionVariant;
-use crate::qwen2_5_vl::config::mrope_text_config;
+use crate::qwen2_5_vl::config::{marker_token_ids, mrope_text_config};
 use crate::{Error, Result};
 
 /// The vision transformer (`vision_config`).
@@ -234,26 +234,13 @@ impl Qwen3VlConfig {
                 text.num_hidden_layers
             )));
         }
-        let id = |key: &str, default: u32| -> Result<u32> {
-            match v.get(key).filter(|x| !x.is_null()) {
-                None => Ok(default),
-                Some(x) => x
-                    .as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .filter(|&n| (n as usize) < text.vocab_size)
-                    .ok_or_else(|| {
-                        Error::Config(format!(
-                            "{key}: {x} is not a token id under vocab_size {}",
-                            text.vocab_size
-                        ))
-                    }),
-            }
-        };
+        let [image_token_id, video_token_id, vision_start_token_id, vision_end_token_id] =
+            marker_token_ids(v, text.vocab_size)?;
         Ok(Self {
-            image_token_id: id("image_token_id", 151655)?,
-            video_token_id: id("video_token_id", 151656)?,
-            vision_start_token_id: id("vision_start_token_id", 151652)?,
-            vision_end_token_id: id("vision_end_token_id", 151653)?,
+            image_token_id,
+            video_token_id,
+            vision_start_token_id,
+            vision_end_token_id,
             vision,
             text,
             attention,

@@ -20,14 +20,16 @@ use candle_nn::VarBuilder;
 
 use crate::checkpoint::Checkpoint;
 use crate::decode::{KvCache, Qwen2};
-use crate::pack::{merge_media, MediaFeatures};
+use crate::pack::{merge_deepstack, merge_media, MediaFeatures};
 use crate::preprocess::qwen_vl::QwenVlPixels;
-use crate::qwen2_5_vl::{MediaGrid, RopePositions};
+use crate::preprocess::qwen_vl_video::QwenVlVideo;
+use crate::qwen2_5_vl::media::stacked_pixels;
+use crate::qwen2_5_vl::{MediaGrid, QwenVision, QwenVisionFeatures, RopePositions};
 use crate::tokenize::{MediaKind, Tokenized};
 use crate::{Error, Result};
 
 pub use config::{Qwen3VisionConfig, Qwen3VlConfig};
-pub use vision::{Qwen3VisionFeatures, Qwen3VisionTransformer};
+pub use vision::Qwen3VisionTransformer;
 
 /// Key prefixes: transformers 5's `save_pretrained` and the hub's Qwen3-VL files (saved by
 /// transformers 4.57) agree.
@@ -101,23 +103,18 @@ impl Qwen3Vl {
 
     /// Several images encoded in one pass of the vision transformer (attention never crosses
     /// an image) → each one's features.
-    pub fn image_features(&self, images: &[&QwenVlPixels]) -> Result<Vec<Qwen3VisionFeatures>> {
+    pub fn image_features(&self, images: &[&QwenVlPixels]) -> Result<Vec<QwenVisionFeatures>> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let grids: Vec<_> = images.iter().map(|m| m.grid_thw).collect();
-        let pixels = Tensor::cat(
-            &images.iter().map(|m| &m.pixel_values).collect::<Vec<_>>(),
-            0,
-        )?
-        .to_device(&self.device)?;
+        let (pixels, grids) = stacked_pixels(images, &self.device)?;
         let all = self.vision.forward(&pixels, &grids)?;
         let merge = self.cfg.vision.spatial_merge_size;
         let mut out = Vec::with_capacity(images.len());
         let mut at = 0;
         for m in images {
             let n = m.num_tokens(merge);
-            out.push(Qwen3VisionFeatures {
+            out.push(QwenVisionFeatures {
                 merged: all.merged.narrow(0, at, n)?,
                 deepstack: all
                     .deepstack
@@ -132,13 +129,7 @@ impl Qwen3Vl {
 
     /// The grid of a preprocessed image, for [`RopePositions`].
     pub fn image_grid(&self, pixels: &QwenVlPixels) -> MediaGrid {
-        let (t, h, w) = pixels.grid_thw;
-        MediaGrid {
-            t,
-            h,
-            w,
-            time_interval: 1.0,
-        }
+        MediaGrid::of_image(pixels)
     }
 
     /// The M-RoPE positions of a prompt whose image spans hold `images`.
@@ -152,43 +143,42 @@ impl Qwen3Vl {
     pub fn inputs(
         &self,
         tokens: &Tokenized,
-        images: &[Qwen3VisionFeatures],
+        images: &[QwenVisionFeatures],
     ) -> Result<Qwen3VlInputs> {
         refuse_videos(tokens)?;
-        let ids = Tensor::new(tokens.ids.as_slice(), &self.device)?;
-        let text = self.decoder.embed(&ids)?;
-        let spliced = |feats: Vec<Tensor>, over: &Tensor| {
-            merge_media(
-                over,
-                tokens,
-                &MediaFeatures {
-                    images: feats,
-                    ..Default::default()
-                },
-            )
+        let levels = self.cfg.vision.deepstack_visual_indexes.len();
+        let level = |l: usize| {
+            images
+                .iter()
+                .map(|f| {
+                    f.deepstack.get(l).cloned().ok_or_else(|| {
+                        Error::Input(format!("image features lack deep-stack level {l}"))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
         };
-        let embeds = spliced(images.iter().map(|f| f.merged.clone()).collect(), &text)?;
-        if tokens.spans.is_empty() {
-            return Ok(Qwen3VlInputs {
-                embeds,
-                deepstack: Vec::new(),
-            });
-        }
-        let zeros = text.zeros_like()?;
-        let deepstack = (0..self.cfg.vision.deepstack_visual_indexes.len())
-            .map(|level| {
-                let feats = images
-                    .iter()
-                    .map(|f| {
-                        f.deepstack.get(level).cloned().ok_or_else(|| {
-                            Error::Input(format!("image features lack deep-stack level {level}"))
+        let media = MediaFeatures {
+            images: images.iter().map(|f| f.merged.clone()).collect(),
+            deepstack: if tokens.spans.is_empty() {
+                Vec::new()
+            } else {
+                (0..levels)
+                    .map(|l| {
+                        Ok(MediaFeatures {
+                            images: level(l)?,
+                            ..Default::default()
                         })
                     })
-                    .collect::<Result<Vec<_>>>()?;
-                spliced(feats, &zeros)
-            })
-            .collect::<Result<_>>()?;
-        Ok(Qwen3VlInputs { embeds, deepstack })
+                    .collect::<Result<_>>()?
+            },
+            ..Default::default()
+        };
+        let ids = Tensor::new(tokens.ids.as_slice(), &self.device)?;
+        let text = self.decoder.embed(&ids)?;
+        Ok(Qwen3VlInputs {
+            embeds: merge_media(&text, tokens, &media)?,
+            deepstack: merge_deepstack(&text, tokens, &media)?,
+        })
     }
 
     /// A prompt's inputs (embeddings [B, T, D] and deep-stack levels [B, T, D], B = 1 for
@@ -222,9 +212,27 @@ impl Qwen3Vl {
 
 fn refuse_videos(tokens: &Tokenized) -> Result<()> {
     if tokens.spans.iter().any(|s| s.kind == MediaKind::Video) {
-        return Err(Error::Input(
-            "Qwen3-VL videos (timestamped frames) are not supported yet: images only".into(),
-        ));
+        return Err(videos_refused());
     }
     Ok(())
+}
+
+/// Qwen3-VL's video items (timestamp text between frames, positions per frame) are not built;
+/// a video sent as sampled frames (the 2.0 and Think-qwen3vl scripts' way) is images.
+fn videos_refused() -> Error {
+    Error::Input(
+        "Qwen3-VL video items (timestamped frames) are not supported yet: send a video as \
+         sampled frames (--video-mode frames, the 2.0 and Think-qwen3vl scripts' way)"
+            .into(),
+    )
+}
+
+impl QwenVision for Qwen3Vl {
+    fn encode_media(&self, media: &[&QwenVlPixels]) -> Result<Vec<QwenVisionFeatures>> {
+        self.image_features(media)
+    }
+
+    fn video_grid(&self, _: &QwenVlVideo) -> Result<MediaGrid> {
+        Err(videos_refused())
+    }
 }

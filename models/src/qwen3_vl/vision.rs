@@ -17,17 +17,10 @@ use crate::encode::qwen2_5_vl_vision::{
 };
 use crate::linear::Linear;
 use crate::nn::LayerNorm;
+use crate::qwen2_5_vl::QwenVisionFeatures;
 use crate::{Error, Result};
 
 const LAYER_NORM_EPS: f64 = 1e-6;
-
-/// One medium's merged features and, per deep-stack level, its deep-stack features; each
-/// [tokens, out_hidden_size].
-#[derive(Debug, Clone)]
-pub struct Qwen3VisionFeatures {
-    pub merged: Tensor,
-    pub deepstack: Vec<Tensor>,
-}
 
 struct VisionMlp {
     fc1: Linear,
@@ -211,7 +204,7 @@ impl Qwen3VisionTransformer {
         &self,
         pixels: &Tensor,
         grids: &[(usize, usize, usize)],
-    ) -> Result<Qwen3VisionFeatures> {
+    ) -> Result<QwenVisionFeatures> {
         let FramePatches {
             positions,
             cu_seqlens,
@@ -240,7 +233,7 @@ impl Qwen3VisionTransformer {
                 deepstack.push(self.deepstack_mergers[level].forward(&xs)?);
             }
         }
-        Ok(Qwen3VisionFeatures {
+        Ok(QwenVisionFeatures {
             merged: self.merger.forward(&xs)?,
             deepstack,
         })
