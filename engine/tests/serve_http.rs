@@ -637,17 +637,23 @@ fn qwen_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qwen2_5_vl/qwen2_5_vl_3b/model")
 }
 
+/// The Qwen3-VL (4b-shaped) checkpoint of `fixtures/qwen3_vl`.
+fn qwen3_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qwen3_vl/qwen3_vl_4b/model")
+}
+
 fn qwen_picture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fixtures/qwen2_5_vl/media")
         .join(name)
 }
 
-/// The user turn `engine score` writes for a Qwen judge, without its leading image markers:
-/// the question MixGRPO's UnifiedReward-qwen client sends after its image parts.
-fn qwen_question(mode: Mode, caption: &str, images: usize) -> Result<String> {
+/// The user turn `engine score` writes for a Qwen judge of `family`'s prompts, without its
+/// leading image markers: the question MixGRPO's UnifiedReward-qwen client sends after its
+/// image parts.
+fn qwen_question(family: Family, mode: Mode, caption: &str, images: usize) -> Result<String> {
     let text = user_turn(
-        Family::Qwen,
+        family,
         Task::ImageGeneration,
         mode,
         caption,
@@ -678,8 +684,24 @@ fn assert_generated(record: &Value, answer: &str) {
 /// mode writes `engine score`'s records, on pictures of 300x200 and 40x30.
 #[test]
 fn qwen_requests_answer_as_engine_score_does() -> Result<()> {
-    let dir = scratch("qwen")?;
-    let model = qwen_model();
+    qwen_requests_on("qwen", &qwen_model(), Family::Qwen, &[])
+}
+
+/// The same through a Qwen3-VL judge on the 2.0 prompts: its deep-stack features go through the
+/// feature cache with the merged ones.
+#[test]
+fn qwen3_vl_requests_answer_as_engine_score_does() -> Result<()> {
+    qwen_requests_on(
+        "qwen3",
+        &qwen3_model(),
+        Family::V2,
+        &["--template-family", "2.0"],
+    )
+}
+
+fn qwen_requests_on(name: &str, model: &Path, family: Family, extra: &[&str]) -> Result<()> {
+    let dir = scratch(name)?;
+    let model = model.to_path_buf();
     let small = image::open(qwen_picture("300x200.png"))?;
     small
         .to_rgb8()
@@ -688,20 +710,25 @@ fn qwen_requests_answer_as_engine_score_does() -> Result<()> {
     let other = std::fs::read(qwen_picture("40x30.png"))?;
     std::fs::write(dir.join("other.png"), &other)?;
     let caption = "a yellow square on a grey floor";
-    let server = Server::start_on(&model, &["--max-new-tokens", NEW_TOKENS])?;
+    let server = Server::start_on(&model, &[&["--max-new-tokens", NEW_TOKENS], extra].concat())?;
 
     let mix = json!({"model": "UnifiedReward", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": data_uri("image/jpeg", &jpeg)}},
-        {"type": "text", "text": qwen_question(Mode::Point, caption, 1)?},
+        {"type": "text", "text": qwen_question(family, Mode::Point, caption, 1)?},
     ]}], "temperature": 0, "max_tokens": 4096});
     let reply = server.post("/v1/chat/completions", &mix)?;
     let answer = content_of(&reply)?;
     let usage = &reply.json()?["usage"];
-    // 300x200 is 10x7 merged patches of 28 px after smart_resize, plus the question.
+    // 300x200 is 10x7 merged patches of 28 px after smart_resize (Qwen3-VL: 10x7 of 32 px),
+    // plus the question.
     assert!(usage["prompt_tokens"].as_u64().unwrap_or(0) > 70, "{usage}");
     let point = json!({"id": "point", "task": "image_generation", "mode": "point",
         "prompt": caption, "images": ["small.jpg"]});
-    let generate = ["--judge", "generate", "--max-new-tokens", NEW_TOKENS];
+    let generate = [
+        &["--judge", "generate", "--max-new-tokens", NEW_TOKENS],
+        extra,
+    ]
+    .concat();
     let cli = engine_score_on(&model, &dir, std::slice::from_ref(&point), &generate)?;
     assert_generated(&cli[0], &answer);
 
@@ -710,7 +737,7 @@ fn qwen_requests_answer_as_engine_score_does() -> Result<()> {
     let pair_body = json!({"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": data_uri("image/png", &other)}},
         {"type": "image", "image": data_uri("image/jpeg", &jpeg)},
-        {"type": "text", "text": qwen_question(Mode::Pair, caption, 2)?},
+        {"type": "text", "text": qwen_question(family, Mode::Pair, caption, 2)?},
     ]}], "max_tokens": 4096, "do_sample": false});
     let pair_answer = content_of(&server.post("/v1/chat/completions", &pair_body)?)?;
     let pair = json!({"id": "pair", "task": "image_generation", "mode": "pair",
@@ -732,7 +759,7 @@ fn qwen_requests_answer_as_engine_score_does() -> Result<()> {
     let batch = server.post("/v1/score?judge=generate", &json!(inlined))?;
     assert_eq!(batch.status, 200, "{}", batch.body);
     assert_eq!(batch.json()?, json!([cli[0].clone(), cli_pair[0].clone()]));
-    let cli_fast = engine_score_on(&model, &dir, &records, &[])?;
+    let cli_fast = engine_score_on(&model, &dir, &records, extra)?;
     assert!(
         cli_fast.iter().all(|r| r.get("error").is_none()),
         "{cli_fast:?}"
