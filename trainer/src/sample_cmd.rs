@@ -141,21 +141,25 @@ pub fn run_sample(args: SampleArgs) -> Result<()> {
         .with_context(|| format!("reading {}", args.prompts.display()))?;
     let (lines, bad) = parse_prompts(&text, &args.prompts);
 
-    let mut pipe = TextToImage::load(&args.model, args.dtype.dtype(), &device)
+    // The adapted UNet is built first, so that the pipeline's own is read once.
+    let unet = match &args.lora {
+        Some(lora) => {
+            let adapted = load_adapted_unet(
+                &args.model.join(UNET_DIR),
+                lora,
+                args.dtype.dtype(),
+                &device,
+            )
+            .with_context(|| format!("applying the LoRA {}", lora.display()))?;
+            let Denoiser::Image(unet) = adapted else {
+                bail!("--lora: the pipeline's UNet is a motion UNet; trainer sample draws images");
+            };
+            Some(unet)
+        }
+        None => None,
+    };
+    let pipe = TextToImage::load_with_unet(&args.model, args.dtype.dtype(), &device, unet)
         .with_context(|| format!("loading the pipeline {}", args.model.display()))?;
-    if let Some(lora) = &args.lora {
-        let adapted = load_adapted_unet(
-            &args.model.join(UNET_DIR),
-            lora,
-            args.dtype.dtype(),
-            &device,
-        )
-        .with_context(|| format!("applying the LoRA {}", lora.display()))?;
-        let Denoiser::Image(unet) = adapted else {
-            bail!("--lora: the pipeline's UNet is a motion UNet; trainer sample draws images");
-        };
-        pipe = pipe.with_unet(unet)?;
-    }
     let (default_h, default_w) = pipe.default_size().unwrap_or((0, 0));
     let settings = SampleSettings {
         model: std::fs::canonicalize(&args.model)

@@ -290,6 +290,18 @@ impl TextToImage {
     /// float32 when `dtype` is float16 and its config says `force_upcast`, as diffusers
     /// decodes). Missing components, unsupported classes and bad weights are named.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_with_unet(dir, dtype, device, None)
+    }
+
+    /// [`Self::load`] with `unet` (an adapted copy of the pipeline's own, say) in place of the
+    /// one in `dir/unet`, which is then not read; checked against the other components as
+    /// loading checks its own.
+    pub fn load_with_unet(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        unet: Option<UNet2DConditionModel>,
+    ) -> Result<Self> {
         let index = ModelIndex::from_dir(dir)?;
         let kind = index.kind;
         index.require("unet", &["UNet2DConditionModel"])?;
@@ -325,7 +337,10 @@ impl TextToImage {
             }
         };
         let text_encoder = TextEncoder::load(dir, "tokenizer", "text_encoder", dtype, device)?;
-        let unet = UNet2DConditionModel::load(&dir.join("unet"), dtype, device)?;
+        let unet = match unet {
+            Some(unet) => unet,
+            None => UNet2DConditionModel::load(&dir.join("unet"), dtype, device)?,
+        };
         let sample_size = read_json(&dir.join("unet/config.json"))?
             .get("sample_size")
             .and_then(Value::as_u64)
@@ -361,14 +376,6 @@ impl TextToImage {
             dtype,
             device: device.clone(),
         };
-        pipe.check_widths()?;
-        Ok(pipe)
-    }
-
-    /// This pipeline with `unet` in place of its own (an adapted copy of it, say), checked
-    /// against the other components as loading checks it.
-    pub fn with_unet(self, unet: UNet2DConditionModel) -> Result<Self> {
-        let pipe = Self { unet, ..self };
         pipe.check_widths()?;
         Ok(pipe)
     }
