@@ -773,6 +773,95 @@ fn qwen_requests_on(name: &str, model: &Path, family: Family, extra: &[&str]) ->
     Ok(())
 }
 
+/// `/v1/rank` with a Qwen2.5-VL judge (the inference recipe, images at their own sizes) fits
+/// the strengths the library's round robin fits from the same candidates read as `engine
+/// pairs` reads them.
+#[test]
+fn qwen_rank_answers_as_the_round_robin_of_engine_pairs() -> Result<()> {
+    use candle_core::{DType, Device};
+    use unireward_engine::backend::QwenVlBackend;
+    use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
+    use unireward_engine::pairs::job::{PairsJob, PairsMedia, PairsRequest};
+    use unireward_engine::pairs::{PairOptions, RankingMode, Recipe};
+    use unireward_models::judge::{ChatTemplate, MediaMarkers};
+    use unireward_models::preprocess::QwenVlProcessor;
+    use unireward_models::qwen2_5_vl::{QwenMedia, QwenVideos};
+    use unireward_models::tokenize::PromptTokenizer;
+
+    let files = [
+        "300x200.png",
+        "40x30.png",
+        "clip_300x200/frame_00.png",
+        "clip_300x200/frame_07.png",
+    ];
+    let mut uris = Vec::new();
+    let mut paths = Vec::new();
+    for f in files {
+        let path = qwen_picture(f);
+        uris.push(data_uri("image/png", &std::fs::read(&path)?));
+        paths.push(path.display().to_string());
+    }
+    let prompt = "a yellow square on a grey floor";
+    let model = qwen_model();
+    let server = Server::start_on(&model, &[])?;
+    let reply = server.post(
+        "/v1/rank",
+        &json!({"id": "q", "task": "image_generation", "prompt": prompt, "candidates": uris}),
+    )?;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let v = reply.json()?;
+    assert_eq!(v["comparisons"].as_array().map(Vec::len), Some(6));
+
+    let backend = QwenVlBackend::load(&model, DType::F32, &Device::Cpu)?;
+    let (image_pad, video_pad) = backend.model().media_token_ids();
+    let tokenizer = PromptTokenizer::load_qwen_vl(&model, image_pad, video_pad)?;
+    let style = PromptStyle {
+        family: Family::Qwen,
+        chat: ChatTemplate::ChatMl,
+        markers: MediaMarkers::QwenVl,
+        ..Default::default()
+    };
+    let judge = Judge::with_decoder(&backend, &tokenizer, style, JudgeMode::Fast, 64)?;
+    let processor = QwenVlProcessor::from_model_dir(&model)?;
+    let job = PairsJob {
+        judge: &judge,
+        media: PairsMedia::Qwen {
+            backend: &backend,
+            processor: &processor,
+            videos: QwenVideos::Items,
+        },
+        options: PairOptions {
+            ranking: RankingMode::RoundRobin,
+            recipe: Recipe::Inference,
+            ..Default::default()
+        },
+    };
+    let req = PairsRequest::parse(&json!({"task": "image_generation", "prompt": prompt,
+        "candidates": paths}))
+    .map_err(|e| anyhow!(e))?;
+    let media = QwenMedia::read(
+        &processor,
+        &req.media_to_load(),
+        Path::new("/"),
+        QwenVideos::Items,
+    )
+    .map_err(|e| anyhow!(e))?;
+    let features = media.encoded(backend.model().vision())?;
+    let ranking = job.round_robin_encoded(&req, features)?;
+    let fit = ranking.strengths.ok_or_else(|| anyhow!("no fit"))?;
+    println!("Qwen /v1/rank strengths {:?}", fit.strengths);
+    for (i, s) in fit.strengths.iter().enumerate() {
+        let served = v["candidates"][i]["strength"].as_f64().unwrap_or(f64::NAN);
+        assert!((served - s).abs() < 1e-6, "candidate {i}: {served} vs {s}");
+    }
+    // The candidates are told apart (the comparison above is not of equal numbers).
+    let spread = fit.strengths.iter().cloned().fold(f64::MIN, f64::max)
+        - fit.strengths.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(spread > 1e-3, "strengths {:?}", fit.strengths);
+    assert_eq!(v["order"], json!(fit.order()));
+    Ok(())
+}
+
 /// Concurrent Qwen requests share their decoder calls (prompt passes at their own M-RoPE
 /// positions, then steps over a cache with holes) and answer what each answers alone; a bad
 /// image among them is a clean error of its own request or record.

@@ -147,7 +147,8 @@ pub struct PairsJob<'a> {
 pub enum PairsMedia<'a> {
     /// LLaVA-OneVision: the loader's tiles, encoded by the judge's backend.
     Llava(&'a MediaLoader),
-    /// Qwen2.5-VL: its processor's patches, encoded by its vision transformer.
+    /// Qwen-VL (Qwen2.5-VL, Qwen3-VL): its processor's patches, encoded by its vision
+    /// transformer.
     Qwen {
         backend: &'a QwenVlBackend,
         processor: &'a QwenVlProcessor,
