@@ -14,7 +14,9 @@ use std::fmt;
 
 use candle_core::{DType, Device};
 
-use crate::varmap_model::VarMapModel;
+use unireward_models::qwen2_5_vl::Qwen25VisionConfig;
+
+use crate::varmap_model::{Architecture, VarMapModel};
 use crate::{Error, Result};
 
 /// Bytes, by what holds them.
@@ -27,13 +29,16 @@ pub struct MemoryEstimate {
 }
 
 /// One decoder call of a step: `rows` sequences right-padded to `tokens`, of which the last
-/// `scored` positions reach the head; `tiles` image tiles (or frames) through the tower.
+/// `scored` positions reach the head; `tiles` rows through the tower (LLaVA's image tiles and
+/// frames, Qwen-VL's patches), of which one attention spans at most `frame_patches` (Qwen-VL's
+/// largest frame; LLaVA's tiles are all of the config's size, and it leaves this 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StepShape {
     pub rows: usize,
     pub tokens: usize,
     pub scored: usize,
     pub tiles: usize,
+    pub frame_patches: usize,
 }
 
 impl MemoryEstimate {
@@ -72,14 +77,19 @@ impl MemoryEstimate {
         // f32 logits of the scored span, and their gradient in backward (bytes).
         let head = 2 * rows * shape.scored as u64 * text.vocab_size as u64 * 4;
         let tower = if model.parts().vision && model.lora().is_none() {
-            let v = &model.config()?.vision;
-            let p = v.tokens_per_tile() as u64;
-            let (dv, iv, hv) = (
-                v.hidden_size as u64,
-                v.intermediate_size as u64,
-                v.num_attention_heads as u64,
-            );
-            shape.tiles as u64 * p * v.num_hidden_layers as u64 * (12 * dv + 4 * iv + 2 * hv * p)
+            match model.architecture() {
+                Architecture::Llava(cfg) => {
+                    let v = &cfg.vision;
+                    let p = v.tokens_per_tile() as u64;
+                    let block = Block {
+                        width: v.hidden_size as u64,
+                        mlp: v.intermediate_size as u64,
+                        heads: v.num_attention_heads as u64,
+                    };
+                    shape.tiles as u64 * p * v.num_hidden_layers as u64 * block.per_row(p)
+                }
+                Architecture::QwenVl(cfg, _) => qwen2_5_vl_tower(&cfg.vision, shape),
+            }
         } else {
             0
         };
@@ -91,6 +101,7 @@ impl MemoryEstimate {
         })
     }
 
+    /// The whole estimate.
     pub fn total(&self) -> u64 {
         self.weights + self.grads + self.optimizer + self.activations
     }
@@ -122,6 +133,49 @@ impl fmt::Display for MemoryEstimate {
             gib(self.activations)
         )
     }
+}
+
+/// A transformer block of the tower, as candle keeps it for backward.
+struct Block {
+    width: u64,
+    mlp: u64,
+    heads: u64,
+}
+
+impl Block {
+    /// Values one row keeps when it attends over `keys` rows: the norms, q/k/v and the
+    /// rotary, the attention's output and projection, the residuals (12 widths), the MLP's
+    /// four (its input projections, activation and product), and each head's scores and
+    /// probabilities.
+    fn per_row(&self, keys: u64) -> u64 {
+        12 * self.width + 4 * self.mlp + 2 * self.heads * keys
+    }
+}
+
+/// Qwen2.5-VL's tower over `shape.tiles` patches: the blocks of `fullatt_block_indexes` attend
+/// over a whole frame (`shape.frame_patches`), the others within windows of
+/// (window_size / patch_size)² patches; the merger keeps a norm and its MLP per patch group.
+fn qwen2_5_vl_tower(v: &Qwen25VisionConfig, shape: StepShape) -> u64 {
+    let block = Block {
+        width: v.hidden_size as u64,
+        mlp: v.intermediate_size as u64,
+        heads: v.num_heads as u64,
+    };
+    let frame = shape.frame_patches.max(1) as u64;
+    let side = (v.window_size / v.patch_size.max(1)) as u64;
+    let window = (side * side).clamp(1, frame);
+    let full = v
+        .fullatt_block_indexes
+        .iter()
+        .filter(|&&i| i < v.depth)
+        .count() as u64;
+    let windowed = v.depth as u64 - full;
+    let merge = (v.spatial_merge_size * v.spatial_merge_size) as u64;
+    // Per patch: its norm; per group of `merge` patches: the MLP's hidden (merge widths) twice
+    // and its output.
+    let merger = v.hidden_size as u64
+        + (2 * merge * v.hidden_size as u64 + v.out_hidden_size as u64) / merge;
+    shape.tiles as u64 * (full * block.per_row(frame) + windowed * block.per_row(window) + merger)
 }
 
 fn gib(bytes: u64) -> String {

@@ -503,14 +503,7 @@ impl crate::trainee::Trainee for VarMapModel {
         &self,
         shape: crate::memory_estimate::StepShape,
     ) -> Result<Option<crate::memory_estimate::MemoryEstimate>> {
-        match self.arch {
-            Architecture::Llava(_) => {
-                crate::memory_estimate::MemoryEstimate::new(self, shape).map(Some)
-            }
-            // Its tower's activations follow the patch grids, which the estimate does not
-            // model yet: no estimate rather than a wrong one.
-            Architecture::QwenVl(..) => Ok(None),
-        }
+        crate::memory_estimate::MemoryEstimate::new(self, shape).map(Some)
     }
 
     /// The adapter when the model has one (its `base_model_name_or_path` is `source_dir`),

@@ -17,6 +17,7 @@ const SHAPE: StepShape = StepShape {
     tokens: 1200,
     scored: 40,
     tiles: 5,
+    frame_patches: 0,
 };
 
 #[test]
@@ -79,5 +80,59 @@ fn the_estimate_follows_the_model_and_the_step() -> Result<()> {
         "{msg}"
     );
     assert!(plain.check(plain.total(), &Device::Cpu).is_ok());
+    Ok(())
+}
+
+/// Qwen2.5-VL (the 3b-shaped fixture: window blocks and full-attention blocks 7, 15, 23, 31 of
+/// 32): the tower's share follows its patches and its largest frame, and is there only when
+/// the tower trains.
+#[test]
+fn the_qwen2_5_vl_estimate_follows_patches_and_frames() -> Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/qwen2_5_vl/qwen2_5_vl_3b/model");
+    let parts = |vision| TrainParts {
+        vision,
+        projector: true,
+        decoder: true,
+    };
+    let with_tower = VarMapModel::load(&dir, DType::F32, &Device::Cpu, parts(true))?;
+    let without = VarMapModel::load(&dir, DType::F32, &Device::Cpu, parts(false))?;
+    // Two 300x200 images: 14 x 20 patches of 14 px each after smart_resize.
+    let shape = StepShape {
+        rows: 2,
+        tokens: 400,
+        scored: 20,
+        tiles: 560,
+        frame_patches: 280,
+    };
+    let trained = MemoryEstimate::new(&with_tower, shape)?;
+    let frozen = MemoryEstimate::new(&without, shape)?;
+    println!(
+        "Qwen2.5-VL 3b-shaped, 2 x 400 tokens, 560 patches: {trained}; tower frozen: {frozen}"
+    );
+    assert_eq!(trained.weights, frozen.weights);
+    assert!(trained.grads > frozen.grads);
+    let tower = trained.activations - frozen.activations;
+    assert!(tower > 0);
+    // The same patches as one 1920x1080 frame: its full-attention blocks attend over 5,920
+    // patches, not 280.
+    let one_frame = MemoryEstimate::new(
+        &with_tower,
+        StepShape {
+            tiles: 5920,
+            frame_patches: 5920,
+            ..shape
+        },
+    )?;
+    let wide = MemoryEstimate::new(
+        &with_tower,
+        StepShape {
+            tiles: 5920,
+            frame_patches: 280,
+            ..shape
+        },
+    )?;
+    assert!(one_frame.activations > wide.activations);
+    assert!(wide.activations > trained.activations);
     Ok(())
 }

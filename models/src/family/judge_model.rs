@@ -33,6 +33,15 @@ impl JudgeMedia {
             JudgeMedia::QwenVl(m) => m.patches(),
         }
     }
+
+    /// The most patches one attention of the tower spans: Qwen-VL's largest frame (its
+    /// full-attention blocks attend over a frame); 0 for LLaVA, whose tiles are all one size.
+    pub fn frame_patches(&self) -> usize {
+        match self {
+            JudgeMedia::Llava(_) => 0,
+            JudgeMedia::QwenVl(m) => m.frame_patches(),
+        }
+    }
 }
 
 pub trait JudgeModel: Send + Sync {

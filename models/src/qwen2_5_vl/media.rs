@@ -95,6 +95,21 @@ impl QwenMedia {
                 .sum::<usize>()
     }
 
+    /// The most patches one frame has (an image is one frame; a video item's frames are its
+    /// grid's rows and columns).
+    pub fn frame_patches(&self) -> usize {
+        let frame = |p: &QwenVlPixels| p.grid_thw.1 * p.grid_thw.2;
+        self.images
+            .iter()
+            .map(frame)
+            .chain(self.videos.iter().flat_map(|v| match v {
+                QwenVideo::Item(video) => vec![frame(&video.pixels)],
+                QwenVideo::Frames(frames) => frames.iter().map(frame).collect(),
+            }))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The media of `request`, relative paths under `base`; the error names the file.
     pub fn read(
         processor: &QwenVlProcessor,

@@ -371,6 +371,7 @@ impl DiffusionDpoObjective {
                 tokens: positions,
                 scored: 0,
                 tiles: 0,
+                frame_patches: 0,
             },
             batch: DiffusionBatch {
                 noisy: noisy.to_dtype(self.dtype)?,

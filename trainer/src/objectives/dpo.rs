@@ -123,6 +123,11 @@ impl Objective for DpoObjective {
             tokens: seqs().map(|s| s.len()).max().unwrap_or(0),
             scored: seqs().map(|s| s.scored_span()).max().unwrap_or(0),
             tiles: examples.iter().map(|e| e.media.tiles()).sum(),
+            frame_patches: examples
+                .iter()
+                .map(|e| e.media.frame_patches())
+                .max()
+                .unwrap_or(0),
         };
         Ok(Prepared {
             weight: examples.len() as f64,

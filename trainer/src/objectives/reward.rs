@@ -73,6 +73,11 @@ impl Objective for RewardObjective {
             tokens: batch.iter().map(|e| e.seq.len()).max().unwrap_or(0),
             scored: batch.iter().map(|e| e.seq.scored_span()).max().unwrap_or(0),
             tiles: batch.iter().map(|e| e.media.tiles()).sum(),
+            frame_patches: batch
+                .iter()
+                .map(|e| e.media.frame_patches())
+                .max()
+                .unwrap_or(0),
         };
         Ok(Prepared {
             batch,
