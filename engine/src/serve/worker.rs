@@ -530,18 +530,7 @@ impl Worker<'_, '_> {
         if !missing_images.is_empty() || !missing_videos.is_empty() {
             let encoded = self.encode_some(&input.media, &missing_images, &missing_videos)?;
             for (j, &i) in missing_images.iter().enumerate() {
-                let at = |m: &EncodedMedia| {
-                    m.images
-                        .get(j)
-                        .cloned()
-                        .ok_or_else(|| EngineError::Invalid(format!("image {i} was not encoded")))
-                };
-                let levels = encoded
-                    .deepstack
-                    .iter()
-                    .map(at)
-                    .collect::<Result<Vec<_>>>()?;
-                let t = at(&encoded)?;
+                let (t, levels) = with_levels(&encoded, |m| &m.images, j)?;
                 if let Some(k) = image_keys[i] {
                     self.cache
                         .insert(k, CachedFeatures::Image(t.clone(), levels.clone()));
@@ -549,18 +538,7 @@ impl Worker<'_, '_> {
                 images[i] = Some((t, levels));
             }
             for (j, &i) in missing_videos.iter().enumerate() {
-                let at = |m: &EncodedMedia| {
-                    m.videos
-                        .get(j)
-                        .cloned()
-                        .ok_or_else(|| EngineError::Invalid(format!("video {i} was not encoded")))
-                };
-                let levels = encoded
-                    .deepstack
-                    .iter()
-                    .map(at)
-                    .collect::<Result<Vec<_>>>()?;
-                let v = at(&encoded)?;
+                let (v, levels) = with_levels(&encoded, |m| &m.videos, j)?;
                 if let Some(k) = video_keys[i] {
                     self.cache
                         .insert(k, CachedFeatures::Video(v.clone(), levels.clone()));
@@ -639,6 +617,23 @@ impl Worker<'_, '_> {
             EngineError::Invalid("Qwen-VL media reached a server without a Qwen-VL model".into())
         })
     }
+}
+
+/// Medium `j` of `encoded` as `pick` lays them out (its images or its videos), and its
+/// features at each deep-stack level.
+fn with_levels<T: Clone>(
+    encoded: &EncodedMedia,
+    pick: fn(&EncodedMedia) -> &Vec<T>,
+    j: usize,
+) -> Result<(T, Vec<T>)> {
+    let at = |m: &EncodedMedia| {
+        pick(m)
+            .get(j)
+            .cloned()
+            .ok_or_else(|| EngineError::Invalid(format!("medium {j} was not encoded")))
+    };
+    let levels = encoded.deepstack.iter().map(at).collect::<Result<_>>()?;
+    Ok((at(encoded)?, levels))
 }
 
 /// Media of one request with and without features at a deep-stack level: they came from
