@@ -83,9 +83,9 @@ fn the_estimate_follows_the_model_and_the_step() -> Result<()> {
     Ok(())
 }
 
-/// Qwen2.5-VL (the 3b-shaped fixture: window blocks and full-attention blocks 7, 15, 23, 31 of
-/// 32): the tower's share follows its patches and its largest frame, and is there only when
-/// the tower trains.
+/// Qwen2.5-VL (the 3b-shaped fixture: blocks 1 and 3 of 4 attend over whole frames, the others
+/// within windows): the tower's share follows its patches and its largest frame, and is there
+/// only when the tower trains.
 #[test]
 fn the_qwen2_5_vl_estimate_follows_patches_and_frames() -> Result<()> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -114,8 +114,8 @@ fn the_qwen2_5_vl_estimate_follows_patches_and_frames() -> Result<()> {
     assert!(trained.grads > frozen.grads);
     let tower = trained.activations - frozen.activations;
     assert!(tower > 0);
-    // The same patches as one 1920x1080 frame: its full-attention blocks attend over 5,920
-    // patches, not 280.
+    // As many patches in frames of 5,920 (a 1920x1080 image is 10,764) and in frames of 280:
+    // the full-attention blocks attend over the whole frame.
     let one_frame = MemoryEstimate::new(
         &with_tower,
         StepShape {
