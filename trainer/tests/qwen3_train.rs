@@ -1,6 +1,7 @@
 //! `trainer dpo --kind vlm` and `trainer reward` on a Qwen3-VL checkpoint (the 4b-shaped
 //! fixture: tied head, sharded, patch 16, three deep-stack levels), with images of real sizes:
-//! DPO learns to prefer the chosen answer, and supervised fine-tuning lowers the held-out loss.
+//! DPO learns to prefer the chosen answer, a stopped run resumes exactly, and supervised
+//! fine-tuning lowers the held-out loss.
 //! As `qwen_train.rs` does for Qwen2.5-VL.
 
 mod common;
@@ -149,6 +150,70 @@ fn qwen3_dpo_learns_to_prefer_the_chosen_answer() -> Result<()> {
     assert!(margin > 0.0 && loss < first, "margin {margin}, loss {loss}");
     let trained = load_judge(&out, DType::F32, &Device::Cpu)?;
     assert_eq!(trained.family(), ModelFamily::Qwen3Vl);
+    Ok(())
+}
+
+/// A run stopped (and one that lost its newest checkpoint) and resumed ends as the
+/// uninterrupted one: the tower trained, the reference a frozen copy of the model.
+#[test]
+fn resumed_qwen3_dpo_run_repeats_the_uninterrupted_one() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("pairs.jsonl");
+    let pairs: Vec<Value> = (0..4)
+        .map(|i| {
+            json!({
+                "id": format!("r{i}"),
+                "image": media(IMAGES[i % 2]),
+                "prompt": format!("Is caption {i} right?"),
+                "chosen": "Yes",
+                "rejected": "No, not at all",
+            })
+        })
+        .collect();
+    write_jsonl(&data, &pairs)?;
+    let model = qwen3_model();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let run = |extra: &[&str], out: &Path| -> Result<()> {
+        let mut args = vec![
+            "dpo",
+            "--kind",
+            "vlm",
+            "--model",
+            path_str(&model),
+            "--data",
+            path_str(&data),
+            "--out",
+            path_str(out),
+            "--no-progress",
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "2",
+            "--lr",
+            "1e-3",
+            "--save-every",
+            "2",
+            "--keep-checkpoints",
+            "0",
+            "--train-vision",
+            "--ref",
+            "frozen",
+            "--sft-weight",
+            "0.5",
+        ];
+        args.extend(extra);
+        trainer(&args)?;
+        Ok(())
+    };
+    run(&[], &a)?;
+    run(&["--stop-after", "3"], &b)?;
+    assert_eq!(metrics(&b)?.len(), 3);
+    std::fs::remove_dir_all(b.join("checkpoint-3"))?;
+    run(&["--resume"], &b)?;
+    assert_same_metrics(&metrics(&a)?, &metrics(&b)?);
+    assert_same_weights(&a, &b)?;
     Ok(())
 }
 
