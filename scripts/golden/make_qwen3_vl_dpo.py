@@ -6,9 +6,16 @@ usage: python scripts/golden/make_qwen3_vl_dpo.py fixtures/qwen3_vl
 Needs: torch, torchvision, transformers (>= 5, with models.qwen3_vl), safetensors, pillow,
 numpy; versions are written into dpo/cases.json ("generator").
 
-Reads qwen3_vl_4b/model (tied head, sharded, three deep-stack levels) and
+Reads qwen3_vl_4b/model (tied head, sharded, three deep-stack levels),
 ../qwen2_5_vl/media/300x200.png, through the torchvision image processor the fixture's
-preprocessor_config.json names (`Qwen2VLImageProcessorFast`: what `AutoProcessor` loads).
+preprocessor_config.json names (`Qwen2VLImageProcessorFast`: what `AutoProcessor` loads), and
+dpo/adapter: a LoRA adapter written by our trainer, loaded here with `PeftModel.from_pretrained`
+onto `Qwen3VLForConditionalGeneration`. It was made, from the repository root, by
+  trainer dpo --kind vlm --model fixtures/qwen3_vl/qwen3_vl_4b/model \
+    --data fixtures/qwen3_vl/dpo/adapter_pairs.jsonl --out OUT --lora-rank 4 --lora-alpha 8 \
+    --lora-targets q_proj,k_proj,v_proj,o_proj,qkv,linear_fc1 --train-vision --max-steps 4 \
+    --batch-size 2 --lr 2e-2 --warmup-ratio 0
+(OUT/adapter_* copied to dpo/adapter).
 
 One preference pair on the image, tokenized as the trainer does: the ChatML prompt (default
 system turn) with the image item `<|vision_start|><|image_pad|><|vision_end|>` before the
@@ -19,16 +26,20 @@ Writes (dpo/expected.safetensors, dpo/cases.json):
   the sigmoid DPO loss (beta 0.1; ln 2 there) and its gradient w.r.t. a few weights (grad.<key>,
     named by checkpoint key, here also transformers 5's parameter name): decoder attention with
     its q/k norms, the main merger, a deep-stack merger and a vision block
+  LoRA: policy = base + adapter, reference = base: log-probs, the DPO loss and its gradient
+    w.r.t. a few adapter factors (lora_grad.<PEFT key>), and the modules PEFT attached
 """
 import argparse, json, os
 
 import numpy as np
+import peft
 import PIL
 import torch
 import torch.nn.functional as F
 import torchvision
 import transformers
 from PIL import Image
+from peft import PeftModel
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerFast, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
@@ -108,15 +119,33 @@ def main():
         assert g is not None and g.abs().max() > 0, f"no gradient for {key}"
         tensors[f"grad.{key}"] = g.detach().clone().contiguous()
 
+    model.zero_grad()
+    lora = PeftModel.from_pretrained(model, os.path.join(ddir, "adapter"), is_trainable=True).eval()
+    lora = lora.to(torch.float64)
+    lora_params = dict(lora.named_parameters())
+    lc = seq_logprob(lora, chosen, plen, pix, grid, types(chosen))
+    lr = seq_logprob(lora, rejected, plen, pix, grid, types(rejected))
+    loss_lora = -F.logsigmoid(BETA * ((lc - rc) - (lr - rr)))
+    loss_lora.backward()
+    lora_keys = sorted(k for k in lora_params if "lora_" in k)
+    assert lora_keys, "the adapter attached no LoRA layer"
+    picked = [k for k in lora_keys if any(m in k for m in ("layers.0.self_attn.q_proj", "blocks.0.attn.qkv",
+                                                         "merger.linear_fc1", "deepstack_merger_list.1.linear_fc1"))]
+    for k in picked:
+        tensors[f"lora_grad.{k.replace('.default', '')}"] = lora_params[k].grad.detach().clone().contiguous()
+
     save_file(tensors, os.path.join(ddir, "expected.safetensors"))
-    gen = (f"transformers {transformers.__version__}, torch {torch.__version__}, torchvision "
+    gen = (f"transformers {transformers.__version__}, peft {peft.__version__}, torch {torch.__version__}, torchvision "
            f"{torchvision.__version__}, pillow {PIL.__version__}, numpy {np.__version__}, float64 from bf16 "
            f"weights, eager attention, Qwen2VLImageProcessor (torchvision backend)")
     cases = dict(generator=gen, model="../qwen3_vl_4b/model", image="../../qwen2_5_vl/media/300x200.png",
                  question=QUESTION, chosen=CHOSEN, rejected=REJECTED, beta=BETA, prompt_len=plen,
-                 image_grid_thw=grid[0].tolist(), base_logps=[rc.item(), rr.item()], full_loss=loss.item())
+                 image_grid_thw=grid[0].tolist(), base_logps=[rc.item(), rr.item()], full_loss=loss.item(),
+                 lora_logps=[lc.item(), lr.item()], lora_loss=loss_lora.item(),
+                 lora_modules=sorted({k.split(".lora_")[0] for k in lora_keys}))
     json.dump(cases, open(os.path.join(ddir, "cases.json"), "w"), indent=1)
-    print(json.dumps(cases, indent=1))
+    print(json.dumps({k: v for k, v in cases.items() if k != "lora_modules"}, indent=1))
+    print("lora modules", len(cases["lora_modules"]), cases["lora_modules"][:3])
 
 
 if __name__ == "__main__":

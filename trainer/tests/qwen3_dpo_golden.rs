@@ -3,7 +3,9 @@
 //! on a 300x200 image tokenizes to transformers' ids, both answers' log-probs (M-RoPE positions,
 //! image features, deep-stack features added after the first decoder layers) and the DPO loss
 //! equal transformers', and the full-fine-tuning gradient of weights in the decoder (q/k norms
-//! included), the merger, a deep-stack merger and the vision tower equals torch autograd's.
+//! included), the merger, a deep-stack merger and the vision tower equals torch autograd's; a
+//! LoRA adapter our trainer wrote gives, loaded by `PeftModel`, the log-probs, loss and factor
+//! gradients we compute with it, on the modules PEFT attaches.
 
 mod common;
 #[path = "common/dpo_golden.rs"]
@@ -97,5 +99,43 @@ fn qwen3_dpo_logprobs_loss_and_gradients_match_transformers() -> Result<()> {
     assert!((loss - want_loss).abs() <= 1e-12);
     let worst = check_grads(&model.trained_vars()?, &grads, &want, "grad.")?;
     println!("full fine-tuning gradients: worst relative difference {worst:.2e}");
+    Ok(())
+}
+
+#[test]
+fn our_qwen3_lora_adapter_reproduces_peft_and_names_its_modules() -> Result<()> {
+    let c = cases()?;
+    let want = expected()?;
+    let tmp = tempfile::tempdir()?;
+    let mut model = VarMapModel::load(&model_dir(), DType::F64, &Device::Cpu, TrainParts::all())?;
+    model.load_lora(&fixtures().join("dpo/adapter"))?;
+    let data = golden_data(tmp.path(), &model)?;
+
+    check_logps("LoRA", policy_logps(&model, &data)?, pair(&c["lora_logps"]));
+    let obj = objective(
+        data,
+        pair(&c["base_logps"]),
+        c["beta"].as_f64().unwrap_or(0.1),
+    );
+    let (loss, grads) = loss_and_grads(&model, &obj)?;
+    let want_loss = c["lora_loss"].as_f64().unwrap_or(f64::NAN);
+    println!("LoRA DPO loss: ours {loss:.12}, peft {want_loss:.12}");
+    assert!((loss - want_loss).abs() <= 1e-6);
+    let worst = check_grads(&model.trained_vars()?, &grads, &want, "lora_grad.")?;
+    println!("LoRA factor gradients: worst relative difference {worst:.2e}");
+
+    let peft_modules: Vec<String> = c["lora_modules"]
+        .as_array()
+        .context("lora_modules")?
+        .iter()
+        .filter_map(|m| m.as_str().map(String::from))
+        .collect();
+    let mut ours: Vec<String> = model
+        .trained_vars()?
+        .into_iter()
+        .filter_map(|(k, _)| k.strip_suffix(".lora_A.weight").map(String::from))
+        .collect();
+    ours.sort();
+    assert_eq!(ours, peft_modules);
     Ok(())
 }

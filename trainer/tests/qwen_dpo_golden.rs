@@ -21,7 +21,6 @@ use serde_json::{json, Value};
 use unireward_trainer::checkpoint_keys::TrainParts;
 use unireward_trainer::data::dpo::DpoData;
 use unireward_trainer::data::Preparer;
-use unireward_trainer::logprob::{media_features, sequence_logprobs, to_f64_vec};
 use unireward_trainer::objectives::dpo::compute_reference;
 use unireward_trainer::varmap_model::{Architecture, VarMapModel};
 
@@ -70,18 +69,6 @@ fn golden_data(dir: &Path, model: &VarMapModel) -> Result<DpoData> {
     };
     let preparer = Preparer::qwen_vl(&model_dir(), cfg, dir.to_path_buf(), None)?;
     Ok(DpoData::read(&path, preparer)?)
-}
-
-/// The policy's (chosen, rejected) log-probs of the pair.
-fn policy_logps(model: &VarMapModel, data: &DpoData) -> Result<[f64; 2]> {
-    let ex = data.prepare(0)?;
-    let feats = media_features(model.model(), &ex.media)?;
-    let lp = sequence_logprobs(
-        model.model(),
-        &[(&ex.chosen, &feats), (&ex.rejected, &feats)],
-    )?;
-    let v = to_f64_vec(&lp)?;
-    Ok([v[0], v[1]])
 }
 
 #[test]

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
 use serde_json::Value;
 use unireward_trainer::data::dpo::DpoData;
+use unireward_trainer::logprob::{media_features, sequence_logprobs, to_f64_vec};
 use unireward_trainer::loss::dpo::{DpoLossKind, DpoParams};
 use unireward_trainer::objectives::{DpoObjective, Reference};
 use unireward_trainer::train_loop::Objective;
@@ -96,4 +97,16 @@ pub fn check_logps(what: &str, got: [f64; 2], want: [f64; 2]) {
         );
         assert!((g - w).abs() <= LOGPROB_TOL, "{what} {k}: {g} vs {w}");
     }
+}
+
+/// The policy's (chosen, rejected) log-probs of the pair.
+pub fn policy_logps(model: &VarMapModel, data: &DpoData) -> Result<[f64; 2]> {
+    let ex = data.prepare(0)?;
+    let feats = media_features(model.model(), &ex.media)?;
+    let lp = sequence_logprobs(
+        model.model(),
+        &[(&ex.chosen, &feats), (&ex.rejected, &feats)],
+    )?;
+    let v = to_f64_vec(&lp)?;
+    Ok([v[0], v[1]])
 }
