@@ -81,6 +81,25 @@ pub fn qwen_vl_keys(layout: &Qwen25VlLayout) -> KeyLayout {
     }
 }
 
+/// Qwen3-VL's key layout as training reads it (transformers 5's names, which the hub's files
+/// share): the vision transformer, its main merger's two linear layers as the projector (as
+/// Qwen2.5-VL's; the merger's norm and the deep-stack mergers, which feed the decoder's first
+/// layers rather than its input, stay with the tower), the Qwen3 body and the head (`tied`:
+/// none stored apart from the embeddings).
+pub fn qwen3_vl_keys(tied: bool) -> KeyLayout {
+    KeyLayout {
+        name: "Qwen3-VL (model.visual., model.language_model., lm_head)",
+        vision: "model.visual.".into(),
+        projector: [
+            "model.visual.merger.linear_fc1".into(),
+            "model.visual.merger.linear_fc2".into(),
+        ],
+        image_newline: String::new(),
+        decoder: "model.language_model.".into(),
+        lm_head: (!tied).then(|| "lm_head".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -424,6 +424,9 @@ impl Common {
             Architecture::QwenVl(cfg, _) => {
                 Preparer::qwen_vl(&self.model, cfg, self.media_root(data), self.max_length)?
             }
+            Architecture::Qwen3Vl(cfg, _) => {
+                Preparer::qwen_vl(&self.model, cfg, self.media_root(data), self.max_length)?
+            }
         })
     }
 }

@@ -15,6 +15,7 @@ use std::fmt;
 use candle_core::{DType, Device};
 
 use unireward_models::qwen2_5_vl::Qwen25VisionConfig;
+use unireward_models::qwen3_vl::Qwen3VisionConfig;
 
 use crate::varmap_model::{Architecture, VarMapModel};
 use crate::{Error, Result};
@@ -89,6 +90,7 @@ impl MemoryEstimate {
                     shape.tiles as u64 * p * v.num_hidden_layers as u64 * block.per_row(p)
                 }
                 Architecture::QwenVl(cfg, _) => qwen2_5_vl_tower(&cfg.vision, shape),
+                Architecture::Qwen3Vl(cfg, _) => qwen3_vl_tower(&cfg.vision, shape),
             }
         } else {
             0
@@ -183,6 +185,25 @@ fn qwen2_5_vl_tower(v: &Qwen25VisionConfig, shape: StepShape) -> u64 {
     let transient = if full > 0 { 2 * block.heads * frame } else { 0 };
     shape.tiles as u64
         * (full * block.per_row(frame) + windowed * block.per_row(window) + merger + transient)
+}
+
+/// Qwen3-VL's tower over `shape.tiles` patches: every block attends over a whole frame; the
+/// merger and each deep-stack merger keep a norm and their MLP per patch group; backward's
+/// transient as Qwen2.5-VL's (the same attention code).
+fn qwen3_vl_tower(v: &Qwen3VisionConfig, shape: StepShape) -> u64 {
+    let block = Block {
+        width: v.hidden_size as u64,
+        mlp: v.intermediate_size as u64,
+        heads: v.num_heads as u64,
+    };
+    let frame = shape.frame_patches.max(1) as u64;
+    let merge = (v.spatial_merge_size * v.spatial_merge_size) as u64;
+    let mergers = 1 + v.deepstack_visual_indexes.len() as u64;
+    let merger = mergers
+        * (v.hidden_size as u64
+            + (2 * merge * v.hidden_size as u64 + v.out_hidden_size as u64) / merge);
+    let transient = 2 * block.heads * frame;
+    shape.tiles as u64 * (v.depth as u64 * block.per_row(frame) + merger + transient)
 }
 
 fn gib(bytes: u64) -> String {

@@ -25,10 +25,13 @@ use candle_nn::{VarBuilder, VarMap};
 use unireward_models::checkpoint::{load_all, open_model_dir, Checkpoint, KeyLayout};
 use unireward_models::config::LlavaConfig;
 use unireward_models::decode::checkpointing::Checkpointing;
-use unireward_models::family::{build_llava, build_qwen2_5_vl, JudgeModel, ModelFamily};
+use unireward_models::family::{
+    build_llava, build_qwen2_5_vl, build_qwen3_vl, JudgeModel, ModelFamily,
+};
 use unireward_models::qwen2_5_vl::{Qwen25VlConfig, Qwen25VlLayout};
+use unireward_models::qwen3_vl::Qwen3VlConfig;
 
-use crate::checkpoint_keys::{part_of, qwen_vl_keys, Shapes, TrainParts};
+use crate::checkpoint_keys::{part_of, qwen3_vl_keys, qwen_vl_keys, Shapes, TrainParts};
 use crate::lora::{LoraAdapter, LoraConfig};
 use crate::{Error, Result};
 
@@ -37,7 +40,10 @@ use crate::{Error, Result};
 #[derive(Clone)]
 pub enum Architecture {
     Llava(LlavaConfig),
+    /// Qwen2.5-VL.
     QwenVl(Qwen25VlConfig, Qwen25VlLayout),
+    /// Qwen3-VL, dense; `true`: the head is the embeddings.
+    Qwen3Vl(Qwen3VlConfig, bool),
 }
 
 pub struct VarMapModel {
@@ -58,13 +64,6 @@ impl VarMapModel {
     /// Reads `config.json` and every tensor of the checkpoint in `dir`, converted to `dtype`.
     pub fn load(dir: &Path, dtype: DType, device: &Device, parts: TrainParts) -> Result<Self> {
         match ModelFamily::of_dir(dir)? {
-            // Refused by name, before any weight is read.
-            family @ ModelFamily::Qwen3Vl => Err(unireward_models::Error::Config(format!(
-                "{}: {}",
-                dir.join("config.json").display(),
-                family.not_trainable().unwrap_or_default()
-            ))
-            .into()),
             ModelFamily::LlavaOnevision => {
                 // As `LlavaOnevision::load`: config fixed up and checked against the stored
                 // shapes.
@@ -79,6 +78,20 @@ impl VarMapModel {
                 let tensors = load_all(&ckpt, device)?;
                 Self::with_architecture(
                     Architecture::QwenVl(cfg, layout),
+                    tensors,
+                    dtype,
+                    device,
+                    parts,
+                )
+            }
+            ModelFamily::Qwen3Vl => {
+                let cfg = Qwen3VlConfig::from_file(&dir.join("config.json"))?;
+                let ckpt = Checkpoint::open(dir)?;
+                // As `Qwen3Vl::load`: a checkpoint without a head is tied whatever its config.
+                let tied = cfg.text.tie_word_embeddings || !ckpt.contains("lm_head.weight");
+                let tensors = load_all(&ckpt, device)?;
+                Self::with_architecture(
+                    Architecture::Qwen3Vl(cfg, tied),
                     tensors,
                     dtype,
                     device,
@@ -123,6 +136,7 @@ impl VarMapModel {
                 ))
             }
             Architecture::QwenVl(_, layout) => qwen_vl_keys(layout),
+            Architecture::Qwen3Vl(_, tied) => qwen3_vl_keys(*tied),
         };
         Self::over_tensors(arch, layout, tensors, dtype, device, parts)
     }
@@ -170,8 +184,8 @@ impl VarMapModel {
     pub fn config(&self) -> Result<&LlavaConfig> {
         match &self.arch {
             Architecture::Llava(cfg) => Ok(cfg),
-            Architecture::QwenVl(..) => Err(Error::Config(
-                "a Qwen2.5-VL model has no LLaVA configuration".into(),
+            Architecture::QwenVl(..) | Architecture::Qwen3Vl(..) => Err(Error::Config(
+                "a Qwen-VL model has no LLaVA configuration".into(),
             )),
         }
     }
@@ -386,6 +400,7 @@ fn build_arch(
     Ok(match arch {
         Architecture::Llava(cfg) => build_llava(cfg.clone(), layout.clone(), vb)?,
         Architecture::QwenVl(cfg, layout) => build_qwen2_5_vl(cfg.clone(), layout, vb)?,
+        Architecture::Qwen3Vl(cfg, tied) => build_qwen3_vl(cfg.clone(), *tied, vb)?,
     })
 }
 

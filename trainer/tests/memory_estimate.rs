@@ -136,3 +136,39 @@ fn the_qwen2_5_vl_estimate_follows_patches_and_frames() -> Result<()> {
     assert!(wide.activations > trained.activations);
     Ok(())
 }
+
+/// Qwen3-VL (the 4b-shaped fixture): every block of its tower attends over a whole frame, so a
+/// larger frame of as many patches costs more; a frozen tower keeps nothing.
+#[test]
+fn the_qwen3_vl_estimate_follows_patches_and_frames() -> Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/qwen3_vl/qwen3_vl_4b/model");
+    let parts = |vision| TrainParts {
+        vision,
+        projector: true,
+        decoder: true,
+    };
+    let with_tower = VarMapModel::load(&dir, DType::F32, &Device::Cpu, parts(true))?;
+    let without = VarMapModel::load(&dir, DType::F32, &Device::Cpu, parts(false))?;
+    // Two 300x200 images: 14 x 20 patches of 16 px each after smart_resize.
+    let shape = StepShape {
+        rows: 2,
+        tokens: 400,
+        scored: 20,
+        tiles: 560,
+        frame_patches: 280,
+    };
+    let trained = MemoryEstimate::new(&with_tower, shape)?;
+    let frozen = MemoryEstimate::new(&without, shape)?;
+    println!("Qwen3-VL 4b-shaped, 2 x 400 tokens, 560 patches: {trained}; tower frozen: {frozen}");
+    assert!(trained.activations > frozen.activations);
+    let one_frame = MemoryEstimate::new(
+        &with_tower,
+        StepShape {
+            frame_patches: 560,
+            ..shape
+        },
+    )?;
+    assert!(one_frame.activations > trained.activations);
+    Ok(())
+}

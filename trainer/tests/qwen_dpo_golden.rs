@@ -7,31 +7,22 @@
 //! factor gradients we compute with it.
 
 mod common;
+#[path = "common/dpo_golden.rs"]
+mod dpo_golden;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use common::*;
+use dpo_golden::*;
 use serde_json::{json, Value};
 use unireward_trainer::checkpoint_keys::TrainParts;
 use unireward_trainer::data::dpo::DpoData;
 use unireward_trainer::data::Preparer;
-use unireward_trainer::logprob::{media_features, sequence_logprobs, to_f64_vec};
-use unireward_trainer::loss::dpo::{DpoLossKind, DpoParams};
 use unireward_trainer::objectives::dpo::compute_reference;
-use unireward_trainer::objectives::{DpoObjective, Reference};
-use unireward_trainer::train_loop::Objective;
-use unireward_trainer::trainee::Trainee;
 use unireward_trainer::varmap_model::{Architecture, VarMapModel};
-
-/// The task's bound on log-probs; the measured differences are printed.
-const LOGPROB_TOL: f64 = 1e-3;
-/// Gradients, relative to the tensor's largest entry. Both sides run in float64 but for the
-/// head: our decoder computes logits and their log-softmax in f32 at every dtype, which puts
-/// the log-probs ~1e-5 from transformers' float64 ones and the gradients ~2e-6 (measured).
-const GRAD_REL_TOL: f64 = 1e-5;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qwen2_5_vl")
@@ -59,10 +50,6 @@ fn expected() -> Result<HashMap<String, Tensor>> {
     )?)
 }
 
-fn pair(cases: &Value) -> [f64; 2] {
-    [0, 1].map(|i| cases[i].as_f64().unwrap_or(f64::NAN))
-}
-
 /// The golden pair as a data file the trainer reads, through the Qwen-VL preparer.
 fn golden_data(dir: &Path, model: &VarMapModel) -> Result<DpoData> {
     let c = cases()?;
@@ -82,91 +69,6 @@ fn golden_data(dir: &Path, model: &VarMapModel) -> Result<DpoData> {
     };
     let preparer = Preparer::qwen_vl(&model_dir(), cfg, dir.to_path_buf(), None)?;
     Ok(DpoData::read(&path, preparer)?)
-}
-
-fn objective(data: DpoData, reference: [f64; 2], beta: f64) -> DpoObjective {
-    DpoObjective {
-        data,
-        params: DpoParams {
-            beta,
-            loss: DpoLossKind::Sigmoid,
-            label_smoothing: 0.0,
-        },
-        sft_weight: 0.0,
-        reference: Reference::Precomputed(vec![reference]),
-    }
-}
-
-/// The policy's (chosen, rejected) log-probs of the pair.
-fn policy_logps(model: &VarMapModel, data: &DpoData) -> Result<[f64; 2]> {
-    let ex = data.prepare(0)?;
-    let feats = media_features(model.model(), &ex.media)?;
-    let lp = sequence_logprobs(
-        model.model(),
-        &[(&ex.chosen, &feats), (&ex.rejected, &feats)],
-    )?;
-    let v = to_f64_vec(&lp)?;
-    Ok([v[0], v[1]])
-}
-
-/// The DPO loss of the pair and its gradients.
-fn loss_and_grads(model: &VarMapModel, obj: &DpoObjective) -> Result<(f64, GradStore)> {
-    let batch = obj.prepare(&[0], 0)?.batch;
-    let fwd = obj.forward(Trainee::model(model), &batch)?;
-    let loss = fwd.loss_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    Ok((loss, fwd.loss_sum.backward()?))
-}
-
-fn max_abs(t: &Tensor) -> Result<f64> {
-    Ok(t.abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_dtype(DType::F64)?
-        .to_scalar()?)
-}
-
-/// Each golden gradient `prefix.<name>` against ours for the variable of that name; returns
-/// the worst relative difference.
-fn check_grads(
-    vars: &[(String, Var)],
-    grads: &GradStore,
-    want: &HashMap<String, Tensor>,
-    prefix: &str,
-) -> Result<f64> {
-    let mut worst: f64 = 0.0;
-    let mut n = 0;
-    for (key, expected) in want.iter().filter(|(k, _)| k.starts_with(prefix)) {
-        let name = &key[prefix.len()..];
-        let (_, var) = vars
-            .iter()
-            .find(|(k, _)| k == name)
-            .with_context(|| format!("no trained variable {name}"))?;
-        let got = grads
-            .get(var.as_tensor())
-            .with_context(|| format!("no gradient for {name}"))?;
-        let scale = max_abs(expected)?;
-        let rel = max_abs(&(got.to_dtype(DType::F64)? - expected.to_dtype(DType::F64)?)?)? / scale;
-        println!("{name}: max |grad| {scale:.3e}, relative difference {rel:.2e}");
-        assert!(scale > 0.0, "{name}: the golden gradient is zero");
-        worst = worst.max(rel);
-        n += 1;
-    }
-    assert!(n >= 2, "the golden holds {n} gradient(s) under {prefix}");
-    assert!(
-        worst <= GRAD_REL_TOL,
-        "{prefix}: relative difference {worst:.3e}"
-    );
-    Ok(worst)
-}
-
-fn check_logps(what: &str, got: [f64; 2], want: [f64; 2]) {
-    for (k, (g, w)) in ["chosen", "rejected"].iter().zip(got.iter().zip(want)) {
-        println!(
-            "{what} {k}: ours {g:.10}, transformers {w:.10}, diff {:.2e}",
-            (g - w).abs()
-        );
-        assert!((g - w).abs() <= LOGPROB_TOL, "{what} {k}: {g} vs {w}");
-    }
 }
 
 #[test]

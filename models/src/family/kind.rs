@@ -17,8 +17,8 @@ pub enum ModelFamily {
     /// Qwen3-VL, dense (`Qwen3VLForConditionalGeneration`): vision transformer with deep-stack
     /// features → Qwen3 decoder with q/k norms and interleaved M-RoPE
     /// (UnifiedReward-2.0-qwen3vl-*, UnifiedReward-Think-qwen3vl-*). The model is
-    /// [`crate::qwen3_vl::Qwen3Vl`]; the engine runs it through its Qwen-VL `Decoder`; the
-    /// trainer does not take it yet.
+    /// [`crate::qwen3_vl::Qwen3Vl`]; the trainer runs it through the family seam, the engine
+    /// through its Qwen-VL `Decoder`.
     Qwen3Vl,
 }
 
@@ -46,17 +46,6 @@ impl ModelFamily {
                  pairs` and `engine serve` run them, on candle); {what} takes LLaVA-OneVision \
                  judges (UnifiedReward-7b, -7b-v1.5, -0.5b)"
             )),
-        }
-    }
-
-    /// Why the trainer cannot take this family yet; `None` when it can.
-    pub fn not_trainable(self) -> Option<&'static str> {
-        match self {
-            ModelFamily::LlavaOnevision | ModelFamily::Qwen25Vl => None,
-            ModelFamily::Qwen3Vl => Some(
-                "Qwen3-VL checkpoints cannot be trained yet (the training forwards behind the \
-                 family seam are LLaVA-OneVision's and Qwen2.5-VL's); the engine scores them",
-            ),
         }
     }
 

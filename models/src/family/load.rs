@@ -11,6 +11,7 @@ use crate::checkpoint::KeyLayout;
 use crate::config::LlavaConfig;
 use crate::llava::LlavaOnevision;
 use crate::qwen2_5_vl::{Qwen25Vl, Qwen25VlConfig, Qwen25VlLayout};
+use crate::qwen3_vl::{Qwen3Vl, Qwen3VlConfig};
 use crate::Result;
 
 impl ModelFamily {
@@ -19,11 +20,7 @@ impl ModelFamily {
         match self {
             ModelFamily::LlavaOnevision => Ok(Box::new(LlavaOnevision::load(dir, dtype, device)?)),
             ModelFamily::Qwen25Vl => Ok(Box::new(Qwen25Vl::load(dir, dtype, device)?)),
-            ModelFamily::Qwen3Vl => Err(crate::Error::Config(format!(
-                "{}: {}",
-                dir.join("config.json").display(),
-                self.not_trainable().unwrap_or_default()
-            ))),
+            ModelFamily::Qwen3Vl => Ok(Box::new(Qwen3Vl::load(dir, dtype, device)?)),
         }
     }
 }
@@ -51,4 +48,14 @@ pub fn build_qwen2_5_vl(
     vb: VarBuilder,
 ) -> Result<Box<dyn JudgeModel>> {
     Ok(Box::new(Qwen25Vl::new(cfg, layout, vb)?))
+}
+
+/// Builds a Qwen3-VL model from any weight source in its checkpoints' key layout (a
+/// checkpoint, or a `VarMap` for training); `tied`: the head is the embeddings.
+pub fn build_qwen3_vl(
+    cfg: Qwen3VlConfig,
+    tied: bool,
+    vb: VarBuilder,
+) -> Result<Box<dyn JudgeModel>> {
+    Ok(Box::new(Qwen3Vl::new(cfg, tied, vb)?))
 }

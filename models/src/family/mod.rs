@@ -16,4 +16,4 @@ mod load;
 pub use detect::UnsupportedFamily;
 pub use judge_model::{JudgeMedia, JudgeModel};
 pub use kind::ModelFamily;
-pub use load::{build_llava, build_qwen2_5_vl, load_judge};
+pub use load::{build_llava, build_qwen2_5_vl, build_qwen3_vl, load_judge};

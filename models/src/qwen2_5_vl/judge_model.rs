@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{continuation_positions, Qwen25Vl};
+use super::{continuation_positions, padded_positions, Qwen25Vl};
 use crate::config::{LlavaConfig, TextConfig};
 use crate::decode::checkpointing::Checkpointing;
 use crate::decode::KvCache;
@@ -16,9 +16,10 @@ use crate::pack::MediaFeatures;
 use crate::tokenize::Tokenized;
 use crate::{Error, Result};
 
-fn no_tiles(what: &str) -> Error {
+/// Why a Qwen-VL model refuses LLaVA's tile-shaped calls.
+pub(crate) fn no_tiles(family: &str, what: &str) -> Error {
     Error::Media(format!(
-        "Qwen2.5-VL encodes each image or video with its patch grid, not as {what}; use \
+        "{family} encodes each image or video with its patch grid, not as {what}; use \
          media_features"
     ))
 }
@@ -54,15 +55,15 @@ impl JudgeModel for Qwen25Vl {
     }
 
     fn encode_tiles(&self, _: &Tensor) -> Result<Tensor> {
-        Err(no_tiles("tiles"))
+        Err(no_tiles("Qwen2.5-VL", "tiles"))
     }
 
     fn pack_image(&self, _: &Tensor, _: (u32, u32)) -> Result<Tensor> {
-        Err(no_tiles("packed tiles"))
+        Err(no_tiles("Qwen2.5-VL", "packed tiles"))
     }
 
     fn pack_video(&self, _: &Tensor) -> Result<Tensor> {
-        Err(no_tiles("pooled frames"))
+        Err(no_tiles("Qwen2.5-VL", "pooled frames"))
     }
 
     fn media_features(&self, media: &JudgeMedia) -> Result<MediaFeatures> {
@@ -100,27 +101,11 @@ impl JudgeModel for Qwen25Vl {
                 seqs.len()
             )));
         }
-        // Padding sits after each row's tokens and the mask is causal, so whatever positions
-        // it gets never reach a real token; it continues the row's last position.
-        let mut flat = vec![0u32; 3 * b * t];
-        for (row, (tokens, media)) in seqs.iter().enumerate() {
-            let pos = self.positions(tokens, &media.image_grids, &media.video_grids)?;
-            let n = tokens.ids.len();
-            if n > t {
-                return Err(Error::Input(format!(
-                    "a sequence of {n} tokens in rows of {t} embeddings"
-                )));
-            }
-            for (axis, values) in pos.axes.iter().enumerate() {
-                let last = values.last().copied().unwrap_or(0);
-                let out = &mut flat[(axis * b + row) * t..(axis * b + row + 1) * t];
-                out[..n].copy_from_slice(values);
-                for (k, p) in out[n..].iter_mut().enumerate() {
-                    *p = last + 1 + k as u32;
-                }
-            }
-        }
-        let positions = Tensor::from_vec(flat, (3, b, t), self.device())?;
+        let rows = seqs
+            .iter()
+            .map(|(tokens, media)| self.positions(tokens, &media.image_grids, &media.video_grids))
+            .collect::<Result<Vec<_>>>()?;
+        let positions = padded_positions(&rows, t, self.device())?;
         self.decoder().forward(embeds, &positions, None, None)
     }
 

@@ -4,7 +4,7 @@
 //! 3-D M-RoPE positions (`positions`).
 
 pub mod config;
-mod judge_model;
+pub(crate) mod judge_model;
 pub mod media;
 pub mod positions;
 
@@ -25,7 +25,7 @@ use media::stacked_pixels;
 
 pub use config::{Qwen25VisionConfig, Qwen25VlConfig};
 pub use media::{QwenMedia, QwenVideo, QwenVideos, QwenVision, QwenVisionFeatures};
-pub use positions::{continuation_positions, MediaGrid, RopePositions};
+pub use positions::{continuation_positions, padded_positions, MediaGrid, RopePositions};
 
 /// Where the parts live in a checkpoint's key space.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -114,6 +114,32 @@ impl RopePositions {
     }
 }
 
+/// Positions [3, B, T] of `rows` right-padded to `t` tokens, what a training forward over a
+/// batch of whole sequences runs at. Padding sits after each row's tokens and the mask is
+/// causal, so whatever positions it gets never reach a real token; it continues the row's last
+/// position.
+pub fn padded_positions(rows: &[RopePositions], t: usize, device: &Device) -> Result<Tensor> {
+    let b = rows.len();
+    let mut flat = vec![0u32; 3 * b * t];
+    for (row, pos) in rows.iter().enumerate() {
+        let n = pos.axes[0].len();
+        if n > t {
+            return Err(Error::Input(format!(
+                "a sequence of {n} tokens in rows of {t} embeddings"
+            )));
+        }
+        for (axis, values) in pos.axes.iter().enumerate() {
+            let last = values.last().copied().unwrap_or(0);
+            let out = &mut flat[(axis * b + row) * t..(axis * b + row + 1) * t];
+            out[..n].copy_from_slice(values);
+            for (k, p) in out[n..].iter_mut().enumerate() {
+                *p = last + 1 + k as u32;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(flat, (3, b, t), device)?)
+}
+
 /// Positions [3, B, T] for `t` tokens after `past` cached ones of a prompt with `delta`:
 /// every axis at past + delta + i, as transformers continues after the prompt.
 pub fn continuation_positions(

@@ -11,6 +11,7 @@
 //! Pillow one. Image positions are Qwen2.5-VL's ([`RopePositions`]).
 
 pub mod config;
+mod judge_model;
 pub mod vision;
 
 use std::path::Path;

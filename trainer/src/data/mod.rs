@@ -18,6 +18,7 @@ use unireward_models::preprocess::{
     AnyresGeometry, MediaLoader, MediaRequest, QwenVlProcessor, VideoSource,
 };
 use unireward_models::qwen2_5_vl::{Qwen25VlConfig, QwenMedia, QwenVideo, QwenVideos};
+use unireward_models::qwen3_vl::Qwen3VlConfig;
 use unireward_models::tokenize::{PromptTokenizer, IMAGE_MARKER, VIDEO_MARKER};
 
 use crate::logprob::ScoredSequence;
@@ -94,12 +95,51 @@ pub enum MediaProcessor {
         loader: Box<MediaLoader>,
         geometry: AnyresGeometry,
     },
-    /// Qwen2.5-VL: `smart_resize` patches, a video as one item of its frames (what
-    /// `inference_qwen` sends), each medium `merge`² patches a token.
+    /// Qwen-VL: `smart_resize` patches, a video as one item of its frames (what
+    /// `inference_qwen` sends; Qwen3-VL has no video items: `video_items` false), each medium
+    /// `merge`² patches a token.
     QwenVl {
         processor: QwenVlProcessor,
         merge: usize,
+        video_items: bool,
     },
+}
+
+/// What the preparer reads of a Qwen-VL config, either family's.
+#[derive(Debug, Clone, Copy)]
+pub struct QwenVlGeometry {
+    pub image_token_id: u32,
+    pub video_token_id: u32,
+    pub merge: usize,
+    /// The decoder's context: the default longest sequence.
+    pub context: usize,
+    /// Whether the model reads a video as one item of its frames.
+    pub video_items: bool,
+}
+
+impl From<&Qwen25VlConfig> for QwenVlGeometry {
+    fn from(cfg: &Qwen25VlConfig) -> Self {
+        Self {
+            image_token_id: cfg.image_token_id,
+            video_token_id: cfg.video_token_id,
+            merge: cfg.vision.spatial_merge_size,
+            context: cfg.text.max_position_embeddings,
+            video_items: true,
+        }
+    }
+}
+
+impl From<&Qwen3VlConfig> for QwenVlGeometry {
+    fn from(cfg: &Qwen3VlConfig) -> Self {
+        Self {
+            image_token_id: cfg.image_token_id,
+            video_token_id: cfg.video_token_id,
+            merge: cfg.vision.spatial_merge_size,
+            context: cfg.text.max_position_embeddings,
+            // Its video items (timestamped frames) are not built (`qwen3_vl`).
+            video_items: false,
+        }
+    }
 }
 
 impl Preparer {
@@ -122,27 +162,30 @@ impl Preparer {
         })
     }
 
-    /// For the Qwen2.5-VL checkpoint in `model_dir`: its tokenizer with the media pads, and
-    /// its processor (`preprocessor_config.json`, as `engine score` reads it).
+    /// For the Qwen-VL checkpoint (Qwen2.5-VL or Qwen3-VL) in `model_dir`: its tokenizer with
+    /// the media pads its config names, and its processor (`preprocessor_config.json`, as
+    /// `engine score` reads it).
     pub fn qwen_vl(
         model_dir: &Path,
-        cfg: &Qwen25VlConfig,
+        cfg: impl Into<QwenVlGeometry>,
         media_root: PathBuf,
         max_length: Option<usize>,
     ) -> Result<Self> {
+        let geometry = cfg.into();
         let processor = QwenVlProcessor::from_model_dir(model_dir)?;
         Ok(Self {
             tokenizer: PromptTokenizer::load_qwen_vl(
                 model_dir,
-                cfg.image_token_id,
-                cfg.video_token_id,
+                geometry.image_token_id,
+                geometry.video_token_id,
             )?,
             media: MediaProcessor::QwenVl {
                 processor,
-                merge: cfg.vision.spatial_merge_size,
+                merge: geometry.merge,
+                video_items: geometry.video_items,
             },
             media_root,
-            max_length: max_length.unwrap_or(cfg.text.max_position_embeddings),
+            max_length: max_length.unwrap_or(geometry.context),
         })
     }
 
@@ -185,6 +228,14 @@ impl Preparer {
             MediaProcessor::Llava { loader, .. } => {
                 loader.load(req, &self.media_root).map(JudgeMedia::Llava)
             }
+            // Refused when the data is read rather than at the record's first step.
+            MediaProcessor::QwenVl {
+                video_items: false, ..
+            } if !req.videos.is_empty() => Err(unireward_models::Error::Media(
+                "this model (Qwen3-VL) has no video items and the trainer does not yet send a \
+                 video as sampled frames; give its frames as images"
+                    .into(),
+            )),
             MediaProcessor::QwenVl { processor, .. } => {
                 QwenMedia::read(processor, req, &self.media_root, QwenVideos::Items)
                     .map(JudgeMedia::QwenVl)

@@ -52,9 +52,17 @@ fn qwen_vl_modules() -> KeyLayout {
     }
 }
 
-/// The module names of the family whose checkpoint keys follow `layout`.
+/// The module names of the family whose checkpoint keys follow `layout`. Transformers 5's
+/// Qwen-VL keys (both families: Qwen3-VL's `merger.linear_fc{1,2}` and
+/// `deepstack_merger_list.N`, `model.language_model.layers.N.self_attn.{q,k}_norm`) are its
+/// module paths; the hub's Qwen2.5-VL keys are renamed to them.
 fn modules_of(layout: &KeyLayout) -> KeyLayout {
-    if QWEN_VL_VISION.contains(&layout.vision.as_str()) {
+    if layout.vision == QWEN_VL_VISION[0] {
+        KeyLayout {
+            lm_head: Some("lm_head".into()),
+            ..layout.clone()
+        }
+    } else if layout.vision == QWEN_VL_VISION[1] {
         qwen_vl_modules()
     } else {
         transformers_modules()
