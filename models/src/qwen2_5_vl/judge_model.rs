@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use super::{continuation_positions, padded_positions, Qwen25Vl};
 use crate::config::{LlavaConfig, TextConfig};
 use crate::decode::checkpointing::Checkpointing;
-use crate::decode::KvCache;
+use crate::decode::{KvCache, Qwen2};
 use crate::family::judge_model::{JudgeMedia, JudgeModel};
 use crate::family::kind::ModelFamily;
 use crate::pack::MediaFeatures;
@@ -17,20 +17,46 @@ use crate::tokenize::Tokenized;
 use crate::{Error, Result};
 
 /// Why a Qwen-VL model refuses LLaVA's tile-shaped calls.
+/// Text tokens [B, T, D] after `cache` (whose history holds no media that would shift them)
+/// through a Qwen-VL decoder: every M-RoPE axis advances together; with `rows` [B, P], only
+/// those rows.
+pub(crate) fn text_hidden_states(
+    decoder: &Qwen2,
+    embeds: &Tensor,
+    cache: Option<&mut KvCache>,
+    rows: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, t, _) = embeds.dims3()?;
+    let past = cache.as_ref().map_or(0, |c| c.len());
+    let positions = continuation_positions(b, t, past, 0, embeds.device())?;
+    match rows {
+        Some(rows) => decoder.forward_at(embeds, &positions, None, cache, rows),
+        None => decoder.forward(embeds, &positions, None, cache),
+    }
+}
+
+/// Text at 1-D `positions` [B, T] under `mask` through a Qwen-VL decoder: every M-RoPE axis
+/// takes the same position.
+pub(crate) fn masked_text_hidden_states(
+    decoder: &Qwen2,
+    embeds: &Tensor,
+    positions: &Tensor,
+    mask: &Tensor,
+    cache: Option<&mut KvCache>,
+) -> Result<Tensor> {
+    let (b, t) = positions.dims2()?;
+    let positions = positions
+        .unsqueeze(0)?
+        .broadcast_as((3, b, t))?
+        .contiguous()?;
+    decoder.forward(embeds, &positions, Some(mask), cache)
+}
+
 pub(crate) fn no_tiles(family: &str, what: &str) -> Error {
     Error::Media(format!(
         "{family} encodes each image or video with its patch grid, not as {what}; use \
          media_features"
     ))
-}
-
-impl Qwen25Vl {
-    /// Positions [3, B, T] of text tokens after `past` cached ones (no media in the cache
-    /// shifts them: the trainer's caches hold text only).
-    fn text_positions(&self, embeds: &Tensor, past: usize) -> Result<Tensor> {
-        let (b, t, _) = embeds.dims3()?;
-        continuation_positions(b, t, past, 0, &self.device)
-    }
 }
 
 impl JudgeModel for Qwen25Vl {
@@ -84,9 +110,7 @@ impl JudgeModel for Qwen25Vl {
     }
 
     fn hidden_states(&self, embeds: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        let positions = self.text_positions(embeds, past)?;
-        self.decoder().forward(embeds, &positions, None, cache)
+        text_hidden_states(self.decoder(), embeds, cache, None)
     }
 
     fn sequence_hidden_states(
@@ -115,10 +139,7 @@ impl JudgeModel for Qwen25Vl {
         cache: Option<&mut KvCache>,
         rows: &Tensor,
     ) -> Result<Tensor> {
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        let positions = self.text_positions(embeds, past)?;
-        self.decoder()
-            .forward_at(embeds, &positions, None, cache, rows)
+        text_hidden_states(self.decoder(), embeds, cache, Some(rows))
     }
 
     fn hidden_states_masked(
@@ -128,14 +149,7 @@ impl JudgeModel for Qwen25Vl {
         mask: &Tensor,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        // Text positions advance all three M-RoPE axes together.
-        let (b, t) = positions.dims2()?;
-        let positions = positions
-            .unsqueeze(0)?
-            .broadcast_as((3, b, t))?
-            .contiguous()?;
-        self.decoder()
-            .forward(embeds, &positions, Some(mask), cache)
+        masked_text_hidden_states(self.decoder(), embeds, positions, mask, cache)
     }
 
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {

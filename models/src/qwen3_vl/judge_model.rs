@@ -15,8 +15,8 @@ use crate::decode::KvCache;
 use crate::family::judge_model::{JudgeMedia, JudgeModel};
 use crate::family::kind::ModelFamily;
 use crate::pack::{merge_deepstack, merge_media, MediaFeatures};
-use crate::qwen2_5_vl::judge_model::no_tiles;
-use crate::qwen2_5_vl::{continuation_positions, padded_positions};
+use crate::qwen2_5_vl::judge_model::{masked_text_hidden_states, no_tiles, text_hidden_states};
+use crate::qwen2_5_vl::padded_positions;
 use crate::tokenize::Tokenized;
 use crate::{Error, Result};
 
@@ -120,10 +120,7 @@ impl JudgeModel for Qwen3Vl {
     }
 
     fn hidden_states(&self, embeds: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (b, t, _) = embeds.dims3()?;
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        let positions = continuation_positions(b, t, past, 0, &self.device)?;
-        self.decoder.forward(embeds, &positions, None, cache)
+        text_hidden_states(&self.decoder, embeds, cache, None)
     }
 
     fn sequence_hidden_states(
@@ -153,11 +150,7 @@ impl JudgeModel for Qwen3Vl {
         cache: Option<&mut KvCache>,
         rows: &Tensor,
     ) -> Result<Tensor> {
-        let (b, t, _) = embeds.dims3()?;
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        let positions = continuation_positions(b, t, past, 0, &self.device)?;
-        self.decoder
-            .forward_at(embeds, &positions, None, cache, rows)
+        text_hidden_states(&self.decoder, embeds, cache, Some(rows))
     }
 
     fn hidden_states_masked(
@@ -167,13 +160,7 @@ impl JudgeModel for Qwen3Vl {
         mask: &Tensor,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        // Text positions advance all three M-RoPE axes together.
-        let (b, t) = positions.dims2()?;
-        let positions = positions
-            .unsqueeze(0)?
-            .broadcast_as((3, b, t))?
-            .contiguous()?;
-        self.decoder.forward(embeds, &positions, Some(mask), cache)
+        masked_text_hidden_states(&self.decoder, embeds, positions, mask, cache)
     }
 
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
