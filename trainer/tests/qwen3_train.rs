@@ -5,6 +5,8 @@
 //! As `qwen_train.rs` does for Qwen2.5-VL.
 
 mod common;
+#[path = "common/qwen_reward.rs"]
+mod qwen_reward;
 
 use std::path::{Path, PathBuf};
 
@@ -14,11 +16,8 @@ use common::*;
 use serde_json::{json, Value};
 use unireward_models::family::{load_judge, ModelFamily};
 use unireward_trainer::checkpoint_keys::TrainParts;
-use unireward_trainer::data::reward::RewardData;
-use unireward_trainer::data::Preparer;
 use unireward_trainer::lora::LoraConfig;
-use unireward_trainer::objectives::reward::mean_nll;
-use unireward_trainer::varmap_model::{Architecture, VarMapModel};
+use unireward_trainer::varmap_model::VarMapModel;
 
 fn qwen3_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qwen3_vl/qwen3_vl_4b/model")
@@ -217,80 +216,10 @@ fn resumed_qwen3_dpo_run_repeats_the_uninterrupted_one() -> Result<()> {
     Ok(())
 }
 
-fn judge_records(prompts: &[&str]) -> Vec<Value> {
-    prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            json!({
-                "id": format!("judge-{i}"),
-                "image": media(IMAGES[i % 2]),
-                "conversations": [
-                    {"from": "human", "value": format!("<image>\n{p}")},
-                    {"from": "gpt", "value": "Final Score: 4"}
-                ]
-            })
-        })
-        .collect()
-}
-
-fn held_out_nll(model_dir: &Path, data: &Path, root: &Path) -> Result<f64> {
-    let model = VarMapModel::load(model_dir, DType::F32, &Device::Cpu, TrainParts::all())?;
-    let Architecture::Qwen3Vl(cfg, _) = model.architecture() else {
-        anyhow::bail!("not a Qwen3-VL checkpoint");
-    };
-    let prep = Preparer::qwen_vl(model_dir, cfg, root.into(), None)?;
-    Ok(mean_nll(model.model(), &RewardData::read(data, prep)?, 2)?)
-}
-
 #[test]
 fn qwen3_reward_training_lowers_held_out_loss() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let (train, held_out) = (tmp.path().join("train.json"), tmp.path().join("held.json"));
-    let train_prompts = [
-        "Rate the image.",
-        "Score this picture.",
-        "How good is it?",
-        "Judge the image quality.",
-        "Give the image a score.",
-        "Evaluate this image.",
-    ];
-    std::fs::write(
-        &train,
-        serde_json::to_string(&judge_records(&train_prompts))?,
-    )?;
-    std::fs::write(
-        &held_out,
-        serde_json::to_string(&judge_records(&["Please rate it.", "Your score?"]))?,
-    )?;
-    let model = qwen3_model();
-    let before = held_out_nll(&model, &held_out, tmp.path())?;
-    let out = tmp.path().join("run");
-    trainer(&[
-        "reward",
-        "--model",
-        path_str(&model),
-        "--data",
-        path_str(&train),
-        "--out",
-        path_str(&out),
-        "--eval-data",
-        path_str(&held_out),
-        "--max-steps",
-        "6",
-        "--batch-size",
-        "2",
-        "--lr",
-        "1e-3",
-        "--no-progress",
-    ])?;
-    let lines = metrics(&out)?;
-    let (first, last) = (num(&lines[0], "loss"), num(&lines[lines.len() - 1], "loss"));
-    let after = held_out_nll(&out, &held_out, tmp.path())?;
-    let logged = num(&lines[lines.len() - 1], "eval_loss");
-    println!("train loss {first:.4} -> {last:.4}; held-out loss {before:.4} -> {after:.4} (logged {logged:.4})");
-    assert!(last < first, "train loss {first} -> {last}");
-    assert!(after < before, "held-out loss {before} -> {after}");
-    assert!((after - logged).abs() < 1e-4, "{after} vs logged {logged}");
-    Ok(())
+    qwen_reward::reward_training_lowers_held_out_loss(
+        &qwen3_model(),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qwen2_5_vl/media"),
+    )
 }
