@@ -10,142 +10,38 @@ mod common;
 #[path = "common/dpo_golden.rs"]
 mod dpo_golden;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
-use common::*;
-use dpo_golden::*;
-use serde_json::{json, Value};
+use candle_core::{DType, Device};
+use dpo_golden::{adapted_modules, QwenGolden};
 use unireward_trainer::checkpoint_keys::TrainParts;
-use unireward_trainer::data::dpo::DpoData;
-use unireward_trainer::data::Preparer;
-use unireward_trainer::objectives::dpo::compute_reference;
-use unireward_trainer::varmap_model::{Architecture, VarMapModel};
+use unireward_trainer::varmap_model::VarMapModel;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qwen2_5_vl")
-}
-
-fn model_dir() -> PathBuf {
-    fixtures().join("qwen2_5_vl_7b/model")
-}
-
-fn adapter_dir() -> PathBuf {
-    fixtures().join("dpo/adapter")
-}
-
-fn cases() -> Result<Value> {
-    let path = fixtures().join("dpo/cases.json");
-    Ok(serde_json::from_str(
-        &std::fs::read_to_string(&path).context("dpo/cases.json")?,
-    )?)
-}
-
-fn expected() -> Result<HashMap<String, Tensor>> {
-    Ok(candle_core::safetensors::load(
-        fixtures().join("dpo/expected.safetensors"),
-        &Device::Cpu,
-    )?)
-}
-
-/// The golden pair as a data file the trainer reads, through the Qwen-VL preparer.
-fn golden_data(dir: &Path, model: &VarMapModel) -> Result<DpoData> {
-    let c = cases()?;
-    let image = fixtures().join("media/300x200.png");
-    let path = dir.join("pairs.jsonl");
-    write_jsonl(
-        &path,
-        &[json!({
-            "id": "golden",
-            "prompt": format!("<image>\n{}", c["question"].as_str().unwrap_or_default()),
-            "chosen": c["chosen"], "rejected": c["rejected"],
-            "image": path_str(&image),
-        })],
-    )?;
-    let Architecture::QwenVl(cfg, _) = model.architecture() else {
-        anyhow::bail!("the fixture is not Qwen2.5-VL");
-    };
-    let preparer = Preparer::qwen_vl(&model_dir(), cfg, dir.to_path_buf(), None)?;
-    Ok(DpoData::read(&path, preparer)?)
+fn golden() -> QwenGolden {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qwen2_5_vl");
+    QwenGolden {
+        dir: fixtures.join("dpo"),
+        model: fixtures.join("qwen2_5_vl_7b/model"),
+        image: fixtures.join("media/300x200.png"),
+    }
 }
 
 #[test]
 fn dpo_logprobs_loss_and_gradients_match_transformers() -> Result<()> {
-    let c = cases()?;
-    let want = expected()?;
-    let tmp = tempfile::tempdir()?;
-    let model = VarMapModel::load(&model_dir(), DType::F64, &Device::Cpu, TrainParts::all())?;
-    let data = golden_data(tmp.path(), &model)?;
-
-    // Tokens: the processor's expansion of the image item, answers tokenized apart.
-    let ex = data.prepare(0)?;
-    let plen = c["prompt_len"].as_u64().unwrap_or(0) as usize;
-    for (seq, key) in [(&ex.chosen, "chosen"), (&ex.rejected, "rejected")] {
-        let ids: Vec<u32> = want[&format!("{key}.input_ids")]
-            .to_dtype(DType::U32)?
-            .to_vec1()?;
-        assert_eq!(seq.tokens.ids, ids, "{key} ids");
-        let first = seq.targets.iter().position(|&t| t);
-        assert_eq!(first, Some(plen), "{key}: scored from the answer on");
-    }
-
-    let base = compute_reference(model.model(), &data, 1, false)?;
-    check_logps("base", base[0], pair(&c["base_logps"]));
-
-    // Full fine-tuning at the start (policy = reference, ours as transformers' was its own):
-    // ln 2, with a gradient everywhere.
-    let obj = objective(data, base[0], c["beta"].as_f64().unwrap_or(0.1));
-    let (loss, grads) = loss_and_grads(&model, &obj)?;
-    let want_loss = c["full_loss"].as_f64().unwrap_or(f64::NAN);
-    println!("full fine-tuning loss: ours {loss:.12}, transformers {want_loss:.12}");
-    assert!((loss - want_loss).abs() <= 1e-12);
-    let worst = check_grads(&model.trained_vars()?, &grads, &want, "grad.")?;
-    println!("full fine-tuning gradients: worst relative difference {worst:.2e}");
-    Ok(())
+    golden().check_full_fine_tuning()
 }
 
 #[test]
 fn our_lora_adapter_reproduces_peft_and_names_its_modules() -> Result<()> {
-    let c = cases()?;
-    let want = expected()?;
-    let tmp = tempfile::tempdir()?;
-    let mut model = VarMapModel::load(&model_dir(), DType::F64, &Device::Cpu, TrainParts::all())?;
-    model.load_lora(&adapter_dir())?;
-    let data = golden_data(tmp.path(), &model)?;
-
-    // PeftModel's log-probs with the adapter our trainer wrote.
-    check_logps("LoRA", policy_logps(&model, &data)?, pair(&c["lora_logps"]));
-    let obj = objective(
-        data,
-        pair(&c["base_logps"]),
-        c["beta"].as_f64().unwrap_or(0.1),
-    );
-    let (loss, grads) = loss_and_grads(&model, &obj)?;
-    let want_loss = c["lora_loss"].as_f64().unwrap_or(f64::NAN);
-    println!("LoRA DPO loss: ours {loss:.12}, peft {want_loss:.12}");
-    assert!((loss - want_loss).abs() <= 1e-6);
-    let worst = check_grads(&model.trained_vars()?, &grads, &want, "lora_grad.")?;
-    println!("LoRA factor gradients: worst relative difference {worst:.2e}");
-
+    let golden = golden();
+    let (model, peft_modules) = golden.check_lora()?;
     // The adapter names what PeftModel attached (transformers 5's module paths), and a fresh
     // adapter of the same settings names the same modules today.
-    let peft_modules: Vec<String> = c["lora_modules"]
-        .as_array()
-        .context("lora_modules")?
-        .iter()
-        .filter_map(|m| m.as_str().map(String::from))
-        .collect();
     let config = model.lora().context("adapter")?.config().clone();
-    let mut fresh = VarMapModel::load(&model_dir(), DType::F64, &Device::Cpu, TrainParts::all())?;
+    let mut fresh = VarMapModel::load(&golden.model, DType::F64, &Device::Cpu, TrainParts::all())?;
     fresh.add_lora(&config, 1)?;
-    let mut ours: Vec<String> = fresh
-        .trained_vars()?
-        .into_iter()
-        .filter_map(|(k, _)| k.strip_suffix(".lora_A.weight").map(String::from))
-        .collect();
-    ours.sort();
+    let ours = adapted_modules(&fresh)?;
     assert_eq!(ours, peft_modules);
     assert!(ours.iter().any(|m| m.contains("model.visual.")), "{ours:?}");
     assert!(
