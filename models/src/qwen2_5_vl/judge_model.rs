@@ -118,18 +118,11 @@ impl JudgeModel for Qwen25Vl {
         embeds: &Tensor,
         seqs: &[(&Tokenized, &MediaFeatures)],
     ) -> Result<Tensor> {
-        let (b, t, _) = embeds.dims3()?;
-        if seqs.len() != b {
-            return Err(Error::Input(format!(
-                "{} sequences for {b} rows of embeddings",
-                seqs.len()
-            )));
-        }
         let rows = seqs
             .iter()
             .map(|(tokens, media)| self.positions(tokens, &media.image_grids, &media.video_grids))
             .collect::<Result<Vec<_>>>()?;
-        let positions = padded_positions(&rows, t, self.device())?;
+        let positions = padded_positions(&rows, embeds)?;
         self.decoder().forward(embeds, &positions, None, None)
     }
 

@@ -114,12 +114,18 @@ impl RopePositions {
     }
 }
 
-/// Positions [3, B, T] of `rows` right-padded to `t` tokens, what a training forward over a
-/// batch of whole sequences runs at. Padding sits after each row's tokens and the mask is
-/// causal, so whatever positions it gets never reach a real token; it continues the row's last
-/// position.
-pub fn padded_positions(rows: &[RopePositions], t: usize, device: &Device) -> Result<Tensor> {
-    let b = rows.len();
+/// Positions [3, B, T] of `rows`, one per row of `embeds` [B, T, D], right-padded to its T
+/// tokens: what a training forward over a batch of whole sequences runs at. Padding sits after
+/// each row's tokens and the mask is causal, so whatever positions it gets never reach a real
+/// token; it continues the row's last position.
+pub fn padded_positions(rows: &[RopePositions], embeds: &Tensor) -> Result<Tensor> {
+    let (b, t, _) = embeds.dims3()?;
+    if rows.len() != b {
+        return Err(Error::Input(format!(
+            "{} sequences for {b} rows of embeddings",
+            rows.len()
+        )));
+    }
     let mut flat = vec![0u32; 3 * b * t];
     for (row, pos) in rows.iter().enumerate() {
         let n = pos.axes[0].len();
@@ -137,7 +143,7 @@ pub fn padded_positions(rows: &[RopePositions], t: usize, device: &Device) -> Re
             }
         }
     }
-    Ok(Tensor::from_vec(flat, (3, b, t), device)?)
+    Ok(Tensor::from_vec(flat, (3, b, t), embeds.device())?)
 }
 
 /// Positions [3, B, T] for `t` tokens after `past` cached ones of a prompt with `delta`:

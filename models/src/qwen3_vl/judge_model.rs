@@ -128,18 +128,11 @@ impl JudgeModel for Qwen3Vl {
         embeds: &Tensor,
         seqs: &[(&Tokenized, &MediaFeatures)],
     ) -> Result<Tensor> {
-        let (b, t, _) = embeds.dims3()?;
-        if seqs.len() != b {
-            return Err(Error::Input(format!(
-                "{} sequences for {b} rows of embeddings",
-                seqs.len()
-            )));
-        }
         let rows = seqs
             .iter()
             .map(|(tokens, media)| self.positions(tokens, &media.image_grids))
             .collect::<Result<Vec<_>>>()?;
-        let positions = padded_positions(&rows, t, &self.device)?;
+        let positions = padded_positions(&rows, embeds)?;
         let deepstack = self.batch_deepstack(embeds, seqs)?;
         self.hidden_states(embeds, &deepstack, &positions, None, None)
     }
