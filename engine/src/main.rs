@@ -12,8 +12,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::{Parser, Subcommand, ValueEnum};
 use unireward_engine::backend::{
-    Backend, CandleBackend, EngineLimits, ExecutionProvider, OrtBackend, QwenVlBackend,
-    SessionConfig,
+    Backend, CandleBackend, EngineLimits, ExecutionProvider, OrtBackend, OrtQwenVlBackend,
+    QwenBackend, QwenVlBackend, SessionConfig,
 };
 use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
 use unireward_engine::logprob::LogprobJob;
@@ -333,35 +333,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// A Qwen-VL checkpoint (Qwen2.5-VL, Qwen3-VL), its tokenizer and its image processor: candle
-/// only (the ONNX export is LLaVA's so far).
+/// A Qwen-VL checkpoint (Qwen2.5-VL, Qwen3-VL) or its ONNX export, its tokenizer and its image
+/// processor.
 struct LoadedQwen {
-    backend: QwenVlBackend,
+    backend: Box<dyn QwenBackend>,
     tokenizer: PromptTokenizer,
     processor: QwenVlProcessor,
 }
 
 fn load_qwen(args: &ModelArgs) -> Result<LoadedQwen> {
-    if args.backend == BackendKind::Ort || args.model.join(export_manifest::FILE_NAME).is_file() {
-        bail!(
-            "{} is a Qwen-VL checkpoint: it runs on the candle backend only (there is no ONNX \
-             export of this family yet)",
-            args.model.display()
-        );
-    }
-    if args.ep != ExecutionProvider::Cpu {
-        bail!(
-            "--ep {} needs the ONNX Runtime backend, which Qwen-VL checkpoints do not have yet",
-            args.ep.name()
-        );
-    }
-    let dtype = match args.dtype {
-        Precision::F32 => DType::F32,
-        Precision::Bf16 => DType::BF16,
+    let backend: Box<dyn QwenBackend> = match backend_kind(args)? {
+        BackendKind::Ort => Box::new(
+            OrtQwenVlBackend::open(&args.model, &session_config(args))
+                .with_context(|| format!("opening the export in {}", args.model.display()))?,
+        ),
+        BackendKind::Candle | BackendKind::Auto => {
+            let dtype = match args.dtype {
+                Precision::F32 => DType::F32,
+                Precision::Bf16 => DType::BF16,
+            };
+            Box::new(
+                QwenVlBackend::load(&args.model, dtype, &parse_device(&args.device)?)
+                    .with_context(|| format!("loading {}", args.model.display()))?,
+            )
+        }
     };
-    let backend = QwenVlBackend::load(&args.model, dtype, &parse_device(&args.device)?)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let (image_pad, video_pad) = backend.model().media_token_ids();
+    let (image_pad, video_pad) = backend.media_token_ids();
     let tokenizer = PromptTokenizer::load_qwen_vl(&args.model, image_pad, video_pad)?;
     let processor = QwenVlProcessor::from_model_dir(&args.model)?;
     Ok(LoadedQwen {
@@ -375,7 +372,7 @@ fn load_qwen(args: &ModelArgs) -> Result<LoadedQwen> {
 fn qwen_logprob(args: &ModelArgs, input: &Path, out: &Path, run: &RunArgs) -> Result<RunSummary> {
     let q = load_qwen(args)?;
     let job = QwenLogprobJob {
-        model: q.backend.model(),
+        backend: q.backend.as_ref(),
         tokenizer: &q.tokenizer,
         processor: &q.processor,
     };
@@ -394,7 +391,7 @@ fn qwen_judge<'a>(
         ..prompt_style(judge, family, model)?
     };
     Ok(Judge::with_decoder(
-        &q.backend,
+        q.backend.as_ref(),
         &q.tokenizer,
         style,
         judge.judge,
@@ -423,7 +420,7 @@ fn qwen_score(
     let j = qwen_judge(&q, judge, family, model)?;
     let job = QwenScoreJob {
         judge: &j,
-        backend: &q.backend,
+        backend: q.backend.as_ref(),
         processor: &q.processor,
         token_budget: model.token_budget,
         videos: qwen_videos(judge, family, model),
@@ -446,7 +443,7 @@ fn qwen_pairs(
     let job = PairsJob {
         judge: &j,
         media: PairsMedia::Qwen {
-            backend: &q.backend,
+            backend: q.backend.as_ref(),
             processor: &q.processor,
             videos: qwen_videos(judge, family, model),
         },
@@ -463,11 +460,9 @@ struct Loaded {
     media: MediaLoader,
 }
 
-fn load(args: &ModelArgs, video_mode: VideoMode) -> Result<Loaded> {
-    let dtype = match args.dtype {
-        Precision::F32 => DType::F32,
-        Precision::Bf16 => DType::BF16,
-    };
+/// Which backend runs `args.model`: an export directory (a manifest) is ONNX Runtime's, a
+/// checkpoint candle's, unless `--backend` says; the other backend's flags are refused.
+fn backend_kind(args: &ModelArgs) -> Result<BackendKind> {
     let kind = match args.backend {
         BackendKind::Auto if args.model.join(export_manifest::FILE_NAME).is_file() => {
             BackendKind::Ort
@@ -483,8 +478,7 @@ fn load(args: &ModelArgs, video_mode: VideoMode) -> Result<Loaded> {
             args.model.display()
         );
     }
-    let device = parse_device(&args.device)?;
-    if kind == BackendKind::Ort && !device.is_cpu() {
+    if kind == BackendKind::Ort && !parse_device(&args.device)?.is_cpu() {
         bail!(
             "--device {} is the candle backend's; {} is an ONNX export, run on --ep (cpu, cuda, \
              tensorrt)",
@@ -492,29 +486,41 @@ fn load(args: &ModelArgs, video_mode: VideoMode) -> Result<Loaded> {
             args.model.display()
         );
     }
-    let backend: Box<dyn Backend> = match kind {
+    Ok(kind)
+}
+
+/// ONNX Runtime's session settings from the flags.
+fn session_config(args: &ModelArgs) -> SessionConfig {
+    let mut provider = args.ep.clone();
+    if let ExecutionProvider::TensorRt(opts) = &mut provider {
+        opts.fp16 = true;
+        opts.engine_cache_dir = args.trt_cache.clone();
+    }
+    SessionConfig {
+        provider,
+        intra_threads: args.threads,
+    }
+}
+
+fn load(args: &ModelArgs, video_mode: VideoMode) -> Result<Loaded> {
+    let dtype = match args.dtype {
+        Precision::F32 => DType::F32,
+        Precision::Bf16 => DType::BF16,
+    };
+    let backend: Box<dyn Backend> = match backend_kind(args)? {
         BackendKind::Ort => {
-            let mut provider = args.ep.clone();
-            if let ExecutionProvider::TensorRt(opts) = &mut provider {
-                opts.fp16 = true;
-                opts.engine_cache_dir = args.trt_cache.clone();
-            }
-            let session = SessionConfig {
-                provider,
-                intra_threads: args.threads,
-            };
             let limits = EngineLimits {
                 max_batch: args.trt_max_batch,
                 max_length: args.trt_max_length,
                 max_tiles: args.trt_max_tiles,
             };
             Box::new(
-                OrtBackend::open_with_limits(&args.model, &session, &limits)
+                OrtBackend::open_with_limits(&args.model, &session_config(args), &limits)
                     .with_context(|| format!("opening the export in {}", args.model.display()))?,
             )
         }
         BackendKind::Candle | BackendKind::Auto => Box::new(
-            CandleBackend::load(&args.model, dtype, &device)
+            CandleBackend::load(&args.model, dtype, &parse_device(&args.device)?)
                 .with_context(|| format!("loading {}", args.model.display()))?,
         ),
     };
@@ -710,7 +716,7 @@ fn run_server(model: &ModelArgs, judge: &JudgeArgs, args: &ServeArgs) -> Result<
             rank: PairsJob {
                 judge: &fast,
                 media: PairsMedia::Qwen {
-                    backend: &q.backend,
+                    backend: q.backend.as_ref(),
                     processor: &q.processor,
                     videos,
                 },
@@ -718,7 +724,7 @@ fn run_server(model: &ModelArgs, judge: &JudgeArgs, args: &ServeArgs) -> Result<
             },
             token_budget: model.token_budget,
             feature_cache_bytes,
-            qwen: Some(&q.backend),
+            qwen: Some(q.backend.as_ref()),
         };
         let reader = MediaReader::Qwen {
             processor: q.processor.clone(),

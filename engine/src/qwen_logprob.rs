@@ -3,25 +3,25 @@
 //! `<|vision_start|><|image_pad|><|vision_end|>` once per image and
 //! `<|vision_start|><|video_pad|><|vision_end|>` once per video (`"video"`: its frames; Qwen3-VL
 //! takes none), each pad expanded to the medium's merged token count as the processor expands
-//! it. It runs the candle model ([`QwenVlModel`]) directly, one record a forward pass.
+//! it. One record a prompt pass, on either backend ([`QwenBackend`]).
 
 use std::path::Path;
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use unireward_models::formats::logprob_record::LogprobAnswer;
 use unireward_models::pack::{merge_deepstack, merge_media};
 use unireward_models::preprocess::{MediaRequest, QwenVlProcessor};
-use unireward_models::qwen_vl::QwenVlModel;
 use unireward_models::tokenize::PromptTokenizer;
 
+use crate::backend::{Prompt, QwenBackend, Rows};
 use crate::error::{EngineError, Result};
 use crate::pipeline::{decoded_image_bytes, run_pipeline_with};
 use crate::pipeline::{RunOptions, RunSummary};
 use unireward_models::qwen2_5_vl::{QwenMedia, QwenVideos};
 
 pub struct QwenLogprobJob<'a> {
-    pub model: &'a QwenVlModel,
+    pub backend: &'a dyn QwenBackend,
     pub tokenizer: &'a PromptTokenizer,
     pub processor: &'a QwenVlProcessor,
 }
@@ -74,9 +74,9 @@ impl QwenLogprobJob<'_> {
     }
 
     fn answer(&self, req: &Request) -> Result<LogprobAnswer> {
-        let model = self.model;
+        let backend = self.backend;
         // Frames are video items here: the raw prompt places each video's `<|video_pad|>`.
-        let (media, _) = req.media.encoded(model.vision())?.all()?;
+        let (media, _) = req.media.encoded(backend.vision())?.all()?;
         let lens = |ts: &[candle_core::Tensor]| {
             ts.iter()
                 .map(|t| t.dim(0))
@@ -91,7 +91,7 @@ impl QwenLogprobJob<'_> {
             .ids
             .len();
         let n = tokens.ids.len();
-        let max = model.text_config().max_position_embeddings;
+        let max = backend.text_config().max_position_embeddings;
         if n > max {
             return Err(EngineError::Invalid(format!(
                 "prompt and completion are {n} tokens, over the context length {max}"
@@ -102,23 +102,24 @@ impl QwenLogprobJob<'_> {
                 "the completion adds no tokens after a non-empty prompt".into(),
             ));
         }
-        let positions = model
-            .positions(&tokens, &media.image_grids, &media.video_grids)?
-            .to_tensor(model.device())?;
-        let ids = Tensor::new(tokens.ids.as_slice(), model.device())?;
-        let text = model.decoder().embed(&ids)?;
-        let embeds = merge_media(&text, &tokens, &media)?.unsqueeze(0)?;
-        let deepstack = merge_deepstack(&text, &tokens, &media)?
-            .into_iter()
-            .map(|level| level.unsqueeze(0))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let rows: Vec<u32> = (prompt_len as u32 - 1..n as u32 - 1).collect();
-        let rows_t = Tensor::new(rows.as_slice(), model.device())?.unsqueeze(0)?;
-        let hidden = model.hidden_states(&embeds, &deepstack, &positions, None, Some(&rows_t))?;
-        let logits = model.logits(&hidden)?.squeeze(0)?.to_dtype(DType::F32)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let targets = Tensor::new(&tokens.ids[prompt_len..], model.device())?.unsqueeze(1)?;
+        let text = backend.embed_tokens(&tokens.ids)?;
+        let prompt = Prompt {
+            embeds: merge_media(&text, &tokens, &media)?,
+            positions: backend.prompt_positions(&tokens, &media)?,
+            deepstack: merge_deepstack(&text, &tokens, &media)?,
+        };
+        let rows = vec![(prompt_len - 1..n - 1).collect::<Vec<usize>>()];
+        let mut cache = backend.new_cache()?;
+        let logp = backend
+            .decode_prompts(
+                std::slice::from_ref(&prompt),
+                Rows::At(&rows),
+                cache.as_mut(),
+            )?
+            .remove(0);
+        let targets = Tensor::new(&tokens.ids[prompt_len..], &Device::Cpu)?.unsqueeze(1)?;
         let total: f64 = logp
+            .to_device(&Device::Cpu)?
             .gather(&targets, 1)?
             .to_dtype(DType::F64)?
             .sum_all()?

@@ -1,6 +1,6 @@
 //! `engine score --batch` on a Qwen-VL checkpoint (Qwen2.5-VL, Qwen3-VL): the same records in and out as for
 //! LLaVA ([`crate::score`]), the same judge (templates, fast verdicts, generation parsed as the
-//! scripts do) over [`QwenVlBackend`]. The media take the `inference_qwen` scripts' path
+//! scripts do) over a [`QwenBackend`]. The media take the `inference_qwen` scripts' path
 //! ([`QwenMedia`]), each one encoded by the model's vision transformer with its grid kept for
 //! the prompt's M-RoPE positions.
 
@@ -11,7 +11,7 @@ use unireward_models::formats::score_record::ScoreAnswer;
 use unireward_models::preprocess::QwenVlProcessor;
 use unireward_models::MediaFeatures;
 
-use crate::backend::QwenVlBackend;
+use crate::backend::QwenBackend;
 use crate::error::Result;
 use crate::judge::{Judge, ScoreRequest};
 use crate::pipeline::{decoded_image_bytes, run_pipeline_with, RunOptions, RunSummary};
@@ -20,7 +20,7 @@ use unireward_models::qwen2_5_vl::{QwenMedia, QwenVideos};
 
 pub struct QwenScoreJob<'a> {
     pub judge: &'a Judge<'a>,
-    pub backend: &'a QwenVlBackend,
+    pub backend: &'a dyn QwenBackend,
     pub processor: &'a QwenVlProcessor,
     /// Padded prompt tokens per batched prompt pass (fast mode).
     pub token_budget: usize,
@@ -67,7 +67,7 @@ impl QwenScoreJob<'_> {
 
     /// The prompt text and encoded media of one request, in one vision pass.
     fn inputs(&self, r: &Request) -> Result<(String, MediaFeatures)> {
-        let (features, marks) = r.media.encoded(self.backend.model().vision())?.all()?;
+        let (features, marks) = r.media.encoded(self.backend.vision())?.all()?;
         let req = &r.req;
         let text = self
             .judge

@@ -26,7 +26,7 @@ use unireward_export::model::{graphs, projector, qwen2, siglip, Emitter, Weights
 use unireward_export::{export_onnx, DataType, Dim, ExportOptions, ExportReport, GraphBuilder};
 use unireward_export::{Precision, Value};
 use unireward_models::config::{LlavaConfig, TextConfig, VisionConfig};
-use unireward_models::decode::Qwen2;
+use unireward_models::decode::{AttentionVariant, Qwen2};
 use unireward_models::encode::{Projector, SiglipVision};
 use unireward_models::family::JudgeModel;
 use unireward_models::pack::{merge_media, MediaFeatures};
@@ -458,11 +458,23 @@ fn qwen2_layer_case(rows: Option<&[i64]>) {
             ),
         ],
         |e, v| {
-            let m = qwen2::attention_mask(e, &v[1], &v[2]).unwrap();
+            let m = qwen2::attention_mask(e, &v[1], &v[0]).unwrap();
             let rows = rows.map(|_| &v[3]);
-            qwen2::body(e, &cfg, "lm.model.", &v[0], &v[2], &m, None, rows)
-                .unwrap()
-                .hidden
+            let variant = AttentionVariant::qwen2(&cfg, None);
+            qwen2::body(
+                e,
+                &cfg,
+                &variant,
+                "lm.model.",
+                &v[0],
+                &v[2],
+                &m,
+                None,
+                rows,
+                &[],
+            )
+            .unwrap()
+            .hidden
         },
     );
     assert_eq!(shape, candle.dims());

@@ -32,6 +32,9 @@ pub enum Error {
     /// A `--device` that does not name a usable device (the message says why).
     #[error("device: {0}")]
     Device(String),
+    /// The runtime that runs an exported model failed (ONNX Runtime's own message).
+    #[error("backend: {0}")]
+    Backend(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

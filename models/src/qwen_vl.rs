@@ -11,8 +11,9 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::TextConfig;
 use crate::decode::{KvCache, Qwen2};
 use crate::family::ModelFamily;
-use crate::qwen2_5_vl::{MediaGrid, Qwen25Vl, QwenVision, RopePositions};
-use crate::qwen3_vl::Qwen3Vl;
+use crate::preprocess::qwen_vl_video::QwenVlVideo;
+use crate::qwen2_5_vl::{MediaGrid, Qwen25Vl, Qwen25VlConfig, QwenVision, RopePositions};
+use crate::qwen3_vl::{Qwen3Vl, Qwen3VlConfig};
 use crate::tokenize::Tokenized;
 use crate::{Error, Result};
 
@@ -126,5 +127,87 @@ impl QwenVlModel {
 
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.decoder().num_layers())
+    }
+}
+
+/// A Qwen-VL checkpoint's configuration, of either family: what running it needs besides the
+/// weights (the ONNX Runtime backend's model is its export).
+#[derive(Debug, Clone)]
+pub enum QwenVlConfig {
+    Qwen25(Qwen25VlConfig),
+    Qwen3(Qwen3VlConfig),
+}
+
+impl QwenVlConfig {
+    /// `config.json` of `dir`, of the family it names.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        match ModelFamily::of_dir(dir)? {
+            ModelFamily::Qwen25Vl => Ok(Self::Qwen25(Qwen25VlConfig::from_file(&path)?)),
+            ModelFamily::Qwen3Vl => Ok(Self::Qwen3(Qwen3VlConfig::from_file(&path)?)),
+            other => Err(Error::Config(format!(
+                "{}: a {} checkpoint, not a Qwen-VL one",
+                path.display(),
+                other.name()
+            ))),
+        }
+    }
+
+    pub fn family(&self) -> ModelFamily {
+        match self {
+            Self::Qwen25(_) => ModelFamily::Qwen25Vl,
+            Self::Qwen3(_) => ModelFamily::Qwen3Vl,
+        }
+    }
+
+    pub fn text(&self) -> &TextConfig {
+        match self {
+            Self::Qwen25(c) => &c.text,
+            Self::Qwen3(c) => &c.text,
+        }
+    }
+
+    /// `(image_token_id, video_token_id)`.
+    pub fn media_token_ids(&self) -> (u32, u32) {
+        match self {
+            Self::Qwen25(c) => (c.image_token_id, c.video_token_id),
+            Self::Qwen3(c) => (c.image_token_id, c.video_token_id),
+        }
+    }
+
+    pub fn spatial_merge_size(&self) -> usize {
+        match self {
+            Self::Qwen25(c) => c.vision.spatial_merge_size,
+            Self::Qwen3(c) => c.vision.spatial_merge_size,
+        }
+    }
+}
+
+impl QwenVlConfig {
+    /// The M-RoPE positions of a prompt whose spans hold media of these grids, as the candle
+    /// models compute them.
+    pub fn positions(
+        &self,
+        tokens: &Tokenized,
+        images: &[MediaGrid],
+        videos: &[MediaGrid],
+    ) -> Result<RopePositions> {
+        match self {
+            Self::Qwen25(c) => {
+                RopePositions::new(tokens, images, videos, c.vision.spatial_merge_size)
+            }
+            Self::Qwen3(c) => {
+                crate::qwen3_vl::refuse_videos(tokens)?;
+                RopePositions::new(tokens, images, &[], c.vision.spatial_merge_size)
+            }
+        }
+    }
+
+    /// A video item's grid for the M-RoPE positions.
+    pub fn video_grid(&self, video: &QwenVlVideo) -> Result<MediaGrid> {
+        match self {
+            Self::Qwen25(c) => Ok(crate::qwen2_5_vl::video_grid(c, video)),
+            Self::Qwen3(_) => Err(crate::qwen3_vl::videos_refused()),
+        }
     }
 }

@@ -35,7 +35,7 @@ impl CandleBackend {
                     "{}: {}",
                     dir.join("config.json").display(),
                     family
-                        .not_runnable_by("the engine's backends")
+                        .not_runnable_by("the LLaVA-OneVision candle backend")
                         .unwrap_or_default()
                 )))
             }

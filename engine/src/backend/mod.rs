@@ -13,6 +13,7 @@
 pub mod candle;
 mod candle_batch;
 pub mod error;
+mod mrope_calls;
 pub mod ort;
 pub mod qwen_vl;
 pub mod recomputing;
@@ -21,7 +22,7 @@ use std::any::Any;
 
 use candle_core::Tensor;
 use unireward_models::config::{LlavaConfig, TextConfig};
-use unireward_models::qwen2_5_vl::RopePositions;
+use unireward_models::qwen2_5_vl::{QwenVision, RopePositions};
 use unireward_models::tokenize::Tokenized;
 use unireward_models::MediaFeatures;
 
@@ -33,6 +34,7 @@ pub use self::ort::providers::{
     CudaOptions, ExecutionProvider, ProfileDim, ProfileInput, ShapeLimits, ShapeProfile,
     TensorRtOptions,
 };
+pub use self::ort::qwen_vl::OrtQwenVlBackend;
 pub use self::ort::runtime::{
     InputTensor, OrtRuntime, OrtSession, OutputData, OutputTensor, Outputs, SessionConfig,
     TensorInfo,
@@ -136,6 +138,16 @@ pub trait Backend: Decoder {
 
     /// Tiles [n, 3, S, S] f32 → projected features [n, patches, hidden].
     fn encode_tiles(&self, tiles: &Tensor) -> Result<Tensor>;
+}
+
+/// A Qwen-VL backend (candle's [`QwenVlBackend`], ONNX Runtime's [`OrtQwenVlBackend`]): the
+/// [`Decoder`] at M-RoPE positions and the vision transformer that reading a request's media
+/// needs.
+pub trait QwenBackend: Decoder {
+    fn vision(&self) -> &dyn QwenVision;
+
+    /// `(image_token_id, video_token_id)`: the pads the prompt's media markers expand to.
+    fn media_token_ids(&self) -> (u32, u32);
 }
 
 /// The rows of a decoder call's sequences whose log-probabilities are wanted.

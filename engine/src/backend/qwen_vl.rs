@@ -8,13 +8,12 @@
 //! transformer ([`QwenVlBackend::model`]); there are no LLaVA tiles, so it is not a
 //! [`super::Backend`].
 
-use std::any::Any;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
 use unireward_models::config::TextConfig;
 use unireward_models::decode::KvCache;
-use unireward_models::qwen2_5_vl::RopePositions;
+use unireward_models::qwen2_5_vl::{QwenVision, RopePositions};
 use unireward_models::qwen_vl::QwenVlModel;
 use unireward_models::tokenize::Tokenized;
 use unireward_models::MediaFeatures;
@@ -22,7 +21,8 @@ use unireward_models::MediaFeatures;
 use super::candle_batch::{
     lengths, next_token_mask, no_rows, per_sequence, right_padded, wanted, Wanted,
 };
-use super::{own_cache, Decoder, DecoderCache, Limits, Prompt, Rows};
+use super::mrope_calls::{continuing, next_positions, prompt_parts, prompt_positions, RopeCache};
+use super::{own_cache, Decoder, DecoderCache, Limits, Prompt, QwenBackend, Rows};
 use crate::error::{EngineError, Result};
 
 pub struct QwenVlBackend {
@@ -80,6 +80,16 @@ impl QwenVlBackend {
     }
 }
 
+impl QwenBackend for QwenVlBackend {
+    fn vision(&self) -> &dyn QwenVision {
+        self.model.vision()
+    }
+
+    fn media_token_ids(&self) -> (u32, u32) {
+        self.model.media_token_ids()
+    }
+}
+
 impl Decoder for QwenVlBackend {
     fn name(&self) -> String {
         format!(
@@ -108,10 +118,7 @@ impl Decoder for QwenVlBackend {
     }
 
     fn new_cache(&self) -> Result<Box<dyn DecoderCache>> {
-        Ok(Box::new(QwenCache {
-            kv: self.model.new_cache(),
-            deltas: Vec::new(),
-        }))
+        Ok(Box::new(RopeCache::new(self.model.new_cache())))
     }
 
     /// Tokens after a cache continue each sequence from its cached offset; without a cache (or
@@ -131,19 +138,11 @@ impl Decoder for QwenVlBackend {
             None => None,
         };
         let (past, deltas) = match &cache {
-            Some(c) if !c.kv.is_empty() => {
-                if c.deltas.len() != seqs.len() {
-                    return Err(EngineError::Invalid(format!(
-                        "{} sequences after a cache of {}",
-                        seqs.len(),
-                        c.deltas.len()
-                    )));
-                }
-                (c.kv.len(), c.deltas.clone())
-            }
-            _ => (0, vec![0; seqs.len()]),
+            Some(c) => c.continued(seqs.len())?,
+            None => (0, vec![0; seqs.len()]),
         };
-        let positions = continuing(&deltas, past, longest, self.model.device())?;
+        let flat = continuing(&deltas, past, longest)?;
+        let positions = Tensor::from_vec(flat, (3, seqs.len(), longest), self.model.device())?;
         match cache {
             Some(c) => {
                 c.deltas = deltas;
@@ -177,38 +176,11 @@ impl Decoder for QwenVlBackend {
                 "prompts with their own positions start an empty cache".into(),
             ));
         }
-        let seqs: Vec<Tensor> = prompts.iter().map(|p| p.embeds.clone()).collect();
-        let positions = prompts
-            .iter()
-            .map(|p| {
-                p.positions
-                    .as_ref()
-                    .ok_or_else(|| EngineError::Invalid("a prompt without its positions".into()))
-            })
-            .collect::<Result<Vec<&RopePositions>>>()?;
-        let deepstack: Vec<&[Tensor]> = prompts.iter().map(|p| p.deepstack.as_slice()).collect();
+        let (seqs, positions, deepstack) = prompt_parts(prompts)?;
         let seqs = seqs.as_slice();
         let lens = lengths(seqs)?;
         let longest = lens.iter().copied().max().unwrap_or(0);
-        // [3, B, T]: each prompt's own positions, its padding continuing after them (never
-        // attended by its real tokens).
-        let mut flat = vec![0u32; 3 * seqs.len() * longest];
-        for (b, (p, &n)) in positions.iter().zip(&lens).enumerate() {
-            if p.axes[0].len() != n {
-                return Err(EngineError::Invalid(format!(
-                    "a prompt of {n} tokens with {} positions",
-                    p.axes[0].len()
-                )));
-            }
-            for (a, axis) in p.axes.iter().enumerate() {
-                let row = &mut flat[(a * seqs.len() + b) * longest..][..longest];
-                row[..n].copy_from_slice(axis);
-                let next = axis.iter().copied().max().map_or(0, |m| m + 1);
-                for (k, slot) in row[n..].iter_mut().enumerate() {
-                    *slot = next + k as u32;
-                }
-            }
-        }
+        let flat = prompt_positions(&positions, &lens)?;
         let positions_t = Tensor::from_vec(flat, (3, seqs.len(), longest), self.model.device())?;
         let out = self.run(seqs, &deepstack, &positions_t, rows, Some(&mut cache.kv))?;
         cache.deltas = positions.iter().map(|p| p.delta).collect();
@@ -229,24 +201,7 @@ impl Decoder for QwenVlBackend {
         let (batch, hidden) = embeds.dims2()?;
         let past = cache.kv.len();
         super::check_next(batch, hidden, positions, seen, past, model.text_config())?;
-        if cache.deltas.len() != batch {
-            return Err(EngineError::Invalid(format!(
-                "{batch} tokens after a cache of {} sequences",
-                cache.deltas.len()
-            )));
-        }
-        let mut flat = Vec::with_capacity(3 * batch);
-        for _ in 0..3 {
-            for (&p, &delta) in positions.iter().zip(&cache.deltas) {
-                let at = p as i64 + delta;
-                let at = u32::try_from(at).map_err(|_| {
-                    EngineError::Invalid(format!(
-                        "position offset {delta} puts token {p} at position {at}"
-                    ))
-                })?;
-                flat.push(at);
-            }
-        }
+        let flat = next_positions(positions, &cache.deltas)?;
         let positions = Tensor::from_vec(flat, (3, batch, 1), model.device())?;
         let input = embeds
             .to_dtype(model.dtype())?
@@ -301,91 +256,5 @@ fn padded_levels(
         .collect()
 }
 
-/// Positions [3, B, t] of `t` tokens after `past` cached ones: sequence b's at
-/// past + deltas[b] + i on every axis.
-fn continuing(deltas: &[i64], past: usize, t: usize, device: &Device) -> Result<Tensor> {
-    let mut flat = Vec::with_capacity(3 * deltas.len() * t);
-    for _ in 0..3 {
-        for &delta in deltas {
-            let start = past as i64 + delta;
-            if start < 0 {
-                return Err(EngineError::Invalid(format!(
-                    "position offset {delta} puts token {past} before position 0"
-                )));
-            }
-            flat.extend((0..t).map(|i| (start as usize + i) as u32));
-        }
-    }
-    Ok(Tensor::from_vec(flat, (3, deltas.len(), t), device)?)
-}
-
-/// The decoder's cache and each sequence's position offset: what its prompt's M-RoPE positions
-/// put ahead of (or behind) its token count.
-struct QwenCache {
-    kv: KvCache,
-    deltas: Vec<i64>,
-}
-
-impl DecoderCache for QwenCache {
-    fn len(&self) -> usize {
-        self.kv.len()
-    }
-
-    fn select(&self, b: usize, len: usize) -> Result<Box<dyn DecoderCache>> {
-        let delta = *self
-            .deltas
-            .get(b)
-            .ok_or_else(|| EngineError::Invalid(format!("no sequence {b} in the cache")))?;
-        Ok(Box::new(Self {
-            kv: self.kv.select(b, len)?,
-            deltas: vec![delta],
-        }))
-    }
-
-    fn repeat(&self, n: usize) -> Result<Box<dyn DecoderCache>> {
-        let delta = match self.deltas.as_slice() {
-            [d] => *d,
-            [] => 0,
-            many => {
-                return Err(EngineError::Invalid(format!(
-                    "a cache of {} sequences repeated as one",
-                    many.len()
-                )))
-            }
-        };
-        Ok(Box::new(Self {
-            kv: self.kv.repeat_batch(n)?,
-            deltas: vec![delta; n],
-        }))
-    }
-
-    fn copies_per_call(&self) -> usize {
-        usize::MAX
-    }
-
-    fn gather(&self, rows: &[usize], slots: &[usize]) -> Result<Box<dyn DecoderCache>> {
-        let deltas =
-            rows.iter()
-                .map(|&b| {
-                    self.deltas.get(b).copied().ok_or_else(|| {
-                        EngineError::Invalid(format!("no sequence {b} in the cache"))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-        Ok(Box::new(Self {
-            kv: self.kv.gather(rows, slots)?,
-            deltas,
-        }))
-    }
-
-    fn append(&mut self, other: &mut dyn DecoderCache) -> Result<()> {
-        let other = own_cache::<QwenCache>(other)?;
-        self.kv.append(&other.kv)?;
-        self.deltas.extend_from_slice(&other.deltas);
-        Ok(())
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-}
+/// The candle decoder's cache with each sequence's position offset.
+type QwenCache = RopeCache<KvCache>;

@@ -29,7 +29,7 @@ use super::{
     Recipe,
 };
 use super::{passes, sifting};
-use crate::backend::QwenVlBackend;
+use crate::backend::QwenBackend;
 use crate::encode_media::encode_request;
 use crate::error::{EngineError, Result};
 use crate::judge::request::check_question_media;
@@ -150,7 +150,7 @@ pub enum PairsMedia<'a> {
     /// Qwen-VL (Qwen2.5-VL, Qwen3-VL): its processor's patches, encoded by its vision
     /// transformer.
     Qwen {
-        backend: &'a QwenVlBackend,
+        backend: &'a dyn QwenBackend,
         processor: &'a QwenVlProcessor,
         videos: QwenVideos,
     },
@@ -220,7 +220,7 @@ impl PairsJob<'_> {
         input: &Path,
         out: &Path,
         resume: bool,
-        backend: &QwenVlBackend,
+        backend: &dyn QwenBackend,
         processor: &QwenVlProcessor,
         videos: QwenVideos,
     ) -> Result<RunSummary> {
@@ -239,7 +239,7 @@ impl PairsJob<'_> {
                 batch
                     .into_iter()
                     .map(|(_, (req, media))| {
-                        let features = media.encoded(backend.model().vision())?;
+                        let features = media.encoded(backend.vision())?;
                         let built = self.construct_encoded(&req, features)?;
                         self.answer(&req, &built)
                     })

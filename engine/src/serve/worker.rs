@@ -24,7 +24,7 @@ use super::feature_cache::{CacheKey, CachedFeatures, FeatureCache};
 use super::media::RequestMedia;
 use super::media_inbox::MediaKeys;
 use super::metrics::Metrics;
-use crate::backend::QwenVlBackend;
+use crate::backend::QwenBackend;
 use crate::decoding::{Finish, Generated, GenerationBatch, Prompt};
 use crate::encode_media::encode_request;
 use crate::error::{EngineError, Result};
@@ -48,7 +48,7 @@ pub struct ServeModel<'a> {
     pub feature_cache_bytes: usize,
     /// A Qwen-VL judge's model, which encodes its own media; `None` for LLaVA-OneVision,
     /// whose judge's backend encodes them.
-    pub qwen: Option<&'a QwenVlBackend>,
+    pub qwen: Option<&'a dyn QwenBackend>,
 }
 
 /// A request's media, preprocessed, with their content hashes.
@@ -552,7 +552,7 @@ impl Worker<'_, '_> {
         // Grids follow from the pixels, so cached features need none of their own.
         let (image_grids, video_grids) = match &input.media {
             RequestMedia::Llava(_) => Default::default(),
-            RequestMedia::Qwen(media) => media.grids(self.qwen()?.model().vision())?,
+            RequestMedia::Qwen(media) => media.grids(self.qwen()?.vision())?,
         };
         let (images, image_levels): (Vec<_>, Vec<_>) = images.into_iter().flatten().unzip();
         let (videos, video_levels): (Vec<_>, Vec<_>) = videos.into_iter().flatten().unzip();
@@ -607,12 +607,12 @@ impl Worker<'_, '_> {
             }
             RequestMedia::Qwen(media) => Ok(media
                 .subset(images, videos)
-                .encoded(self.qwen()?.model().vision())?),
+                .encoded(self.qwen()?.vision())?),
         }
     }
 
     /// The Qwen-VL model that encodes Qwen-VL media.
-    fn qwen(&self) -> Result<&QwenVlBackend> {
+    fn qwen(&self) -> Result<&dyn QwenBackend> {
         self.model.qwen.ok_or_else(|| {
             EngineError::Invalid("Qwen-VL media reached a server without a Qwen-VL model".into())
         })

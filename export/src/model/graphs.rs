@@ -7,6 +7,7 @@ use std::path::Path;
 
 use unireward_models::checkpoint::KeyLayout;
 use unireward_models::config::LlavaConfig;
+use unireward_models::decode::AttentionVariant;
 
 use crate::dtype::DataType;
 use crate::error::Result;
@@ -199,17 +200,19 @@ pub fn decoder_graph(
             value: kv[1].clone(),
         })
         .collect();
-    let mask = qwen2::attention_mask(&mut e, attention, position_ids)?;
+    let mask = qwen2::attention_mask(&mut e, attention, embeds)?;
     let x = e.narrow(embeds)?;
     let body = qwen2::body(
         &mut e,
         &cfg.text,
+        &AttentionVariant::qwen2(&cfg.text, None),
         &layout.decoder,
         &x,
         position_ids,
         &mask,
         Some(&past),
         Some(positions),
+        &[],
     )?;
     let log_probs = qwen2::head_log_probs(
         &mut e,

@@ -5,8 +5,8 @@
 use unireward_models::config::LlavaConfig;
 
 pub use unireward_models::formats::export_manifest::{
-    Embeddings, Essentials, GraphEntry, Graphs, IoEntry, KvCache, Manifest, FILE_NAME,
-    FORMAT_VERSION,
+    Embeddings, Essentials, ExportFamily, GraphEntry, Graphs, IoEntry, KvCache, Manifest,
+    FILE_NAME, FORMAT_VERSION,
 };
 
 use crate::dtype::DataType;
@@ -31,7 +31,7 @@ impl From<&IoSpec> for IoEntry {
     }
 }
 
-fn dtype_name(d: DataType) -> &'static str {
+pub fn dtype_name(d: DataType) -> &'static str {
     match d {
         DataType::Float => "float32",
         DataType::Float16 => "float16",

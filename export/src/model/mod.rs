@@ -10,11 +10,12 @@ pub mod layers;
 pub mod manifest;
 pub mod projector;
 pub mod qwen2;
+pub mod qwen_vl_graphs;
+pub mod qwen_vl_vision;
 pub mod siglip;
 pub mod staging;
 pub mod weights;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,8 @@ use unireward_models::family::ModelFamily;
 use crate::dtype::DataType;
 use crate::error::{Error, Result};
 use crate::graph::{SavedModel, DEFAULT_OPSET, MIN_OPSET};
+use crate::model::graphs::IoSpec;
+use crate::model::qwen_vl_graphs::QwenSource;
 use crate::precision::Precision;
 use crate::proto::IR_VERSION;
 
@@ -100,30 +103,38 @@ impl ExportReport {
     }
 }
 
-/// The configuration, memory-mapped checkpoint and key layout of `model_dir`, as
-/// `LlavaOnevision::load` opens them (the configuration fixed up for LLaVA-NeXT and its
-/// sizes checked against the stored shapes).
-/// The exporter's graphs are LLaVA-OneVision's: a checkpoint of another family is refused by
-/// name before any weight is read.
-pub fn open_source(model_dir: &Path) -> Result<(LlavaConfig, Checkpoint, KeyLayout)> {
-    let family = ModelFamily::of_dir(model_dir)?;
-    if let Some(why) = family.not_runnable_by("the exporter") {
-        return Err(unireward_models::Error::Config(format!(
-            "{}: {why}",
-            model_dir.join("config.json").display()
-        ))
-        .into());
-    }
-    Ok(open_model_dir(model_dir)?)
+/// A checkpoint to export, opened: its configuration, weights and key layout.
+enum Source {
+    Llava(LlavaConfig, Checkpoint, KeyLayout),
+    Qwen(QwenSource, Checkpoint),
 }
 
-/// Exports the checkpoint in `model_dir` to `out_dir` (created if needed): `vision.onnx`,
-/// `decoder.onnx` with their `.onnx.data`, `embeddings.safetensors`, the tokenizer and
-/// configuration files, and `manifest.json` with every file's size. Everything is written
-/// into a staging directory first and moved into place only when complete, the manifest
-/// last ([`staging`]): a failed or killed export leaves the earlier export of `out_dir` as
-/// it was, or no manifest. Weights are streamed from the memory-mapped checkpoint one
-/// tensor at a time.
+impl Source {
+    /// Before anything is written: a config that does not fit the weights stops here.
+    fn open(model_dir: &Path) -> Result<Self> {
+        match ModelFamily::of_dir(model_dir)? {
+            ModelFamily::LlavaOnevision => {
+                let (cfg, ckpt, layout) = open_model_dir(model_dir)?;
+                Ok(Self::Llava(cfg, ckpt, layout))
+            }
+            family => {
+                let ckpt = Checkpoint::open(model_dir)?;
+                Ok(Self::Qwen(
+                    QwenSource::open(model_dir, family, &ckpt)?,
+                    ckpt,
+                ))
+            }
+        }
+    }
+}
+
+/// Exports the checkpoint in `model_dir` (LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL) to
+/// `out_dir` (created if needed): `vision.onnx`, `decoder.onnx` with their `.onnx.data`,
+/// `embeddings.safetensors`, the tokenizer and configuration files, and `manifest.json` with
+/// every file's size. Everything is written into a staging directory first and moved into
+/// place only when complete, the manifest last ([`staging`]): a failed or killed export
+/// leaves the earlier export of `out_dir` as it was, or no manifest. Weights are streamed from
+/// the memory-mapped checkpoint one tensor at a time.
 pub fn export_onnx(model_dir: &Path, out_dir: &Path, opts: &ExportOptions) -> Result<ExportReport> {
     if !(MIN_OPSET..=MAX_OPSET).contains(&opts.opset) {
         return Err(Error::Unsupported(format!(
@@ -147,8 +158,7 @@ pub fn export_onnx(model_dir: &Path, out_dir: &Path, opts: &ExportOptions) -> Re
             )));
         }
     }
-    // Before anything is written: a config that does not fit the weights stops here.
-    let (cfg, ckpt, layout) = open_source(model_dir)?;
+    let source = Source::open(model_dir)?;
     let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
@@ -162,34 +172,62 @@ pub fn export_onnx(model_dir: &Path, out_dir: &Path, opts: &ExportOptions) -> Re
 
     let staging = Staging::begin(out_dir)?;
     let stage = staging.dir();
-    let weights = Weights::from_checkpoint(&ckpt, &layout);
     let precision = opts.precision;
-    let mut timings = Vec::new();
-
-    let start = Instant::now();
-    let vision = graphs::vision_graph(stage, &weights, &cfg, &layout, precision, opts.opset)?;
-    timings.push(("vision graph", start.elapsed()));
-
-    let start = Instant::now();
-    let decoder = graphs::decoder_graph(stage, &weights, &cfg, &layout, precision, opts.opset)?;
-    timings.push(("decoder graph", start.elapsed()));
-
-    let start = Instant::now();
     let table_type = precision.compute_type();
-    let table = weights.get(
-        &graphs::embed_tokens_key(&layout),
-        &[cfg.text.vocab_size, cfg.text.hidden_size],
-    )?;
-    let newline = weights.get(&layout.image_newline, &[cfg.text.hidden_size])?;
-    embeddings::write_safetensors(
-        &stage.join(embeddings::FILE_NAME),
-        &[
-            (embeddings::EMBED_TOKENS, &table, table_type),
-            (embeddings::IMAGE_NEWLINE, &newline, DataType::Float),
-        ],
-    )?;
-    drop(table);
-    timings.push(("embeddings", start.elapsed()));
+    let mut timings = Vec::new();
+    let (vision, decoder, mut manifest) = match &source {
+        Source::Llava(cfg, ckpt, layout) => {
+            let weights = Weights::from_checkpoint(ckpt, layout);
+            let start = Instant::now();
+            let vision = graphs::vision_graph(stage, &weights, cfg, layout, precision, opts.opset)?;
+            timings.push(("vision graph", start.elapsed()));
+            let start = Instant::now();
+            let decoder =
+                graphs::decoder_graph(stage, &weights, cfg, layout, precision, opts.opset)?;
+            timings.push(("decoder graph", start.elapsed()));
+            let start = Instant::now();
+            let table = weights.get(
+                &graphs::embed_tokens_key(layout),
+                &[cfg.text.vocab_size, cfg.text.hidden_size],
+            )?;
+            let newline = weights.get(&layout.image_newline, &[cfg.text.hidden_size])?;
+            embeddings::write_safetensors(
+                &stage.join(embeddings::FILE_NAME),
+                &[
+                    (embeddings::EMBED_TOKENS, &table, table_type),
+                    (embeddings::IMAGE_NEWLINE, &newline, DataType::Float),
+                ],
+            )?;
+            drop(table);
+            timings.push(("embeddings", start.elapsed()));
+            let manifest = llava_manifest(cfg, layout, opts, &vision, &decoder, table_type)?;
+            (vision, decoder, manifest)
+        }
+        Source::Qwen(src, ckpt) => {
+            let weights = Weights::from_checkpoint_named(ckpt, src.layout_name());
+            let start = Instant::now();
+            let vision = qwen_vl_graphs::vision_graph(stage, &weights, src, precision, opts.opset)?;
+            timings.push(("vision graph", start.elapsed()));
+            let start = Instant::now();
+            let decoder =
+                qwen_vl_graphs::decoder_graph(stage, &weights, src, precision, opts.opset)?;
+            timings.push(("decoder graph", start.elapsed()));
+            let start = Instant::now();
+            let text = src.text();
+            let table = weights.get(
+                &src.embed_tokens_key(),
+                &[text.vocab_size, text.hidden_size],
+            )?;
+            embeddings::write_safetensors(
+                &stage.join(embeddings::FILE_NAME),
+                &[(embeddings::EMBED_TOKENS, &table, table_type)],
+            )?;
+            drop(table);
+            timings.push(("embeddings", start.elapsed()));
+            let manifest = qwen_manifest(src, opts, &vision, &decoder, table_type)?;
+            (vision, decoder, manifest)
+        }
+    };
 
     let mut copied = Vec::new();
     for name in COPIED_FILES {
@@ -199,11 +237,13 @@ pub fn export_onnx(model_dir: &Path, out_dir: &Path, opts: &ExportOptions) -> Re
             copied.push(name.to_string());
         }
     }
-
-    let file_sizes = staging.file_sizes()?;
-    let manifest = build_manifest(
-        model_dir, &cfg, &layout, opts, &vision, &decoder, table_type, copied, file_sizes,
-    )?;
+    manifest.source = model_dir
+        .canonicalize()
+        .unwrap_or_else(|_| model_dir.to_path_buf())
+        .display()
+        .to_string();
+    manifest.files = copied;
+    manifest.file_sizes = Some(staging.file_sizes()?);
     let text = serde_json::to_string_pretty(&manifest)
         .map_err(|e| Error::Unsupported(format!("manifest: {e}")))?;
     staging.commit(manifest::FILE_NAME, &(text + "\n"))?;
@@ -228,59 +268,110 @@ pub fn export_onnx(model_dir: &Path, out_dir: &Path, opts: &ExportOptions) -> Re
     })
 }
 
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn graph_entry(saved: &SavedModel, inputs: &[IoSpec], outputs: &[IoSpec]) -> manifest::GraphEntry {
+    manifest::GraphEntry {
+        file: file_name(&saved.model),
+        data: saved.data.as_deref().map(file_name),
+        inputs: inputs.iter().map(Into::into).collect(),
+        outputs: outputs.iter().map(Into::into).collect(),
+    }
+}
+
+/// A manifest without the files' names, sizes and source (filled in once they are copied).
 #[allow(clippy::too_many_arguments)]
-fn build_manifest(
-    model_dir: &Path,
+fn manifest_of(
+    family: manifest::ExportFamily,
+    deepstack_levels: usize,
+    layout: &str,
+    opts: &ExportOptions,
+    graphs: manifest::Graphs,
+    table_type: DataType,
+    image_newline: Option<String>,
+    config: Option<manifest::Essentials>,
+    kv_cache: manifest::KvCache,
+) -> Result<Manifest> {
+    Ok(Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        family,
+        deepstack_levels,
+        producer: format!("unireward-export {}", env!("CARGO_PKG_VERSION")),
+        dtype: graphs::precision_name(opts.precision).to_string(),
+        opset: opts.opset,
+        source: String::new(),
+        layout: layout.to_string(),
+        graphs,
+        embeddings: manifest::Embeddings {
+            file: embeddings::FILE_NAME.to_string(),
+            embed_tokens: embeddings::EMBED_TOKENS.to_string(),
+            image_newline,
+            embed_tokens_dtype: embeddings::safetensors_dtype(table_type)?.to_string(),
+        },
+        config,
+        kv_cache: Some(kv_cache),
+        files: Vec::new(),
+        file_sizes: None,
+    })
+}
+
+fn llava_manifest(
     cfg: &LlavaConfig,
     layout: &KeyLayout,
     opts: &ExportOptions,
     vision: &SavedModel,
     decoder: &SavedModel,
     table_type: DataType,
-    files: Vec<String>,
-    file_sizes: BTreeMap<String, u64>,
 ) -> Result<Manifest> {
-    let file_name = |p: &Path| {
-        p.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
     let (v_in, v_out) = graphs::vision_io(cfg);
     let (d_in, d_out) = graphs::decoder_io(cfg, opts.precision);
-    Ok(Manifest {
-        format_version: manifest::FORMAT_VERSION,
-        producer: format!("unireward-export {}", env!("CARGO_PKG_VERSION")),
-        dtype: graphs::precision_name(opts.precision).to_string(),
-        opset: opts.opset,
-        source: model_dir
-            .canonicalize()
-            .unwrap_or_else(|_| model_dir.to_path_buf())
-            .display()
-            .to_string(),
-        layout: layout.name.to_string(),
-        graphs: manifest::Graphs {
-            vision: manifest::GraphEntry {
-                file: file_name(&vision.model),
-                data: vision.data.as_deref().map(file_name),
-                inputs: vec![(&v_in).into()],
-                outputs: vec![(&v_out).into()],
-            },
-            decoder: manifest::GraphEntry {
-                file: file_name(&decoder.model),
-                data: decoder.data.as_deref().map(file_name),
-                inputs: d_in.iter().map(Into::into).collect(),
-                outputs: d_out.iter().map(Into::into).collect(),
-            },
+    manifest_of(
+        manifest::ExportFamily::LlavaOnevision,
+        0,
+        layout.name,
+        opts,
+        manifest::Graphs {
+            vision: graph_entry(vision, &[v_in], &[v_out]),
+            decoder: graph_entry(decoder, &d_in, &d_out),
         },
-        embeddings: manifest::Embeddings {
-            file: embeddings::FILE_NAME.to_string(),
-            embed_tokens: embeddings::EMBED_TOKENS.to_string(),
-            image_newline: embeddings::IMAGE_NEWLINE.to_string(),
-            embed_tokens_dtype: embeddings::safetensors_dtype(table_type)?.to_string(),
+        table_type,
+        Some(embeddings::IMAGE_NEWLINE.to_string()),
+        Some(manifest::Essentials::new(cfg, cfg.vision_layers_used()?)),
+        manifest::kv_cache(cfg, opts.precision),
+    )
+}
+
+fn qwen_manifest(
+    src: &QwenSource,
+    opts: &ExportOptions,
+    vision: &SavedModel,
+    decoder: &SavedModel,
+    table_type: DataType,
+) -> Result<Manifest> {
+    let (v_in, v_out) = qwen_vl_graphs::vision_io(src);
+    let (d_in, d_out) = qwen_vl_graphs::decoder_io(src, opts.precision);
+    let text = src.text();
+    manifest_of(
+        src.family(),
+        src.deepstack_levels(),
+        src.layout_name(),
+        opts,
+        manifest::Graphs {
+            vision: graph_entry(vision, &v_in, &v_out),
+            decoder: graph_entry(decoder, &d_in, &d_out),
         },
-        config: manifest::Essentials::new(cfg, cfg.vision_layers_used()?),
-        kv_cache: Some(manifest::kv_cache(cfg, opts.precision)),
-        files,
-        file_sizes: Some(file_sizes),
-    })
+        table_type,
+        None,
+        None,
+        manifest::KvCache {
+            num_layers: text.num_hidden_layers,
+            num_key_value_heads: text.num_key_value_heads,
+            head_dim: src.attention().head_dim,
+            dtype: manifest::dtype_name(opts.precision.compute_type()).to_string(),
+        },
+    )
 }

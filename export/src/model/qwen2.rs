@@ -1,10 +1,14 @@
 //! The Qwen2 decoder as ONNX, mirroring `unireward_models::decode::qwen2` with its KV cache:
-//! rotary tables from the position ids, grouped-query attention over the cached and new keys
-//! under a causal and padding mask built in the graph, SwiGLU MLPs, RMSNorm; the last layer
-//! and the head run on the requested rows only, then a log-softmax in f32.
+//! rotary tables from the position ids (1-D, or Qwen-VL's 3-D M-RoPE), grouped-query
+//! attention over the cached and new keys under a causal and padding mask built in the graph,
+//! SwiGLU MLPs, RMSNorm; the attention of candle's `AttentionVariant` (Qwen3's per-head q/k
+//! norms, no biases, its own head width), features added after the first layers (Qwen3-VL's
+//! deep stack); the last layer and the head run on the requested rows only, then a
+//! log-softmax in f32.
 
 use unireward_models::config::TextConfig;
 use unireward_models::decode::qwen2::QUERY_BLOCKS;
+use unireward_models::decode::AttentionVariant;
 
 use crate::dtype::{DataType, ElementSlice};
 use crate::error::Result;
@@ -13,17 +17,13 @@ use crate::model::layers::{key, Emitter};
 
 /// The additive attention mask [B, 1, T, S] (f32) from `attention_mask` [B, S] (i64, 1 =
 /// token, 0 = padding) over the S = past + T cached and new positions; T is read from
-/// `position_ids` [B, T]. Query t, at absolute index past + t, sees key j when j ≤ past + t
+/// `embeds` [B, T, D]. Query t, at absolute index past + t, sees key j when j ≤ past + t
 /// and j is a token. Without a cache S = T and this is the plain causal mask.
 ///
 /// Masked entries get f32's lowest finite value rather than −inf: the softmax is the same
 /// wherever a row sees any key, and a row that sees none (a padding query before every token,
 /// under left padding) comes out uniform instead of NaN.
-pub fn attention_mask(
-    e: &mut Emitter,
-    attention_mask: &Value,
-    position_ids: &Value,
-) -> Result<Value> {
+pub fn attention_mask(e: &mut Emitter, attention_mask: &Value, embeds: &Value) -> Result<Value> {
     e.graph().set_scope("mask");
     let one_scalar = e.graph().const_i64("one", &[], &[1])?;
     let zero_scalar = e.graph().const_i64("zero", &[], &[0])?;
@@ -33,7 +33,7 @@ pub fn attention_mask(
         &[&total_shape, &one_scalar],
         &[("axis", Attr::Int(0))],
     )?;
-    let new_shape = e.op("Shape", &[position_ids], &[])?;
+    let new_shape = e.op("Shape", &[embeds], &[])?;
     let t = e.op(
         "Gather",
         &[&new_shape, &one_scalar],
@@ -55,23 +55,73 @@ pub fn attention_mask(
     Ok(mask)
 }
 
-/// cos / sin tables [B, 1, T, head_dim] (compute type) for `position_ids` [B, T] (i64),
-/// computed in f32 as candle's `Rotary::tables` does.
-pub fn rotary(e: &mut Emitter, cfg: &TextConfig, position_ids: &Value) -> Result<(Value, Value)> {
+/// cos / sin tables [B, 1, T, head_dim] (compute type) for `position_ids` [B, T] (i64), or
+/// with M-RoPE [3, B, T], computed in f32 as candle's `Rotary::tables` does.
+pub fn rotary(
+    e: &mut Emitter,
+    cfg: &TextConfig,
+    variant: &AttentionVariant,
+    position_ids: &Value,
+) -> Result<(Value, Value)> {
     e.graph().set_scope("rotary");
-    let dim = cfg.head_dim();
-    let inv: Vec<f32> = (0..dim / 2)
+    let dim = variant.head_dim;
+    let half = dim / 2;
+    let inv: Vec<f32> = (0..half)
         .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64)) as f32)
         .collect();
     let inv_freq = e.graph().initializer(
         "rotary.inv_freq",
-        &[1, 1, dim / 2],
+        &[1, 1, half],
         ElementSlice::F32(&inv),
         DataType::Float,
     )?;
     let pos = e.graph().cast(position_ids, DataType::Float)?;
     let pos = e.unsqueeze(&pos, &[-1])?;
-    let freqs = e.op("Mul", &[&pos, &inv_freq], &[])?;
+    let freqs = match &variant.mrope_section {
+        None => e.op("Mul", &[&pos, &inv_freq], &[])?,
+        Some(sections) => {
+            if sections.len() != 3 || sections.iter().sum::<usize>() != half {
+                return Err(crate::error::Error::Unsupported(format!(
+                    "mrope_section {sections:?} does not split head_dim {dim} / 2 in three"
+                )));
+            }
+            if variant.mrope_interleaved {
+                // Each angle is one axis' position times its frequency, the other axes
+                // weighted by an exact 0 (candle's one-hot sum).
+                let mut onehot = vec![0f32; 3 * half];
+                for j in 0..half {
+                    let axis = match j % 3 {
+                        1 if j < 3 * sections[1] => 1,
+                        2 if j < 3 * sections[2] => 2,
+                        _ => 0,
+                    };
+                    onehot[axis * half + j] = 1.0;
+                }
+                let onehot = e.graph().initializer(
+                    "rotary.mrope_axes",
+                    &[3, 1, 1, half],
+                    ElementSlice::F32(&onehot),
+                    DataType::Float,
+                )?;
+                let all = e.op("Mul", &[&pos, &inv_freq], &[])?;
+                let picked = e.op("Mul", &[&all, &onehot], &[])?;
+                reduce_sum(e, &picked, 0)?
+            } else {
+                // Three runs of frequencies, run i rotated by axis i.
+                let mut pieces = Vec::with_capacity(3);
+                let mut start = 0;
+                for (i, &len) in sections.iter().enumerate() {
+                    let index = e.graph().const_i64("mrope_axis", &[], &[(i % 3) as i64])?;
+                    let axis = e.op("Gather", &[&pos, &index], &[("axis", Attr::Int(0))])?;
+                    let inv = e.slice(&inv_freq, -1, start as i64, (start + len) as i64)?;
+                    pieces.push(e.op("Mul", &[&axis, &inv], &[])?);
+                    start += len;
+                }
+                let refs: Vec<&Value> = pieces.iter().collect();
+                e.op("Concat", &refs, &[("axis", Attr::Int(-1))])?
+            }
+        }
+    };
     let emb = e.op("Concat", &[&freqs, &freqs], &[("axis", Attr::Int(-1))])?;
     let emb = e.unsqueeze(&emb, &[1])?;
     let cos = e.op("Cos", &[&emb], &[])?;
@@ -79,6 +129,12 @@ pub fn rotary(e: &mut Emitter, cfg: &TextConfig, position_ids: &Value) -> Result
     let tables = (e.narrow(&cos)?, e.narrow(&sin)?);
     e.graph().set_scope("");
     Ok(tables)
+}
+
+/// `ReduceSum` over `axis` without keeping it (its axes an input from opset 13).
+fn reduce_sum(e: &mut Emitter, x: &Value, axis: i64) -> Result<Value> {
+    let axes = e.ints(&[axis])?;
+    e.op("ReduceSum", &[x, &axes], &[("keepdims", Attr::Int(0))])
 }
 
 /// x·cos + rotate_half(x)·sin over the last dim.
@@ -166,6 +222,7 @@ impl Rows {
 fn attention(
     e: &mut Emitter,
     cfg: &TextConfig,
+    variant: &AttentionVariant,
     prefix: &str,
     xs: &Value,
     rope: &(Value, Value),
@@ -173,10 +230,11 @@ fn attention(
     past: Option<&LayerKv>,
     rows: Option<&Rows>,
 ) -> Result<(Value, LayerKv)> {
-    let (d, hd) = (cfg.hidden_size, cfg.head_dim());
+    let (d, hd) = (cfg.hidden_size, variant.head_dim);
     let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+    let bias = variant.qkv_bias;
     let split = |e: &mut Emitter, name: &str, heads: usize, x: &Value| -> Result<Value> {
-        let t = e.linear(&key(prefix, name), d, heads * hd, true, x)?;
+        let t = e.linear(&key(prefix, name), d, heads * hd, bias, x)?;
         let t = e.reshape(&t, &[0, 0, heads as i64, hd as i64])?;
         e.transpose(&t, &[0, 2, 1, 3])
     };
@@ -187,6 +245,15 @@ fn attention(
     let q = split(e, "q_proj", h, &q_in)?;
     let k = split(e, "k_proj", kvh, xs)?;
     let v = split(e, "v_proj", kvh, xs)?;
+    let (q, k) = if variant.qk_norm {
+        let eps = cfg.rms_norm_eps;
+        (
+            e.rms_norm(&key(prefix, "q_norm"), hd, eps, &q)?,
+            e.rms_norm(&key(prefix, "k_norm"), hd, eps, &k)?,
+        )
+    } else {
+        (q, k)
+    };
     // As candle's block: the scale applied to q after the rotation, not to the T² scores.
     let q = apply_rotary(e, &q, q_cos, q_sin, hd)?;
     let scale = e.scalar((1.0 / (hd as f64).sqrt()) as f32)?;
@@ -301,6 +368,7 @@ fn mlp(e: &mut Emitter, cfg: &TextConfig, prefix: &str, xs: &Value) -> Result<Va
 pub fn layer(
     e: &mut Emitter,
     cfg: &TextConfig,
+    variant: &AttentionVariant,
     prefix: &str,
     xs: &Value,
     rope: &(Value, Value),
@@ -313,6 +381,7 @@ pub fn layer(
     let (a, present) = attention(
         e,
         cfg,
+        variant,
         &key(prefix, "self_attn."),
         &h,
         rope,
@@ -342,18 +411,28 @@ pub struct BodyOutput {
 /// body's (`language_model.model.`). `past`, one entry per layer, makes the layers attend
 /// over cached keys and values too (candle's `forward` with a `KvCache`); `None` is the
 /// cacheless forward. `rows` [B, P] (i64) computes only those rows in the last layer and
-/// returns [B, P, hidden] (candle's `forward_at`).
+/// returns [B, P, hidden] (candle's `forward_at`). `injections[i]` [B, T, hidden] (compute
+/// type) is added after layer i (candle's `forward_injected`).
 #[allow(clippy::too_many_arguments)]
 pub fn body(
     e: &mut Emitter,
     cfg: &TextConfig,
+    variant: &AttentionVariant,
     prefix: &str,
     embeds: &Value,
     position_ids: &Value,
     mask: &Value,
     past: Option<&[LayerKv]>,
     rows: Option<&Value>,
+    injections: &[Value],
 ) -> Result<BodyOutput> {
+    if injections.len() > cfg.num_hidden_layers {
+        return Err(crate::error::Error::Unsupported(format!(
+            "{} injected feature levels for {} decoder layers",
+            injections.len(),
+            cfg.num_hidden_layers
+        )));
+    }
     if let Some(p) = past {
         if p.len() != cfg.num_hidden_layers {
             return Err(crate::error::Error::Unsupported(format!(
@@ -363,7 +442,7 @@ pub fn body(
             )));
         }
     }
-    let rope = rotary(e, cfg, position_ids)?;
+    let rope = rotary(e, cfg, variant, position_ids)?;
     let rows = match rows {
         Some(index) => {
             e.graph().set_scope("rows");
@@ -376,17 +455,26 @@ pub fn body(
     let last = cfg.num_hidden_layers.saturating_sub(1);
     for i in 0..cfg.num_hidden_layers {
         e.graph().set_scope(&format!("decoder.layers.{i}"));
+        let layer_rows = rows.as_ref().filter(|_| i == last);
         let (out, present) = layer(
             e,
             cfg,
+            variant,
             &key(prefix, &format!("layers.{i}.")),
             &xs,
             &rope,
             mask,
             past.map(|p| &p[i]),
-            rows.as_ref().filter(|_| i == last),
+            layer_rows,
         )?;
-        xs = out;
+        xs = match (injections.get(i), layer_rows) {
+            (Some(add), Some(r)) => {
+                let add = gather_rows(e, add, &r.index, 1)?;
+                e.op("Add", &[&out, &add], &[])?
+            }
+            (Some(add), None) => e.op("Add", &[&out, add], &[])?,
+            (None, _) => out,
+        };
         presents.push(present);
     }
     if let Some(r) = rows.as_ref().filter(|_| cfg.num_hidden_layers == 0) {

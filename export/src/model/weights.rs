@@ -16,7 +16,8 @@ use crate::graph::PieceSink;
 struct Audit {
     audit: KeyAudit,
     dir: PathBuf,
-    layout: KeyLayout,
+    /// The key layout's name, for the error naming the missing keys.
+    layout: String,
 }
 
 /// Weights by their checkpoint key. Every fetch loads just that tensor, so an export holds at
@@ -30,13 +31,18 @@ impl Weights {
     /// Weights of `ckpt`, served as f32 whatever they are stored as (bf16 and f16 widen
     /// exactly, so storing them back as f16 rounds once).
     pub fn from_checkpoint(ckpt: &Checkpoint, layout: &KeyLayout) -> Self {
+        Self::from_checkpoint_named(ckpt, layout.name)
+    }
+
+    /// [`Self::from_checkpoint`] for a layout known by its name (a Qwen-VL family's).
+    pub fn from_checkpoint_named(ckpt: &Checkpoint, layout: &str) -> Self {
         let (vb, audit) = ckpt.var_builder(DType::F32, &Device::Cpu);
         Self {
             vb,
             audit: Some(Audit {
                 audit,
                 dir: ckpt.dir.clone(),
-                layout: layout.clone(),
+                layout: layout.to_string(),
             }),
         }
     }
@@ -52,7 +58,7 @@ impl Weights {
         if let Some(a) = &self.audit {
             // The auditing backend hands out zeros for a missing key; refuse before a single
             // zero reaches the data file.
-            a.audit.finish(&a.dir, &a.layout)?;
+            a.audit.finish_named(&a.dir, &a.layout)?;
         }
         Ok(t)
     }

@@ -4,6 +4,7 @@
 pub mod projector;
 pub mod qwen2_5_vl_vision;
 pub mod siglip;
+pub mod vision_graph_inputs;
 
 pub use projector::Projector;
 pub use siglip::SiglipVision;

@@ -84,10 +84,17 @@ impl WindowLayout {
     }
 
     /// Patch rows in window order (every merge group's `unit` patches kept together).
-    fn patch_order(&self, unit: usize) -> Vec<u32> {
+    pub fn patch_rows(&self, unit: usize) -> Vec<usize> {
         self.window_index
             .iter()
-            .flat_map(|&g| (g * unit..(g + 1) * unit).map(|i| i as u32))
+            .flat_map(|&g| g * unit..(g + 1) * unit)
+            .collect()
+    }
+
+    fn patch_order(&self, unit: usize) -> Vec<u32> {
+        self.patch_rows(unit)
+            .into_iter()
+            .map(|i| i as u32)
             .collect()
     }
 }
@@ -157,8 +164,18 @@ impl VisionRotary {
         positions: &[(usize, usize)],
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
-        let f = self.inv_freq.len();
-        let dim = 4 * f;
+        let dim = 4 * self.inv_freq.len();
+        let (cos, sin) = self.table_values(positions);
+        let n = positions.len();
+        Ok((
+            Tensor::from_vec(cos, (n, dim), device)?,
+            Tensor::from_vec(sin, (n, dim), device)?,
+        ))
+    }
+
+    /// [`Self::tables`] as row-major values.
+    pub(crate) fn table_values(&self, positions: &[(usize, usize)]) -> (Vec<f32>, Vec<f32>) {
+        let dim = 4 * self.inv_freq.len();
         let mut cos = Vec::with_capacity(positions.len() * dim);
         let mut sin = Vec::with_capacity(positions.len() * dim);
         for &(h, w) in positions {
@@ -173,11 +190,7 @@ impl VisionRotary {
                 sin.extend(angles.iter().map(|a| a.sin()));
             }
         }
-        let n = positions.len();
-        Ok((
-            Tensor::from_vec(cos, (n, dim), device)?,
-            Tensor::from_vec(sin, (n, dim), device)?,
-        ))
+        (cos, sin)
     }
 }
 

@@ -36,15 +36,15 @@ impl ModelFamily {
             ModelFamily::LlavaOnevision => None,
             ModelFamily::Qwen25Vl => Some(format!(
                 "Qwen2.5-VL checkpoints (UnifiedReward-qwen-*, UnifiedReward-2.0-qwen-*, \
-                 UnifiedReward-Think-qwen-7b) are not supported by {what} yet (`engine score`, \
-                 `engine logprob`, `engine pairs` and the trainer run them, on candle); {what} \
-                 takes LLaVA-OneVision judges (UnifiedReward-7b, -7b-v1.5, -0.5b)"
+                 UnifiedReward-Think-qwen-7b) are not run by {what}, which takes LLaVA-OneVision \
+                 judges (UnifiedReward-7b, -7b-v1.5, -0.5b); the engine's Qwen-VL backends (candle, \
+                 and ONNX Runtime on their exports) run them"
             )),
             ModelFamily::Qwen3Vl => Some(format!(
                 "Qwen3-VL checkpoints (UnifiedReward-2.0-qwen3vl-*, UnifiedReward-Think-qwen3vl-*) \
-                 are not supported by {what} yet (`engine score`, `engine logprob`, `engine \
-                 pairs` and `engine serve` run them, on candle); {what} takes LLaVA-OneVision \
-                 judges (UnifiedReward-7b, -7b-v1.5, -0.5b)"
+                 are not run by {what}, which takes LLaVA-OneVision judges (UnifiedReward-7b, \
+                 -7b-v1.5, -0.5b); the engine's Qwen-VL backends (candle, and ONNX Runtime on \
+                 their exports) run them"
             )),
         }
     }

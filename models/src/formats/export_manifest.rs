@@ -31,6 +31,85 @@ pub const POSITIONS: &str = "positions";
 /// The decoder graph's first output, before the cache.
 pub const LOG_PROBS: &str = "log_probs";
 
+/// The Qwen-VL vision graphs' inputs besides `pixel_values` (the flattened patches [N, C·tp·p·p]
+/// in the processor's order): what the candle towers compute on the host from the grids
+/// (`unireward_models::encode::vision_graph_inputs`). Qwen2.5-VL's: the window order [N], the
+/// rotary tables [N, head_dim] (window order), the windows' and the frames' padded segments
+/// (gather and keys [segments, len], scatter [N]), the merged tokens' raster order [N / 4].
+pub const WINDOW_ORDER: &str = "window_order";
+pub const ROTARY_COS: &str = "rotary_cos";
+pub const ROTARY_SIN: &str = "rotary_sin";
+pub const WINDOW_GATHER: &str = "window_gather";
+pub const WINDOW_KEYS: &str = "window_keys";
+pub const WINDOW_SCATTER: &str = "window_scatter";
+pub const FRAME_GATHER: &str = "frame_gather";
+pub const FRAME_KEYS: &str = "frame_keys";
+pub const FRAME_SCATTER: &str = "frame_scatter";
+pub const MERGE_ORDER: &str = "merge_order";
+/// Qwen3-VL's: the learned positions' taps [N · 4] and weights [N · 4].
+pub const POS_INDEX: &str = "pos_index";
+pub const POS_WEIGHT: &str = "pos_weight";
+
+/// Qwen3-VL's deep-stack level `l`: an output of the vision graph ([N / 4, hidden], as
+/// `image_features`) and an input of the decoder ([batch, sequence, hidden], zero outside the
+/// media tokens), added after decoder layer `l`.
+pub fn deepstack_name(level: usize) -> String {
+    format!("deepstack.{level}")
+}
+
+/// Which family's graphs an export holds: what its vision graph takes and how its decoder's
+/// positions are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExportFamily {
+    /// Tiles → projected features; positions [batch, sequence].
+    #[default]
+    LlavaOnevision,
+    /// Patches and their layout → merged features; M-RoPE positions [3, batch, sequence].
+    Qwen25Vl,
+    /// As Qwen2.5-VL, with deep-stack levels out of the vision graph and into the decoder.
+    Qwen3Vl,
+}
+
+impl ExportFamily {
+    /// The vision graph's inputs, in order.
+    pub fn vision_input_names(self) -> Vec<&'static str> {
+        match self {
+            Self::LlavaOnevision => vec![VISION_INPUT],
+            Self::Qwen25Vl => vec![
+                VISION_INPUT,
+                WINDOW_ORDER,
+                ROTARY_COS,
+                ROTARY_SIN,
+                WINDOW_GATHER,
+                WINDOW_KEYS,
+                WINDOW_SCATTER,
+                FRAME_GATHER,
+                FRAME_KEYS,
+                FRAME_SCATTER,
+                MERGE_ORDER,
+            ],
+            Self::Qwen3Vl => vec![
+                VISION_INPUT,
+                POS_INDEX,
+                POS_WEIGHT,
+                ROTARY_COS,
+                ROTARY_SIN,
+                FRAME_GATHER,
+                FRAME_KEYS,
+                FRAME_SCATTER,
+            ],
+        }
+    }
+
+    /// The vision graph's outputs: the features, then each deep-stack level.
+    pub fn vision_output_names(self, deepstack: usize) -> Vec<String> {
+        std::iter::once(VISION_OUTPUT.to_string())
+            .chain((0..deepstack).map(deepstack_name))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvKind {
     Key,
@@ -72,12 +151,13 @@ fn kv_names(num_layers: usize, name: fn(usize, KvKind) -> String) -> Vec<String>
         .collect()
 }
 
-/// The decoder's input names: the four sequence inputs, then with a cache of `kv_layers`
-/// layers each layer's past.
-pub fn decoder_input_names(kv_layers: Option<usize>) -> Vec<String> {
+/// The decoder's input names: the four sequence inputs, the `deepstack` levels (Qwen3-VL),
+/// then with a cache of `kv_layers` layers each layer's past.
+pub fn decoder_input_names(kv_layers: Option<usize>, deepstack: usize) -> Vec<String> {
     let mut names: Vec<String> = [INPUTS_EMBEDS, ATTENTION_MASK, POSITION_IDS, POSITIONS]
         .map(String::from)
         .to_vec();
+    names.extend((0..deepstack).map(deepstack_name));
     names.extend(kv_layers.map(past_names).unwrap_or_default());
     names
 }
@@ -92,6 +172,12 @@ pub fn decoder_output_names(kv_layers: Option<usize>) -> Vec<String> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub format_version: u32,
+    /// Absent from LLaVA exports written before Qwen-VL ones existed.
+    #[serde(default)]
+    pub family: ExportFamily,
+    /// Qwen3-VL's deep-stack levels (vision outputs, decoder inputs); 0 for the others.
+    #[serde(default)]
+    pub deepstack_levels: usize,
     #[serde(default)]
     pub producer: String,
     /// `fp32` or `fp16`: how weights are stored and matmuls run. Inputs and outputs are f32
@@ -106,7 +192,10 @@ pub struct Manifest {
     pub layout: String,
     pub graphs: Graphs,
     pub embeddings: Embeddings,
-    pub config: Essentials,
+    /// The LLaVA dimensions the graphs were built for; a Qwen-VL export's are its
+    /// `config.json`'s.
+    #[serde(default)]
+    pub config: Option<Essentials>,
     /// Format 2 on (always written); absent from a format-1 export.
     pub kv_cache: Option<KvCache>,
     /// Files copied from the checkpoint (configuration, tokenizer, processor, chat template).
@@ -186,7 +275,9 @@ pub struct Embeddings {
     pub file: String,
     /// Tensor names inside the file.
     pub embed_tokens: String,
-    pub image_newline: String,
+    /// LLaVA's learned row; Qwen-VL has none.
+    #[serde(default)]
+    pub image_newline: Option<String>,
     /// safetensors dtype of the embedding table (`F32` or `F16`); `image_newline` is F32.
     #[serde(default)]
     pub embed_tokens_dtype: String,
@@ -300,7 +391,7 @@ mod tests {
     #[test]
     fn decoder_names_put_each_layers_key_before_its_value() {
         assert_eq!(
-            decoder_input_names(Some(2))[3..],
+            decoder_input_names(Some(2), 0)[3..],
             [
                 "positions",
                 "past_key_values.0.key",
@@ -314,6 +405,16 @@ mod tests {
             ["log_probs", "present.0.key", "present.0.value"]
         );
         assert_eq!(decoder_output_names(None), ["log_probs"]);
-        assert_eq!(decoder_input_names(None).len(), 4);
+        assert_eq!(decoder_input_names(None, 0).len(), 4);
+        assert_eq!(
+            decoder_input_names(Some(1), 2)[3..],
+            [
+                "positions",
+                "deepstack.0",
+                "deepstack.1",
+                "past_key_values.0.key",
+                "past_key_values.0.value"
+            ]
+        );
     }
 }

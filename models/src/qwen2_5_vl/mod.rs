@@ -158,13 +158,7 @@ impl Qwen25Vl {
     /// The grid of a prepared video: its temporal patches `second_per_grid` seconds apart, each
     /// second `tokens_per_second` positions (transformers' `second_per_grid_ts` timing).
     pub fn video_grid(&self, video: &QwenVlVideo) -> MediaGrid {
-        let (t, h, w) = video.pixels.grid_thw;
-        MediaGrid {
-            t,
-            h,
-            w,
-            time_interval: video.second_per_grid * self.cfg.vision.tokens_per_second,
-        }
+        video_grid(&self.cfg, video)
     }
 
     /// The M-RoPE positions of a prompt whose spans hold the media of `images` / `videos`.
@@ -208,6 +202,18 @@ impl Qwen25Vl {
 
     pub fn dtype(&self) -> DType {
         self.decoder.dtype()
+    }
+}
+
+/// A video item's grid: its temporal patches step the time axis by the seconds they span
+/// times `tokens_per_second`.
+pub fn video_grid(cfg: &Qwen25VlConfig, video: &QwenVlVideo) -> MediaGrid {
+    let (t, h, w) = video.pixels.grid_thw;
+    MediaGrid {
+        t,
+        h,
+        w,
+        time_interval: video.second_per_grid * cfg.vision.tokens_per_second,
     }
 }
 

@@ -34,10 +34,10 @@ pub use vision::Qwen3VisionTransformer;
 
 /// Key prefixes: transformers 5's `save_pretrained` and the hub's Qwen3-VL files (saved by
 /// transformers 4.57) agree.
-const VISION: &str = "model.visual";
-const DECODER: &str = "model.language_model";
-const LM_HEAD: &str = "lm_head";
-const LAYOUT_NAME: &str = "Qwen3-VL (model.visual., model.language_model., lm_head)";
+pub const VISION: &str = "model.visual";
+pub const DECODER: &str = "model.language_model";
+pub const LM_HEAD: &str = "lm_head";
+pub const LAYOUT_NAME: &str = "Qwen3-VL (model.visual., model.language_model., lm_head)";
 
 /// A prompt ready for the decoder: its embeddings [T, hidden] with the media spliced in, and per
 /// deep-stack level the features to add after that decoder layer [T, hidden] (zero outside the
@@ -211,7 +211,7 @@ impl Qwen3Vl {
     }
 }
 
-fn refuse_videos(tokens: &Tokenized) -> Result<()> {
+pub(crate) fn refuse_videos(tokens: &Tokenized) -> Result<()> {
     if tokens.spans.iter().any(|s| s.kind == MediaKind::Video) {
         return Err(videos_refused());
     }
@@ -220,7 +220,7 @@ fn refuse_videos(tokens: &Tokenized) -> Result<()> {
 
 /// Qwen3-VL's video items (timestamp text between frames, positions per frame) are not built;
 /// a video sent as sampled frames (the 2.0 and Think-qwen3vl scripts' way) is images.
-fn videos_refused() -> Error {
+pub(crate) fn videos_refused() -> Error {
     Error::Input(
         "Qwen3-VL video items (timestamped frames) are not supported yet: send a video as \
          sampled frames (--video-mode frames, the 2.0 and Think-qwen3vl scripts' way)"

@@ -148,43 +148,14 @@ impl Qwen3VisionTransformer {
         &self.cfg
     }
 
-    /// The learned positions of each patch at `positions` (row, column) of a grid h x w, resampled
-    /// as transformers' `get_vision_interpolation_indices_and_weights` (bilinear, aligned corners)
-    /// does: source coordinate row·(side − 1)/(h − 1) in f32, the two neighbouring rows and
-    /// columns weighted by 1 − distance.
+    /// The learned positions of each patch at `positions` (row, column), resampled by its
+    /// grid's [`position_taps`].
     fn position_embeddings(
         &self,
         grids: &[(usize, usize, usize)],
         positions: &[(usize, usize)],
     ) -> Result<Tensor> {
-        let side = self.cfg.position_grid_side();
-        let taps = |index: usize, size: usize| -> ([usize; 2], [f32; 2]) {
-            let src = (index as f32 * (side - 1) as f32) / (size.max(2) - 1) as f32;
-            let floor = src.floor();
-            let frac = src - floor;
-            let lo = (floor as usize).min(side - 1);
-            let hi = (floor as usize + 1).min(side - 1);
-            (
-                [lo, hi],
-                [(1.0 - frac).max(0.0), (1.0 - (frac - 1.0).abs()).max(0.0)],
-            )
-        };
-        let mut indices = Vec::with_capacity(positions.len() * 4);
-        let mut weights = Vec::with_capacity(positions.len() * 4);
-        let mut at = 0;
-        for &(t, h, w) in grids {
-            for &(row, col) in &positions[at..at + t * h * w] {
-                let (rows, row_w) = taps(row, h);
-                let (cols, col_w) = taps(col, w);
-                for (r, rw) in rows.iter().zip(row_w) {
-                    for (c, cw) in cols.iter().zip(col_w) {
-                        indices.push((r * side + c) as u32);
-                        weights.push(rw * cw);
-                    }
-                }
-            }
-            at += t * h * w;
-        }
+        let (indices, weights) = position_taps(&self.cfg, grids, positions);
         let n = positions.len();
         let device = self.pos_embed.device();
         let idx = Tensor::from_vec(indices, n * 4, device)?;
@@ -242,6 +213,48 @@ impl Qwen3VisionTransformer {
     pub fn dtype(&self) -> DType {
         self.pos_embed.dtype()
     }
+}
+
+/// Each patch's four taps into the learned position grid (row-major indices [N · 4]) and
+/// their weights [N · 4], for patches at `positions` (row, column) of `grids` (t, h, w),
+/// resampled as transformers' `get_vision_interpolation_indices_and_weights` (bilinear,
+/// aligned corners) does: source coordinate row·(side − 1)/(h − 1) in f32, the two
+/// neighbouring rows and columns weighted by 1 − distance.
+pub(crate) fn position_taps(
+    cfg: &Qwen3VisionConfig,
+    grids: &[(usize, usize, usize)],
+    positions: &[(usize, usize)],
+) -> (Vec<u32>, Vec<f32>) {
+    let side = cfg.position_grid_side();
+    let taps = |index: usize, size: usize| -> ([usize; 2], [f32; 2]) {
+        let src = (index as f32 * (side - 1) as f32) / (size.max(2) - 1) as f32;
+        let floor = src.floor();
+        let frac = src - floor;
+        let lo = (floor as usize).min(side - 1);
+        let hi = (floor as usize + 1).min(side - 1);
+        (
+            [lo, hi],
+            [(1.0 - frac).max(0.0), (1.0 - (frac - 1.0).abs()).max(0.0)],
+        )
+    };
+    let mut indices = Vec::with_capacity(positions.len() * 4);
+    let mut weights = Vec::with_capacity(positions.len() * 4);
+    let mut at = 0;
+    for &(t, h, w) in grids {
+        let end = (at + t * h * w).min(positions.len());
+        for &(row, col) in &positions[at..end] {
+            let (rows, row_w) = taps(row, h);
+            let (cols, col_w) = taps(col, w);
+            for (r, rw) in rows.iter().zip(row_w) {
+                for (c, cw) in cols.iter().zip(col_w) {
+                    indices.push((r * side + c) as u32);
+                    weights.push(rw * cw);
+                }
+            }
+        }
+        at = end;
+    }
+    (indices, weights)
 }
 
 #[cfg(test)]

@@ -8,9 +8,12 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use unireward_models::config::LlavaConfig;
+use unireward_models::family::ModelFamily;
 use unireward_models::formats::export_manifest::{
-    self as contract, Embeddings, Manifest, FILE_NAME, FORMAT_VERSION, FORMAT_VERSION_NO_CACHE,
+    self as contract, Embeddings, ExportFamily, Manifest, FILE_NAME, FORMAT_VERSION,
+    FORMAT_VERSION_NO_CACHE,
 };
+use unireward_models::qwen_vl::QwenVlConfig;
 
 use super::kv::KvLayout;
 use crate::error::{EngineError, Result};
@@ -37,8 +40,17 @@ impl ExportDir {
     pub fn read(dir: &Path) -> Result<Self> {
         let manifest = read_manifest(dir)?;
         check_file_sizes(dir, &manifest)?;
+        if manifest.family != ExportFamily::LlavaOnevision {
+            return Err(invalid(
+                dir,
+                format!("a {:?} export, not a LLaVA-OneVision one", manifest.family),
+            ));
+        }
         let mut cfg = LlavaConfig::from_file(&dir.join("config.json"))?;
-        let essentials = &manifest.config;
+        let essentials = manifest
+            .config
+            .as_ref()
+            .ok_or_else(|| invalid(dir, "the manifest has no model dimensions (config)"))?;
         if essentials.text.vocab_size != cfg.text.vocab_size
             || essentials.text.hidden_size != cfg.text.hidden_size
         {
@@ -78,7 +90,7 @@ impl ExportDir {
         }
         let decoder_entry = &manifest.graphs.decoder;
         let kv_layers = kv.map(|kv| kv.num_layers);
-        let want_inputs = contract::decoder_input_names(kv_layers);
+        let want_inputs = contract::decoder_input_names(kv_layers, 0);
         let want_outputs = contract::decoder_output_names(kv_layers);
         if decoder_entry.input_names() != want_inputs
             || decoder_entry.output_names() != want_outputs
@@ -118,6 +130,108 @@ impl ExportDir {
             kv,
             embed_tokens,
             newline,
+        })
+    }
+}
+
+/// What the engine needs of a Qwen-VL export directory, checked.
+pub(super) struct QwenExportDir {
+    /// `config.json`.
+    pub cfg: QwenVlConfig,
+    pub family: ExportFamily,
+    pub dtype: String,
+    pub vision_file: PathBuf,
+    pub decoder_file: PathBuf,
+    pub deepstack: usize,
+    pub kv: KvLayout,
+    /// [vocab, hidden] in the export's precision (f32 or f16).
+    pub embed_tokens: Tensor,
+}
+
+impl QwenExportDir {
+    pub fn read(dir: &Path) -> Result<Self> {
+        let manifest = read_manifest(dir)?;
+        check_file_sizes(dir, &manifest)?;
+        let cfg = QwenVlConfig::load(dir)?;
+        let family = manifest.family;
+        let wanted = match cfg.family() {
+            ModelFamily::Qwen25Vl => ExportFamily::Qwen25Vl,
+            _ => ExportFamily::Qwen3Vl,
+        };
+        if family != wanted {
+            return Err(invalid(
+                dir,
+                format!(
+                    "the manifest says a {family:?} export, config.json a {} checkpoint",
+                    cfg.family().name()
+                ),
+            ));
+        }
+        let kv = kv_layout(dir, &manifest)?
+            .ok_or_else(|| invalid(dir, "a Qwen-VL export without its KV cache"))?;
+        let text = cfg.text();
+        if kv.num_layers != text.num_hidden_layers || kv.kv_heads != text.num_key_value_heads {
+            return Err(invalid(
+                dir,
+                format!(
+                    "a cache of {} layers x {} heads, config.json says {} x {}",
+                    kv.num_layers, kv.kv_heads, text.num_hidden_layers, text.num_key_value_heads
+                ),
+            ));
+        }
+        let deepstack = manifest.deepstack_levels;
+        let check = |what: &str, entry: &contract::GraphEntry, inputs: Vec<String>, outputs| {
+            if entry.input_names() != inputs || entry.output_names() != outputs {
+                return Err(invalid(
+                    dir,
+                    format!(
+                        "the {what} graph must take {inputs:?} and give {outputs:?}, the \
+                         manifest lists {:?} → {:?}",
+                        entry.input_names(),
+                        entry.output_names()
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        check(
+            "vision",
+            &manifest.graphs.vision,
+            family
+                .vision_input_names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            family.vision_output_names(deepstack),
+        )?;
+        let layers = Some(kv.num_layers);
+        check(
+            "decoder",
+            &manifest.graphs.decoder,
+            contract::decoder_input_names(layers, deepstack),
+            contract::decoder_output_names(layers),
+        )?;
+        let embed_tokens = read_table(dir, &manifest.embeddings)?;
+        if embed_tokens.dims() != [text.vocab_size, text.hidden_size] {
+            return Err(invalid(
+                dir,
+                format!(
+                    "embeddings of shape {:?} do not fit vocab {} / hidden {}",
+                    embed_tokens.dims(),
+                    text.vocab_size,
+                    text.hidden_size
+                ),
+            ));
+        }
+        Ok(Self {
+            vision_file: dir.join(&manifest.graphs.vision.file),
+            decoder_file: dir.join(&manifest.graphs.decoder.file),
+            cfg,
+            family,
+            dtype: manifest.dtype,
+            deepstack,
+            kv,
+            embed_tokens,
         })
     }
 }
@@ -237,21 +351,38 @@ fn check_file_sizes(dir: &Path, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-fn read_embeddings(dir: &Path, entry: &Embeddings) -> Result<(Tensor, Tensor)> {
+/// The embeddings file, mapped.
+fn map_embeddings(dir: &Path, entry: &Embeddings) -> Result<MmapedSafetensors> {
     let path = dir.join(&entry.file);
     if !path.is_file() {
         return Err(invalid(dir, format!("{} is missing", entry.file)));
     }
-    // SAFETY: mapped read-only; only the two tensors are copied out, and the map is dropped
-    // before this returns. As with checkpoints, the file must not be truncated meanwhile.
-    let st = unsafe { MmapedSafetensors::new(&path) }
-        .map_err(|e| invalid(dir, format!("{}: {e}", entry.file)))?;
+    // SAFETY: mapped read-only; only its tensors are copied out, and the map is dropped
+    // before the caller returns. As with checkpoints, the file must not be truncated meanwhile.
+    unsafe { MmapedSafetensors::new(&path) }
+        .map_err(|e| invalid(dir, format!("{}: {e}", entry.file)))
+}
+
+/// The token embedding table.
+fn read_table(dir: &Path, entry: &Embeddings) -> Result<Tensor> {
+    map_embeddings(dir, entry)?
+        .load(&entry.embed_tokens, &Device::Cpu)
+        .map_err(|e| invalid(dir, format!("{}: {}: {e}", entry.file, entry.embed_tokens)))
+}
+
+/// The token embedding table and LLaVA's `image_newline`.
+fn read_embeddings(dir: &Path, entry: &Embeddings) -> Result<(Tensor, Tensor)> {
+    let st = map_embeddings(dir, entry)?;
     let table = st
         .load(&entry.embed_tokens, &Device::Cpu)
         .map_err(|e| invalid(dir, format!("{}: {}: {e}", entry.file, entry.embed_tokens)))?;
+    let name = entry
+        .image_newline
+        .as_deref()
+        .ok_or_else(|| invalid(dir, "the manifest names no image_newline"))?;
     let newline = st
-        .load(&entry.image_newline, &Device::Cpu)
-        .map_err(|e| invalid(dir, format!("{}: {}: {e}", entry.file, entry.image_newline)))?
+        .load(name, &Device::Cpu)
+        .map_err(|e| invalid(dir, format!("{}: {name}: {e}", entry.file)))?
         .to_dtype(DType::F32)?;
     Ok((table, newline))
 }

@@ -19,6 +19,7 @@ pub mod library;
 mod manifest;
 pub mod profiles;
 pub mod providers;
+pub mod qwen_vl;
 pub mod runtime;
 
 use std::path::{Path, PathBuf};
@@ -27,7 +28,8 @@ use std::sync::{Mutex, MutexGuard};
 use candle_core::{DType, Device, Tensor};
 use unireward_models::config::{LlavaConfig, TextConfig};
 
-use self::kv::{KvLayout, PastKv};
+use self::decoder::{CallPositions, DecoderGraph};
+use self::kv::PastKv;
 use self::manifest::ExportDir;
 pub use self::profiles::{decoder_profile, vision_profile, EngineLimits};
 use self::providers::{ExecutionProvider, ShapeProfile};
@@ -44,15 +46,13 @@ pub struct OrtBackend {
     // Runs need `&mut` sessions; one run at a time per graph (ONNX Runtime parallelises
     // within the run).
     vision: Mutex<OrtSession>,
-    decoder: Mutex<OrtSession>,
+    decoder: DecoderGraph,
     vision_input: String,
     vision_output: String,
     features_per_tile: usize,
     /// [vocab, hidden] in the export's precision (f32 or f16).
     embed_tokens: Tensor,
     newline: Tensor,
-    /// The decoder's cache, `None` for a format-1 export.
-    kv: Option<KvLayout>,
     /// TensorRT's optimisation profile caps the sequences of one decoder call, and their
     /// tokens.
     max_batch: Option<usize>,
@@ -105,7 +105,13 @@ impl OrtBackend {
             _ => (session.clone(), session.clone()),
         };
         let vision = OrtSession::open(&vision_file, &vision_session)?;
-        let decoder = OrtSession::open(&decoder_file, &decoder_session)?;
+        let decoder = DecoderGraph::new(
+            OrtSession::open(&decoder_file, &decoder_session)?,
+            kv,
+            hidden,
+            cfg.text.vocab_size,
+            0,
+        );
         let trt = matches!(session.provider, ExecutionProvider::TensorRt(_));
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -113,13 +119,12 @@ impl OrtBackend {
             dtype,
             session: session.clone(),
             vision: Mutex::new(vision),
-            decoder: Mutex::new(decoder),
+            decoder,
             vision_input,
             vision_output,
             features_per_tile,
             embed_tokens,
             newline,
-            kv,
             max_batch: usize::try_from(limits.max_batch).ok().filter(|_| trt),
             max_length: usize::try_from(limits.max_length).ok().filter(|_| trt),
         })
@@ -144,7 +149,7 @@ impl OrtBackend {
     /// Whether the decoder has a KV cache (a format-2 export): continuations and generation
     /// then run the prompt once.
     pub fn has_kv_cache(&self) -> bool {
-        self.kv.is_some()
+        self.decoder.kv.is_some()
     }
 
     fn lock<'a>(&self, m: &'a Mutex<OrtSession>) -> MutexGuard<'a, OrtSession> {
@@ -163,29 +168,19 @@ impl Decoder for OrtBackend {
     }
 
     fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
-        let vocab = self.cfg.text.vocab_size;
-        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-            return Err(EngineError::Invalid(format!(
-                "token id {bad} is outside the vocabulary of {vocab}"
-            )));
-        }
-        let idx = Tensor::new(ids, &Device::Cpu)?;
-        Ok(self
-            .embed_tokens
-            .index_select(&idx, 0)?
-            .to_dtype(DType::F32)?)
+        embedded(&self.embed_tokens, ids)
     }
 
     fn limits(&self) -> Limits {
         Limits {
             max_batch: self.max_batch,
             max_length: self.max_length,
-            kv_cache: self.kv.is_some(),
+            kv_cache: self.decoder.kv.is_some(),
         }
     }
 
     fn new_cache(&self) -> Result<Box<dyn DecoderCache>> {
-        match self.kv {
+        match self.decoder.kv {
             Some(kv) => Ok(Box::new(PastKv::empty(kv, 0))),
             None => Err(EngineError::Invalid(format!(
                 "export {}: a format-1 export's decoder keeps no cache",
@@ -204,7 +199,8 @@ impl Decoder for OrtBackend {
             Some(c) => Some(own_cache::<PastKv>(c)?),
             None => None,
         };
-        self.decode_seqs(seqs, rows, cache)
+        self.decoder
+            .decode_seqs(seqs, rows, cache, |_| Ok(CallPositions::Plain), &[])
     }
 
     fn decode_next(
@@ -214,8 +210,25 @@ impl Decoder for OrtBackend {
         seen: &[&[bool]],
         cache: &mut dyn DecoderCache,
     ) -> Result<Tensor> {
-        self.decode_next_seqs(embeds, positions, seen, own_cache::<PastKv>(cache)?)
+        let cache = own_cache::<PastKv>(cache)?;
+        let (batch, hidden) = embeds.dims2()?;
+        super::check_next(batch, hidden, positions, seen, cache.len(), &self.cfg.text)?;
+        let positions = positions.iter().map(|&p| p as i64).collect();
+        self.decoder
+            .decode_next_seqs(embeds, CallPositions::Given(positions), seen, cache)
     }
+}
+
+/// Rows `ids` of an export's embedding `table` [vocab, hidden], as f32.
+pub(super) fn embedded(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    let vocab = table.dim(0)?;
+    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(EngineError::Invalid(format!(
+            "token id {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let idx = Tensor::new(ids, &Device::Cpu)?;
+    Ok(table.index_select(&idx, 0)?.to_dtype(DType::F32)?)
 }
 
 impl Backend for OrtBackend {
