@@ -397,3 +397,71 @@ fn engine_logprob_on_qwen_exports_matches_transformers() -> Result<()> {
     }
     Ok(())
 }
+
+/// fp16 exports: half the weight bytes of fp32's, completion log-probs within fp16's unit
+/// roundoff (2⁻¹¹, relative) of transformers', greedy tokens equal to `generate`, and both
+/// precisions' graphs accepted by onnx's checker (full check: strict shape inference).
+#[test]
+fn fp16_qwen_exports_agree_within_half_precision() -> Result<()> {
+    for (family, name) in [("qwen2_5_vl", "qwen2_5_vl_3b"), ("qwen3_vl", "qwen3_vl_4b")] {
+        let g = golden(family, name)?;
+        let model = g.dir.join("model");
+        let (d32, d16) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let r32 = export_onnx(&model, d32.path(), &ExportOptions::default())?;
+        let r16 = export_onnx(
+            &model,
+            d16.path(),
+            &ExportOptions {
+                precision: unireward_export::Precision::F16,
+                ..Default::default()
+            },
+        )?;
+        let bytes = |r: &unireward_export::ExportReport| {
+            r.vision.data_bytes + r.decoder.data_bytes
+        };
+        let ratio = bytes(&r16) as f64 / bytes(&r32) as f64;
+        println!("{name}: fp16 weights {:.3} of fp32's", ratio);
+        assert!((0.45..=0.55).contains(&ratio), "{name}: {ratio}");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/check-onnx.py");
+        let checked = Command::new("python3")
+            .arg(script)
+            .args([
+                &r32.vision.model,
+                &r32.decoder.model,
+                &r16.vision.model,
+                &r16.decoder.model,
+            ])
+            .output()?;
+        let text = String::from_utf8_lossy(&checked.stdout).to_string()
+            + &String::from_utf8_lossy(&checked.stderr);
+        println!("{text}");
+        assert!(checked.status.success(), "{name}: onnx checker:\n{text}");
+
+        let ort = OrtQwenVlBackend::open(d16.path(), &SessionConfig::default())?;
+        let (image_pad, video_pad) = ort.media_token_ids();
+        let tokenizer = PromptTokenizer::load_qwen_vl(d16.path(), image_pad, video_pad)?;
+        let processor = QwenVlProcessor::from_model_dir(d16.path())?;
+        let judge = judge(&ort, &tokenizer)?;
+        for case in g.cases.iter().chain(&g.video_cases) {
+            let media = encoded(&ort, &processor, case)?;
+            let prompt = judge.prompt(case["prompt"].as_str().unwrap_or_default(), &media)?;
+            let got = ort.prompt_continuations_batch(
+                std::slice::from_ref(&prompt),
+                &[vec![completion(&g, case)?]],
+            )?[0][0]
+                .total();
+            let want = case["completion_logprob"].as_f64().unwrap_or(f64::NAN);
+            let rel = (got - want).abs() / want.abs();
+            println!("{name} fp16 {}: {got:.6} vs {want:.6} ({rel:.1e})", case["name"]);
+            assert!(rel < 2f64.powi(-11), "{name} fp16 {}: {rel}", case["name"]);
+        }
+        let gen = &g.generation;
+        let media = encoded(&ort, &processor, gen)?;
+        let prompt = judge.prompt(gen["prompt"].as_str().unwrap_or_default(), &media)?;
+        let max_new = gen["max_new_tokens"].as_u64().unwrap_or(24) as usize;
+        let tokens = ort.generate_after(&prompt, max_new, &[IM_END])?;
+        let want: Vec<u32> = serde_json::from_value(gen["tokens"].clone())?;
+        assert_eq!(tokens, want, "{name} fp16 greedy generation");
+    }
+    Ok(())
+}
