@@ -465,3 +465,116 @@ fn fp16_qwen_exports_agree_within_half_precision() -> Result<()> {
     }
     Ok(())
 }
+
+fn engine_score(model: &Path, input: &Path, out: &Path, extra: &[&str]) -> Result<Vec<Value>> {
+    let status = Command::new(engine_bin()?)
+        .args(["score", "--model"])
+        .arg(model)
+        .arg("--batch")
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .status()?;
+    let answers: Vec<Value> = std::fs::read_to_string(out)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    assert!(status.success(), "engine score {model:?}: {answers:?}");
+    Ok(answers)
+}
+
+/// Every number of a record (scores, probabilities, per-dimension values), by its path.
+fn numbers(v: &Value, path: String, out: &mut Vec<(String, f64)>) {
+    match v {
+        Value::Number(n) => out.push((path, n.as_f64().unwrap_or(f64::NAN))),
+        Value::Object(m) => {
+            for (k, x) in m {
+                numbers(x, format!("{path}.{k}"), out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                numbers(x, format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `engine score` in fast mode on an export answers as on the checkpoint (candle): point
+/// scores of a 1920x1080 image, image pairs, a pair of videos, an understanding record; for
+/// Qwen3-VL the 2.0 prompts with a video as sampled frames.
+#[test]
+fn engine_score_on_qwen_exports_answers_as_candle_does() -> Result<()> {
+    let img = |k: &str| media_dir().join(format!("{k}.png"));
+    let clip = |k: &str| media_dir().join(k);
+    let runs: [(&str, &str, Vec<Value>, &[&str]); 2] = [
+        (
+            "qwen2_5_vl",
+            "qwen2_5_vl_3b",
+            vec![
+                json!({"id": "gen-point", "task": "image_generation", "mode": "point",
+                       "prompt": "a yellow star", "images": [img("1920x1080")]}),
+                json!({"id": "gen-pair", "task": "image_generation", "mode": "pair",
+                       "prompt": "a yellow star", "images": [img("300x200"), img("40x30")]}),
+                json!({"id": "video-pair", "task": "video_generation", "mode": "pair",
+                       "prompt": "a yellow square moving",
+                       "videos": [clip("clip_300x200"), clip("clip_640x360")]}),
+                json!({"id": "und-point", "task": "image_understanding", "mode": "point",
+                       "prompt": "What is drawn?", "images": [img("300x200")],
+                       "answers": ["Triangles."]}),
+            ],
+            &[],
+        ),
+        (
+            "qwen3_vl",
+            "qwen3_vl_4b",
+            vec![
+                json!({"id": "gen-point", "task": "image_generation", "mode": "point",
+                       "prompt": "a yellow star", "images": [img("1920x1080")]}),
+                json!({"id": "gen-pair", "task": "image_generation", "mode": "pair",
+                       "prompt": "a yellow star", "images": [img("300x200"), img("40x30")]}),
+                json!({"id": "video", "task": "video_generation", "mode": "point",
+                       "prompt": "a yellow square moving", "videos": [clip("clip_640x360")]}),
+            ],
+            &["--template-family", "2.0", "--frames", "4"],
+        ),
+    ];
+    for (family, name, lines, extra) in runs {
+        let g = golden(family, name)?;
+        let dir = tempfile::tempdir()?;
+        let exported = dir.path().join("export");
+        export_onnx(&g.dir.join("model"), &exported, &ExportOptions::default())?;
+        let input = dir.path().join("in.jsonl");
+        let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+        std::fs::write(&input, text.join("\n") + "\n")?;
+        let ort = engine_score(&exported, &input, &dir.path().join("ort.jsonl"), extra)?;
+        let candle = engine_score(
+            &g.dir.join("model"),
+            &input,
+            &dir.path().join("candle.jsonl"),
+            extra,
+        )?;
+        assert_eq!(ort.len(), lines.len());
+        for (o, c) in ort.iter().zip(&candle) {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            numbers(o, String::new(), &mut a);
+            numbers(c, String::new(), &mut b);
+            assert!(!a.is_empty(), "{name}: {o}");
+            assert_eq!(
+                a.iter().map(|x| &x.0).collect::<Vec<_>>(),
+                b.iter().map(|x| &x.0).collect::<Vec<_>>(),
+                "{name}: {o} vs {c}"
+            );
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|((_, x), (_, y))| (x - y).abs())
+                .fold(0.0, f64::max);
+            println!("{name} {}: ort vs candle {worst:.2e} over {} numbers", o["id"], a.len());
+            assert!(worst < 1e-4, "{name}: {o} vs {c}");
+        }
+    }
+    Ok(())
+}
