@@ -416,9 +416,7 @@ fn fp16_qwen_exports_agree_within_half_precision() -> Result<()> {
                 ..Default::default()
             },
         )?;
-        let bytes = |r: &unireward_export::ExportReport| {
-            r.vision.data_bytes + r.decoder.data_bytes
-        };
+        let bytes = |r: &unireward_export::ExportReport| r.vision.data_bytes + r.decoder.data_bytes;
         let ratio = bytes(&r16) as f64 / bytes(&r32) as f64;
         println!("{name}: fp16 weights {:.3} of fp32's", ratio);
         assert!((0.45..=0.55).contains(&ratio), "{name}: {ratio}");
@@ -452,7 +450,10 @@ fn fp16_qwen_exports_agree_within_half_precision() -> Result<()> {
                 .total();
             let want = case["completion_logprob"].as_f64().unwrap_or(f64::NAN);
             let rel = (got - want).abs() / want.abs();
-            println!("{name} fp16 {}: {got:.6} vs {want:.6} ({rel:.1e})", case["name"]);
+            println!(
+                "{name} fp16 {}: {got:.6} vs {want:.6} ({rel:.1e})",
+                case["name"]
+            );
             assert!(rel < 2f64.powi(-11), "{name} fp16 {}: {rel}", case["name"]);
         }
         let gen = &g.generation;
@@ -572,9 +573,97 @@ fn engine_score_on_qwen_exports_answers_as_candle_does() -> Result<()> {
                 .zip(&b)
                 .map(|((_, x), (_, y))| (x - y).abs())
                 .fold(0.0, f64::max);
-            println!("{name} {}: ort vs candle {worst:.2e} over {} numbers", o["id"], a.len());
+            println!(
+                "{name} {}: ort vs candle {worst:.2e} over {} numbers",
+                o["id"],
+                a.len()
+            );
             assert!(worst < 1e-4, "{name}: {o} vs {c}");
         }
     }
+    Ok(())
+}
+
+/// `engine serve` on a Qwen2.5-VL export, a 1920x1080 image in the request: a chat completion
+/// generates what `engine score --judge generate` generates on the checkpoint (candle), and
+/// `/v1/score` in fast mode answers as `engine score` there.
+#[test]
+fn engine_serve_on_a_qwen_export_answers_as_candle_does() -> Result<()> {
+    let g = golden("qwen2_5_vl", "qwen2_5_vl_3b")?;
+    let dir = tempfile::tempdir()?;
+    let exported = dir.path().join("export");
+    export_onnx(&g.dir.join("model"), &exported, &ExportOptions::default())?;
+    let mut command = Command::new(engine_bin()?);
+    command
+        .args(["serve", "--model"])
+        .arg(&exported)
+        .args([
+            "--port",
+            "0",
+            "--max-new-tokens",
+            "24",
+            "--allowed-media-dir",
+        ])
+        .arg(media_dir())
+        .stderr(std::process::Stdio::inherit());
+    let server = unireward_tests::http::ServerProcess::spawn(command)?;
+
+    let caption = "a yellow star";
+    let record = json!({"id": "big", "task": "image_generation", "mode": "point",
+                        "prompt": caption, "images": [media_dir().join("1920x1080.png")]});
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, record.to_string() + "\n")?;
+    let generate = ["--judge", "generate", "--max-new-tokens", "24"];
+    let status = Command::new(engine_bin()?)
+        .args(["score", "--model"])
+        .arg(g.dir.join("model"))
+        .arg("--batch")
+        .arg(&input)
+        .arg("--out")
+        .arg(dir.path().join("gen.jsonl"))
+        .args(generate)
+        .status()?;
+    // The tiny model's answer holds no score: the record is an error quoting what it wrote.
+    assert_eq!(status.code(), Some(1));
+    let cli: Value =
+        serde_json::from_str(std::fs::read_to_string(dir.path().join("gen.jsonl"))?.trim())?;
+    let served = server.post("/v1/score?judge=generate", &json!([record]))?;
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert_eq!(served.json()?, json!([cli]), "generate mode");
+
+    let candle = engine_score(
+        &g.dir.join("model"),
+        &input,
+        &dir.path().join("fast.jsonl"),
+        &[],
+    )?;
+    let fast = server.post("/v1/score", &json!([record]))?;
+    assert_eq!(fast.status, 200, "{}", fast.body);
+    let fast = fast.json()?;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    numbers(&fast[0], String::new(), &mut a);
+    numbers(&candle[0], String::new(), &mut b);
+    assert!(!a.is_empty() && a.len() == b.len(), "{fast} vs {candle:?}");
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|((_, x), (_, y))| (x - y).abs())
+        .fold(0.0, f64::max);
+    println!("serve (ort) vs engine score (candle), 1920x1080: {worst:.2e}");
+    assert!(worst < 1e-4, "{fast} vs {candle:?}");
+
+    // A chat completion as MixGRPO's client sends it: the image by path, then the question.
+    let chat = json!({"model": "UnifiedReward", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "1920x1080.png"}},
+        {"type": "text", "text": "Describe the image."},
+    ]}], "temperature": 0, "max_tokens": 24});
+    let reply = server.post("/v1/chat/completions", &chat)?;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let usage = &reply.json()?["usage"];
+    // 1920x1080 is 2691 merged tokens after smart_resize, plus the question.
+    assert!(
+        usage["prompt_tokens"].as_u64().unwrap_or(0) > 2691,
+        "{usage}"
+    );
     Ok(())
 }
