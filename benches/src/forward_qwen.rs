@@ -1,6 +1,7 @@
 //! Forward throughput of a bench-small-sized Qwen2.5-VL judge: one 644x644 image (46 x 46
 //! patches, 529 merged tokens: bench-small's 528) plus 160 text tokens, log-probs read at the
-//! last 10 positions as a judge does. Candle, and with `--torch` PyTorch eager (transformers'
+//! last 10 positions as a judge does. Candle, ONNX Runtime on the checkpoint's fp32 export
+//! (`unireward-export onnx`), and with `--torch` PyTorch eager (transformers'
 //! `Qwen2_5_VLForConditionalGeneration`, eager attention) on the same checkpoint and inputs in
 //! the same run.
 //!
@@ -30,8 +31,13 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Parser;
 use serde_json::json;
-use unireward_models::preprocess::{QwenVlProcessor, QwenVlProcessorConfig};
-use unireward_models::qwen2_5_vl::{Qwen25Vl, Qwen25VlConfig, Qwen25VlLayout};
+use unireward_engine::backend::{
+    Decoder, OrtQwenVlBackend, Prompt, QwenBackend, Rows, SessionConfig,
+};
+use unireward_export::{export_onnx, ExportOptions};
+use unireward_models::pack::merge_media;
+use unireward_models::preprocess::{QwenVlPixels, QwenVlProcessor, QwenVlProcessorConfig};
+use unireward_models::qwen2_5_vl::{MediaGrid, Qwen25Vl, Qwen25VlConfig, Qwen25VlLayout};
 use unireward_models::tokenize::{MediaKind, MediaSpan, Tokenized};
 use unireward_models::MediaFeatures;
 
@@ -105,6 +111,10 @@ fn write_checkpoint(dir: &Path) -> Result<()> {
         var.set(&value)?;
     }
     varmap.save(dir.join("model.safetensors"))?;
+    // The exporter copies a tokenizer for the engine; the bench feeds token ids and reads none.
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/qwen2_5_vl/qwen2_5_vl_3b/model/tokenizer.json");
+    std::fs::copy(tokenizer, dir.join("tokenizer.json"))?;
     Ok(())
 }
 
@@ -149,6 +159,31 @@ fn forward(model: &Qwen25Vl, pixels: &unireward_models::preprocess::QwenVlPixels
     Ok(logp.sum_all()?.to_scalar::<f32>()?)
 }
 
+/// [`forward`] on ONNX Runtime: the vision graph, the merge, one prompt pass of the decoder
+/// graph reading the last 10 rows (the judge's path over an export).
+fn forward_ort(backend: &OrtQwenVlBackend, pixels: &QwenVlPixels) -> Result<f32> {
+    let feats = backend.vision().encode_media(&[pixels])?.remove(0).merged;
+    let tokens = prompt(feats.dim(0)?);
+    let media = MediaFeatures {
+        images: vec![feats],
+        image_grids: vec![MediaGrid::of_image(pixels)],
+        ..Default::default()
+    };
+    let text = backend.embed_tokens(&tokens.ids)?;
+    let judged = Prompt {
+        embeds: merge_media(&text, &tokens, &media)?,
+        positions: backend.prompt_positions(&tokens, &media)?,
+        deepstack: Vec::new(),
+    };
+    let t = tokens.ids.len();
+    let rows = vec![(t - 10..t).collect::<Vec<usize>>()];
+    let mut cache = backend.new_cache()?;
+    let logp = backend
+        .decode_prompts(std::slice::from_ref(&judged), Rows::At(&rows), cache.as_mut())?
+        .remove(0);
+    Ok(logp.sum_all()?.to_scalar::<f32>()?)
+}
+
 fn main() -> Result<()> {
     // The engine binary's allocator setting, so that the forward timed is the one it runs.
     unireward_models::allocator::retain_freed_memory();
@@ -171,6 +206,11 @@ fn main() -> Result<()> {
     );
     let t_candle = timing::median("candle f32", args.iters, args.warmup, || {
         forward(&model, &pixels)
+    })?;
+    export_onnx(&dir.join("model"), &dir.join("export"), &ExportOptions::default())?;
+    let ort = OrtQwenVlBackend::open(&dir.join("export"), &SessionConfig::default())?;
+    let t_ort = timing::median("ort f32", args.iters, args.warmup, || {
+        forward_ort(&ort, &pixels)
     })?;
     if let Some(python) = &args.torch {
         let (t, h, w) = pixels.grid_thw;
@@ -196,8 +236,9 @@ fn main() -> Result<()> {
             args.warmup,
         )?;
         println!(
-            "speed-up over torch eager: candle {:.2}x",
-            t_torch / t_candle
+            "speed-up over torch eager: candle {:.2}x, ort {:.2}x",
+            t_torch / t_candle,
+            t_torch / t_ort
         );
     }
     if args.keep.is_none() {
