@@ -179,7 +179,11 @@ fn forward_ort(backend: &OrtQwenVlBackend, pixels: &QwenVlPixels) -> Result<f32>
     let rows = vec![(t - 10..t).collect::<Vec<usize>>()];
     let mut cache = backend.new_cache()?;
     let logp = backend
-        .decode_prompts(std::slice::from_ref(&judged), Rows::At(&rows), cache.as_mut())?
+        .decode_prompts(
+            std::slice::from_ref(&judged),
+            Rows::At(&rows),
+            cache.as_mut(),
+        )?
         .remove(0);
     Ok(logp.sum_all()?.to_scalar::<f32>()?)
 }
@@ -207,7 +211,11 @@ fn main() -> Result<()> {
     let t_candle = timing::median("candle f32", args.iters, args.warmup, || {
         forward(&model, &pixels)
     })?;
-    export_onnx(&dir.join("model"), &dir.join("export"), &ExportOptions::default())?;
+    export_onnx(
+        &dir.join("model"),
+        &dir.join("export"),
+        &ExportOptions::default(),
+    )?;
     let ort = OrtQwenVlBackend::open(&dir.join("export"), &SessionConfig::default())?;
     let t_ort = timing::median("ort f32", args.iters, args.warmup, || {
         forward_ort(&ort, &pixels)

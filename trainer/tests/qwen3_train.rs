@@ -5,6 +5,8 @@
 //! As `qwen_train.rs` does for Qwen2.5-VL.
 
 mod common;
+#[path = "common/qwen_merge.rs"]
+mod qwen_merge;
 #[path = "common/qwen_reward.rs"]
 mod qwen_reward;
 
@@ -221,5 +223,28 @@ fn qwen3_reward_training_lowers_held_out_loss() -> Result<()> {
     qwen_reward::reward_training_lowers_held_out_loss(
         &qwen3_model(),
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qwen2_5_vl/media"),
+    )
+}
+
+/// `trainer merge-lora` on a Qwen3-VL adapter (decoder attention, the tower's `qkv` and
+/// `linear_fc1` layers, the mergers' first layers; transformers 5's key layout): the merged
+/// checkpoint keeps the base's keys and dtypes and computes what the adapted model computes.
+#[test]
+fn qwen3_lora_merges_into_a_checkpoint_that_computes_the_same() -> Result<()> {
+    let pairs: Vec<Value> = (0..4)
+        .map(|i| {
+            json!({
+                "id": format!("q{i}"),
+                "image": media(IMAGES[i % 2]),
+                "prompt": format!("Does caption {i} describe it?"),
+                "chosen": "Yes, it matches",
+                "rejected": "No, it does not",
+            })
+        })
+        .collect();
+    qwen_merge::check_merge(
+        &qwen3_model(),
+        &pairs,
+        "q_proj,k_proj,v_proj,o_proj,qkv,linear_fc1",
     )
 }

@@ -5,6 +5,8 @@
 //! held-out loss. The same structure as the LLaVA tests (`learning.rs`, `resume.rs`).
 
 mod common;
+#[path = "common/qwen_merge.rs"]
+mod qwen_merge;
 #[path = "common/qwen_reward.rs"]
 mod qwen_reward;
 
@@ -178,101 +180,9 @@ fn qwen_reward_training_lowers_held_out_loss() -> Result<()> {
 /// checkpoint keeps the base's keys and dtypes and computes what the adapted model computes.
 #[test]
 fn qwen_lora_merges_into_a_checkpoint_that_computes_the_same() -> Result<()> {
-    use unireward_trainer::checkpoint_keys::TrainParts;
-    use unireward_trainer::data::dpo::DpoData;
-    use unireward_trainer::data::Preparer;
-    use unireward_trainer::objectives::dpo::compute_reference;
-    use unireward_trainer::varmap_model::{Architecture, VarMapModel};
-
-    let tmp = tempfile::tempdir()?;
-    let data = tmp.path().join("pairs.jsonl");
-    write_jsonl(&data, &qwen_pairs(4, false))?;
-    // The fixture in f64: merged into its bf16, W + s·B·A is rounded (the adapter's path keeps
-    // it apart), which moved these log-probs by 9e-2, and in f32 the two orders of summation
-    // differ by 4.6e-5; in f64 the two must agree to rounding.
-    let model = tmp.path().join("base");
-    std::fs::create_dir_all(&model)?;
-    for entry in std::fs::read_dir(qwen_model())? {
-        let path = entry?.path();
-        if let Some(name) = path.file_name() {
-            std::fs::copy(&path, model.join(name))?;
-        }
-    }
-    let f64_weights = weights(&model)?
-        .into_iter()
-        .map(|(k, t)| Ok((k, t.to_dtype(DType::F64)?)))
-        .collect::<Result<std::collections::HashMap<_, _>>>()?;
-    candle_core::safetensors::save(&f64_weights, model.join("model.safetensors"))?;
-    let out = tmp.path().join("adapter");
-    let mut args = dpo_args(path_str(&model), path_str(&data), path_str(&out));
-    args.extend([
-        "--lora-rank",
-        "4",
-        "--lora-alpha",
-        "8",
-        "--lora-targets",
+    qwen_merge::check_merge(
+        &qwen_model(),
+        &qwen_pairs(4, false),
         "q_proj,k_proj,v_proj,o_proj,qkv,mlp.0",
-        "--train-vision",
-        "--max-steps",
-        "4",
-        "--batch-size",
-        "2",
-        "--lr",
-        "2e-2",
-        "--warmup-ratio",
-        "0",
-    ]);
-    trainer(&args)?;
-    let merged = tmp.path().join("merged");
-    trainer(&[
-        "merge-lora",
-        "--model",
-        path_str(&model),
-        "--adapter",
-        path_str(&out),
-        "--out",
-        path_str(&merged),
-    ])?;
-    let (mw, bw) = (weights(&merged)?, weights(&model)?);
-    let mut keys: Vec<&String> = mw.keys().collect();
-    let mut base_keys: Vec<&String> = bw.keys().collect();
-    keys.sort();
-    base_keys.sort();
-    assert_eq!(keys, base_keys);
-    assert!(mw.iter().all(|(k, t)| t.dtype() == bw[k].dtype()));
-    assert!(!merged.join("adapter_config.json").exists());
-
-    let mut adapted = VarMapModel::load(&model, DType::F64, &Device::Cpu, TrainParts::all())?;
-    adapted.load_lora(&out)?;
-    let Architecture::QwenVl(cfg, _) = adapted.architecture() else {
-        anyhow::bail!("not a Qwen2.5-VL checkpoint");
-    };
-    let prep = Preparer::qwen_vl(&model, cfg, tmp.path().into(), None)?;
-    let pairs = DpoData::read(&data, prep)?;
-    let via_adapter = compute_reference(adapted.model(), &pairs, 2, false)?;
-    let via_merged = compute_reference(
-        load_judge(&merged, DType::F64, &Device::Cpu)?.as_ref(),
-        &pairs,
-        2,
-        false,
-    )?;
-    let via_base = compute_reference(
-        load_judge(&model, DType::F64, &Device::Cpu)?.as_ref(),
-        &pairs,
-        2,
-        false,
-    )?;
-    let (mut worst, mut moved): (f64, f64) = (0.0, 0.0);
-    for ((a, m), b) in via_adapter.iter().zip(&via_merged).zip(&via_base) {
-        for k in 0..2 {
-            worst = worst.max((a[k] - m[k]).abs());
-            moved = moved.max((a[k] - b[k]).abs());
-        }
-    }
-    println!(
-        "Qwen2.5-VL log-probs: adapter vs merged max diff {worst:.2e}; adapter vs base max diff {moved:.3}"
-    );
-    assert!(worst <= 1e-9, "adapter vs merged {worst}");
-    assert!(moved > 0.1, "the adapter changes the model");
-    Ok(())
+    )
 }
