@@ -1,7 +1,8 @@
 //! The exported graphs against the candle model they mirror.
 //!
 //! Per block (SigLIP embeddings + layer, projector, one Qwen2 layer with rotary, GQA and the
-//! padding mask, final norm + head) on random weights and inputs: single-block graphs made by
+//! padding mask, the Qwen-VL decoders' M-RoPE, Qwen3 attention and deep-stack injection, final
+//! norm + head) on random weights and inputs: single-block graphs made by
 //! the exporter's own emitters, run in ONNX Runtime, within 1e-5 of candle. Then whole exports
 //! of the golden checkpoint: the vision graph against `LlavaOnevision::encode_tiles` on the
 //! golden pixels, the decoder through `OrtBackend` against `CandleBackend` (1e-4) and against
@@ -483,6 +484,216 @@ fn qwen2_layer_case(rows: Option<&[i64]>) {
         "qwen2 layer + final norm (rotary, GQA, padding; rows {rows:?}): max |diff| {diff:.3e}"
     );
     assert!(diff <= BLOCK_TOL, "qwen2 layer differs by {diff}");
+}
+
+/// Weights of a Qwen2-family decoder with `variant`'s attention under `lm.model.`.
+fn variant_weights(cfg: &TextConfig, variant: &AttentionVariant, seed: u64) -> RandomWeights {
+    let (d, hd, i) = (cfg.hidden_size, variant.head_dim, cfg.intermediate_size);
+    let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+    let mut w = RandomWeights::new(seed);
+    w.add(
+        "lm.model.embed_tokens.weight",
+        &[cfg.vocab_size, d],
+        Kind::Table,
+    );
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("lm.model.layers.{l}.");
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            w.add(&format!("{p}{norm}.weight"), &[d], Kind::Gain);
+        }
+        for (name, heads) in [("q_proj", h), ("k_proj", kvh), ("v_proj", kvh)] {
+            w.add(
+                &format!("{p}self_attn.{name}.weight"),
+                &[heads * hd, d],
+                Kind::Matrix,
+            );
+            if variant.qkv_bias {
+                w.add(
+                    &format!("{p}self_attn.{name}.bias"),
+                    &[heads * hd],
+                    Kind::Bias,
+                );
+            }
+        }
+        if variant.qk_norm {
+            w.add(&format!("{p}self_attn.q_norm.weight"), &[hd], Kind::Gain);
+            w.add(&format!("{p}self_attn.k_norm.weight"), &[hd], Kind::Gain);
+        }
+        w.add(
+            &format!("{p}self_attn.o_proj.weight"),
+            &[d, h * hd],
+            Kind::Matrix,
+        );
+        w.add(&format!("{p}mlp.gate_proj.weight"), &[i, d], Kind::Matrix);
+        w.add(&format!("{p}mlp.up_proj.weight"), &[i, d], Kind::Matrix);
+        w.add(&format!("{p}mlp.down_proj.weight"), &[d, i], Kind::Matrix);
+    }
+    w.add("lm.model.norm.weight", &[d], Kind::Gain);
+    w
+}
+
+/// The Qwen-VL decoders' departures from Qwen2, two layers and the final norm: 3-D M-RoPE
+/// positions whose axes differ (Qwen2.5-VL's three runs of frequencies; Qwen3-VL's
+/// interleaved axes), Qwen3's attention (per-head q/k RMSNorm, no biases, a head width apart
+/// from hidden / heads) and a deep-stack injection after the first layer, over a right-padded
+/// batch, whole and with only some rows computed in the last layer.
+#[test]
+fn qwen_vl_decoder_variants_match_candle() {
+    let cfg = small_text(2, false);
+    let variants = [
+        AttentionVariant::qwen2(&cfg, Some(&[1, 1, 2])),
+        AttentionVariant {
+            head_dim: 12,
+            qkv_bias: false,
+            qk_norm: true,
+            mrope_section: Some(vec![2, 2, 2]),
+            mrope_interleaved: true,
+        },
+    ];
+    for (v_i, variant) in variants.iter().enumerate() {
+        let mut w = variant_weights(&cfg, variant, 21 + v_i as u64);
+        let (b, t, d) = (2, 7, cfg.hidden_size);
+        let lens = [7usize, 5];
+        let embeds = w.rng.tensor(&[b, t, d], 1.0);
+        let inject = if variant.qk_norm {
+            vec![w.rng.tensor(&[b, t, d], 0.5)]
+        } else {
+            Vec::new()
+        };
+        // Axis a of row r at position 3·j + a + r: the three axes apart everywhere.
+        let positions: Vec<i64> = (0..3i64)
+            .flat_map(|a| {
+                (0..b as i64).flat_map(move |r| (0..t as i64).map(move |j| 3 * j + a + r))
+            })
+            .collect();
+        let mask: Vec<i64> = lens
+            .iter()
+            .flat_map(|&n| (0..t).map(move |j| i64::from(j < n)))
+            .collect();
+        let additive: Vec<f32> = (0..b)
+            .flat_map(|r| {
+                (0..t).flat_map(move |i| {
+                    (0..t).map(move |j| {
+                        if j <= i && j < lens[r] {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                })
+            })
+            .collect();
+        let additive = Tensor::from_vec(additive, (b, 1, t, t), &Device::Cpu).unwrap();
+        let pos_u32: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let pos_t = Tensor::from_vec(pos_u32, (3, b, t), &Device::Cpu).unwrap();
+        let vb = w.var_builder();
+        // Tied head: only the body is compared.
+        let model = Qwen2::with_variant(&cfg, vb.pp("lm.model"), None, variant).unwrap();
+        let weights = Weights::from_var_builder(w.var_builder());
+        let embed_data = flat(&embeds);
+        let inject_data: Vec<Vec<f32>> = inject.iter().map(flat).collect();
+        for rows in [None, Some(vec![6i64, 0, 4, 1])] {
+            let idx = rows.as_ref().map(|r| {
+                let r: Vec<u32> = r.iter().map(|&i| i as u32).collect();
+                Tensor::from_vec(r, (b, 2), &Device::Cpu).unwrap()
+            });
+            let candle = model
+                .forward_injected(
+                    &embeds,
+                    &pos_t,
+                    Some(&additive),
+                    None,
+                    idx.as_ref(),
+                    &inject,
+                )
+                .unwrap();
+            let btd = || vec![Dim::from("batch"), Dim::from("sequence"), d.into()];
+            let mut inputs = vec![
+                ("embeds", DataType::Float, btd()),
+                (
+                    "mask",
+                    DataType::Int64,
+                    vec!["batch".into(), "sequence".into()],
+                ),
+                (
+                    "pos",
+                    DataType::Int64,
+                    vec![3usize.into(), "batch".into(), "sequence".into()],
+                ),
+                (
+                    "rows",
+                    DataType::Int64,
+                    vec!["batch".into(), "positions".into()],
+                ),
+            ];
+            let row_data = rows.clone().unwrap_or_default();
+            let (btd_shape, bt_shape, pos_shape) = ([b, t, d], [b, t], [3, b, t]);
+            let rows_shape = [b, if rows.is_some() { 2 } else { 0 }];
+            let mut feeds = vec![
+                (
+                    "embeds",
+                    InputTensor::F32 {
+                        shape: &btd_shape,
+                        data: &embed_data,
+                    },
+                ),
+                (
+                    "mask",
+                    InputTensor::I64 {
+                        shape: &bt_shape,
+                        data: &mask,
+                    },
+                ),
+                (
+                    "pos",
+                    InputTensor::I64 {
+                        shape: &pos_shape,
+                        data: &positions,
+                    },
+                ),
+                (
+                    "rows",
+                    InputTensor::I64 {
+                        shape: &rows_shape,
+                        data: &row_data,
+                    },
+                ),
+            ];
+            for data in &inject_data {
+                inputs.push(("inject", DataType::Float, btd()));
+                feeds.push((
+                    "inject",
+                    InputTensor::F32 {
+                        shape: &btd_shape,
+                        data,
+                    },
+                ));
+            }
+            let with_rows = rows.is_some();
+            let (shape, out) = run_block(&weights, &inputs, &feeds, |e, v| {
+                let m = qwen2::attention_mask(e, &v[1], &v[0]).unwrap();
+                let rows = with_rows.then_some(&v[3]);
+                qwen2::body(
+                    e,
+                    &cfg,
+                    variant,
+                    "lm.model.",
+                    &v[0],
+                    &v[2],
+                    &m,
+                    None,
+                    rows,
+                    &v[4..],
+                )
+                .unwrap()
+                .hidden
+            });
+            assert_eq!(shape, candle.dims());
+            let diff = max_abs_diff(&out, &flat(&candle));
+            println!("qwen-vl decoder variant {v_i} (rows {rows:?}): max |diff| {diff:.3e}");
+            assert!(diff <= BLOCK_TOL, "variant {v_i} differs by {diff}");
+        }
+    }
 }
 
 /// Final RMSNorm, the rows asked for, the head (own or tied) and the f32 log-softmax.
