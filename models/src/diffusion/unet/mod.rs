@@ -11,11 +11,11 @@ pub mod transformer_2d;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result as CResult, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::checkpoint::Checkpoint;
 use crate::diffusion::component::{open_component, DIFFUSERS_WEIGHTS};
-use crate::diffusion::conv::conv2d;
+use crate::diffusion::conv::{conv2d, Conv2d};
 use crate::diffusion::group_norm::GroupNorm;
 use crate::Result;
 use blocks::{DownBlock, MidBlock, UpBlock, UpChannels};

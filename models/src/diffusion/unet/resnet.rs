@@ -3,9 +3,9 @@
 //! halve and double the resolution between blocks.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::diffusion::conv::conv2d;
+use crate::diffusion::conv::{conv2d, Conv2d};
 use crate::diffusion::group_norm::GroupNorm;
 use crate::linear::Linear;
 

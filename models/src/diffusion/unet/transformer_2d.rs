@@ -3,9 +3,9 @@
 //! feed-forward, each pre-LayerNorm with a residual), projection back, residual.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::diffusion::conv::conv2d;
+use crate::diffusion::conv::{conv2d, Conv2d};
 use crate::diffusion::group_norm::GroupNorm;
 use crate::linear::Linear;
 use crate::nn::{gelu_erf, softmax_last_dim, LayerNorm};

@@ -7,10 +7,10 @@
 //! its gradient instead of adding it, which is wrong as soon as its input has another use).
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::VaeConfig;
-use crate::diffusion::conv::conv2d;
+use crate::diffusion::conv::{conv2d, Conv2d};
 use crate::diffusion::group_norm::GroupNorm;
 use crate::linear::Linear;
 

@@ -19,7 +19,7 @@ pub use blocks::{upsample_nearest_2x, AttentionNames, SCORES_PER_PASS};
 pub use config::{SampleSize, VaeConfig, DOWN_BLOCK, UP_BLOCK};
 
 use super::component::{open_component, DIFFUSERS_WEIGHTS};
-use crate::diffusion::conv::conv2d;
+use crate::diffusion::conv::{conv2d, Conv2d};
 use crate::{Error, Result};
 
 /// The posterior of one encoding: a diagonal Gaussian over the latents, in the layout of
@@ -76,8 +76,8 @@ pub struct AutoencoderKL {
     config: VaeConfig,
     encoder: blocks::Encoder,
     decoder: blocks::Decoder,
-    quant_conv: Option<candle_nn::Conv2d>,
-    post_quant_conv: Option<candle_nn::Conv2d>,
+    quant_conv: Option<Conv2d>,
+    post_quant_conv: Option<Conv2d>,
     dtype: DType,
     device: Device,
 }
