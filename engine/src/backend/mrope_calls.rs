@@ -181,7 +181,7 @@ pub(crate) fn continuing(deltas: &[i64], past: usize, t: usize) -> Result<Vec<u3
 
 /// Positions [3, B, longest] (row-major) of prompts of `lens` tokens: each prompt's own, its
 /// padding continuing after them (never attended by its real tokens).
-pub(crate) fn prompt_positions(positions: &[&RopePositions], lens: &[usize]) -> Result<Vec<u32>> {
+fn prompt_positions(positions: &[&RopePositions], lens: &[usize]) -> Result<Vec<u32>> {
     let batch = lens.len();
     let longest = lens.iter().copied().max().unwrap_or(0);
     let mut flat = vec![0u32; 3 * batch * longest];
@@ -229,21 +229,45 @@ pub(crate) fn next_positions(positions: &[usize], deltas: &[i64]) -> Result<Vec<
     Ok(flat)
 }
 
-/// Prompts' embeddings, positions and deep-stack levels.
-type PromptParts<'a> = (Vec<Tensor>, Vec<&'a RopePositions>, Vec<&'a [Tensor]>);
+/// A prompt pass laid out: the prompts' embeddings, the longest one's length, their positions
+/// [3, B, longest] (row-major), their deep-stack levels, and the offsets the cache keeps after
+/// it.
+pub(crate) struct PromptPass<'a> {
+    pub seqs: Vec<Tensor>,
+    pub longest: usize,
+    pub positions: Vec<u32>,
+    pub deepstack: Vec<&'a [Tensor]>,
+    pub deltas: Vec<i64>,
+}
 
-/// The prompts of a [`super::Decoder::decode_prompts`] call taken apart: their embeddings,
-/// their positions (each must have them) and their deep-stack levels.
-pub(crate) fn prompt_parts(prompts: &[Prompt]) -> Result<PromptParts<'_>> {
-    let seqs = prompts.iter().map(|p| p.embeds.clone()).collect();
-    let positions = prompts
-        .iter()
-        .map(|p| {
-            p.positions
-                .as_ref()
-                .ok_or_else(|| EngineError::Invalid("a prompt without its positions".into()))
+impl<'a> PromptPass<'a> {
+    /// The prompts of a [`super::Decoder::decode_prompts`] call (each must have its
+    /// positions), into `cache`, which must be empty: prompts start at their own positions.
+    pub fn new<K: KvStore>(prompts: &'a [Prompt], cache: &RopeCache<K>) -> Result<Self> {
+        if cache.kv.len() != 0 {
+            return Err(EngineError::Invalid(
+                "prompts with their own positions start an empty cache".into(),
+            ));
+        }
+        let positions = prompts
+            .iter()
+            .map(|p| {
+                p.positions
+                    .as_ref()
+                    .ok_or_else(|| EngineError::Invalid("a prompt without its positions".into()))
+            })
+            .collect::<Result<Vec<&RopePositions>>>()?;
+        let seqs: Vec<Tensor> = prompts.iter().map(|p| p.embeds.clone()).collect();
+        let lens = seqs
+            .iter()
+            .map(|s| s.dim(0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            longest: lens.iter().copied().max().unwrap_or(0),
+            positions: prompt_positions(&positions, &lens)?,
+            deltas: positions.iter().map(|p| p.delta).collect(),
+            deepstack: prompts.iter().map(|p| p.deepstack.as_slice()).collect(),
+            seqs,
         })
-        .collect::<Result<Vec<&RopePositions>>>()?;
-    let deepstack = prompts.iter().map(|p| p.deepstack.as_slice()).collect();
-    Ok((seqs, positions, deepstack))
+    }
 }

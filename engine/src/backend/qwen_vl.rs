@@ -21,7 +21,7 @@ use unireward_models::MediaFeatures;
 use super::candle_batch::{
     lengths, next_token_mask, no_rows, per_sequence, right_padded, wanted, Wanted,
 };
-use super::mrope_calls::{continuing, next_positions, prompt_parts, prompt_positions, RopeCache};
+use super::mrope_calls::{continuing, next_positions, PromptPass, RopeCache};
 use super::{own_cache, Decoder, DecoderCache, Limits, Prompt, QwenBackend, Rows};
 use crate::error::{EngineError, Result};
 
@@ -171,19 +171,20 @@ impl Decoder for QwenVlBackend {
         cache: &mut dyn DecoderCache,
     ) -> Result<Vec<Tensor>> {
         let cache = own_cache::<QwenCache>(cache)?;
-        if !cache.kv.is_empty() {
-            return Err(EngineError::Invalid(
-                "prompts with their own positions start an empty cache".into(),
-            ));
-        }
-        let (seqs, positions, deepstack) = prompt_parts(prompts)?;
-        let seqs = seqs.as_slice();
-        let lens = lengths(seqs)?;
-        let longest = lens.iter().copied().max().unwrap_or(0);
-        let flat = prompt_positions(&positions, &lens)?;
-        let positions_t = Tensor::from_vec(flat, (3, seqs.len(), longest), self.model.device())?;
-        let out = self.run(seqs, &deepstack, &positions_t, rows, Some(&mut cache.kv))?;
-        cache.deltas = positions.iter().map(|p| p.delta).collect();
+        let pass = PromptPass::new(prompts, cache)?;
+        let positions = Tensor::from_vec(
+            pass.positions,
+            (3, pass.seqs.len(), pass.longest),
+            self.model.device(),
+        )?;
+        let out = self.run(
+            &pass.seqs,
+            &pass.deepstack,
+            &positions,
+            rows,
+            Some(&mut cache.kv),
+        )?;
+        cache.deltas = pass.deltas;
         Ok(out)
     }
 

@@ -182,8 +182,8 @@ pub fn export_onnx(model_dir: &Path, out_dir: &Path, opts: &ExportOptions) -> Re
             let vision = graphs::vision_graph(stage, &weights, cfg, layout, precision, opts.opset)?;
             timings.push(("vision graph", start.elapsed()));
             let start = Instant::now();
-            let decoder =
-                graphs::decoder_graph(stage, &weights, cfg, layout, precision, opts.opset)?;
+            let spec = graphs::DecoderSpec::llava(cfg, layout);
+            let decoder = graphs::decoder_graph(stage, &weights, &spec, precision, opts.opset)?;
             timings.push(("decoder graph", start.elapsed()));
             let start = Instant::now();
             let table = weights.get(
@@ -209,8 +209,8 @@ pub fn export_onnx(model_dir: &Path, out_dir: &Path, opts: &ExportOptions) -> Re
             let vision = qwen_vl_graphs::vision_graph(stage, &weights, src, precision, opts.opset)?;
             timings.push(("vision graph", start.elapsed()));
             let start = Instant::now();
-            let decoder =
-                qwen_vl_graphs::decoder_graph(stage, &weights, src, precision, opts.opset)?;
+            let spec = src.decoder_spec();
+            let decoder = graphs::decoder_graph(stage, &weights, &spec, precision, opts.opset)?;
             timings.push(("decoder graph", start.elapsed()));
             let start = Instant::now();
             let text = src.text();
@@ -328,7 +328,8 @@ fn llava_manifest(
     table_type: DataType,
 ) -> Result<Manifest> {
     let (v_in, v_out) = graphs::vision_io(cfg);
-    let (d_in, d_out) = graphs::decoder_io(cfg, opts.precision);
+    let (d_in, d_out) =
+        graphs::decoder_io(&graphs::DecoderSpec::llava(cfg, layout), opts.precision);
     manifest_of(
         manifest::ExportFamily::LlavaOnevision,
         0,
@@ -353,7 +354,7 @@ fn qwen_manifest(
     table_type: DataType,
 ) -> Result<Manifest> {
     let (v_in, v_out) = qwen_vl_graphs::vision_io(src);
-    let (d_in, d_out) = qwen_vl_graphs::decoder_io(src, opts.precision);
+    let (d_in, d_out) = graphs::decoder_io(&src.decoder_spec(), opts.precision);
     let text = src.text();
     manifest_of(
         src.family(),

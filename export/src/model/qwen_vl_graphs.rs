@@ -1,9 +1,10 @@
-//! The Qwen-VL families' two graphs (Qwen2.5-VL, Qwen3-VL). `vision`: flattened patches and
-//! their layout (what the candle towers compute on the host from the grids) → merged features
-//! and, for Qwen3-VL, each deep-stack level's. `decoder`: as LLaVA's (`graphs`), with 3-D
-//! M-RoPE positions [3, batch, sequence], the family's attention, and Qwen3-VL's deep-stack
-//! levels [batch, sequence, hidden] added after the first layers. Token embedding, the media
-//! merge and the prompts' positions run in Rust between them, as for candle.
+//! The Qwen-VL families (Qwen2.5-VL, Qwen3-VL) as the exporter reads them, and their vision
+//! graph: flattened patches and their layout (what the candle towers compute on the host from
+//! the grids) → merged features and, for Qwen3-VL, each deep-stack level's. Their decoder graph
+//! is `graphs::decoder_graph` of [`QwenSource::decoder_spec`]: 3-D M-RoPE positions
+//! [3, batch, sequence], the family's attention, and Qwen3-VL's deep-stack levels
+//! [batch, sequence, hidden] added after the first layers. Token embedding, the media merge and
+//! the prompts' positions run in Rust between them, as for candle.
 
 use std::path::Path;
 
@@ -11,19 +12,15 @@ use unireward_models::checkpoint::Checkpoint;
 use unireward_models::config::TextConfig;
 use unireward_models::decode::AttentionVariant;
 use unireward_models::family::ModelFamily;
-use unireward_models::formats::export_manifest::{
-    self as contract, deepstack_name, past_name, present_name, ExportFamily, KvKind,
-    ATTENTION_MASK, INPUTS_EMBEDS, LOG_PROBS, POSITIONS, POSITION_IDS,
-};
+use unireward_models::formats::export_manifest::{self as contract, ExportFamily};
 use unireward_models::qwen2_5_vl::{Qwen25VlConfig, Qwen25VlLayout};
 use unireward_models::qwen3_vl::{self, Qwen3VlConfig};
 
 use crate::dtype::DataType;
 use crate::error::{Error, Result};
-use crate::graph::{Dim, GraphBuilder, SavedModel};
-use crate::model::graphs::{precision_name, IoSpec, DECODER_NAME, VISION_NAME};
+use crate::graph::{Dim, SavedModel};
+use crate::model::graphs::{builder, declared_inputs, DecoderSpec, IoSpec, VISION_NAME};
 use crate::model::layers::{key, Emitter};
-use crate::model::qwen2;
 use crate::model::qwen_vl_vision::{self as vision, Segments, FRAME_QUERY_BLOCKS};
 use crate::model::weights::Weights;
 use crate::precision::Precision;
@@ -118,6 +115,17 @@ impl QwenSource {
         }
     }
 
+    /// The decoder graph's source.
+    pub fn decoder_spec(&self) -> DecoderSpec<'_> {
+        DecoderSpec {
+            text: self.text(),
+            variant: self.attention(),
+            body_prefix: self.decoder_prefix(),
+            head: self.head_prefix(),
+            deepstack: self.deepstack_levels(),
+        }
+    }
+
     /// The checkpoint key of the token embedding table.
     pub fn embed_tokens_key(&self) -> String {
         key(self.decoder_prefix(), "embed_tokens.weight")
@@ -208,72 +216,6 @@ pub fn vision_io(src: &QwenSource) -> (Vec<IoSpec>, Vec<IoSpec>) {
     (inputs, outputs)
 }
 
-/// The decoder graph's inputs (embeddings, mask, M-RoPE positions [3, B, T], rows to read,
-/// deep-stack levels, then each layer's past key and value) and outputs (log-probs, then each
-/// layer's present key and value).
-pub fn decoder_io(src: &QwenSource, precision: Precision) -> (Vec<IoSpec>, Vec<IoSpec>) {
-    let text = src.text();
-    let head_dim = src.attention().head_dim;
-    let bt = |d: usize| -> Vec<Dim> { vec!["batch".into(), "sequence".into(), d.into()] };
-    let mut inputs = vec![
-        spec(INPUTS_EMBEDS, DataType::Float, bt(text.hidden_size)),
-        spec(
-            ATTENTION_MASK,
-            DataType::Int64,
-            vec!["batch".into(), "total_sequence".into()],
-        ),
-        spec(
-            POSITION_IDS,
-            DataType::Int64,
-            vec![3usize.into(), "batch".into(), "sequence".into()],
-        ),
-        spec(
-            POSITIONS,
-            DataType::Int64,
-            vec!["batch".into(), "positions".into()],
-        ),
-    ];
-    for l in 0..src.deepstack_levels() {
-        inputs.push(spec(
-            &deepstack_name(l),
-            DataType::Float,
-            bt(text.hidden_size),
-        ));
-    }
-    let mut outputs = vec![spec(
-        LOG_PROBS,
-        DataType::Float,
-        vec!["batch".into(), "positions".into(), text.vocab_size.into()],
-    )];
-    let cache = precision.compute_type();
-    let kv_dims = |len: &str| -> Vec<Dim> {
-        vec![
-            "batch".into(),
-            text.num_key_value_heads.into(),
-            len.into(),
-            head_dim.into(),
-        ]
-    };
-    for i in 0..text.num_hidden_layers {
-        for kind in [KvKind::Key, KvKind::Value] {
-            inputs.push(spec(&past_name(i, kind), cache, kv_dims("past_sequence")));
-            outputs.push(spec(
-                &present_name(i, kind),
-                cache,
-                kv_dims("total_sequence"),
-            ));
-        }
-    }
-    (inputs, outputs)
-}
-
-fn builder(dir: &Path, name: &str, precision: Precision, opset: i64) -> Result<GraphBuilder> {
-    let mut g = GraphBuilder::new(dir, name)?;
-    g.set_opset(opset)?;
-    g.set_metadata("precision", precision_name(precision));
-    Ok(g)
-}
-
 /// Writes `dir/vision.onnx` (+ `.data`): what the candle tower's `forward` computes.
 pub fn vision_graph(
     dir: &Path,
@@ -288,10 +230,7 @@ pub fn vision_graph(
         weights,
         precision,
     );
-    let mut v = Vec::with_capacity(inputs.len());
-    for s in &inputs {
-        v.push(e.graph().input(&s.name, s.dtype, &s.dims)?);
-    }
+    let v = declared_inputs(&mut e, &inputs)?;
     let produced = match src {
         QwenSource::Qwen25 { cfg, layout } => {
             let windows = Segments::new(&mut e, &v[4], &v[5], &v[6], 1)?;
@@ -337,69 +276,6 @@ pub fn vision_graph(
     let mut g = e.into_graph();
     for (s, x) in outputs.iter().zip(&widened) {
         g.output(&s.name, x, s.dtype, &s.dims)?;
-    }
-    g.save()
-}
-
-/// Writes `dir/decoder.onnx` (+ `.data`): as LLaVA's decoder graph, at M-RoPE positions with
-/// the family's attention and deep-stack levels.
-pub fn decoder_graph(
-    dir: &Path,
-    weights: &Weights,
-    src: &QwenSource,
-    precision: Precision,
-    opset: i64,
-) -> Result<SavedModel> {
-    let (inputs, outputs) = decoder_io(src, precision);
-    let text = src.text();
-    let mut e = Emitter::new(
-        builder(dir, DECODER_NAME, precision, opset)?,
-        weights,
-        precision,
-    );
-    let mut v = Vec::with_capacity(inputs.len());
-    for s in &inputs {
-        v.push(e.graph().input(&s.name, s.dtype, &s.dims)?);
-    }
-    let levels = src.deepstack_levels();
-    let (embeds, attention, position_ids, positions) = (&v[0], &v[1], &v[2], &v[3]);
-    let injections = v[4..4 + levels]
-        .iter()
-        .map(|x| e.narrow(x))
-        .collect::<Result<Vec<_>>>()?;
-    let past: Vec<qwen2::LayerKv> = v[4 + levels..]
-        .chunks_exact(2)
-        .map(|kv| qwen2::LayerKv {
-            key: kv[0].clone(),
-            value: kv[1].clone(),
-        })
-        .collect();
-    let mask = qwen2::attention_mask(&mut e, attention, embeds)?;
-    let x = e.narrow(embeds)?;
-    let body = qwen2::body(
-        &mut e,
-        text,
-        &src.attention(),
-        src.decoder_prefix(),
-        &x,
-        position_ids,
-        &mask,
-        Some(&past),
-        Some(positions),
-        &injections,
-    )?;
-    let log_probs = qwen2::head_log_probs(
-        &mut e,
-        text,
-        src.head_prefix(),
-        src.decoder_prefix(),
-        &body.hidden,
-    )?;
-    let mut g = e.into_graph();
-    let produced =
-        std::iter::once(&log_probs).chain(body.presents.iter().flat_map(|kv| [&kv.key, &kv.value]));
-    for (s, value) in outputs.iter().zip(produced) {
-        g.output(&s.name, value, s.dtype, &s.dims)?;
     }
     g.save()
 }

@@ -25,9 +25,7 @@ use super::kv::PastKv;
 use super::manifest::QwenExportDir;
 use super::providers::ExecutionProvider;
 use super::runtime::{InputTensor, OrtSession, SessionConfig};
-use crate::backend::mrope_calls::{
-    continuing, next_positions, prompt_parts, prompt_positions, RopeCache,
-};
+use crate::backend::mrope_calls::{continuing, next_positions, PromptPass, RopeCache};
 use crate::backend::{own_cache, Decoder, DecoderCache, Limits, Prompt, QwenBackend, Rows};
 use crate::error::{EngineError, Result};
 
@@ -345,25 +343,16 @@ impl Decoder for OrtQwenVlBackend {
         cache: &mut dyn DecoderCache,
     ) -> Result<Vec<Tensor>> {
         let cache = self.cache(cache)?;
-        if !cache.kv.is_empty() {
-            return Err(EngineError::Invalid(
-                "prompts with their own positions start an empty cache".into(),
-            ));
-        }
-        let (seqs, positions, deepstack) = prompt_parts(prompts)?;
-        let lens = seqs
-            .iter()
-            .map(|s| s.dim(0))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let flat = prompt_positions(&positions, &lens)?;
+        let pass = PromptPass::new(prompts, cache)?;
+        let flat = pass.positions;
         let out = self.decoder.decode_seqs(
-            &seqs,
+            &pass.seqs,
             rows,
             Some(&mut cache.kv),
             |_| rope(flat),
-            &deepstack,
+            &pass.deepstack,
         )?;
-        cache.deltas = positions.iter().map(|p| p.delta).collect();
+        cache.deltas = pass.deltas;
         Ok(out)
     }
 
