@@ -93,8 +93,8 @@ impl QwenVlModel {
     ) -> Result<RopePositions> {
         match self {
             Self::Qwen25(m) => m.positions(tokens, images, videos),
-            // A video span in `tokens` is refused there: Qwen3-VL takes frames as images.
-            Self::Qwen3(m) => m.positions(tokens, images),
+            // Qwen3-VL's `videos` are one grid per temporal patch (timed items).
+            Self::Qwen3(m) => m.positions(tokens, images, videos),
         }
     }
 
