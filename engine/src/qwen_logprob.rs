@@ -1,9 +1,9 @@
 //! `engine logprob` on a Qwen-VL checkpoint (Qwen2.5-VL, Qwen3-VL): the same records in and
 //! out as for LLaVA ([`crate::logprob`]), the prompt raw text with
 //! `<|vision_start|><|image_pad|><|vision_end|>` once per image and
-//! `<|vision_start|><|video_pad|><|vision_end|>` once per video (`"video"`: its frames; Qwen3-VL
-//! takes none), each pad expanded to the medium's merged token count as the processor expands
-//! it. One record a prompt pass, on either backend ([`QwenBackend`]).
+//! `<|vision_start|><|video_pad|><|vision_end|>` once per video (`"video"`: its frames, or a
+//! video file), each pad expanded to the medium's merged token count as the processor expands
+//! it (Qwen3-VL: one timestamped run per temporal patch). One record a prompt pass, on either backend ([`QwenBackend`]).
 
 use std::path::Path;
 
@@ -75,19 +75,15 @@ impl QwenLogprobJob<'_> {
 
     fn answer(&self, req: &Request) -> Result<LogprobAnswer> {
         let backend = self.backend;
-        // Frames are video items here: the raw prompt places each video's `<|video_pad|>`.
-        let (media, _) = req.media.encoded(backend.vision())?.all()?;
-        let lens = |ts: &[candle_core::Tensor]| {
-            ts.iter()
-                .map(|t| t.dim(0))
-                .collect::<candle_core::Result<Vec<_>>>()
-        };
-        let (images, videos) = (lens(&media.images)?, lens(&media.videos)?);
+        // Videos are items here and the raw prompt places every marker: the tokenizer fills the
+        // i-th image and the i-th video marker in turn, so images and videos may share a prompt.
+        let media = req.media.encoded(backend.vision())?.into_features();
+        let (images, videos) = media.pads()?;
         let full = format!("{}{}", req.prompt, req.completion);
-        let tokens = self.tokenizer.encode(&full, &images, &videos)?;
+        let tokens = self.tokenizer.encode_videos(&full, &images, &videos)?;
         let prompt_len = self
             .tokenizer
-            .encode(&req.prompt, &images, &videos)?
+            .encode_videos(&req.prompt, &images, &videos)?
             .ids
             .len();
         let n = tokens.ids.len();

@@ -22,9 +22,8 @@ use serde_json::{json, Value};
 use unireward_engine::backend::{
     Decoder, Decoding, OrtQwenVlBackend, Prompt, QwenBackend, QwenVlBackend, Rows, SessionConfig,
 };
-use unireward_engine::judge::{Judge, JudgeMode, PromptStyle};
 use unireward_export::{export_onnx, ExportOptions};
-use unireward_models::judge::{ChatTemplate, Family, MediaMarkers};
+use unireward_models::pack::{merge_deepstack, merge_media};
 use unireward_models::preprocess::{MediaRequest, QwenVlProcessor, VideoSource};
 use unireward_models::qwen2_5_vl::{QwenMedia, QwenVideos};
 use unireward_models::tokenize::PromptTokenizer;
@@ -87,22 +86,6 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     Ok((a - b)?.abs()?.max(0)?.to_scalar::<f32>()?)
 }
 
-fn judge<'a>(backend: &'a dyn QwenBackend, tokenizer: &'a PromptTokenizer) -> Result<Judge<'a>> {
-    let style = PromptStyle {
-        family: Family::Qwen,
-        chat: ChatTemplate::ChatMl,
-        markers: MediaMarkers::QwenVl,
-        ..Default::default()
-    };
-    Ok(Judge::with_decoder(
-        backend,
-        tokenizer,
-        style,
-        JudgeMode::Generate,
-        24,
-    )?)
-}
-
 /// A case's media: its images, or its videos as items (frame lists).
 fn request(case: &Value) -> MediaRequest {
     let files = |v: &Value| -> Vec<PathBuf> {
@@ -132,7 +115,26 @@ fn encoded(
 ) -> Result<MediaFeatures> {
     let media = QwenMedia::read(processor, &request(case), &media_dir(), QwenVideos::Items)
         .map_err(anyhow::Error::msg)?;
-    Ok(media.encoded(backend.vision())?.all()?.0)
+    Ok(media.encoded(backend.vision())?.into_features())
+}
+
+/// A raw prompt with the checkpoint's own media markers, as `engine logprob` reads it: the
+/// tokenizer fills the i-th image and the i-th video marker in turn (a Qwen3-VL video one run
+/// per temporal patch, each after its time), the media merged in, at the prompt's positions.
+fn raw_prompt(
+    backend: &dyn QwenBackend,
+    tokenizer: &PromptTokenizer,
+    text: &str,
+    media: &MediaFeatures,
+) -> Result<Prompt> {
+    let (images, videos) = media.pads()?;
+    let tokens = tokenizer.encode_videos(text, &images, &videos)?;
+    let embeds = backend.embed_tokens(&tokens.ids)?;
+    Ok(Prompt {
+        embeds: merge_media(&embeds, &tokens, media)?,
+        positions: backend.prompt_positions(&tokens, media)?,
+        deepstack: merge_deepstack(&embeds, &tokens, media)?,
+    })
 }
 
 /// The case's completion tokens (from transformers' input ids).
@@ -160,7 +162,6 @@ fn check_export(family: &str, name: &str) -> Result<()> {
     // The export's own copies of the tokenizer and processor files.
     let tokenizer = PromptTokenizer::load_qwen_vl(out.path(), image_pad, video_pad)?;
     let processor = QwenVlProcessor::from_model_dir(out.path())?;
-    let judge = judge(&ort, &tokenizer)?;
 
     let mut prompts = Vec::new();
     let mut completions = Vec::new();
@@ -186,14 +187,32 @@ fn check_export(family: &str, name: &str) -> Result<()> {
             }
             for l in 0..levels {
                 let key = format!("{cname}.deepstack{l}_features{i}");
-                if let Some(want) = g.tensors.get(&key) {
-                    let d = max_abs_diff(&media.deepstack[l].images[i], want)?;
+                if let (Some(want), Some(got)) =
+                    (g.tensors.get(&key), media.deepstack[l].images.get(i))
+                {
+                    let d = max_abs_diff(got, want)?;
                     println!("{name} {key}: {d:.2e}");
                     assert!(d < FEATURE_TOL, "{name} {key}: {d}");
                 }
             }
         }
-        let prompt: Prompt = judge.prompt(case["prompt"].as_str().unwrap_or_default(), &media)?;
+        for (l, (got, want)) in media.deepstack.iter().zip(&reference.deepstack).enumerate() {
+            for (f, c) in got
+                .images
+                .iter()
+                .chain(&got.videos)
+                .zip(want.images.iter().chain(&want.videos))
+            {
+                let d = max_abs_diff(f, c)?;
+                assert!(d < FEATURE_TOL, "{name} {cname} deep-stack level {l}: {d}");
+            }
+        }
+        let prompt = raw_prompt(
+            &ort,
+            &tokenizer,
+            case["prompt"].as_str().unwrap_or_default(),
+            &media,
+        )?;
         let want_len = case["prompt_len"].as_u64().unwrap_or_default() as usize;
         assert_eq!(prompt.embeds.dim(0)?, want_len, "{name} {cname}");
 
@@ -280,7 +299,12 @@ fn check_export(family: &str, name: &str) -> Result<()> {
     // Greedy generation after the generation case's prompt.
     let gen = &g.generation;
     let media = encoded(&ort, &processor, gen)?;
-    let prompt = judge.prompt(gen["prompt"].as_str().unwrap_or_default(), &media)?;
+    let prompt = raw_prompt(
+        &ort,
+        &tokenizer,
+        gen["prompt"].as_str().unwrap_or_default(),
+        &media,
+    )?;
     let max_new = gen["max_new_tokens"].as_u64().unwrap_or(24) as usize;
     let tokens = ort.generate_after(&prompt, max_new, &[IM_END])?;
     let want: Vec<u32> = serde_json::from_value(gen["tokens"].clone())?;
@@ -439,10 +463,14 @@ fn fp16_qwen_exports_agree_within_half_precision() -> Result<()> {
         let (image_pad, video_pad) = ort.media_token_ids();
         let tokenizer = PromptTokenizer::load_qwen_vl(d16.path(), image_pad, video_pad)?;
         let processor = QwenVlProcessor::from_model_dir(d16.path())?;
-        let judge = judge(&ort, &tokenizer)?;
         for case in g.cases.iter().chain(&g.video_cases) {
             let media = encoded(&ort, &processor, case)?;
-            let prompt = judge.prompt(case["prompt"].as_str().unwrap_or_default(), &media)?;
+            let prompt = raw_prompt(
+                &ort,
+                &tokenizer,
+                case["prompt"].as_str().unwrap_or_default(),
+                &media,
+            )?;
             let got = ort.prompt_continuations_batch(
                 std::slice::from_ref(&prompt),
                 &[vec![completion(&g, case)?]],
@@ -458,7 +486,12 @@ fn fp16_qwen_exports_agree_within_half_precision() -> Result<()> {
         }
         let gen = &g.generation;
         let media = encoded(&ort, &processor, gen)?;
-        let prompt = judge.prompt(gen["prompt"].as_str().unwrap_or_default(), &media)?;
+        let prompt = raw_prompt(
+            &ort,
+            &tokenizer,
+            gen["prompt"].as_str().unwrap_or_default(),
+            &media,
+        )?;
         let max_new = gen["max_new_tokens"].as_u64().unwrap_or(24) as usize;
         let tokens = ort.generate_after(&prompt, max_new, &[IM_END])?;
         let want: Vec<u32> = serde_json::from_value(gen["tokens"].clone())?;

@@ -93,8 +93,8 @@ impl QwenVlModel {
     ) -> Result<RopePositions> {
         match self {
             Self::Qwen25(m) => m.positions(tokens, images, videos),
-            // A video span in `tokens` is refused there: Qwen3-VL takes frames as images.
-            Self::Qwen3(m) => m.positions(tokens, images),
+            // Qwen3-VL's `videos` are one grid per temporal patch (timed items).
+            Self::Qwen3(m) => m.positions(tokens, images, videos),
         }
     }
 
@@ -196,10 +196,7 @@ impl QwenVlConfig {
             Self::Qwen25(c) => {
                 RopePositions::new(tokens, images, videos, c.vision.spatial_merge_size)
             }
-            Self::Qwen3(c) => {
-                crate::qwen3_vl::refuse_videos(tokens)?;
-                RopePositions::new(tokens, images, &[], c.vision.spatial_merge_size)
-            }
+            Self::Qwen3(c) => crate::qwen3_vl::positions(c, tokens, images, videos),
         }
     }
 
@@ -207,7 +204,12 @@ impl QwenVlConfig {
     pub fn video_grid(&self, video: &QwenVlVideo) -> Result<MediaGrid> {
         match self {
             Self::Qwen25(c) => Ok(crate::qwen2_5_vl::video_grid(c, video)),
-            Self::Qwen3(_) => Err(crate::qwen3_vl::videos_refused()),
+            Self::Qwen3(_) => Ok(crate::qwen3_vl::video_grid(video)),
         }
+    }
+
+    /// Whether a video item reaches the prompt one temporal patch at a time (Qwen3-VL).
+    pub fn timed_video_items(&self) -> bool {
+        matches!(self, Self::Qwen3(_))
     }
 }

@@ -19,6 +19,14 @@ pub const VIDEO_MARKER: &str = "<video>";
 /// `<|vision_start|>` and `<|vision_end|>`, that the processor repeats once per merged token.
 pub const QWEN_IMAGE_PAD: &str = "<|image_pad|>";
 pub const QWEN_VIDEO_PAD: &str = "<|video_pad|>";
+pub const QWEN_VISION_START: &str = "<|vision_start|>";
+pub const QWEN_VISION_END: &str = "<|vision_end|>";
+
+/// A Qwen3-VL video patch's time as its processor writes it (`f"<{t:.1f} seconds>"`; Rust's
+/// `{:.1}` rounds exact halves to even as Python's does).
+fn timestamp(seconds: f64) -> String {
+    format!("<{seconds:.1} seconds>")
+}
 
 /// Opens text a user wrote inside a rendered prompt; [`USER_TEXT_END`] closes it. Unicode
 /// noncharacters: reserved for a program's internal use, never part of interchange text.
@@ -59,6 +67,27 @@ pub struct MediaSpan {
     pub index: usize,
     pub start: usize,
     pub len: usize,
+}
+
+/// What one video marker expands to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VideoPads {
+    /// One run of this many placeholders (LLaVA, Qwen2.5-VL).
+    Run(usize),
+    /// Qwen3-VL: per temporal patch, `<t.t seconds><|vision_start|>` + `per_patch` placeholders +
+    /// `<|vision_end|>` (transformers' `Qwen3VLProcessor.replace_video_token`), each run its own
+    /// video span; `seconds` holds each patch's time.
+    Timed { seconds: Vec<f64>, per_patch: usize },
+}
+
+impl VideoPads {
+    /// Video spans this marker makes.
+    pub fn spans(&self) -> usize {
+        match self {
+            Self::Run(_) => 1,
+            Self::Timed { seconds, .. } => seconds.len(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +195,17 @@ impl PromptTokenizer {
         image_lens: &[usize],
         video_lens: &[usize],
     ) -> Result<Tokenized> {
+        let videos: Vec<VideoPads> = video_lens.iter().map(|&n| VideoPads::Run(n)).collect();
+        self.encode_videos(text, image_lens, &videos)
+    }
+
+    /// [`encode`](Self::encode) with the i-th video marker expanded as `videos[i]` says.
+    pub fn encode_videos(
+        &self,
+        text: &str,
+        image_lens: &[usize],
+        video_lens: &[VideoPads],
+    ) -> Result<Tokenized> {
         if text.contains(USER_TEXT_START) {
             return self.encode_quoted(text, image_lens, video_lens);
         }
@@ -186,9 +226,8 @@ impl PromptTokenizer {
             ids: Vec::new(),
             spans: Vec::new(),
         };
-        let (mut next_img, mut next_vid) = (0, 0);
+        let (mut next_img, mut next_vid, mut video_spans) = (0, 0, 0);
         for (segment, marker) in pieces {
-            out.ids.extend(self.encode_text(segment)?);
             let (kind, index, len, id) = match marker {
                 Some(MediaKind::Image) => {
                     next_img += 1;
@@ -201,15 +240,35 @@ impl PromptTokenizer {
                 }
                 Some(MediaKind::Video) => {
                     next_vid += 1;
-                    (
-                        MediaKind::Video,
-                        next_vid - 1,
-                        video_lens[next_vid - 1],
-                        self.video_id,
-                    )
+                    match &video_lens[next_vid - 1] {
+                        VideoPads::Run(len) => {
+                            video_spans += 1;
+                            (MediaKind::Video, video_spans - 1, *len, self.video_id)
+                        }
+                        VideoPads::Timed { seconds, per_patch } => {
+                            // The processor replaces the marker in the text, so the first
+                            // timestamp is tokenized together with the text before it.
+                            let mut text = segment.to_string();
+                            for &t in seconds {
+                                text.push_str(&timestamp(t));
+                                out.ids.extend(self.encode_text(&text)?);
+                                text.clear();
+                                self.push_timed_patch(&mut out, video_spans, *per_patch)?;
+                                video_spans += 1;
+                            }
+                            if !text.is_empty() {
+                                out.ids.extend(self.encode_text(&text)?);
+                            }
+                            continue;
+                        }
+                    }
                 }
-                None => continue,
+                None => {
+                    out.ids.extend(self.encode_text(segment)?);
+                    continue;
+                }
             };
+            out.ids.extend(self.encode_text(segment)?);
             out.spans.push(MediaSpan {
                 kind,
                 index,
@@ -221,6 +280,27 @@ impl PromptTokenizer {
         Ok(out)
     }
 
+    /// `<|vision_start|>`, the `index`-th video span of `len` placeholders, `<|vision_end|>`.
+    fn push_timed_patch(&self, out: &mut Tokenized, index: usize, len: usize) -> Result<()> {
+        let special = |s: &str| {
+            self.token_id(s).ok_or_else(|| {
+                Error::Tokenizer(format!(
+                    "the vocabulary has no {s}, which timed video items need"
+                ))
+            })
+        };
+        out.ids.push(special(QWEN_VISION_START)?);
+        out.spans.push(MediaSpan {
+            kind: MediaKind::Video,
+            index,
+            start: out.ids.len(),
+            len,
+        });
+        out.ids.extend(std::iter::repeat_n(self.video_id, len));
+        out.ids.push(special(QWEN_VISION_END)?);
+        Ok(())
+    }
+
     /// [`encode`](Self::encode) of text with quoted user text. The markers and special tokens
     /// outside quotes are split off here, as the tokenizer's own added-token pass would split
     /// them, and the text between them is tokenized in one piece with no special-token
@@ -230,7 +310,7 @@ impl PromptTokenizer {
         &self,
         text: &str,
         image_lens: &[usize],
-        video_lens: &[usize],
+        video_lens: &[VideoPads],
     ) -> Result<Tokenized> {
         let pieces = self.split_quoted(text);
         let count = |k: MediaKind| pieces.iter().filter(|p| **p == Piece::Marker(k)).count();
@@ -249,10 +329,22 @@ impl PromptTokenizer {
             ids: Vec::new(),
             spans: Vec::new(),
         };
-        let (mut next_img, mut next_vid) = (0, 0);
-        for piece in pieces {
+        let (mut next_img, mut next_vid, mut video_spans) = (0, 0, 0);
+        let mut first_joined = false;
+        let mut pieces = pieces.into_iter().peekable();
+        while let Some(piece) = pieces.next() {
             let (kind, index, len, id) = match piece {
-                Piece::Text(t) => {
+                Piece::Text(mut t) => {
+                    // A timed video's first timestamp joins the text before it, as the
+                    // processor's text replacement joins them.
+                    if pieces.peek() == Some(&Piece::Marker(MediaKind::Video)) {
+                        if let Some(VideoPads::Timed { seconds, .. }) = video_lens.get(next_vid) {
+                            if let Some(&first) = seconds.first() {
+                                t.push_str(&timestamp(first));
+                                first_joined = true;
+                            }
+                        }
+                    }
                     let enc = self
                         .literal
                         .encode(t, false)
@@ -275,12 +367,27 @@ impl PromptTokenizer {
                 }
                 Piece::Marker(MediaKind::Video) => {
                     next_vid += 1;
-                    (
-                        MediaKind::Video,
-                        next_vid - 1,
-                        video_lens[next_vid - 1],
-                        self.video_id,
-                    )
+                    match &video_lens[next_vid - 1] {
+                        VideoPads::Run(len) => {
+                            video_spans += 1;
+                            (MediaKind::Video, video_spans - 1, *len, self.video_id)
+                        }
+                        VideoPads::Timed { seconds, per_patch } => {
+                            for (k, &t) in seconds.iter().enumerate() {
+                                if k > 0 || !first_joined {
+                                    let enc = self
+                                        .literal
+                                        .encode(timestamp(t), false)
+                                        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                                    out.ids.extend_from_slice(enc.get_ids());
+                                }
+                                self.push_timed_patch(&mut out, video_spans, *per_patch)?;
+                                video_spans += 1;
+                            }
+                            first_joined = false;
+                            continue;
+                        }
+                    }
                 }
             };
             out.spans.push(MediaSpan {

@@ -220,7 +220,7 @@ fn input_ids_and_positions_match_the_processor_and_get_rope_index() {
             continue;
         }
         let grids: Vec<_> = imgs.iter().map(|p| model.image_grid(p)).collect();
-        let pos = model.positions(&tokens, &grids).unwrap();
+        let pos = model.positions(&tokens, &grids, &[]).unwrap();
         let want = g.t(name, "position_ids").to_vec2::<i64>().unwrap();
         for (axis, (got, want)) in pos.axes.iter().zip(&want).enumerate() {
             let want: Vec<u32> = want.iter().map(|&v| v as u32).collect();
@@ -260,7 +260,7 @@ fn check_checkpoint(name: &str) -> f32 {
             }
         }
         let grids: Vec<_> = imgs.iter().map(|p| model.image_grid(p)).collect();
-        let pos = model.positions(&tokens, &grids).unwrap();
+        let pos = model.positions(&tokens, &grids, &[]).unwrap();
         let inputs = model.inputs(&tokens, &feats).unwrap();
         let embeds = inputs.embeds.unsqueeze(0).unwrap();
         let deepstack: Vec<Tensor> = inputs
@@ -355,7 +355,7 @@ fn greedy_generation_with_the_cache_matches_generate() {
         let (tokens, _) = g.tokenize(gen, &imgs);
         let feats = features(&model, &imgs);
         let grids: Vec<_> = imgs.iter().map(|p| model.image_grid(p)).collect();
-        let pos = model.positions(&tokens, &grids).unwrap();
+        let pos = model.positions(&tokens, &grids, &[]).unwrap();
         let inputs = model.inputs(&tokens, &feats).unwrap();
         let deepstack: Vec<Tensor> = inputs
             .deepstack
@@ -414,7 +414,7 @@ fn bf16_load_runs_and_stays_near_the_f32_logits() {
         assert_eq!(model.dtype(), dtype);
         let feats = features(&model, &imgs);
         let grids: Vec<_> = imgs.iter().map(|p| model.image_grid(p)).collect();
-        let pos = model.positions(&tokens, &grids).unwrap();
+        let pos = model.positions(&tokens, &grids, &[]).unwrap();
         let inputs = model.inputs(&tokens, &feats).unwrap();
         let deepstack: Vec<Tensor> = inputs
             .deepstack

@@ -367,14 +367,10 @@ impl<'a> Judge<'a> {
     /// features merged in, and its positions where the family's are not 0..T; an error when
     /// the prompt leaves no room in the context for the answer.
     pub fn prompt(&self, text: &str, media: &MediaFeatures) -> Result<Prompt> {
-        let lens = |ts: &[Tensor]| {
-            ts.iter()
-                .map(|t| t.dim(0))
-                .collect::<candle_core::Result<Vec<_>>>()
-        };
+        let (image_lens, video_pads) = media.pads()?;
         let tokens = self
             .tokenizer
-            .encode(text, &lens(&media.images)?, &lens(&media.videos)?)?;
+            .encode_videos(text, &image_lens, &video_pads)?;
         // Room for the longest verdict or the rationale.
         let room = match self.mode {
             JudgeMode::Fast => 16,

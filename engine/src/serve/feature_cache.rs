@@ -24,6 +24,7 @@ impl CachedFeatures {
         let video = |v: &VideoFeatures| match v {
             VideoFeatures::Pooled(t) => size(t),
             VideoFeatures::Frames(frames) => frames.iter().map(size).sum(),
+            VideoFeatures::Timed { patches, .. } => patches.iter().map(size).sum(),
         };
         match self {
             CachedFeatures::Image(t, levels) => size(t) + levels.iter().map(size).sum::<usize>(),

@@ -465,7 +465,8 @@ impl Worker<'_, '_> {
             .iter()
             .map(|v| match v {
                 VideoFeatures::Frames(f) => VideoMarks::Frames(f.len()),
-                VideoFeatures::Pooled(_) => VideoMarks::Pooled,
+                // A video item's one marker, whether it fills one run or one per patch.
+                VideoFeatures::Pooled(_) | VideoFeatures::Timed { .. } => VideoMarks::Pooled,
             })
             .collect();
         // Features (and grids) in the order of their markers: the tokenizer fills the i-th

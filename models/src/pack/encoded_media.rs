@@ -21,6 +21,12 @@ pub enum VideoFeatures {
     Frames(Vec<Tensor>),
     /// [`VideoMode::Pooled`]: `[tokens, D]`, filling one `<video>`.
     Pooled(Tensor),
+    /// Qwen3-VL's video item: one `[tokens, D]` per temporal patch, each filling its own run
+    /// of `<|video_pad|>` after the patch's time (`seconds`).
+    Timed {
+        patches: Vec<Tensor>,
+        seconds: Vec<f64>,
+    },
 }
 
 /// A request's encoded media, per image and per video, from which prompts showing some or
@@ -49,6 +55,7 @@ impl EncodedMedia {
             Error::Media(format!("no {what} {i}: the request has {n}"))
         };
         let mut out = MediaFeatures::default();
+        let mut video_markers = 0;
         for &i in images {
             let t = self
                 .images
@@ -71,6 +78,13 @@ impl EncodedMedia {
                 VideoFeatures::Pooled(t) => {
                     out.videos.push(t.clone());
                     out.video_grids.extend_from_slice(grids);
+                    video_markers += 1;
+                }
+                VideoFeatures::Timed { patches, seconds } => {
+                    out.videos.extend(patches.iter().cloned());
+                    out.video_grids.extend_from_slice(grids);
+                    out.video_seconds.push(seconds.clone());
+                    video_markers += 1;
                 }
             }
         }
@@ -79,13 +93,13 @@ impl EncodedMedia {
             .iter()
             .map(|level| Ok(level.select(images, videos)?.0))
             .collect::<Result<_>>()?;
-        let marks = match (out.images.len(), out.videos.len()) {
+        let marks = match (out.images.len(), video_markers) {
             (n, 0) => Media::Images(n),
             (0, n) => Media::Videos(n),
             (i, v) => {
                 return Err(Error::Media(format!(
                     "a built-in prompt shows images or videos, not both: {i} image(s) and {v} \
-                     pooled video(s)"
+                     video(s)"
                 )))
             }
         };
@@ -123,6 +137,11 @@ impl EncodedMedia {
                 VideoFeatures::Pooled(t) => {
                     out.videos.push(t);
                     out.video_grids.extend(g);
+                }
+                VideoFeatures::Timed { patches, seconds } => {
+                    out.videos.extend(patches);
+                    out.video_grids.extend(g);
+                    out.video_seconds.push(seconds);
                 }
             }
         }

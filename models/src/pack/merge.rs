@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 
 use crate::qwen2_5_vl::MediaGrid;
-use crate::tokenize::{MediaKind, Tokenized};
+use crate::tokenize::{MediaKind, Tokenized, VideoPads};
 use crate::{Error, Result};
 
 /// Media features for one prompt, in marker order.
@@ -19,6 +19,10 @@ pub struct MediaFeatures {
     /// the hidden states at the media tokens after its first decoder layers; grids unused);
     /// empty for the other families.
     pub deepstack: Vec<MediaFeatures>,
+    /// Qwen3-VL's timed video items: per video marker, each temporal patch's time; its
+    /// features (and grids) are then one entry per patch in `videos` (`video_grids`). Empty
+    /// when every video is one run of features.
+    pub video_seconds: Vec<Vec<f64>>,
 }
 
 impl MediaFeatures {
@@ -28,6 +32,7 @@ impl MediaFeatures {
         self.videos.extend(other.videos);
         self.image_grids.extend(other.image_grids);
         self.video_grids.extend(other.video_grids);
+        self.video_seconds.extend(other.video_seconds);
         if self.deepstack.len() < other.deepstack.len() {
             self.deepstack
                 .resize_with(other.deepstack.len(), MediaFeatures::default);
@@ -35,6 +40,51 @@ impl MediaFeatures {
         for (level, more) in self.deepstack.iter_mut().zip(other.deepstack) {
             level.append(more);
         }
+    }
+}
+
+impl MediaFeatures {
+    /// Placeholders per image, and what each video marker expands to: one run per video, or
+    /// (timed items) a run per temporal patch after its time.
+    pub fn pads(&self) -> Result<(Vec<usize>, Vec<VideoPads>)> {
+        let lens = |ts: &[Tensor]| {
+            ts.iter()
+                .map(|t| t.dim(0))
+                .collect::<candle_core::Result<Vec<_>>>()
+        };
+        let (images, runs) = (lens(&self.images)?, lens(&self.videos)?);
+        if self.video_seconds.is_empty() {
+            return Ok((images, runs.into_iter().map(VideoPads::Run).collect()));
+        }
+        let mut runs = runs.into_iter();
+        let videos = self
+            .video_seconds
+            .iter()
+            .map(|seconds| {
+                let patches: Vec<usize> = runs.by_ref().take(seconds.len()).collect();
+                match patches.first() {
+                    Some(&per_patch)
+                        if patches.len() == seconds.len()
+                            && patches.iter().all(|&n| n == per_patch) =>
+                    {
+                        Ok(VideoPads::Timed {
+                            seconds: seconds.clone(),
+                            per_patch,
+                        })
+                    }
+                    _ => Err(Error::Input(format!(
+                        "a timed video of {} patches has features of {patches:?} tokens",
+                        seconds.len()
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if runs.next().is_some() {
+            return Err(Error::Input(
+                "video features left over after the timed videos' patches".into(),
+            ));
+        }
+        Ok((images, videos))
     }
 }
 

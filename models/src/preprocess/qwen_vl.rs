@@ -233,6 +233,29 @@ pub fn smart_resize_f64(
     Ok((h_bar as u32, w_bar as u32))
 }
 
+/// `size`'s `(shortest_edge, longest_edge)` of a `video_preprocessor_config.json` that names
+/// `Qwen3VLVideoProcessor`; `None` for another processor (Qwen2-VL's bounds are per frame, and
+/// qwen_vl_utils' sizes are inside them).
+fn qwen3_video_bounds(path: &Path) -> Result<Option<(u64, u64)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if v.get("video_processor_type").and_then(Value::as_str) != Some("Qwen3VLVideoProcessor") {
+        return Ok(None);
+    }
+    let edge = |k: &str| {
+        v.get("size")
+            .and_then(|s| s.get(k))
+            .and_then(Value::as_u64)
+            .ok_or_else(|| {
+                Error::Config(format!("{}: size.{k}: not a pixel count", path.display()))
+            })
+    };
+    Ok(Some((edge("shortest_edge")?, edge("longest_edge")?)))
+}
+
 /// One image (or video) as the vision tower takes it.
 #[derive(Debug, Clone)]
 pub struct QwenVlPixels {
@@ -255,22 +278,34 @@ impl QwenVlPixels {
 #[derive(Debug, Clone)]
 pub struct QwenVlProcessor {
     pub config: QwenVlProcessorConfig,
+    /// `(shortest_edge, longest_edge)` of a `video_preprocessor_config.json` naming
+    /// `Qwen3VLVideoProcessor`: the pixels a whole clip (frames x height x width) may hold
+    /// before that processor resizes it again.
+    pub video_clip_pixels: Option<(u64, u64)>,
 }
 
 impl QwenVlProcessor {
     pub fn new(config: QwenVlProcessorConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            video_clip_pixels: None,
+        }
     }
 
     /// The processor of the checkpoint in `dir`: its `preprocessor_config.json`, or
-    /// Qwen2.5-VL's defaults without one.
+    /// Qwen2.5-VL's defaults without one (and Qwen3-VL's video bounds, where given).
     pub fn from_model_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("preprocessor_config.json");
-        Ok(Self::new(if path.is_file() {
+        let mut processor = Self::new(if path.is_file() {
             QwenVlProcessorConfig::from_file(&path)?
         } else {
             QwenVlProcessorConfig::default()
-        }))
+        });
+        let video = dir.join("video_preprocessor_config.json");
+        if video.is_file() {
+            processor.video_clip_pixels = qwen3_video_bounds(&video)?;
+        }
+        Ok(processor)
     }
 
     /// An image through the backend the config names ([`ImageBackend`]).

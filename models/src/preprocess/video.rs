@@ -241,19 +241,11 @@ impl FrameLoader {
     /// Two decodes: one counts the frames, the second keeps the sampled ones (and stops
     /// at the last), so memory holds only those.
     fn load_with_ffmpeg(&self, path: &Path) -> Result<Vec<RgbImage>> {
-        if !path.exists() {
-            return Err(Error::Image {
-                path: path.to_path_buf(),
-                msg: "cannot open: no such file".into(),
-            });
-        }
-        check_regular_file(path)?;
-        let ffmpeg = self.ffmpeg.as_deref().ok_or_else(|| Error::Image {
-            path: path.to_path_buf(),
-            msg: "cannot decode this video: `ffmpeg` was not found on PATH (install ffmpeg, \
-                  or give the video as a frame directory, a list of frames or a GIF)"
-                .into(),
-        })?;
+        let ffmpeg = checked_ffmpeg(
+            path,
+            self.ffmpeg.as_deref(),
+            "a frame directory, a list of frames or a GIF",
+        )?;
         let n = FfmpegRun::new(ffmpeg, path).decode(&[])?.0;
         if n == 0 {
             return Err(Error::Image {
@@ -262,19 +254,108 @@ impl FrameLoader {
             });
         }
         let wanted = self.sampling.indices(n, self.num_frames);
-        let (_, frames) = FfmpegRun::new(ffmpeg, path).decode(&wanted)?;
-        if frames.len() != wanted.len() {
-            return Err(Error::Image {
-                path: path.to_path_buf(),
-                msg: format!(
-                    "ffmpeg gave {} of the {} sampled frames on the second decode",
-                    frames.len(),
-                    wanted.len()
-                ),
-            });
-        }
-        Ok(frames)
+        decode_frames_at(ffmpeg, path, &wanted)
     }
+}
+
+/// `path` as a video file `ffmpeg` may decode, and the `ffmpeg` to decode it with; the error
+/// names the file and the cause, and what else a video may be given as (`instead`).
+fn checked_ffmpeg<'a>(path: &Path, ffmpeg: Option<&'a Path>, instead: &str) -> Result<&'a Path> {
+    if !path.exists() {
+        return Err(Error::Image {
+            path: path.to_path_buf(),
+            msg: "cannot open: no such file".into(),
+        });
+    }
+    check_regular_file(path)?;
+    ffmpeg.ok_or_else(|| Error::Image {
+        path: path.to_path_buf(),
+        msg: format!(
+            "cannot decode this video: `ffmpeg` was not found on PATH (install ffmpeg, or give \
+             the video as {instead})"
+        ),
+    })
+}
+
+/// The frames at `wanted` (in order, repeats allowed) of one decode that stops after the last.
+fn decode_frames_at(ffmpeg: &Path, path: &Path, wanted: &[usize]) -> Result<Vec<RgbImage>> {
+    let mut keep = wanted.to_vec();
+    keep.sort_unstable();
+    keep.dedup();
+    let (_, frames) = FfmpegRun::new(ffmpeg, path).decode(&keep)?;
+    if frames.len() != keep.len() {
+        return Err(Error::Image {
+            path: path.to_path_buf(),
+            msg: format!(
+                "ffmpeg gave {} of the {} sampled frames on the second decode",
+                frames.len(),
+                keep.len()
+            ),
+        });
+    }
+    wanted
+        .iter()
+        .map(|i| {
+            keep.binary_search(i)
+                .map(|k| frames[k].clone())
+                .map_err(|_| Error::Image {
+                    path: path.to_path_buf(),
+                    msg: format!("frame {i} was not decoded"),
+                })
+        })
+        .collect()
+}
+
+/// A video file's frames chosen by `pick` from its frame count and its stream's average
+/// frame rate (as decord's `len(vr)` and `get_avg_fps()` give them to qwen_vl_utils): one
+/// `ffmpeg` run reads the rate from its stream listing, one decode counts the frames, one
+/// keeps the picked ones. `ffmpeg` is `None` when none was found, which is the error.
+pub fn decode_video_file(
+    path: &Path,
+    ffmpeg: Option<&Path>,
+    pick: impl FnOnce(usize, f64) -> Result<Vec<usize>>,
+) -> Result<Vec<RgbImage>> {
+    let ffmpeg = checked_ffmpeg(path, ffmpeg, "a frame directory or a list of frames")?;
+    let run = FfmpegRun::new(ffmpeg, path);
+    let fps = run.stream_fps()?;
+    let n = run.decode(&[])?.0;
+    if n == 0 {
+        return Err(Error::Image {
+            path: path.to_path_buf(),
+            msg: "ffmpeg decoded no video frames".into(),
+        });
+    }
+    let wanted = pick(n, fps).map_err(|e| Error::Image {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    decode_frames_at(ffmpeg, path, &wanted)
+}
+
+/// The average frame rate of the first video stream in `ffmpeg -i`'s stream listing
+/// (`Stream #0:0...: Video: ..., 25 fps, 25 tbr, ...`). ffmpeg prints the rate to two
+/// decimals; 23.98, 29.97, 59.94 and the like are read as the NTSC rates (n·1000/1001) they
+/// stand for, as decord reports them.
+pub fn parse_stream_fps(listing: &str) -> Option<f64> {
+    let line = listing
+        .lines()
+        .find(|l| l.trim_start().starts_with("Stream #") && l.contains(": Video:"))?;
+    let printed = line.split(", ").find_map(|field| {
+        let number = field.trim().strip_suffix(" fps")?;
+        match number.strip_suffix('k') {
+            Some(k) => k.parse::<f64>().ok().map(|x| x * 1000.0),
+            None => number.parse::<f64>().ok(),
+        }
+    })?;
+    if !(printed.is_finite() && printed > 0.0) {
+        return None;
+    }
+    let ntsc = (printed * 1.001).round();
+    let exact = ntsc * 1000.0 / 1001.0;
+    if printed.fract() != 0.0 && (exact - printed).abs() < 0.006 {
+        return Some(exact);
+    }
+    Some(printed)
 }
 
 /// The directory's image files (by extension), sorted by file name.
@@ -380,6 +461,34 @@ impl<'a> FfmpegRun<'a> {
             path: self.video.to_path_buf(),
             msg,
         }
+    }
+
+    /// The stream's average frame rate, from the listing `ffmpeg -i` prints without an
+    /// output (it then exits with an error, which is expected).
+    fn stream_fps(&self) -> Result<f64> {
+        let mut input = OsString::from("file:");
+        input.push(self.video.as_os_str());
+        let out = Command::new(self.ffmpeg)
+            .args([
+                "-nostdin",
+                "-hide_banner",
+                "-protocol_whitelist",
+                "file",
+                "-i",
+            ])
+            .arg(input)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| self.err(format!("cannot run {}: {e}", self.ffmpeg.display())))?;
+        let listing = String::from_utf8_lossy(&out.stderr);
+        parse_stream_fps(&listing).ok_or_else(|| {
+            self.err(format!(
+                "ffmpeg lists no video stream with a frame rate: {}",
+                listing.trim()
+            ))
+        })
     }
 
     /// Counts the frames and keeps those at `keep` (sorted). With `keep` empty it
@@ -731,6 +840,30 @@ mod tests {
         assert_eq!(args.last(), Some(&"-"));
         let abs = ffmpeg_args(Path::new("/data/http://x.mp4"), "-vsync");
         assert!(abs.iter().any(|a| a == "file:/data/http://x.mp4"));
+    }
+
+    #[test]
+    fn stream_fps_is_read_from_the_listing() {
+        let listing = "Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'file:a.mp4':\n  Duration: \
+                       00:00:02.00, start: 0.000000, bitrate: 120 kb/s\n  Stream #0:0[0x1](und): \
+                       Audio: aac (LC), 44100 Hz, stereo, fltp, 2 kb/s (default)\n  \
+                       Stream #0:1[0x2](und): Video: h264 (High) (avc1 / 0x31637661), \
+                       yuv420p(progressive), 320x240 [SAR 1:1 DAR 4:3], 101 kb/s, 29.97 fps, \
+                       29.97 tbr, 30k tbn (default)\nAt least one output file must be specified\n";
+        let fps = parse_stream_fps(listing).unwrap();
+        assert_eq!(fps, 30000.0 / 1001.0);
+        let plain = "  Stream #0:0: Video: mpeg4, yuv420p, 300x200, 25 fps, 25 tbr, 25 tbn";
+        assert_eq!(parse_stream_fps(plain), Some(25.0));
+        assert_eq!(
+            parse_stream_fps("  Stream #0:0: Video: h264, 12.5 fps"),
+            Some(12.5)
+        );
+        assert_eq!(
+            parse_stream_fps("  Stream #0:0: Video: gif, 1k fps"),
+            Some(1000.0)
+        );
+        assert_eq!(parse_stream_fps("  Stream #0:0: Video: h264, 25 tbr"), None);
+        assert_eq!(parse_stream_fps("  Stream #0:0: Audio: aac, 25 fps"), None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `engine score`, `engine logprob` and the trainer read them, and encoded by the model's
 //! vision transformer with the grids its M-RoPE positions need. Images go through the processor (`smart_resize`,
 //! 14 px patches, temporal pairs). A video is given as its frames (a list of files or a
-//! directory) and reaches the model as its family's scripts send it ([`QwenVideos`]).
+//! directory) or as a video file (decoded by `ffmpeg`, sampled at 2 fps as qwen_vl_utils
+//! samples a file) and reaches the model as its family's scripts send it ([`QwenVideos`]).
 
 use std::path::Path;
 
@@ -10,9 +11,10 @@ use candle_core::{Device, Tensor};
 
 use super::MediaGrid;
 use crate::pack::{EncodedMedia, VideoFeatures};
+use crate::preprocess::video::find_program;
 use crate::preprocess::{
     load_image, FrameLoader, FrameSampling, MediaRequest, QwenVlPixels, QwenVlProcessor,
-    QwenVlVideo,
+    QwenVlVideo, VideoSource,
 };
 use crate::{Error, Result};
 
@@ -33,6 +35,12 @@ pub trait QwenVision {
 
     /// A video item's grid for the M-RoPE positions; a model without video items says so.
     fn video_grid(&self, video: &QwenVlVideo) -> Result<MediaGrid>;
+
+    /// Whether a video item reaches the prompt as one run of tokens per temporal patch, each
+    /// after its time, at positions of its own (Qwen3-VL), rather than one run (Qwen2.5-VL).
+    fn timed_video_items(&self) -> bool {
+        false
+    }
 }
 
 /// A medium's `(grid_t, grid_h, grid_w)` in patches.
@@ -149,14 +157,24 @@ impl QwenMedia {
                         })
                         .map(QwenVideo::Frames);
                 }
-                let files = source.frame_files()?.ok_or_else(|| {
-                    Error::Media(format!(
-                        "{:?}: a Qwen-VL judge takes a video as its frames (a list of image files or a \
-                         directory of them); decoding a video file with qwen_vl_utils' 2 fps \
-                         sampling is not built yet",
-                        source
-                    ))
-                })?;
+                let files = match &source {
+                    VideoSource::File(path) => {
+                        let ffmpeg = find_program("ffmpeg", std::env::var_os("PATH").as_deref());
+                        return processor
+                            .preprocess_file(path, ffmpeg.as_deref())
+                            .map(QwenVideo::Item);
+                    }
+                    VideoSource::Gif(path) => {
+                        return Err(Error::Media(format!(
+                            "{}: a Qwen-VL judge takes a video as a video file, a list of image \
+                             files or a directory of them, not a GIF (qwen_vl_utils reads none)",
+                            path.display()
+                        )))
+                    }
+                    VideoSource::FrameFiles(_) | VideoSource::FrameDir(_) => {
+                        source.frame_files()?.unwrap_or_default()
+                    }
+                };
                 let frames = files
                     .iter()
                     .map(|f| Ok(processor.rgb(&load_image(f)?)))
@@ -190,31 +208,55 @@ impl QwenMedia {
                 odd.deepstack.len()
             )));
         }
+        let timed = model.timed_video_items();
         let deepstack = (0..levels)
-            .map(|l| self.laid_out(encoded.iter().map(|f| f.deepstack[l].clone())))
+            .map(|l| self.laid_out(encoded.iter().map(|f| f.deepstack[l].clone()), timed))
             .collect::<Result<_>>()?;
         Ok(EncodedMedia {
             image_grids,
             video_grids,
             deepstack,
-            ..self.laid_out(encoded.into_iter().map(|f| f.merged))?
+            ..self.laid_out(encoded.into_iter().map(|f| f.merged), timed)?
         })
     }
 
     /// Features of every medium in encoding order (images, then each video's item or frames)
-    /// laid out per image and per video.
-    fn laid_out(&self, mut feats: impl Iterator<Item = Tensor>) -> Result<EncodedMedia> {
+    /// laid out per image and per video; `timed`: video items split per temporal patch.
+    fn laid_out(
+        &self,
+        mut feats: impl Iterator<Item = Tensor>,
+        timed: bool,
+    ) -> Result<EncodedMedia> {
         let mut out = EncodedMedia {
             images: feats.by_ref().take(self.images.len()).collect(),
             ..Default::default()
         };
         for v in &self.videos {
             out.videos.push(match v {
-                QwenVideo::Item(_) => VideoFeatures::Pooled(
-                    feats
+                QwenVideo::Item(video) => {
+                    let all = feats
                         .next()
-                        .ok_or_else(|| Error::Media("a video was not encoded".into()))?,
-                ),
+                        .ok_or_else(|| Error::Media("a video was not encoded".into()))?;
+                    if timed {
+                        let t = video.timestamps.len();
+                        let n = all.dim(0)?;
+                        if t == 0 || n % t != 0 || t != video.pixels.grid_thw.0 {
+                            return Err(Error::Media(format!(
+                                "a video of {} temporal patches with {t} timestamps and {n} \
+                                 features",
+                                video.pixels.grid_thw.0
+                            )));
+                        }
+                        VideoFeatures::Timed {
+                            patches: (0..t)
+                                .map(|k| all.narrow(0, k * (n / t), n / t))
+                                .collect::<candle_core::Result<_>>()?,
+                            seconds: video.timestamps.clone(),
+                        }
+                    } else {
+                        VideoFeatures::Pooled(all)
+                    }
+                }
                 QwenVideo::Frames(frames) => {
                     VideoFeatures::Frames(feats.by_ref().take(frames.len()).collect())
                 }
@@ -223,15 +265,21 @@ impl QwenMedia {
         Ok(out)
     }
 
-    /// Each image's grid, and each video's (one per frame in frames mode): what the prompt's
-    /// M-RoPE positions follow, known without encoding. A model without video items (Qwen3-VL)
-    /// refuses a video sent as one.
+    /// Each image's grid, and each video's (one per frame in frames mode, one per temporal
+    /// patch of a timed item): what the prompt's M-RoPE positions follow, known without
+    /// encoding. A model without video items refuses a video sent as one.
     pub fn grids(&self, model: &dyn QwenVision) -> Result<(Vec<MediaGrid>, Vec<Vec<MediaGrid>>)> {
         let images = self.images.iter().map(MediaGrid::of_image).collect();
         let videos = self
             .videos
             .iter()
             .map(|v| match v {
+                QwenVideo::Item(video) if model.timed_video_items() => {
+                    // transformers' `get_rope_index`: the grid repeated per temporal patch,
+                    // each of t = 1.
+                    let grid = model.video_grid(video)?;
+                    Ok(vec![MediaGrid { t: 1, ..grid }; grid.t])
+                }
                 QwenVideo::Item(video) => Ok(vec![model.video_grid(video)?]),
                 QwenVideo::Frames(frames) => Ok(frames.iter().map(MediaGrid::of_image).collect()),
             })

@@ -130,7 +130,10 @@ impl JudgeModel for Qwen3Vl {
     ) -> Result<Tensor> {
         let rows = seqs
             .iter()
-            .map(|(tokens, media)| self.positions(tokens, &media.image_grids))
+            .map(|(tokens, media)| {
+                refuse_videos(tokens)?;
+                self.positions(tokens, &media.image_grids, &[])
+            })
             .collect::<Result<Vec<_>>>()?;
         let positions = padded_positions(&rows, embeds)?;
         let deepstack = self.batch_deepstack(embeds, seqs)?;

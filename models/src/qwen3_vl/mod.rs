@@ -2,13 +2,19 @@
 //! qwen3vl-*): the vision transformer (`vision`) → merged features spliced over the
 //! `<|image_pad|>` runs, and deep-stack features added to the hidden states at those tokens after
 //! the decoder's first layers → the Qwen3 decoder (the Qwen2 decoder with Qwen3's
-//! [`AttentionVariant`]) with interleaved 3-D M-RoPE positions. Images only: Qwen3-VL's videos
-//! (timestamp text between frames, positions per frame) are refused.
+//! [`AttentionVariant`]) with interleaved 3-D M-RoPE positions.
 //!
 //! The processor is Qwen2.5-VL's ([`crate::preprocess::QwenVlProcessor`]) with Qwen3-VL's
 //! `preprocessor_config.json` (patch 16, factor 32, mean / std 0.5): `preprocess_torchvision`
 //! for the torchvision backend its `Qwen2VLImageProcessorFast` names, `preprocess` for the
 //! Pillow one. Image positions are Qwen2.5-VL's ([`RopePositions`]).
+//!
+//! A video item is prepared as Qwen2.5-VL's ([`QwenVlVideo`], qwen_vl_utils' sampling) and
+//! encoded whole (attention per frame), then shown one temporal patch at a time:
+//! `<t.t seconds><|vision_start|>` + the patch's tokens + `<|vision_end|>` (the tokenizer's
+//! [`crate::tokenize::VideoPads::Timed`]), each patch at positions of its own as an image of
+//! one frame (`get_rope_index` splits the video grid into t = 1 pieces), its deep-stack
+//! features added there as an image's are. The training path (`JudgeModel`) takes none yet.
 
 pub mod config;
 mod judge_model;
@@ -133,10 +139,14 @@ impl Qwen3Vl {
         MediaGrid::of_image(pixels)
     }
 
-    /// The M-RoPE positions of a prompt whose image spans hold `images`.
-    pub fn positions(&self, tokens: &Tokenized, images: &[MediaGrid]) -> Result<RopePositions> {
-        refuse_videos(tokens)?;
-        RopePositions::new(tokens, images, &[], self.cfg.vision.spatial_merge_size)
+    /// The M-RoPE positions of a prompt ([`positions`]).
+    pub fn positions(
+        &self,
+        tokens: &Tokenized,
+        images: &[MediaGrid],
+        video_patches: &[MediaGrid],
+    ) -> Result<RopePositions> {
+        positions(&self.cfg, tokens, images, video_patches)
     }
 
     /// Token embeddings with each image span overwritten by its merged features, and the
@@ -211,6 +221,35 @@ impl Qwen3Vl {
     }
 }
 
+/// The M-RoPE positions of a prompt whose image spans hold `images` and whose video spans
+/// (one per temporal patch) hold `video_patches`, each of t = 1.
+pub fn positions(
+    cfg: &Qwen3VlConfig,
+    tokens: &Tokenized,
+    images: &[MediaGrid],
+    video_patches: &[MediaGrid],
+) -> Result<RopePositions> {
+    if let Some(g) = video_patches.iter().find(|g| g.t != 1) {
+        return Err(Error::Input(format!(
+            "a Qwen3-VL video span holds one temporal patch, not a grid of {}",
+            g.t
+        )));
+    }
+    RopePositions::new(tokens, images, video_patches, cfg.vision.spatial_merge_size)
+}
+
+/// A video item's whole grid; the prompt shows it per temporal patch
+/// ([`QwenVision::timed_video_items`]), so its timing is in the text, not the positions.
+pub fn video_grid(video: &QwenVlVideo) -> MediaGrid {
+    let (t, h, w) = video.pixels.grid_thw;
+    MediaGrid {
+        t,
+        h,
+        w,
+        time_interval: 1.0,
+    }
+}
+
 pub(crate) fn refuse_videos(tokens: &Tokenized) -> Result<()> {
     if tokens.spans.iter().any(|s| s.kind == MediaKind::Video) {
         return Err(videos_refused());
@@ -218,12 +257,13 @@ pub(crate) fn refuse_videos(tokens: &Tokenized) -> Result<()> {
     Ok(())
 }
 
-/// Qwen3-VL's video items (timestamp text between frames, positions per frame) are not built;
-/// a video sent as sampled frames (the 2.0 and Think-qwen3vl scripts' way) is images.
+/// Where Qwen3-VL's video items are not built: training; a video sent as sampled frames (the
+/// 2.0 and Think-qwen3vl scripts' way) is images.
 pub(crate) fn videos_refused() -> Error {
     Error::Input(
-        "Qwen3-VL video items (timestamped frames) are not supported yet: send a video as \
-         sampled frames (--video-mode frames, the 2.0 and Think-qwen3vl scripts' way)"
+        "Qwen3-VL video items (timestamped frames) are judged by the engine (candle and ONNX \
+         Runtime), not trained on yet: send a video as sampled frames (--video-mode frames, the \
+         2.0 and Think-qwen3vl scripts' way)"
             .into(),
     )
 }
@@ -233,7 +273,11 @@ impl QwenVision for Qwen3Vl {
         self.image_features(media)
     }
 
-    fn video_grid(&self, _: &QwenVlVideo) -> Result<MediaGrid> {
-        Err(videos_refused())
+    fn video_grid(&self, video: &QwenVlVideo) -> Result<MediaGrid> {
+        Ok(video_grid(video))
+    }
+
+    fn timed_video_items(&self) -> bool {
+        true
     }
 }

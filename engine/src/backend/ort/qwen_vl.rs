@@ -242,6 +242,10 @@ impl QwenVision for OrtQwenVlBackend {
     fn video_grid(&self, video: &QwenVlVideo) -> unireward_models::Result<MediaGrid> {
         self.cfg.video_grid(video)
     }
+
+    fn timed_video_items(&self) -> bool {
+        self.cfg.timed_video_items()
+    }
 }
 
 impl QwenBackend for OrtQwenVlBackend {
