@@ -7,8 +7,8 @@
 //!   tokens equal to its `generate`;
 //! - `engine logprob` as a user runs it, with images and video items (frame lists and a video
 //!   file through a stand-in ffmpeg, `scripts/golden/make_qwen3_vl_video.py`);
-//! - `engine score` on the 2.0 prompts (fast: images, a video as sampled frames) and in generate
-//!   mode with the golden prompt as a template.
+//! - `engine score` on the 2.0 prompts (fast: images, a video as sampled frames or as video
+//!   items) and in generate mode with the golden prompt as a template.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -459,5 +459,24 @@ fn engine_score_on_qwen3_vl() -> Result<()> {
             }
         }
     }
+
+    // The same pair of videos as video items (`--video-mode pooled`): each clip shown one
+    // temporal patch at a time after its time, as Qwen3VLProcessor shows a video item.
+    let input = tmp.path().join("items.jsonl");
+    write_lines(&input, &lines[2..3])?;
+    let out = tmp.path().join("items.out.jsonl");
+    let args = [
+        "score",
+        "--template-family",
+        "2.0",
+        "--video-mode",
+        "pooled",
+    ];
+    assert_eq!(run_engine(&args, &model, &input, &out)?, Some(0));
+    let a = &records(&out)?[0];
+    assert!(
+        a["probs"].is_object() && a["scores"].is_object() && a.get("error").is_none(),
+        "{a}"
+    );
     Ok(())
 }
