@@ -253,10 +253,10 @@ fn engine_logprob_on_qwen3_vl() -> Result<()> {
                    "images": images})
         })
         .collect();
-    // Video items (`video_cases.json`): frame lists, an image beside a video, and a video file
+    // Video items (`video_item_cases.json`): frame lists, an image beside a video, and a video file
     // decoded by a stand-in ffmpeg found on PATH.
     let vcases: Value = serde_json::from_str(&std::fs::read_to_string(
-        fixtures().join(name).join("video_cases.json"),
+        fixtures().join(name).join("video_item_cases.json"),
     )?)?;
     let file = &vcases["file_video"];
     let frames = media_dir().join(file["frames"].as_str().unwrap_or_default());

@@ -3,7 +3,7 @@
 //! - `fixtures/qwen2_5_vl/video_sampling.json`: how qwen_vl_utils samples a video *file*
 //!   (`smart_nframes`, torch's float32 linspace rounded, `sample_fps`) and sizes its clip, as
 //!   pure functions.
-//! - `fixtures/qwen3_vl/*/video_cases.json`: Qwen3-VL video items (an 8-frame 300x200 clip, a
+//! - `fixtures/qwen3_vl/*/video_item_cases.json`: Qwen3-VL video items (an 8-frame 300x200 clip, a
 //!   5-frame 640x360 one padded to 6, an image next to a video, and a 20-frame video file at
 //!   10 fps): pixel values bit for bit, input ids with each temporal patch's
 //!   `<t.t seconds><|vision_start|>...<|vision_end|>`, M-RoPE positions, merged and deep-stack
@@ -105,9 +105,9 @@ fn golden(name: &str) -> Golden {
     let dir = fixtures().join("qwen3_vl").join(name);
     Golden {
         model_dir: dir.join("model"),
-        json: json(&dir.join("video_cases.json")),
+        json: json(&dir.join("video_item_cases.json")),
         tensors: candle_core::safetensors::load(
-            dir.join("expected_video.safetensors"),
+            dir.join("expected_video_items.safetensors"),
             &Device::Cpu,
         )
         .unwrap(),

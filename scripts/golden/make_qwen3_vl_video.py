@@ -8,6 +8,8 @@ weights this script does not change), and qwen_vl_utils' sampling of video *file
    <|vision_end|>` per temporal patch (t: the mean of the patch's two frame times, `frames_indices / fps`),
    positions from `get_rope_index` (the video grid split into t = 1 pieces), logits of the float64 model.
    Clips given as frame lists (qwen_vl_utils' list branch: fps 2, frames_indices 0..n), and one video *file*.
+   Written as `video_item_cases.json` / `expected_video_items.safetensors` (not `video_cases.json`, which the
+   ONNX Runtime test runs wherever it finds one; Qwen3-VL video items are not on ONNX Runtime yet).
    The same file on the Qwen2.5-VL checkpoints (`fixtures/qwen2_5_vl/*/video_file_cases.json`: grid, timing,
    pixel hash, completion log-prob).
 2. A video file: qwen_vl_utils' decord reader run on a stand-in `decord` module (no codec here) whose
@@ -202,10 +204,10 @@ def build(out, name, clips, file_path, features):
            f"{torchvision.__version__}, qwen-vl-utils {version('qwen-vl-utils')}, pillow {PIL.__version__}, numpy "
            f"{np.__version__}, {str(REF_DTYPE).split('.')[-1]} from bf16 weights, eager attention")
     gdir = os.path.join(out, "qwen3_vl", name)
-    save_file(tensors, os.path.join(gdir, "expected_video.safetensors"))
+    save_file(tensors, os.path.join(gdir, "expected_video_items.safetensors"))
     json.dump(dict(generator=gen, media="../../qwen2_5_vl/media", file_video=dict(
         frames="file_20f_300x200", fps=FILE_FPS, note="decoded frames of the stand-in video file"), cases=cases),
-        open(os.path.join(gdir, "video_cases.json"), "w"), indent=1)
+        open(os.path.join(gdir, "video_item_cases.json"), "w"), indent=1)
     print(name, [(c["name"], c["num_video_tokens"], c["completion_logprob"]) for c in cases])
 
 
