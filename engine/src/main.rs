@@ -134,8 +134,8 @@ struct JudgeArgs {
     /// own `<image>` marker, as the UnifiedReward LLaVA scripts run their checkpoints; on a
     /// Qwen-VL checkpoint each sampled frame an image item, as the 2.0 scripts send them) or
     /// `pooled` (LLaVA-OneVision's pooled `<video>` path; on a Qwen-VL checkpoint one video
-    /// item of all its frames). Default: frames for the llava, 2.0 and think families,
-    /// pooled for qwen.
+    /// item of all its frames, or of a video file's frames sampled at 2 fps). Default: frames
+    /// for the llava, 2.0 and think families, pooled for qwen.
     #[arg(long)]
     video_mode: Option<VideoMode>,
 }

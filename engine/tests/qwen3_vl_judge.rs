@@ -5,9 +5,10 @@
 //!   tokens at the prompt's offset — give transformers' completion log-probs (1e-3) for prompts
 //!   of no, one (1920x1080, 300x200) and two images, alone and batched together, and greedy
 //!   tokens equal to its `generate`;
-//! - `engine logprob` as a user runs it, a video item refused on its record;
-//! - `engine score` on the 2.0 prompts (fast: images, a video as sampled frames) and in generate
-//!   mode with the golden prompt as a template.
+//! - `engine logprob` as a user runs it, with images and video items (frame lists and a video
+//!   file through a stand-in ffmpeg, `scripts/golden/make_qwen3_vl_video.py`);
+//! - `engine score` on the 2.0 prompts (fast: images, a video as sampled frames or as video
+//!   items) and in generate mode with the golden prompt as a template.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,6 +23,7 @@ use unireward_models::judge::{ChatTemplate, Family, MediaMarkers};
 use unireward_models::preprocess::{MediaRequest, QwenVlProcessor};
 use unireward_models::qwen2_5_vl::{QwenMedia, QwenVideos};
 use unireward_models::tokenize::PromptTokenizer;
+use unireward_tests::fake_ffmpeg::fake_ffmpeg;
 
 const IMAGE_PAD: u32 = 151655;
 const VIDEO_PAD: u32 = 151656;
@@ -251,33 +253,98 @@ fn engine_logprob_on_qwen3_vl() -> Result<()> {
                    "images": images})
         })
         .collect();
-    // A video item: Qwen3-VL's (timestamped frames) are not built; refused, the others go on.
-    let clip = media_dir().join("clip_300x200");
-    lines.push(json!({"id": "video", "prompt": "<|vision_start|><|video_pad|><|vision_end|>Q",
-                      "completion": "A", "video": [clip.join("frame_00.png"), clip.join("frame_01.png")]}));
+    // Video items (`video_item_cases.json`): frame lists, an image beside a video, and a video file
+    // decoded by a stand-in ffmpeg found on PATH.
+    let vcases: Value = serde_json::from_str(&std::fs::read_to_string(
+        fixtures().join(name).join("video_item_cases.json"),
+    )?)?;
+    let file = &vcases["file_video"];
+    let frames = media_dir().join(file["frames"].as_str().unwrap_or_default());
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin)?;
+    fake_ffmpeg(
+        &bin,
+        &frames,
+        &file["fps"].as_f64().unwrap_or(0.0).to_string(),
+    )?;
+    let vcases = vcases["cases"].as_array().cloned().unwrap_or_default();
+    let path = |p: &Value| {
+        media_dir()
+            .join(p.as_str().unwrap_or_default())
+            .to_string_lossy()
+            .into_owned()
+    };
+    for c in &vcases {
+        let images: Vec<String> = c["images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(path)
+            .collect();
+        // One video a record: its frames, or the file (a placeholder the stand-in "decodes").
+        let video: Vec<String> = match &c["videos"][0] {
+            Value::Array(frames) => frames.iter().map(path).collect(),
+            _ => {
+                let clip = tmp.path().join("clip.mp4");
+                std::fs::write(&clip, b"decoded by the stand-in ffmpeg")?;
+                vec![clip.to_string_lossy().into_owned()]
+            }
+        };
+        lines.push(
+            json!({"id": c["name"], "prompt": c["prompt"], "completion": c["completion"],
+                          "images": images, "video": video}),
+        );
+    }
     let input = tmp.path().join("in.jsonl");
     let out = tmp.path().join("out.jsonl");
     write_lines(&input, &lines)?;
     let model = fixtures().join(name).join("model");
-    assert_eq!(run_engine(&["logprob"], &model, &input, &out)?, Some(1));
+    let status = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["logprob", "--model"])
+        .arg(&model)
+        .arg("--input")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .env("PATH", &bin)
+        .status()?;
     let answers = records(&out)?;
-    assert_eq!(answers.len(), f.cases.len() + 1);
-    for (a, c) in answers.iter().zip(&f.cases) {
-        assert_eq!(a["id"], c["name"]);
+    assert_eq!(answers.len(), f.cases.len() + vcases.len());
+    for (a, c) in answers.iter().zip(f.cases.iter().chain(&vcases)) {
+        assert_eq!(a["id"], c["name"], "{a}");
         let lp = a["logprob"].as_f64().unwrap_or(f64::NAN);
         let want = c["completion_logprob"].as_f64().unwrap_or(f64::NAN);
         println!("{name} {}: {lp:.6} vs {want:.6}", c["name"]);
         assert!((lp - want).abs() < 1e-3, "{}: {lp} vs {want}", c["name"]);
         assert_eq!(a["prompt_tokens"], c["prompt_len"]);
     }
-    let last = &answers[f.cases.len()];
-    assert_eq!(last["id"], json!("video"));
+    assert_eq!(status.code(), Some(0));
+    // Without an ffmpeg the file's record says so; on ONNX Runtime and in training video items
+    // are refused (checked where those run).
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty)?;
+    let file_case = vcases.iter().find(|c| !c["videos"][0].is_array());
+    let (input, out) = (
+        tmp.path().join("file.jsonl"),
+        tmp.path().join("file_out.jsonl"),
+    );
+    write_lines(&input, &lines[lines.len() - 1..])?;
+    let status = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["logprob", "--model"])
+        .arg(&model)
+        .arg("--input")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .env("PATH", &empty)
+        .status()?;
+    assert_eq!(status.code(), Some(1));
+    let answers = records(&out)?;
+    assert!(file_case.is_some());
+    let err = answers[0]["error"].as_str().unwrap_or_default();
     assert!(
-        last["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("Qwen3-VL video items"),
-        "{last}"
+        err.contains("clip.mp4") && err.contains("`ffmpeg` was not found on PATH"),
+        "{err}"
     );
     Ok(())
 }
@@ -392,5 +459,24 @@ fn engine_score_on_qwen3_vl() -> Result<()> {
             }
         }
     }
+
+    // The same pair of videos as video items (`--video-mode pooled`): each clip shown one
+    // temporal patch at a time after its time, as Qwen3VLProcessor shows a video item.
+    let input = tmp.path().join("items.jsonl");
+    write_lines(&input, &lines[2..3])?;
+    let out = tmp.path().join("items.out.jsonl");
+    let args = [
+        "score",
+        "--template-family",
+        "2.0",
+        "--video-mode",
+        "pooled",
+    ];
+    assert_eq!(run_engine(&args, &model, &input, &out)?, Some(0));
+    let a = &records(&out)?[0];
+    assert!(
+        a["probs"].is_object() && a["scores"].is_object() && a.get("error").is_none(),
+        "{a}"
+    );
     Ok(())
 }

@@ -1,14 +1,15 @@
 //! `engine logprob` on the tiny Qwen2.5-VL checkpoints (`fixtures/qwen2_5_vl`) as a user runs
 //! it: raw prompts with `<|vision_start|><|image_pad|><|vision_end|>` per image and
 //! `<|vision_start|><|video_pad|><|vision_end|>` per video, image files and videos as frame
-//! lists, against transformers' completion log-probs; a video file is answered with an error
-//! while the other records go on.
+//! lists, a video file through a stand-in ffmpeg, against transformers' completion log-probs; a
+//! missing video file is answered with an error while the other records go on.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Result;
 use serde_json::{json, Value};
+use unireward_tests::fake_ffmpeg::fake_ffmpeg;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qwen2_5_vl")
@@ -81,10 +82,29 @@ fn logprob_on_qwen2_5_vl_matches_transformers() -> Result<()> {
                 .to_string(),
             );
         }
-        // A video file (here a PNG named as one): refused, the others go on.
+        // A video file (`video_file_cases.json`), decoded by a stand-in ffmpeg on PATH.
+        let fcases: Value = serde_json::from_str(&std::fs::read_to_string(
+            fixtures().join(name).join("video_file_cases.json"),
+        )?)?;
+        let frames = media.join(fcases["file_video"]["frames"].as_str().unwrap());
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin)?;
+        let fps = fcases["file_video"]["fps"].as_f64().unwrap().to_string();
+        fake_ffmpeg(&bin, &frames, &fps)?;
+        let clip = dir.join("clip.mp4");
+        std::fs::write(&clip, b"decoded by the stand-in ffmpeg")?;
+        let fcases = fcases["cases"].as_array().unwrap().clone();
+        for c in &fcases {
+            lines.push(
+                json!({"id": c["name"], "prompt": c["prompt"], "completion": c["completion"],
+                       "video": [&clip]})
+                .to_string(),
+            );
+        }
+        // A video file that is not there: refused, the others go on.
         lines.push(
             json!({"id": "with_video", "prompt": "<|vision_start|><|video_pad|><|vision_end|>Q",
-                   "completion": "A", "video": [media.join("300x200.png")]})
+                   "completion": "A", "video": [dir.join("missing.mp4")]})
             .to_string(),
         );
         let input = dir.join("in.jsonl");
@@ -97,6 +117,7 @@ fn logprob_on_qwen2_5_vl_matches_transformers() -> Result<()> {
             .arg(&input)
             .arg("--out")
             .arg(&out)
+            .env("PATH", &bin)
             .status()?;
         // One record failed: the run says so in its exit status and goes on.
         assert_eq!(status.code(), Some(1));
@@ -104,8 +125,11 @@ fn logprob_on_qwen2_5_vl_matches_transformers() -> Result<()> {
             .lines()
             .map(serde_json::from_str)
             .collect::<std::result::Result<_, _>>()?;
-        assert_eq!(answers.len(), cases.len() + vcases.len() + 1);
-        for (a, c) in answers.iter().zip(cases.iter().chain(&vcases)) {
+        assert_eq!(answers.len(), cases.len() + vcases.len() + fcases.len() + 1);
+        for (a, c) in answers
+            .iter()
+            .zip(cases.iter().chain(&vcases).chain(&fcases))
+        {
             assert_eq!(a["id"], c["name"]);
             let lp = a["logprob"].as_f64().unwrap();
             let want = c["completion_logprob"].as_f64().unwrap();
@@ -119,13 +143,13 @@ fn logprob_on_qwen2_5_vl_matches_transformers() -> Result<()> {
             let completion = c["seq_len"].as_u64().unwrap() - c["prompt_len"].as_u64().unwrap();
             assert_eq!(a["completion_tokens"], json!(completion));
         }
-        let last = &answers[cases.len() + vcases.len()];
+        let last = &answers[cases.len() + vcases.len() + fcases.len()];
         assert_eq!(last["id"], json!("with_video"));
         assert!(
             last["error"]
                 .as_str()
                 .unwrap_or("")
-                .contains("takes a video as its frames"),
+                .contains("missing.mp4: cannot open: no such file"),
             "{last}"
         );
         std::fs::remove_dir_all(&dir).ok();

@@ -563,6 +563,45 @@ mod tests {
     }
 
     #[test]
+    fn timed_videos_tokenize_as_the_processor_replaces_their_text() {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qwen3_vl/qwen3_vl_4b/model");
+        let tok = PromptTokenizer::load_qwen_vl(&dir, 151655, 151656).unwrap();
+        let videos = [VideoPads::Timed {
+            seconds: vec![0.25, 1.25],
+            per_patch: 3,
+        }];
+        // The marker right after text: the first timestamp joins that text, as the
+        // processor's string replacement joins them.
+        let plain = "<|im_start|>user\nLook:<|video_pad|> ok<|im_end|>";
+        let got = tok.encode_videos(plain, &[], &videos).unwrap();
+        let (vs, ve) = (
+            tok.token_id(QWEN_VISION_START).unwrap(),
+            tok.token_id(QWEN_VISION_END).unwrap(),
+        );
+        let head = tok
+            .encode_text("<|im_start|>user\nLook:<0.2 seconds><|vision_start|>")
+            .unwrap();
+        assert_eq!(&got.ids[..head.len()], &head[..]);
+        let between = tok
+            .encode_text("<|vision_end|><1.2 seconds><|vision_start|>")
+            .unwrap();
+        let second = &got.spans[1];
+        assert_eq!(&got.ids[got.spans[0].start + 3..second.start], &between[..]);
+        assert_eq!(got.spans.len(), 2);
+        assert_eq!((got.spans[0].index, second.index, second.len), (0, 1, 3));
+        assert_eq!(got.ids[second.start + 3], ve);
+        assert_eq!(got.ids[second.start - 1], vs);
+        // Quoted user text around it changes nothing.
+        let quoted = format!(
+            "<|im_start|>user\n{}<|video_pad|>{}<|im_end|>",
+            quote_user_text("Look:"),
+            quote_user_text(" ok")
+        );
+        assert_eq!(tok.encode_videos(&quoted, &[], &videos).unwrap(), got);
+    }
+
+    #[test]
     fn quoting_ordinary_user_text_changes_no_token() {
         let tok = golden_tokenizer();
         let prompt = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n <image>\nText Caption: [{}]\nAnswer 1: {} and [more]<|im_end|>\n<|im_start|>assistant\nImage";

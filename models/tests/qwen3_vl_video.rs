@@ -3,16 +3,16 @@
 //! - `fixtures/qwen2_5_vl/video_sampling.json`: how qwen_vl_utils samples a video *file*
 //!   (`smart_nframes`, torch's float32 linspace rounded, `sample_fps`) and sizes its clip, as
 //!   pure functions.
-//! - `fixtures/qwen3_vl/*/video_cases.json`: Qwen3-VL video items (an 8-frame 300x200 clip, a
+//! - `fixtures/qwen3_vl/*/video_item_cases.json`: Qwen3-VL video items (an 8-frame 300x200 clip, a
 //!   5-frame 640x360 one padded to 6, an image next to a video, and a 20-frame video file at
 //!   10 fps): pixel values bit for bit, input ids with each temporal patch's
 //!   `<t.t seconds><|vision_start|>...<|vision_end|>`, M-RoPE positions, merged and deep-stack
 //!   video features, logits (1e-4), completion log-probs (1e-3).
 //!
-//! The video file is decoded by a stand-in `ffmpeg` written here (a shell script that prints
-//! the decoded frames as PPM and a stream listing in ffmpeg's format); the reference decoded
-//! the same frames through qwen_vl_utils' decord reader on a stand-in `decord`. What a real
-//! ffmpeg prints is not checked here.
+//! The video file is decoded by a stand-in `ffmpeg` (`unireward_tests::fake_ffmpeg`: a shell
+//! script that prints the decoded frames as PPM and a stream listing in ffmpeg's format); the
+//! reference decoded the same frames through qwen_vl_utils' decord reader on a stand-in
+//! `decord`. What a real ffmpeg prints is not checked here.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,7 @@ use unireward_models::preprocess::{load_image, QwenVlProcessor, QwenVlProcessorC
 use unireward_models::qwen2_5_vl::{QwenMedia, QwenVideo, QwenVision};
 use unireward_models::qwen3_vl::Qwen3Vl;
 use unireward_models::tokenize::PromptTokenizer;
+use unireward_tests::fake_ffmpeg::fake_ffmpeg;
 
 const LOGIT_TOL: f32 = 1e-4;
 const LOGPROB_TOL: f64 = 1e-3;
@@ -94,46 +95,6 @@ fn file_sampling_matches_qwen_vl_utils() {
     }
 }
 
-/// A stand-in `ffmpeg` in `dir` that "decodes" `frames` (PNG files) of a stream at `fps`: the
-/// stream listing of `ffmpeg -i` on stderr (exit 1, no output named), or the frames as PPM on
-/// stdout when asked for `image2pipe`. It refuses an input not given as a `file:` URL.
-fn fake_ffmpeg(dir: &Path, frames: &[PathBuf], fps: f64) -> PathBuf {
-    let mut ppm = Vec::new();
-    let (mut w, mut h) = (0, 0);
-    for f in frames {
-        let img = load_image(f).unwrap().to_rgb8();
-        (w, h) = img.dimensions();
-        ppm.extend_from_slice(format!("P6\n{w} {h}\n255\n").as_bytes());
-        ppm.extend_from_slice(img.as_raw());
-    }
-    let stream = dir.join("frames.ppm");
-    std::fs::write(&stream, ppm).unwrap();
-    let script = format!(
-        "#!/bin/sh\n\
-         file=no\n\
-         for a in \"$@\"; do case \"$a\" in file:*) file=yes;; esac; done\n\
-         [ $file = yes ] || {{ echo 'input not a file: URL' >&2; exit 2; }}\n\
-         for a in \"$@\"; do [ \"$a\" = image2pipe ] && exec cat '{}'; done\n\
-         cat >&2 <<'EOF'\n\
-         Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'file:clip.mp4':\n\
-         \x20 Duration: 00:00:02.00, start: 0.000000, bitrate: 998 kb/s\n\
-         \x20 Stream #0:0[0x1](und): Video: h264 (High) (avc1 / 0x31637661), yuv420p(progressive), \
-         {w}x{h} [SAR 1:1 DAR 3:2], 990 kb/s, {fps} fps, {fps} tbr, 10240 tbn (default)\n\
-         At least one output file must be specified\n\
-         EOF\n\
-         exit 1\n",
-        stream.display()
-    );
-    let path = dir.join("ffmpeg");
-    std::fs::write(&path, script).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    path
-}
-
 struct Golden {
     model_dir: PathBuf,
     json: Value,
@@ -144,9 +105,9 @@ fn golden(name: &str) -> Golden {
     let dir = fixtures().join("qwen3_vl").join(name);
     Golden {
         model_dir: dir.join("model"),
-        json: json(&dir.join("video_cases.json")),
+        json: json(&dir.join("video_item_cases.json")),
         tensors: candle_core::safetensors::load(
-            dir.join("expected_video.safetensors"),
+            dir.join("expected_video_items.safetensors"),
             &Device::Cpu,
         )
         .unwrap(),
@@ -208,16 +169,7 @@ fn case_media(g: &Golden, case: &Value, proc: &QwenVlProcessor, tmp: &Path) -> Q
                 QwenVideo::Item(proc.preprocess_frames(&frames).unwrap())
             }
             _ => {
-                let file = &g.json["file_video"];
-                let dir = media_dir().join(file["frames"].as_str().unwrap());
-                let mut frames: Vec<PathBuf> = std::fs::read_dir(&dir)
-                    .unwrap()
-                    .map(|e| e.unwrap().path())
-                    .collect();
-                frames.sort();
-                let ffmpeg = fake_ffmpeg(tmp, &frames, file["fps"].as_f64().unwrap());
-                let clip = tmp.join("clip.mp4");
-                std::fs::write(&clip, b"not decoded by the stand-in").unwrap();
+                let (ffmpeg, clip) = file_video(&g.json, tmp);
                 QwenVideo::Item(proc.preprocess_file(&clip, Some(&ffmpeg)).unwrap())
             }
         })
@@ -376,4 +328,47 @@ fn a_clip_the_video_processor_would_resize_again_is_refused() {
         err.contains("outside the video processor's 4096..=100000"),
         "{err}"
     );
+}
+
+/// The stand-in ffmpeg in `dir` for the file recorded in a golden's `file_video`, and a
+/// placeholder file for it to "decode".
+fn file_video(g: &Value, dir: &Path) -> (PathBuf, PathBuf) {
+    let file = &g["file_video"];
+    let frames = media_dir().join(file["frames"].as_str().unwrap());
+    let fps = file["fps"].as_f64().unwrap().to_string();
+    let ffmpeg = fake_ffmpeg(dir, &frames, &fps).unwrap();
+    let clip = dir.join("clip.mp4");
+    std::fs::write(&clip, b"decoded by the stand-in ffmpeg").unwrap();
+    (ffmpeg, clip)
+}
+
+#[test]
+fn qwen2_5_vl_video_file_matches_qwen_vl_utils_and_the_processor() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["qwen2_5_vl_3b", "qwen2_5_vl_7b"] {
+        let dir = fixtures().join("qwen2_5_vl").join(name);
+        let g = json(&dir.join("video_file_cases.json"));
+        let (ffmpeg, clip) = file_video(&g, tmp.path());
+        let proc = QwenVlProcessor::from_model_dir(&dir.join("model")).unwrap();
+        let v = proc.preprocess_file(&clip, Some(&ffmpeg)).unwrap();
+        let case = &g["cases"][0];
+        let (t, h, w) = v.pixels.grid_thw;
+        let want: Vec<u64> = case["video_grid_thw"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        assert_eq!(vec![t as u64, h as u64, w as u64], want, "{name} grid");
+        assert_eq!(
+            v.second_per_grid,
+            case["second_per_grid_ts"][0].as_f64().unwrap(),
+            "{name} timing"
+        );
+        assert_eq!(
+            sha(&v.pixels.pixel_values),
+            case["pixel_values_sha256"].as_str().unwrap(),
+            "{name} pixels"
+        );
+    }
 }

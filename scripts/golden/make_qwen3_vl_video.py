@@ -8,6 +8,10 @@ weights this script does not change), and qwen_vl_utils' sampling of video *file
    <|vision_end|>` per temporal patch (t: the mean of the patch's two frame times, `frames_indices / fps`),
    positions from `get_rope_index` (the video grid split into t = 1 pieces), logits of the float64 model.
    Clips given as frame lists (qwen_vl_utils' list branch: fps 2, frames_indices 0..n), and one video *file*.
+   Written as `video_item_cases.json` / `expected_video_items.safetensors` (not `video_cases.json`, which the
+   ONNX Runtime test runs wherever it finds one; Qwen3-VL video items are not on ONNX Runtime yet).
+   The same file on the Qwen2.5-VL checkpoints (`fixtures/qwen2_5_vl/*/video_file_cases.json`: grid, timing,
+   pixel hash, completion log-prob).
 2. A video file: qwen_vl_utils' decord reader run on a stand-in `decord` module (no codec here) whose
    `VideoReader` serves PNG frames at a stated frame rate, so `_read_video_decord`, `smart_nframes`, the
    torch.linspace sampling, `smart_resize` and the resize are qwen_vl_utils' own code. The Rust test feeds the
@@ -200,11 +204,55 @@ def build(out, name, clips, file_path, features):
            f"{torchvision.__version__}, qwen-vl-utils {version('qwen-vl-utils')}, pillow {PIL.__version__}, numpy "
            f"{np.__version__}, {str(REF_DTYPE).split('.')[-1]} from bf16 weights, eager attention")
     gdir = os.path.join(out, "qwen3_vl", name)
-    save_file(tensors, os.path.join(gdir, "expected_video.safetensors"))
+    save_file(tensors, os.path.join(gdir, "expected_video_items.safetensors"))
     json.dump(dict(generator=gen, media="../../qwen2_5_vl/media", file_video=dict(
         frames="file_20f_300x200", fps=FILE_FPS, note="decoded frames of the stand-in video file"), cases=cases),
-        open(os.path.join(gdir, "video_cases.json"), "w"), indent=1)
+        open(os.path.join(gdir, "video_item_cases.json"), "w"), indent=1)
     print(name, [(c["name"], c["num_video_tokens"], c["completion_logprob"]) for c in cases])
+
+
+def build_qwen2_5(out, name, file_path):
+    """The video file on a Qwen2.5-VL checkpoint, as the `inference_qwen` scripts would send it
+    (`process_vision_info(..., return_video_kwargs=True)`), with the metadata that makes
+    transformers 5 time it from `sampled_fps` (2 / sample_fps per temporal patch)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_qwen2_5_vl import CLIP_MEAN, CLIP_STD, MIN_PIXELS as MIN25, MAX_PIXELS as MAX25
+    from make_qwen2_5_vl import as_ref as as_ref25, REF_DTYPE as REF25
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    mdir = os.path.join(out, "qwen2_5_vl", name, "model")
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(mdir, dtype=torch.float32,
+                                                               attn_implementation="eager").eval().to(REF25)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(mdir, "tokenizer.json"), eos_token="<|im_end|>",
+                                     pad_token="<|endoftext|>")
+    ip = Qwen2VLImageProcessorPil(min_pixels=MIN25, max_pixels=MAX25, patch_size=14, temporal_patch_size=2,
+                                  merge_size=2, image_mean=CLIP_MEAN, image_std=CLIP_STD, resample=3)
+    vp = Qwen2VLVideoProcessor(image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    proc = Qwen2_5_VLProcessor(image_processor=ip, tokenizer=hf_tok, video_processor=vp, chat_template=CHAT_TEMPLATE)
+    question, completion = "Rate the video.", "Final Score: 2"
+    content = [{"type": "video", "video": file_path}, {"type": "text", "text": question}]
+    _, pairs, _ = process_vision_info([{"role": "user", "content": content}], return_video_kwargs=True,
+                                      return_video_metadata=True)
+    prompt = SYSTEM + VIDEO + question + "<|im_end|>\n<|im_start|>assistant\n"
+    kw = dict(videos=[pairs[0][0]], video_metadata=[pairs[0][1]], do_sample_frames=False, return_tensors="pt",
+              cap_pixels_per_frame=True)
+    with torch.no_grad():
+        enc = proc(text=[prompt + completion], **kw)
+        prompt_len = len(proc(text=[prompt], **kw)["input_ids"][0])
+        ids = enc["input_ids"][0]
+        logits = model(**as_ref25(enc)).logits[0]
+        logp = torch.log_softmax(logits[prompt_len - 1:-1].double(), -1).gather(-1, ids[prompt_len:, None])[:, 0]
+    case = dict(name="file_20f_10fps", prompt=prompt, completion=completion, video="file_20f_300x200.mp4",
+                frames_indices=[int(i) for i in pairs[0][1]["frames_indices"]],
+                second_per_grid_ts=[float(x) for x in enc["second_per_grid_ts"]],
+                video_grid_thw=enc["video_grid_thw"][0].tolist(), pixel_values_sha256=sha(enc["pixel_values_videos"]),
+                prompt_len=prompt_len, seq_len=len(ids), completion_logprob=float(logp.sum()))
+    gen = (f"transformers {transformers.__version__}, torch {torch.__version__}, torchvision "
+           f"{torchvision.__version__}, qwen-vl-utils {version('qwen-vl-utils')}, float64 from bf16 weights")
+    json.dump(dict(generator=gen, file_video=dict(frames="file_20f_300x200", fps=FILE_FPS), cases=[case]),
+              open(os.path.join(out, "qwen2_5_vl", name, "video_file_cases.json"), "w"), indent=1)
+    print(name, case["video_grid_thw"], case["second_per_grid_ts"], case["completion_logprob"])
 
 
 def main():
@@ -221,6 +269,8 @@ def main():
     sampling(a.out)
     build(a.out, "qwen3_vl_4b", clips, file_path, True)
     build(a.out, "qwen3_vl_8b", clips, file_path, False)
+    for name in ["qwen2_5_vl_3b", "qwen2_5_vl_7b"]:
+        build_qwen2_5(a.out, name, file_path)
 
 
 if __name__ == "__main__":

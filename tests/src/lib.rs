@@ -1,6 +1,7 @@
 //! Support for the workspace-level tests: where the golden data lives and what its cases say.
 
 pub mod diffusion_pipeline;
+pub mod fake_ffmpeg;
 pub mod http;
 
 use std::collections::HashMap;

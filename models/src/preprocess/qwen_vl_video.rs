@@ -85,8 +85,8 @@ pub fn smart_nframes(total: usize, fps: f64) -> Result<usize> {
 /// and from the end for the second (torch's CPU kernel), rounded half to even.
 pub fn linspace_indices_f32(total: usize, n: usize) -> Vec<usize> {
     let end = total.saturating_sub(1) as f32;
-    if n == 1 {
-        return vec![0];
+    if n <= 1 {
+        return vec![0; n];
     }
     let step = end / (n - 1) as f32;
     let half = n / 2;

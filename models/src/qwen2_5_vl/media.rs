@@ -158,18 +158,13 @@ impl QwenMedia {
                         .map(QwenVideo::Frames);
                 }
                 let files = match &source {
-                    VideoSource::File(path) => {
+                    // qwen_vl_utils reads a GIF as any other file (decord, through ffmpeg), so it
+                    // is sampled by its frame rate, not as a list of frames.
+                    VideoSource::File(path) | VideoSource::Gif(path) => {
                         let ffmpeg = find_program("ffmpeg", std::env::var_os("PATH").as_deref());
                         return processor
                             .preprocess_file(path, ffmpeg.as_deref())
                             .map(QwenVideo::Item);
-                    }
-                    VideoSource::Gif(path) => {
-                        return Err(Error::Media(format!(
-                            "{}: a Qwen-VL judge takes a video as a video file, a list of image \
-                             files or a directory of them, not a GIF (qwen_vl_utils reads none)",
-                            path.display()
-                        )))
                     }
                     VideoSource::FrameFiles(_) | VideoSource::FrameDir(_) => {
                         source.frame_files()?.unwrap_or_default()
