@@ -1,7 +1,8 @@
 //! `trainer reward` (supervised fine-tuning on judge data) and `trainer dpo --kind vlm`
 //! (DPO on preference pairs) for the reward model (LLaVA-OneVision or Qwen2.5-VL), training
 //! the weights or LoRA adapters; `trainer dpo --kind diffusion` (Diffusion-DPO of a diffusers pipeline's
-//! UNet on image pairs); `trainer merge-lora` merges an adapter into its base model.
+//! UNet on image pairs); `trainer denoise` (the plain denoising loss on captioned images, e.g. to
+//! pretrain a generator); `trainer merge-lora` merges an adapter into its base model.
 
 // Tensors of a few MB are allocated and freed per op; glibc's malloc returns them to the
 // system each time, and faulting the pages back in cost a fifth of a CPU forward.
@@ -18,6 +19,7 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use unireward_models::device::parse_device;
 use unireward_models::diffusion::vae::AutoencoderKL;
 use unireward_trainer::checkpoint_keys::TrainParts;
+use unireward_trainer::data::captioned_images::CaptionedImages;
 use unireward_trainer::data::diffusion_pairs::DiffusionPairs;
 use unireward_trainer::data::dpo::DpoData;
 use unireward_trainer::data::reward::RewardData;
@@ -25,9 +27,11 @@ use unireward_trainer::data::Preparer;
 use unireward_trainer::lora::{merge, LoraConfig, UNET_DEFAULT_TARGETS};
 use unireward_trainer::loss::diffusion_dpo;
 use unireward_trainer::loss::dpo::{DpoLossKind, DpoParams};
-use unireward_trainer::objectives::diffusion_dpo::{
-    Conditioner, DiffusionDpoObjective, LatentEncoder, TimestepDraw,
+use unireward_trainer::objectives::denoise::DenoiseObjective;
+use unireward_trainer::objectives::diffusion::{
+    load_frozen_unet, noise_schedule, Conditioner, DiffusionSetup, LatentEncoder, TimestepDraw,
 };
+use unireward_trainer::objectives::diffusion_dpo::DiffusionDpoObjective;
 use unireward_trainer::objectives::dpo::{
     load_or_compute_reference, reference_fingerprint, warn_identical_pairs,
 };
@@ -59,6 +63,9 @@ enum Command {
     Dpo(DpoArgs),
     /// Merge a LoRA adapter (PEFT layout) into its base model: a full checkpoint.
     MergeLora(MergeArgs),
+    /// Fine-tune a diffusers pipeline's UNet with the plain denoising loss on captioned images
+    /// (train_text_to_image.py's objective), e.g. to pretrain a generator before DPO.
+    Denoise(DenoiseArgs),
     /// Draw candidate images per prompt with a diffusers text-to-image pipeline, written as
     /// `engine pairs` input (resumable).
     Sample(sample_cmd::SampleArgs),
@@ -280,6 +287,13 @@ struct DpoArgs {
     /// Diffusion always runs a frozen copy of the starting UNet.
     #[arg(long = "ref", value_enum)]
     reference: Option<RefKind>,
+    #[command(flatten)]
+    diffusion: DiffusionArgs,
+}
+
+/// What both diffusion commands (`dpo --kind diffusion`, `denoise`) take.
+#[derive(Args)]
+struct DiffusionArgs {
     /// diffusion: the training images' side, in pixels [default: 512; 1024 for SDXL].
     #[arg(long)]
     resolution: Option<u32>,
@@ -294,7 +308,8 @@ struct DpoArgs {
     /// "turbo", as train.py decides, else uniform].
     #[arg(long, value_enum)]
     timesteps: Option<TimestepArg>,
-    /// diffusion: held-out pairs, judged at fixed draws: eval_loss and eval_implicit_acc.
+    /// diffusion: held-out data in the training data's format (pairs for dpo, captioned
+    /// images for denoise), judged at fixed draws: eval_loss (and for dpo eval_implicit_acc).
     #[arg(long)]
     eval_data: Option<PathBuf>,
     /// diffusion: evaluate every N steps (and at the last); default: only at the last.
@@ -303,6 +318,15 @@ struct DpoArgs {
     /// diffusion: which UNet weights train [default: all].
     #[arg(long, value_enum)]
     train: Option<TrainArg>,
+}
+
+/// `trainer denoise`: the plain denoising loss (train_text_to_image.py's).
+#[derive(Args)]
+struct DenoiseArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    diffusion: DiffusionArgs,
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {
@@ -482,13 +506,14 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
         return run_diffusion_dpo(args);
     }
     let c = &args.common;
+    let d = &args.diffusion;
     let diffusion_only = [
-        ("--resolution", args.resolution.is_some()),
-        ("--no-hflip", args.no_hflip),
-        ("--cache-latents", args.cache_latents),
-        ("--timesteps", args.timesteps.is_some()),
-        ("--eval-data", args.eval_data.is_some()),
-        ("--train", args.train.is_some()),
+        ("--resolution", d.resolution.is_some()),
+        ("--no-hflip", d.no_hflip),
+        ("--cache-latents", d.cache_latents),
+        ("--timesteps", d.timesteps.is_some()),
+        ("--eval-data", d.eval_data.is_some()),
+        ("--train", d.train.is_some()),
     ];
     if let Some((flag, _)) = diffusion_only.iter().find(|(_, set)| *set) {
         anyhow::bail!("{flag} applies to --kind diffusion only");
@@ -544,45 +569,53 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
-    let c = &args.common;
-    let vlm_only = [
-        ("--grad-checkpointing", c.grad_checkpointing),
-        (
-            "--loss other than sigmoid",
-            args.loss != DpoLossKind::Sigmoid,
-        ),
-        ("--label-smoothing", args.label_smoothing != 0.0),
-        ("--sft-weight", args.sft_weight != 0.0),
-        (
-            "--ref precompute",
-            matches!(args.reference, Some(RefKind::Precompute)),
-        ),
-        ("--max-length", c.max_length.is_some()),
-    ];
-    if let Some((flag, _)) = vlm_only.iter().find(|(_, set)| *set) {
-        anyhow::bail!("{flag} is not supported with --kind diffusion");
+/// Refuses the judge-only flags a diffusion command was given.
+fn refuse_flags(refused: &[(&str, bool)], command: &str) -> Result<()> {
+    if let Some((flag, _)) = refused.iter().find(|(_, set)| *set) {
+        anyhow::bail!("{flag} is not supported with {command}");
     }
-    if args.resolution == Some(0) {
+    Ok(())
+}
+
+/// What the two diffusion commands load alike: the trained UNet, the frozen VAE and text
+/// encoders, the noise schedule and the draws.
+struct DiffusionRun {
+    cfg: LoopConfig,
+    device: candle_core::Device,
+    unet: UNetTrainee,
+    setup: DiffusionSetup,
+}
+
+fn load_diffusion(
+    c: &Common,
+    d: &DiffusionArgs,
+    default_lr: f64,
+    objective: &str,
+) -> Result<DiffusionRun> {
+    refuse_flags(
+        &[
+            ("--grad-checkpointing", c.grad_checkpointing),
+            ("--max-length", c.max_length.is_some()),
+        ],
+        objective,
+    )?;
+    if d.resolution == Some(0) {
         anyhow::bail!("--resolution must be at least 1, got 0");
     }
-    // train.py's --learning_rate 1e-8 with --scale_lr (both launchers): times the pairs of
-    // an optimizer step.
-    let mut cfg = c.loop_config(1e-8 * (c.batch_size * c.grad_accum) as f64, 0.0);
-    set_eval(&mut cfg, args.eval_data.is_some(), args.eval_every)?;
+    let mut cfg = c.loop_config(default_lr, 0.0);
+    set_eval(&mut cfg, d.eval_data.is_some(), d.eval_every)?;
     c.validate(&cfg)?;
     c.check_out()?;
-    let beta = args.beta.unwrap_or(diffusion_dpo::DEFAULT_BETA);
     let dtype = parse_dtype(&c.dtype)?;
     let device = parse_device(&c.device)?;
     let model_dir = &c.model;
-    let part = match args.train {
+    let part = match d.train {
         Some(TrainArg::Linear) => TrainedPart::Linear,
         Some(TrainArg::All) | None => TrainedPart::All,
     };
-    let mut unet = match c.lora.config() {
+    let unet = match c.lora.config() {
         None => UNetTrainee::load_part(model_dir, dtype, &device, part),
-        Some(_) if args.train.is_some() => {
+        Some(_) if d.train.is_some() => {
             anyhow::bail!(
                 "--train and --lora-rank exclude each other: with LoRA only the adapters train"
             )
@@ -597,8 +630,8 @@ fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
     }
     .with_context(|| format!("loading the UNet of {}", model_dir.display()))?;
     let sdxl = unet.spec().text_time.is_some();
-    let resolution = args.resolution.unwrap_or(if sdxl { 1024 } else { 512 });
-    let timesteps = match args.timesteps {
+    let resolution = d.resolution.unwrap_or(if sdxl { 1024 } else { 512 });
+    let timesteps = match d.timesteps {
         Some(TimestepArg::Turbo) => TimestepDraw::Turbo,
         Some(TimestepArg::Uniform) => TimestepDraw::Uniform,
         None if model_dir.to_string_lossy().to_lowercase().contains("turbo") => {
@@ -607,53 +640,160 @@ fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
         }
         None => TimestepDraw::Uniform,
     };
-    let (schedule, prediction) = DiffusionDpoObjective::noise_schedule(model_dir)?;
+    let (schedule, prediction) = noise_schedule(model_dir, objective)?;
     // The frozen parts in f32: SDXL's VAE overflows in half precision (diffusers upcasts it).
     let vae = AutoencoderKL::load(&model_dir.join("vae"), DType::F32, &device)?;
     let conditioner = Conditioner::load(model_dir, sdxl, resolution, DType::F32, &device)?;
-    let reference = DiffusionDpoObjective::load_reference(model_dir, dtype, &device)?;
+    let setup = DiffusionSetup {
+        latents: LatentEncoder {
+            vae,
+            resolution,
+            cache: d.cache_latents.then(|| c.out.join("latent_cache")),
+        },
+        conditioner,
+        schedule,
+        prediction,
+        timesteps,
+        hflip: !d.no_hflip,
+        seed: c.seed,
+        dtype,
+    };
+    Ok(DiffusionRun {
+        cfg,
+        device,
+        unet,
+        setup,
+    })
+}
+
+/// Refuses data whose candidates are videos for an image UNet, or images for a motion UNet.
+fn check_media_kind(
+    video: bool,
+    model_dir: &Path,
+    files: &[(&Path, Option<String>)],
+) -> Result<()> {
+    for (path, first_mismatch) in files {
+        let Some(id) = first_mismatch else {
+            continue;
+        };
+        anyhow::bail!(
+            "{}: record {id} holds {} but the UNet of {} is {}",
+            path.display(),
+            if video { "images" } else { "videos" },
+            model_dir.display(),
+            if video {
+                "a motion UNet (videos)"
+            } else {
+                "an image UNet"
+            }
+        );
+    }
+    Ok(())
+}
+
+fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
+    let c = &args.common;
+    let d = &args.diffusion;
+    refuse_flags(
+        &[
+            (
+                "--loss other than sigmoid",
+                args.loss != DpoLossKind::Sigmoid,
+            ),
+            ("--label-smoothing", args.label_smoothing != 0.0),
+            ("--sft-weight", args.sft_weight != 0.0),
+            (
+                "--ref precompute",
+                matches!(args.reference, Some(RefKind::Precompute)),
+            ),
+        ],
+        "--kind diffusion",
+    )?;
+    // train.py's --learning_rate 1e-8 with --scale_lr (both launchers): times the pairs of
+    // an optimizer step.
+    let default_lr = 1e-8 * (c.batch_size * c.grad_accum) as f64;
+    let DiffusionRun {
+        cfg,
+        device,
+        mut unet,
+        setup,
+    } = load_diffusion(c, d, default_lr, "--kind diffusion")?;
+    let beta = args.beta.unwrap_or(diffusion_dpo::DEFAULT_BETA);
+    if !(beta > 0.0 && beta.is_finite()) {
+        anyhow::bail!("--beta must be a positive number, got {beta}");
+    }
+    let reference = load_frozen_unet(&c.model, setup.dtype, &device)?;
     let data = DiffusionPairs::read(&c.data, &c.media_root(&c.data))?;
-    let eval = match &args.eval_data {
+    let eval = match &d.eval_data {
         Some(path) => Some(DiffusionPairs::read(path, &c.media_root(path))?),
         None => None,
     };
     let video = unet.is_video();
-    let eval_path = args.eval_data.as_ref().unwrap_or(&c.data);
-    for (path, pairs) in [(&c.data, Some(&data)), (eval_path, eval.as_ref())] {
-        let Some(pairs) = pairs else { continue };
-        if let Some(p) = pairs.pairs.iter().find(|p| p.chosen.is_video() != video) {
-            anyhow::bail!(
-                "{}: pair {} holds {} but the UNet of {} is {}",
-                path.display(),
-                p.id,
-                if video { "images" } else { "videos" },
-                model_dir.display(),
-                if video {
-                    "a motion UNet (videos)"
-                } else {
-                    "an image UNet"
-                }
-            );
-        }
-    }
+    let mismatch = |pairs: &DiffusionPairs| {
+        pairs
+            .pairs
+            .iter()
+            .find(|p| p.chosen.is_video() != video)
+            .map(|p| p.id.clone())
+    };
+    let eval_path = d.eval_data.as_deref().unwrap_or(&c.data);
+    check_media_kind(
+        video,
+        &c.model,
+        &[
+            (&c.data, mismatch(&data)),
+            (eval_path, eval.as_ref().and_then(mismatch)),
+        ],
+    )?;
     let objective = DiffusionDpoObjective {
         data,
         eval,
         data_file: c.data.clone(),
-        latents: LatentEncoder {
-            vae,
-            resolution,
-            cache: args.cache_latents.then(|| c.out.join("latent_cache")),
-        },
-        conditioner,
+        setup,
         reference,
-        schedule,
-        prediction,
         beta,
-        timesteps,
-        hflip: !args.no_hflip,
-        seed: c.seed,
-        dtype,
+    };
+    let summary = train(&mut unet, &objective, &cfg)?;
+    report(&summary, &c.out);
+    Ok(())
+}
+
+fn run_denoise(args: DenoiseArgs) -> Result<()> {
+    let c = &args.common;
+    let d = &args.diffusion;
+    // train_text_to_image.py's --learning_rate default, 1e-4.
+    let DiffusionRun {
+        cfg,
+        mut unet,
+        setup,
+        ..
+    } = load_diffusion(c, d, 1e-4, "denoise")?;
+    let data = CaptionedImages::read(&c.data, &c.media_root(&c.data))?;
+    let eval = match &d.eval_data {
+        Some(path) => Some(CaptionedImages::read(path, &c.media_root(path))?),
+        None => None,
+    };
+    let video = unet.is_video();
+    let mismatch = |set: &CaptionedImages| {
+        set.examples
+            .iter()
+            .find(|e| e.image.is_video() != video)
+            .map(|e| e.id.clone())
+    };
+    let eval_path = d.eval_data.as_deref().unwrap_or(&c.data);
+    check_media_kind(
+        video,
+        &c.model,
+        &[
+            (&c.data, mismatch(&data)),
+            (eval_path, eval.as_ref().and_then(mismatch)),
+        ],
+    )?;
+    let objective = DenoiseObjective {
+        data,
+        eval,
+        data_file: c.data.clone(),
+        setup,
     };
     let summary = train(&mut unet, &objective, &cfg)?;
     report(&summary, &c.out);
@@ -677,6 +817,7 @@ fn main() {
         Command::Reward(args) => run_reward(args),
         Command::Dpo(args) => run_dpo(args),
         Command::MergeLora(args) => run_merge(args),
+        Command::Denoise(args) => run_denoise(args),
         Command::Sample(args) => sample_cmd::run_sample(args),
     };
     if let Err(e) = result {

@@ -40,7 +40,7 @@ impl Candidate {
 
     /// A path (an image, or a directory of frames) or a list of frame files, relative ones
     /// under `root`; every file checked to exist.
-    fn resolve(paths: &[PathBuf], root: &Path) -> std::result::Result<Self, String> {
+    pub(crate) fn resolve(paths: &[PathBuf], root: &Path) -> std::result::Result<Self, String> {
         let at = |p: &PathBuf| {
             if p.is_relative() {
                 root.join(p)

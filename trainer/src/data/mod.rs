@@ -2,6 +2,7 @@
 //! JSONL file, media of a record, tokenizing a conversation into scored sequences), and the
 //! order examples are visited in.
 
+pub mod captioned_images;
 pub mod diffusion_pairs;
 pub mod dpo;
 pub mod fingerprint;
