@@ -156,3 +156,73 @@ fn logprob_on_qwen2_5_vl_matches_transformers() -> Result<()> {
     }
     Ok(())
 }
+
+/// A video file through a real `ffmpeg` (the one on `PATH`; the tests above use a stand-in):
+/// the fixture's 20 frames at 10 fps written losslessly (FFV1), so the decoded frames are the
+/// goldens' and `engine logprob` on both Qwen-VL families must give transformers' numbers
+/// (qwen_vl_utils' 2 fps sampling of a 10 fps file: frames 0, 6, 13, 19). Skips, saying so,
+/// where no ffmpeg is installed (`scripts/test.sh` installs Debian's when it can).
+#[test]
+fn video_file_through_a_real_ffmpeg_matches_transformers() -> Result<()> {
+    let Some(ffmpeg) = unireward_models::preprocess::video::find_program(
+        "ffmpeg",
+        std::env::var_os("PATH").as_deref(),
+    ) else {
+        println!("SKIPPED: no ffmpeg on PATH");
+        return Ok(());
+    };
+    let dir = scratch("real-ffmpeg")?;
+    let clip = dir.join("clip.mkv");
+    let frames = fixtures().join("media/file_20f_300x200/frame_%02d.png");
+    let status = Command::new(&ffmpeg)
+        .args(["-y", "-loglevel", "error", "-framerate", "10", "-i"])
+        .arg(&frames)
+        .args(["-c:v", "ffv1", "-pix_fmt", "bgr0"])
+        .arg(&clip)
+        .status()?;
+    assert!(status.success(), "ffmpeg could not write the clip");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    for (model, cases) in [
+        (
+            "qwen2_5_vl/qwen2_5_vl_3b",
+            "qwen2_5_vl/qwen2_5_vl_3b/video_file_cases.json",
+        ),
+        (
+            "qwen3_vl/qwen3_vl_4b",
+            "qwen3_vl/qwen3_vl_4b/video_item_cases.json",
+        ),
+    ] {
+        let listed: Value = serde_json::from_str(&std::fs::read_to_string(root.join(cases))?)?;
+        let case = listed["cases"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "file_20f_10fps"))
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{cases}: no file_20f_10fps case"))?;
+        let input = dir.join("in.jsonl");
+        let out = dir.join("out.jsonl");
+        std::fs::write(
+            &input,
+            json!({"id": case["name"], "prompt": case["prompt"],
+                   "completion": case["completion"], "video": [clip]})
+            .to_string()
+                + "\n",
+        )?;
+        let status = Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args(["logprob", "--model"])
+            .arg(root.join(model).join("model"))
+            .arg("--input")
+            .arg(&input)
+            .arg("--out")
+            .arg(&out)
+            .status()?;
+        let answer: Value = serde_json::from_str(std::fs::read_to_string(&out)?.trim())?;
+        assert!(status.success(), "{model}: {answer}");
+        let lp = answer["logprob"].as_f64().unwrap_or(f64::NAN);
+        let want = case["completion_logprob"].as_f64().unwrap_or(f64::NAN);
+        println!("{model} through {}: {lp:.6} vs {want:.6}", ffmpeg.display());
+        assert!((lp - want).abs() < 1e-3, "{model}: {lp} vs {want}");
+        assert_eq!(answer["prompt_tokens"], case["prompt_len"]);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
