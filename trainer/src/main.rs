@@ -667,12 +667,27 @@ fn load_diffusion(
 }
 
 /// Refuses data whose candidates are videos for an image UNet, or images for a motion UNet.
-fn check_media_kind(
+/// The training data and the held-out data (`--eval-data`) of a diffusion run, each read by
+/// `read`; refused, naming the file and the record, where `mismatch` finds a record of the
+/// other media kind than the UNet's (images for a motion UNet, videos for an image one).
+fn read_diffusion_data<T>(
+    c: &Common,
+    d: &DiffusionArgs,
     video: bool,
-    model_dir: &Path,
-    files: &[(&Path, Option<String>)],
-) -> Result<()> {
-    for (path, first_mismatch) in files {
+    read: impl Fn(&Path, &Path) -> unireward_trainer::Result<T>,
+    mismatch: impl Fn(&T, bool) -> Option<String>,
+) -> Result<(T, Option<T>)> {
+    let data = read(&c.data, &c.media_root(&c.data))?;
+    let eval = match &d.eval_data {
+        Some(path) => Some(read(path, &c.media_root(path))?),
+        None => None,
+    };
+    let eval_path = d.eval_data.as_deref().unwrap_or(&c.data);
+    let found = [
+        (c.data.as_path(), mismatch(&data, video)),
+        (eval_path, eval.as_ref().and_then(|e| mismatch(e, video))),
+    ];
+    for (path, first_mismatch) in found {
         let Some(id) = first_mismatch else {
             continue;
         };
@@ -680,7 +695,7 @@ fn check_media_kind(
             "{}: record {id} holds {} but the UNet of {} is {}",
             path.display(),
             if video { "images" } else { "videos" },
-            model_dir.display(),
+            c.model.display(),
             if video {
                 "a motion UNet (videos)"
             } else {
@@ -688,7 +703,7 @@ fn check_media_kind(
             }
         );
     }
-    Ok(())
+    Ok((data, eval))
 }
 
 fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
@@ -723,27 +738,18 @@ fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
         anyhow::bail!("--beta must be a positive number, got {beta}");
     }
     let reference = load_frozen_unet(&c.model, setup.dtype, &device)?;
-    let data = DiffusionPairs::read(&c.data, &c.media_root(&c.data))?;
-    let eval = match &d.eval_data {
-        Some(path) => Some(DiffusionPairs::read(path, &c.media_root(path))?),
-        None => None,
-    };
-    let video = unet.is_video();
-    let mismatch = |pairs: &DiffusionPairs| {
-        pairs
-            .pairs
-            .iter()
-            .find(|p| p.chosen.is_video() != video)
-            .map(|p| p.id.clone())
-    };
-    let eval_path = d.eval_data.as_deref().unwrap_or(&c.data);
-    check_media_kind(
-        video,
-        &c.model,
-        &[
-            (&c.data, mismatch(&data)),
-            (eval_path, eval.as_ref().and_then(mismatch)),
-        ],
+    let (data, eval) = read_diffusion_data(
+        c,
+        d,
+        unet.is_video(),
+        DiffusionPairs::read,
+        |pairs: &DiffusionPairs, video| {
+            pairs
+                .pairs
+                .iter()
+                .find(|p| p.chosen.is_video() != video)
+                .map(|p| p.id.clone())
+        },
     )?;
     let objective = DiffusionDpoObjective {
         data,
@@ -768,26 +774,17 @@ fn run_denoise(args: DenoiseArgs) -> Result<()> {
         setup,
         ..
     } = load_diffusion(c, d, 1e-4, "denoise")?;
-    let data = CaptionedImages::read(&c.data, &c.media_root(&c.data))?;
-    let eval = match &d.eval_data {
-        Some(path) => Some(CaptionedImages::read(path, &c.media_root(path))?),
-        None => None,
-    };
-    let video = unet.is_video();
-    let mismatch = |set: &CaptionedImages| {
-        set.examples
-            .iter()
-            .find(|e| e.image.is_video() != video)
-            .map(|e| e.id.clone())
-    };
-    let eval_path = d.eval_data.as_deref().unwrap_or(&c.data);
-    check_media_kind(
-        video,
-        &c.model,
-        &[
-            (&c.data, mismatch(&data)),
-            (eval_path, eval.as_ref().and_then(mismatch)),
-        ],
+    let (data, eval) = read_diffusion_data(
+        c,
+        d,
+        unet.is_video(),
+        CaptionedImages::read,
+        |set: &CaptionedImages, video| {
+            set.examples
+                .iter()
+                .find(|e| e.image.is_video() != video)
+                .map(|e| e.id.clone())
+        },
     )?;
     let objective = DenoiseObjective {
         data,

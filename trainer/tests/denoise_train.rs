@@ -184,3 +184,37 @@ fn a_record_without_a_caption_is_refused_by_position() -> Result<()> {
     assert!(err.contains("caption") && err.contains('2'), "{err}");
     Ok(())
 }
+
+/// A video record (a list of frames) for an image UNet is refused before training, naming the
+/// data file, the record and both kinds.
+#[test]
+fn a_video_for_an_image_unet_is_refused_by_record() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let pipeline = tmp.path().join("pipeline");
+    tiny_sd15_pipeline(&pipeline)?;
+    picture(0).save(tmp.path().join("a.png"))?;
+    picture(1).save(tmp.path().join("b.png"))?;
+    let data = tmp.path().join("captions.jsonl");
+    std::fs::write(
+        &data,
+        "{\"id\": \"still\", \"caption\": \"x\", \"image\": \"a.png\"}\n\
+         {\"id\": \"clip\", \"caption\": \"y\", \"image\": [\"a.png\", \"b.png\"]}\n",
+    )?;
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["denoise", "--model"])
+        .arg(&pipeline)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(tmp.path().join("run"))
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("captions.jsonl")
+            && err.contains("record clip holds videos")
+            && err.contains("an image UNet"),
+        "{err}"
+    );
+    Ok(())
+}
