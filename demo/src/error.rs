@@ -25,6 +25,8 @@ pub enum Error {
     Tool { tool: String, msg: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Tensor(#[from] candle_core::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -102,6 +102,12 @@ enum Command {
         #[command(flatten)]
         out: Out,
     },
+    /// Not part of `run` (it does not fit the time budget yet): pretrain an image generator,
+    /// sample, judge into pairs, Diffusion-DPO, sample again; run after `pairs`, then `report`.
+    Generator {
+        #[command(flatten)]
+        out: Out,
+    },
     /// 6. Metrics table (stdout, OUT/report/metrics.json), curves (PNG), HTML page.
     Report {
         #[command(flatten)]
@@ -205,6 +211,10 @@ fn main() -> Result<()> {
         Command::Dpo { out } => {
             let (dir, settings) = open(&out)?;
             steps::answer_model::run_dpo(&dir, &settings)?;
+        }
+        Command::Generator { out } => {
+            let (dir, settings) = open(&out)?;
+            steps::generator::run(&dir, &settings)?;
         }
         Command::Report { out } => {
             let (dir, settings) = open(&out)?;

@@ -9,8 +9,10 @@ use unireward_models::judge::{Mode, Task};
 
 use crate::checkpoint::ModelShape;
 use crate::error::{Error, Result};
+use crate::generator::pipeline::GeneratorShape;
 use crate::jsonl::{read_json, write_json};
 use crate::judge_data::TaskCount;
+use crate::steps::generator::GeneratorSettings;
 use crate::world::store::{Split, SplitSize, WorldSpec};
 
 /// A `trainer` run's optimisation settings.
@@ -51,6 +53,8 @@ pub struct Settings {
     /// Share of the answer model's training answers a sloppy annotator got wrong.
     pub annotator_error: f64,
     pub dpo: DpoSettings,
+    /// The image generator aligned by Diffusion-DPO (`demo generator`).
+    pub generator: GeneratorSettings,
 }
 
 fn counts(per_task: [(usize, usize); 4]) -> Vec<TaskCount> {
@@ -171,6 +175,33 @@ impl Settings {
                 // (an SFT term) costs accuracy, preferring it to the rejected one does not.
                 sft_weight: 0.0,
             },
+            generator: GeneratorSettings {
+                shape: GeneratorShape {
+                    unet_channels: vec![32, 64],
+                    layers_per_block: 1,
+                    text_hidden: 32,
+                    text_layers: 2,
+                },
+                pretrain_images: 2000,
+                pretrain: TrainSettings {
+                    steps: 300,
+                    batch_size: 16,
+                    lr: 1e-3,
+                    warmup_ratio: 0.05,
+                    schedule: "cosine".into(),
+                },
+                prompts: 40,
+                candidates: 10,
+                sample_steps: 20,
+                dpo: TrainSettings {
+                    steps: 40,
+                    batch_size: 8,
+                    lr: 1e-5,
+                    warmup_ratio: 0.0,
+                    schedule: "constant".into(),
+                },
+                beta: 5000.0,
+            },
         }
     }
 
@@ -209,6 +240,11 @@ impl Settings {
         s.judge_training.steps = 196;
         s.answer_training.steps = 100;
         s.dpo.train.steps = 20;
+        s.generator.pretrain_images = 600;
+        s.generator.pretrain.steps = 100;
+        s.generator.prompts = 8;
+        s.generator.sample_steps = 10;
+        s.generator.dpo.steps = 10;
         s
     }
 

@@ -66,7 +66,15 @@ fn pair_row(p: &JudgedPair) -> String {
     )
 }
 
+/// A caption's samples before and after Diffusion-DPO (run-relative PNGs, same seeds).
+pub struct SampleRow {
+    pub caption: String,
+    pub before: Vec<String>,
+    pub after: Vec<String>,
+}
+
 pub struct Page<'a> {
+    pub samples: &'a [SampleRow],
     pub table: &'a str,
     pub charts: &'a [(&'a str, &'a str)],
     pub pairs: &'a [JudgedPair],
@@ -128,7 +136,29 @@ pub fn render(page: &Page) -> String {
         }
         out.push_str("</table>\n");
     }
-    out.push_str("</body></html>\n");
+    out.push_str("<h2>Image generator: samples before and after Diffusion-DPO</h2>\n");
+    out.push_str(
+        "<p>The pretrained generator's samples for fresh captions, and the aligned one's from \
+         the same seeds (same column, same starting noise). The judge's pairs were built from \
+         the first set. Figures under the world's ground truth are in the table above.</p>\n\
+         <table><tr><th>caption</th><th>pretrained</th><th>after Diffusion-DPO</th></tr>\n",
+    );
+    for row in page.samples {
+        let strip = |paths: &[String]| -> String {
+            paths
+                .iter()
+                .map(|p| img(p, &row.caption))
+                .collect::<Vec<_>>()
+                .join("")
+        };
+        out.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(&row.caption),
+            strip(&row.before),
+            strip(&row.after)
+        ));
+    }
+    out.push_str("</table>\n</body></html>\n");
     out
 }
 

@@ -113,7 +113,7 @@ fn charts(dir: &RunDir, out: &Path) -> Result<Vec<(&'static str, &'static str)>>
         },
         &out.join("dpo_training.svg"),
     )?;
-    Ok(vec![
+    let mut charts = vec![
         (
             "judge_training.svg",
             "Reward model trained from random weights on judge data (four tasks, pair and point): loss on the answer tokens, training (moving average) and held-out.",
@@ -126,7 +126,53 @@ fn charts(dir: &RunDir, out: &Path) -> Result<Vec<(&'static str, &'static str)>>
             "dpo_training.svg",
             "Answer model DPO on the judge's preference pairs: loss, share of pairs ranked right, reward margin (moving averages).",
         ),
-    ])
+    ];
+    let gen = dir.root.join("generator/runs");
+    if !dir.step_metrics("generator").is_file() {
+        return Ok(charts);
+    }
+    let denoise = trainer_metrics(&gen.join("denoise"))?;
+    let gen_dpo = trainer_metrics(&gen.join("dpo"))?;
+    save_chart(
+        &Chart {
+            title: "image generator: trainer denoise, then trainer dpo --kind diffusion".into(),
+            x_label: "step".into(),
+            y_label: "value".into(),
+            series: vec![
+                series(
+                    "denoise: loss (moving avg)",
+                    smoothed(&curve(&denoise, "loss"), (denoise.len() / 20).max(1)),
+                    0,
+                ),
+                series(
+                    "dpo: loss (moving avg)",
+                    smoothed(&curve(&gen_dpo, "loss"), (gen_dpo.len() / 10).max(1))
+                        .into_iter()
+                        .map(|(x, y)| (x + denoise.len() as f64, y))
+                        .collect(),
+                    2,
+                ),
+                series(
+                    "dpo: implicit_acc (moving avg)",
+                    smoothed(
+                        &curve(&gen_dpo, "implicit_acc"),
+                        (gen_dpo.len() / 10).max(1),
+                    )
+                    .into_iter()
+                    .map(|(x, y)| (x + denoise.len() as f64, y))
+                    .collect(),
+                    3,
+                ),
+            ],
+            y_log: false,
+        },
+        &out.join("generator_training.svg"),
+    )?;
+    charts.push((
+        "generator_training.svg",
+        "Image generator: pretrained from random weights with the denoising loss (MSE of the predicted noise), then Diffusion-DPO on the judge's pairs (steps after the pretraining's).",
+    ));
+    Ok(charts)
 }
 
 /// Everything the steps measured, in one document.
@@ -135,6 +181,8 @@ pub fn summary(dir: &RunDir, settings: &Settings) -> Result<Value> {
     let pairs: Value = read_json(&dir.step_metrics("pairs"))?;
     let sft: Value = read_json(&dir.step_metrics("answer_sft"))?;
     let dpo: Value = read_json(&dir.step_metrics("dpo"))?;
+    // `demo generator` is not part of `demo run` yet: its figures when it ran.
+    let generator: Value = read_json(&dir.step_metrics("generator")).unwrap_or(Value::Null);
     let seconds: Value = read_json(&dir.step_metrics("run")).unwrap_or_else(|_| json!({}));
     Ok(json!({
         "seed": settings.world.seed,
@@ -146,8 +194,41 @@ pub fn summary(dir: &RunDir, settings: &Settings) -> Result<Value> {
             "after": dpo["eval"],
             "dpo_pairs": dpo["pairs"],
         },
+        "generator": generator,
         "seconds": seconds,
     }))
+}
+
+/// The first `prompts` captions the generator drew for, each with its candidates before and
+/// after Diffusion-DPO (run-relative paths; the same seeds, in order).
+fn generator_samples(
+    dir: &RunDir,
+    settings: &Settings,
+    prompts: usize,
+) -> Result<Vec<html::SampleRow>> {
+    let path = dir.root.join("generator/prompts.jsonl");
+    if !dir.step_metrics("generator").is_file() || !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let lines: Vec<Value> = jsonl::read(&path)?;
+    Ok(lines
+        .iter()
+        .take(prompts)
+        .filter_map(|l| Some((l["id"].as_str()?, l["prompt"].as_str()?)))
+        .map(|(id, prompt)| {
+            let images = |which: &str| {
+                (0..settings.generator.candidates)
+                    .map(|j| format!("generator/samples-{which}/images/{id}_{j}.png"))
+                    .filter(|rel| dir.root.join(rel).is_file())
+                    .collect()
+            };
+            html::SampleRow {
+                caption: prompt.to_string(),
+                before: images("before"),
+                after: images("after"),
+            }
+        })
+        .collect())
 }
 
 /// Writes `OUT/report/` and returns the table printed.
@@ -159,12 +240,14 @@ pub fn run(dir: &RunDir, settings: &Settings) -> Result<String> {
     let text = table::text(&summary);
     let charts = charts(dir, &out)?;
     let judged: Vec<JudgedPair> = jsonl::read(&dir.root.join("pairs/judged.jsonl"))?;
+    let samples = generator_samples(dir, settings, 8)?;
     let page = html::render(&html::Page {
         table: &text,
         charts: &charts,
         pairs: &judged,
         per_task: 12,
         summary: &summary,
+        samples: &samples,
     });
     let index = out.join("index.html");
     std::fs::write(&index, page).map_err(|e| Error::io(&index, e))?;

@@ -11,6 +11,39 @@ fn num(v: &Value, digits: usize) -> String {
         .map_or("-".to_string(), |x| format!("{x:.digits$}"))
 }
 
+/// The rows of `demo generator`'s figures.
+fn generator_rows(out: &mut String, g: &Value) {
+    out.push_str(&format!(
+        "image generator (trainer denoise, then trainer dpo --kind diffusion on {} judge-built pairs); \
+         {} samples for fresh captions, same seeds before and after\n",
+        count(&g["pairs"]),
+        count(&g["before"]["images"])
+    ));
+    out.push_str(&format!(
+        "  {:<34}{:>12}{:>8}{:>14}{:>13}\n",
+        "", "saturation", "grain", "colour right", "place right"
+    ));
+    for (label, key) in [
+        ("world's best generator (via VAE)", "world_best"),
+        ("pretrained", "before"),
+        ("after Diffusion-DPO", "after"),
+        ("world's worst generator (via VAE)", "world_worst"),
+    ] {
+        out.push_str(&format!(
+            "  {:<34}{:>12}{:>8}{:>14}{:>13}\n",
+            label,
+            num(&g[key]["saturation"], 1),
+            num(&g[key]["grain"], 2),
+            num(&g[key]["colour_right"], 3),
+            num(&g[key]["place_right"], 3)
+        ));
+    }
+    out.push_str(&format!(
+        "  judge's chosen sample the cleaner (saturation - grain): {}\n",
+        num(&g["chosen_cleaner"], 3)
+    ));
+}
+
 /// The text table printed at the end of a run.
 pub fn text(summary: &Value) -> String {
     let mut out = String::new();
@@ -79,6 +112,10 @@ pub fn text(summary: &Value) -> String {
         num(&summary["answers"]["before"]["mean_quality"], 2),
         num(&summary["answers"]["after"]["mean_quality"], 2)
     ));
+    let g = &summary["generator"];
+    if !g.is_null() {
+        generator_rows(&mut out, g);
+    }
     if let Some(steps) = summary["seconds"].as_object() {
         let parts: Vec<String> = steps
             .iter()

@@ -4,6 +4,7 @@
 
 pub mod answer_model;
 pub mod export_judge;
+pub mod generator;
 pub mod init_models;
 pub mod judge_data;
 pub mod pairs;

@@ -51,6 +51,16 @@ impl Finish {
     }
 }
 
+/// A colour's clean fill (each rendering jitters it by up to 18 levels a channel).
+pub fn palette(c: Colour) -> [f64; 3] {
+    match c {
+        Colour::Red => [215.0, 45.0, 40.0],
+        Colour::Green => [40.0, 165.0, 65.0],
+        Colour::Blue => [45.0, 85.0, 215.0],
+        Colour::Yellow => [230.0, 195.0, 30.0],
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Placed {
     x: f64,
@@ -75,12 +85,7 @@ fn style(a: &Attributes, finish: Finish, rng: &mut Rng) -> Style {
         rng.range(-3.0, 3.0),
         rng.range(-3.0, 3.0),
     ];
-    let base = match a.colour {
-        Colour::Red => [215.0, 45.0, 40.0],
-        Colour::Green => [40.0, 165.0, 65.0],
-        Colour::Blue => [45.0, 85.0, 215.0],
-        Colour::Yellow => [230.0, 195.0, 30.0],
-    };
+    let base = palette(a.colour);
     let background = [grey + tint[0], grey + tint[1], grey + tint[2]];
     let mut fill = [0.0; 3];
     for c in 0..3 {
