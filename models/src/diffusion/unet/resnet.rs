@@ -62,17 +62,15 @@ impl ResnetBlock2D {
 /// `Downsample2D` with a convolution: 3x3, stride 2, the config's padding.
 #[derive(Clone)]
 pub struct Downsample2D {
-    weight: Tensor,
-    bias: Tensor,
+    /// Unpadded: `forward` pads.
+    conv: Conv2d,
     padding: usize,
 }
 
 impl Downsample2D {
     pub fn new(vb: VarBuilder, channels: usize, padding: usize) -> Result<Self> {
-        let vb = vb.pp("conv");
         Ok(Self {
-            weight: vb.get((channels, channels, 3, 3), "weight")?,
-            bias: vb.get(channels, "bias")?,
+            conv: conv2d(vb.pp("conv"), channels, channels, 3, 2, 0)?,
             padding,
         })
     }
@@ -80,10 +78,11 @@ impl Downsample2D {
 
 impl Module for Downsample2D {
     /// Pads, then drops the rows and columns a stride-2 window never reaches, then convolves
-    /// unpadded: candle 0.11's conv2d backward derives the transposed convolution's output
-    /// padding from the height alone, so a strided convolution over a map whose height and
-    /// width differ in parity (12x10 latents: 6x5 after the first level) gets a gradient of the
-    /// wrong width. Cropped so, both output paddings are 0.
+    /// unpadded: candle 0.11's conv2d backward (used on other devices than the CPU) derives
+    /// the transposed convolution's output padding from the height alone, so a strided
+    /// convolution over a map whose height and width differ in parity (12x10 latents: 6x5
+    /// after the first level) gets a gradient of the wrong width. Cropped so, both output
+    /// paddings are 0.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let p = self.padding;
         let xs = xs.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
@@ -93,8 +92,7 @@ impl Module for Downsample2D {
         }
         let reach = |n: usize| ((n - 3) / 2) * 2 + 3;
         let xs = xs.narrow(2, 0, reach(h))?.narrow(3, 0, reach(w))?;
-        let ys = xs.conv2d(&self.weight, 0, 2, 1, 1)?;
-        ys.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        self.conv.forward(&xs)
     }
 }
 
