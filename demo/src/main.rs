@@ -102,8 +102,10 @@ enum Command {
         #[command(flatten)]
         out: Out,
     },
-    /// Not part of `run` (it does not fit the time budget yet): pretrain an image generator,
-    /// sample, judge into pairs, Diffusion-DPO, sample again; run after `pairs`, then `report`.
+    /// Not part of `run` (its figures do not yet show the aligned generator better at the full
+    /// preset: README): pretrain an image generator (`trainer denoise`), sample (`trainer
+    /// sample`), judge into pairs (`engine pairs`), Diffusion-DPO, sample again with the same
+    /// seeds; run after `pairs`, then `report`.
     Generator {
         #[command(flatten)]
         out: Out,

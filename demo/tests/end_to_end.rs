@@ -110,6 +110,32 @@ fn demo_runs_end_to_end_and_learns() {
     let before = num(&metrics, &["answers", "before", "accuracy"]);
     let after = num(&metrics, &["answers", "after", "accuracy"]);
     assert!(after >= before, "answer accuracy {before} -> {after}");
+    // `demo generator` (not part of `run`) on the same directory, then the report again: every
+    // caption's candidates drawn before and after Diffusion-DPO (the small preset's 4 captions
+    // x 10, same seeds), measured under the world's pixel truth, and a pair judged from each
+    // caption's candidates. (What it learns at the full preset's sizes: README.)
+    for step in ["generator", "report"] {
+        let output = Command::new(demo)
+            .args([step, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "demo {step} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report/metrics.json")).unwrap())
+            .unwrap();
+    let gen = &metrics["generator"];
+    for which in ["before", "after"] {
+        assert_eq!(gen[which]["images"], 40, "{which}: {gen}");
+        let grain = num(gen, &[which, "grain"]);
+        assert!(grain.is_finite() && grain >= 0.0, "{which}: {gen}");
+    }
+    assert_eq!(gen["pairs"], 4, "{gen}");
 
     // The report's files open and show what they claim: each curve is an SVG document with
     // its title and a legend entry per series.
@@ -133,6 +159,14 @@ fn demo_runs_end_to_end_and_learns() {
                 "loss",
                 "rewards/accuracies",
                 "rewards/margins",
+            ][..],
+        ),
+        (
+            "generator_training.svg",
+            &[
+                "image generator: trainer denoise, then trainer dpo --kind diffusion",
+                "denoise: loss (moving avg)",
+                "dpo: implicit_acc (moving avg)",
             ][..],
         ),
     ] {

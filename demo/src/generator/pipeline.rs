@@ -98,10 +98,13 @@ fn random_weights(shapes: &BTreeMap<String, Vec<usize>>) -> Result<HashMap<Strin
 
 pub fn unet_config(shape: &GeneratorShape, text_hidden: usize) -> Value {
     let n = shape.unet_channels.len();
-    // Cross-attention at every level but the lowest (SD 1.5's pattern).
+    // Cross-attention at every level but the full-resolution one (SD 1.5 has it at every level
+    // but the lowest): self-attention over all 256 latent pixels of 16x16 made a pretraining
+    // step 1.3-1.6x slower (40 batch-16 steps: 51.8 s against 39.0 s), and the mid block
+    // still attends at 8x8.
     let down: Vec<&str> = (0..n)
         .map(|i| {
-            if i + 1 < n {
+            if i > 0 {
                 "CrossAttnDownBlock2D"
             } else {
                 "DownBlock2D"
@@ -110,10 +113,10 @@ pub fn unet_config(shape: &GeneratorShape, text_hidden: usize) -> Value {
         .collect();
     let up: Vec<&str> = (0..n)
         .map(|i| {
-            if i == 0 {
-                "UpBlock2D"
-            } else {
+            if i + 1 < n {
                 "CrossAttnUpBlock2D"
+            } else {
+                "UpBlock2D"
             }
         })
         .collect();
@@ -198,7 +201,7 @@ fn vector(n: usize, f: impl Fn(usize) -> f64) -> Result<Tensor> {
 fn anchor(k: usize) -> f64 {
     match k {
         0..=5 => 0.0,
-        _ if k % 2 == 0 => ANCHOR,
+        _ if k.is_multiple_of(2) => ANCHOR,
         _ => -ANCHOR,
     }
 }

@@ -181,7 +181,7 @@ pub fn summary(dir: &RunDir, settings: &Settings) -> Result<Value> {
     let pairs: Value = read_json(&dir.step_metrics("pairs"))?;
     let sft: Value = read_json(&dir.step_metrics("answer_sft"))?;
     let dpo: Value = read_json(&dir.step_metrics("dpo"))?;
-    // `demo generator` is not part of `demo run` yet: its figures when it ran.
+    // Absent when the run stopped before `demo generator`.
     let generator: Value = read_json(&dir.step_metrics("generator")).unwrap_or(Value::Null);
     let seconds: Value = read_json(&dir.step_metrics("run")).unwrap_or_else(|_| json!({}));
     Ok(json!({

@@ -124,7 +124,8 @@ fn scaling_factor(images: &[PathBuf]) -> Result<f64> {
         }
     }
     let var = sq / n.max(1.0) - (sum / n.max(1.0)).powi(2);
-    if !(var > 0.0) {
+    // A NaN variance (no pixels) is refused too.
+    if var.is_nan() || var <= 0.0 {
         return Err(Error::Invalid(
             "the pretraining images are all one colour".into(),
         ));
