@@ -182,11 +182,13 @@ impl Settings {
                     text_hidden: 32,
                     text_layers: 2,
                 },
-                // 100 steps of 16 (38 s here): enough for the samples to hold the captions'
-                // colours as blobs, grainy and faded like the world's weakest renderings.
+                // How the shipped UNet (`generator::pretrained`) was made, and what `demo
+                // generator --pretrain` runs: after 100 steps of 16 the samples were coloured
+                // noise, after 500 seed-shaped blobs, after 2500 (21 min here) the captions'
+                // colours in roughly their places.
                 pretrain_images: 1600,
                 pretrain: TrainSettings {
-                    steps: 100,
+                    steps: 2500,
                     batch_size: 16,
                     lr: 1e-3,
                     warmup_ratio: 0.05,
@@ -195,14 +197,16 @@ impl Settings {
                 prompts: 16,
                 candidates: 10,
                 sample_steps: 10,
-                // Measured on the small preset's 8 pairs (after 100 pretraining steps):
-                // lr 1e-4 for 200 steps took saturation 140 -> 200 and grain 7.4 -> 4.3 with
-                // colour and place right up; 3e-4 for 80 steps collapsed to pure colours
-                // (saturation 255, grain 0, place right 0.61 -> 0.38).
+                // Measured from the shipped UNet on the full preset's 16 pairs (before:
+                // saturation 69, grain 6.05, colour right 0.79): 80 steps at 1e-4 over-optimised
+                // (a blue cast over every sample, colour right 0.25); 20 at 2e-5 took saturation
+                // to 83, grain to 3.06, place right 0.47 -> 0.55 and colour right to 0.55; 40
+                // at 5e-6 moved less each way (75, 4.30, 0.51, 0.64). README, "The image
+                // generator".
                 dpo: TrainSettings {
-                    steps: 80,
+                    steps: 20,
                     batch_size: 8,
-                    lr: 1e-4,
+                    lr: 2e-5,
                     warmup_ratio: 0.0,
                     schedule: "constant".into(),
                 },
@@ -248,6 +252,7 @@ impl Settings {
         s.dpo.train.steps = 20;
         // The generator step runs, not learns, in the test's time.
         s.generator.pretrain_images = 160;
+        // `--pretrain` only; the shipped UNet is the default.
         s.generator.pretrain.steps = 10;
         s.generator.prompts = 4;
         s.generator.sample_steps = 4;

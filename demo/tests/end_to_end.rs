@@ -164,8 +164,8 @@ fn demo_runs_end_to_end_and_learns() {
         (
             "generator_training.svg",
             &[
-                "image generator: trainer denoise, then trainer dpo --kind diffusion",
-                "denoise: loss (moving avg)",
+                "image generator: trainer dpo --kind diffusion",
+                "dpo: loss (moving avg)",
                 "dpo: implicit_acc (moving avg)",
             ][..],
         ),

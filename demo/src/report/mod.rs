@@ -131,46 +131,45 @@ fn charts(dir: &RunDir, out: &Path) -> Result<Vec<(&'static str, &'static str)>>
     if !dir.step_metrics("generator").is_file() {
         return Ok(charts);
     }
-    let denoise = trainer_metrics(&gen.join("denoise"))?;
+    // Absent when the generator started from the shipped UNet (no pretraining in this run).
+    let denoise = if gen.join("denoise/metrics.jsonl").is_file() {
+        trainer_metrics(&gen.join("denoise"))?
+    } else {
+        Vec::new()
+    };
     let gen_dpo = trainer_metrics(&gen.join("dpo"))?;
+    let offset = denoise.len() as f64;
+    let mut lines = Vec::new();
+    if !denoise.is_empty() {
+        lines.push(series(
+            "pretraining (trainer denoise): loss (moving avg)",
+            smoothed(&curve(&denoise, "loss"), (denoise.len() / 20).max(1)),
+            0,
+        ));
+    }
+    for (name, colour) in [("loss", 2), ("implicit_acc", 3)] {
+        lines.push(series(
+            &format!("dpo: {name} (moving avg)"),
+            smoothed(&curve(&gen_dpo, name), (gen_dpo.len() / 10).max(1))
+                .into_iter()
+                .map(|(x, y)| (x + offset, y))
+                .collect(),
+            colour,
+        ));
+    }
     save_chart(
         &Chart {
-            title: "image generator: trainer denoise, then trainer dpo --kind diffusion".into(),
+            title: "image generator: trainer dpo --kind diffusion".into(),
             x_label: "step".into(),
             y_label: "value".into(),
-            series: vec![
-                series(
-                    "denoise: loss (moving avg)",
-                    smoothed(&curve(&denoise, "loss"), (denoise.len() / 20).max(1)),
-                    0,
-                ),
-                series(
-                    "dpo: loss (moving avg)",
-                    smoothed(&curve(&gen_dpo, "loss"), (gen_dpo.len() / 10).max(1))
-                        .into_iter()
-                        .map(|(x, y)| (x + denoise.len() as f64, y))
-                        .collect(),
-                    2,
-                ),
-                series(
-                    "dpo: implicit_acc (moving avg)",
-                    smoothed(
-                        &curve(&gen_dpo, "implicit_acc"),
-                        (gen_dpo.len() / 10).max(1),
-                    )
-                    .into_iter()
-                    .map(|(x, y)| (x + denoise.len() as f64, y))
-                    .collect(),
-                    3,
-                ),
-            ],
+            series: lines,
             y_log: false,
         },
         &out.join("generator_training.svg"),
     )?;
     charts.push((
         "generator_training.svg",
-        "Image generator: pretrained from random weights with the denoising loss (MSE of the predicted noise), then Diffusion-DPO on the judge's pairs (steps after the pretraining's).",
+        "Image generator: Diffusion-DPO on the judge's pairs, from the shipped pretrained UNet (or, after `demo generator --pretrain`, from this run's denoising pretraining, whose steps come first).",
     ));
     Ok(charts)
 }

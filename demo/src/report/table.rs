@@ -14,7 +14,7 @@ fn num(v: &Value, digits: usize) -> String {
 /// The rows of `demo generator`'s figures.
 fn generator_rows(out: &mut String, g: &Value) {
     out.push_str(&format!(
-        "image generator (trainer denoise, then trainer dpo --kind diffusion on {} judge-built pairs); \
+        "image generator (pretrained, then trainer dpo --kind diffusion on {} judge-built pairs); \
          {} samples for fresh captions, same seeds before and after\n",
         count(&g["pairs"]),
         count(&g["before"]["images"])

@@ -1,9 +1,11 @@
 //! `demo generator`: aligning an image generator with the judge (Diffusion-DPO).
 //!
-//! 1. A tiny SD-1.5-style pipeline, untrained (`generator::pipeline`), is pretrained with the
-//!    plain denoising loss (`trainer denoise`) on the judge-training split's generated images,
-//!    each captioned with what it shows: renderings of every skill, clean and faded or grainy
-//!    alike, as a web-scraped data set mixes good pictures and bad.
+//! 1. A tiny SD-1.5-style pipeline (`generator::pipeline`) pretrained with the plain denoising
+//!    loss (`trainer denoise`) on the judge-training split's generated images, each captioned
+//!    with what it shows: renderings of every skill, clean and faded or grainy alike, as a
+//!    web-scraped data set mixes good pictures and bad. The pretraining takes longer than the
+//!    demo's budget, so by default its UNet is the shipped one (`generator::pretrained`);
+//!    `--pretrain` runs it here.
 //! 2. `trainer sample` draws candidates for the fresh split's captions; `engine pairs` (the
 //!    trained judge, image generation) builds a chosen/rejected pair from each caption's.
 //! 3. `trainer dpo --kind diffusion` trains the pretrained UNet on those pairs.
@@ -24,6 +26,7 @@ use unireward_models::formats::record::Record;
 
 use crate::error::{Error, Result};
 use crate::generator::pipeline::{write_pipeline, GeneratorShape};
+use crate::generator::pretrained;
 use crate::generator::truth::{as_the_vae_sees, measure, summarise, Measured, Summary};
 use crate::jsonl::{self, write_json};
 use crate::run_dir::RunDir;
@@ -193,52 +196,63 @@ fn measure_samples(
     Ok(all)
 }
 
-pub fn run(dir: &RunDir, settings: &Settings) -> Result<()> {
+/// `pretrain`: pretrain the UNet from random weights (`settings.generator.pretrain`, how the
+/// shipped one was made) instead of starting from the shipped one (`generator::pretrained`).
+pub fn run(dir: &RunDir, settings: &Settings, pretrain: bool) -> Result<()> {
     let g = &settings.generator;
     let root = gen_dir(dir);
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
     let models = dir.root.join("models");
+    let init = models.join("generator-init");
+    let sft = models.join("generator-sft");
+    let sft_run = root.join("runs/denoise");
+    remove(&init)?;
+    remove(&sft)?;
+    remove(&sft_run)?;
 
-    // The pretraining data: generated images captioned with what they show.
-    let train = load(&dir.root, Split::JudgeTrain)?;
-    let mut lines = Vec::new();
-    let mut images = Vec::new();
-    for p in train
-        .generation
-        .iter()
-        .filter(|p| p.medium == Medium::Image && !p.control)
-    {
-        for c in &p.candidates {
-            if lines.len() < g.pretrain_images {
-                let path = dir.root.join(&c.media);
-                lines.push(json!({"caption": caption(&c.shows), "image": arg(&path)}));
-                images.push(path);
+    // 1. The pretrained generator.
+    let pretrain_s = if !pretrain {
+        let shipped = pretrained::provenance()?;
+        write_pipeline(&init, &g.shape, &words(), shipped.scaling_factor)?;
+        copy_dir(&init, &sft)?;
+        remove(&sft.join("unet"))?;
+        pretrained::install(&sft, &g.shape)?;
+        0.0
+    } else {
+        // The pretraining data: generated images captioned with what they show.
+        let train = load(&dir.root, Split::JudgeTrain)?;
+        let mut lines = Vec::new();
+        let mut images = Vec::new();
+        for p in train
+            .generation
+            .iter()
+            .filter(|p| p.medium == Medium::Image && !p.control)
+        {
+            for c in &p.candidates {
+                if lines.len() < g.pretrain_images {
+                    let path = dir.root.join(&c.media);
+                    lines.push(json!({"caption": caption(&c.shows), "image": arg(&path)}));
+                    images.push(path);
+                }
             }
         }
-    }
-    let train_file = root.join("pretrain.jsonl");
-    jsonl::write(&train_file, &lines)?;
-
-    let init = models.join("generator-init");
-    remove(&init)?;
-    write_pipeline(&init, &g.shape, &words(), scaling_factor(&images)?)?;
-
-    // 1. Pretraining.
-    let sft_run = root.join("runs/denoise");
-    remove(&sft_run)?;
-    let mut args = trainer_args(
-        &["denoise"],
-        &init,
-        &train_file,
-        &sft_run,
-        &g.pretrain,
-        settings.world.seed,
-    );
-    // A flip would move "on the left" to the right.
-    args.extend(["--resolution", "32", "--no-hflip", "--cache-latents"].map(String::from));
-    let pretrain_s = run_trainer(dir, &args, "trainer-generator-denoise.log")?;
-    let sft = models.join("generator-sft");
-    assemble(&init, &sft_run, &sft)?;
+        let train_file = root.join("pretrain.jsonl");
+        jsonl::write(&train_file, &lines)?;
+        write_pipeline(&init, &g.shape, &words(), scaling_factor(&images)?)?;
+        let mut args = trainer_args(
+            &["denoise"],
+            &init,
+            &train_file,
+            &sft_run,
+            &g.pretrain,
+            settings.world.seed,
+        );
+        // A flip would move "on the left" to the right.
+        args.extend(["--resolution", "32", "--no-hflip", "--cache-latents"].map(String::from));
+        let seconds = run_trainer(dir, &args, "trainer-generator-denoise.log")?;
+        assemble(&init, &sft_run, &sft)?;
+        seconds
+    };
 
     // 2. Candidates for fresh captions, judged into pairs.
     let fresh = load(&dir.root, Split::Fresh)?;
