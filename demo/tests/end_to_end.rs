@@ -136,6 +136,18 @@ fn demo_runs_end_to_end_and_learns() {
         assert!(grain.is_finite() && grain >= 0.0, "{which}: {gen}");
     }
     assert_eq!(gen["pairs"], 4, "{gen}");
+    // The judge's chosen and rejected samples, one of each per pair, measured alike.
+    for which in ["chosen", "rejected"] {
+        assert_eq!(gen[which]["images"], 4, "{which}: {gen}");
+    }
+    let (right, shown) = (
+        num(gen, &["before", "colour_right"]),
+        num(gen, &["before", "colour_shown"]),
+    );
+    assert!(
+        (0.0..=right).contains(&shown),
+        "colour shown {shown}, right {right}"
+    );
 
     // The report's files open and show what they claim: each curve is an SVG document with
     // its title and a legend entry per series.

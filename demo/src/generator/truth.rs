@@ -16,7 +16,10 @@
 //! and two of the caption's attributes, checked where they can be from pixels:
 //!
 //! - **colour right**: the direction of the colourful pixels' mean away from grey is closest
-//!   to the caption colour's;
+//!   to the caption colour's, over the images that have colourful pixels;
+//! - **colour shown**: the same over all images, one without colourful pixels counting as not
+//!   showing the caption's colour (colour right alone would not count a generator that learns
+//!   to draw nothing, nor one that draws shapes where it drew none before, against it);
 //! - **place right** (still captions): the colourful pixels' centroid lies in the half the
 //!   caption names.
 //!
@@ -157,6 +160,9 @@ pub struct Summary {
     pub grain: f64,
     /// Share of images with colourful pixels whose colour is the caption's.
     pub colour_right: f64,
+    /// Share of all images whose colourful pixels are the caption's colour.
+    #[serde(default)]
+    pub colour_shown: f64,
     /// Share of still images with colourful pixels whose place is the caption's.
     pub place_right: f64,
 }
@@ -172,6 +178,7 @@ pub fn summarise(all: &[Measured]) -> Summary {
         saturation: all.iter().map(|m| m.saturation).sum::<f64>() / n,
         grain: all.iter().map(|m| m.grain).sum::<f64>() / n,
         colour_right: share(&|m| m.colour_right),
+        colour_shown: all.iter().filter(|m| m.colour_right == Some(true)).count() as f64 / n,
         place_right: share(&|m| m.place_right),
     }
 }
@@ -225,6 +232,8 @@ mod tests {
             );
             assert!(good.grain + 5.0 < poor.grain, "{good:?} {poor:?}");
             assert!(good.colour_right > 0.95, "{good:?}");
+            assert!(good.colour_shown > 0.95, "{good:?}");
+            assert!(poor.colour_shown <= poor.colour_right, "{poor:?}");
             assert!(good.place_right > 0.95, "{good:?}");
         }
     }

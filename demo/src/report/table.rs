@@ -20,21 +20,24 @@ fn generator_rows(out: &mut String, g: &Value) {
         count(&g["before"]["images"])
     ));
     out.push_str(&format!(
-        "  {:<34}{:>12}{:>8}{:>14}{:>13}\n",
-        "", "saturation", "grain", "colour right", "place right"
+        "  {:<34}{:>12}{:>8}{:>14}{:>14}{:>13}\n",
+        "", "saturation", "grain", "colour right", "colour shown", "place right"
     ));
     for (label, key) in [
         ("world's best generator (via VAE)", "world_best"),
         ("pretrained", "before"),
+        ("  the judge's chosen samples", "chosen"),
+        ("  the judge's rejected samples", "rejected"),
         ("after Diffusion-DPO", "after"),
         ("world's worst generator (via VAE)", "world_worst"),
     ] {
         out.push_str(&format!(
-            "  {:<34}{:>12}{:>8}{:>14}{:>13}\n",
+            "  {:<34}{:>12}{:>8}{:>14}{:>14}{:>13}\n",
             label,
             num(&g[key]["saturation"], 1),
             num(&g[key]["grain"], 2),
             num(&g[key]["colour_right"], 3),
+            num(&g[key]["colour_shown"], 3),
             num(&g[key]["place_right"], 3)
         ));
     }

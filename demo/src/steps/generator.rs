@@ -372,6 +372,7 @@ pub fn run(dir: &RunDir, settings: &Settings, pretrain: bool) -> Result<()> {
         .map(|(_, rel, m)| (rel.clone(), *m))
         .collect();
     let (mut cleaner, mut n_pairs) = (0usize, 0usize);
+    let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
     for r in &records {
         if let Record::Answer {
             answer: PairsAnswer::Pair(p),
@@ -384,6 +385,8 @@ pub fn run(dir: &RunDir, settings: &Settings, pretrain: bool) -> Result<()> {
             );
             if let (Some(c), Some(j)) = (c, j) {
                 n_pairs += 1;
+                chosen.push(*c);
+                rejected.push(*j);
                 if c.saturation - c.grain > j.saturation - j.grain {
                     cleaner += 1;
                 }
@@ -423,6 +426,8 @@ pub fn run(dir: &RunDir, settings: &Settings, pretrain: bool) -> Result<()> {
         } else {
             None
         },
+        chosen: summarise(&chosen),
+        rejected: summarise(&rejected),
         seconds: json!({
             "pretrain": pretrain_s,
             "sample_before": sample_before_s,
@@ -432,8 +437,9 @@ pub fn run(dir: &RunDir, settings: &Settings, pretrain: bool) -> Result<()> {
         }),
     };
     tracing::info!(
-        "demo generator: saturation {:.1} -> {:.1}, grain {:.2} -> {:.2}, colour right {:.3} -> {:.3} ({} images each)",
-        sb.saturation, sa.saturation, sb.grain, sa.grain, sb.colour_right, sa.colour_right, sb.images
+        "demo generator: saturation {:.1} -> {:.1}, grain {:.2} -> {:.2}, colour right {:.3} -> {:.3}, colour shown {:.3} -> {:.3} ({} images each)",
+        sb.saturation, sa.saturation, sb.grain, sa.grain, sb.colour_right, sa.colour_right,
+        sb.colour_shown, sa.colour_shown, sb.images
     );
     write_json(&dir.step_metrics("generator"), &figures)
 }
@@ -450,5 +456,10 @@ pub struct GeneratorFigures {
     pub pairs: usize,
     /// Share of the judge's pairs whose chosen sample has the larger saturation − grain.
     pub chosen_cleaner: Option<f64>,
+    /// The judge's chosen and rejected samples under the same measures (what DPO is shown).
+    #[serde(default)]
+    pub chosen: Summary,
+    #[serde(default)]
+    pub rejected: Summary,
     pub seconds: Value,
 }
