@@ -102,10 +102,8 @@ enum Command {
         #[command(flatten)]
         out: Out,
     },
-    /// Not part of `run` (its figures do not show the aligned generator better overall: README):
-    /// from the shipped pretrained image generator, sample (`trainer sample`), judge into pairs
-    /// (`engine pairs`), Diffusion-DPO, sample again with the same seeds; run after `pairs`,
-    /// then `report`.
+    /// 5c. From the shipped pretrained image generator, sample (`trainer sample`), judge into
+    /// pairs (`engine pairs`), Diffusion-DPO, sample again with the same seeds.
     Generator {
         #[command(flatten)]
         out: Out,
@@ -167,6 +165,9 @@ fn run_all(out: &Out, start: &Start) -> Result<()> {
         steps::answer_model::run_sft(&dir, &settings)
     })?;
     timed("dpo", &mut || steps::answer_model::run_dpo(&dir, &settings))?;
+    timed("generator", &mut || {
+        steps::generator::run(&dir, &settings, false)
+    })?;
     seconds.insert("total".into(), Value::from(begin.elapsed().as_secs_f64()));
     write_json(&dir.step_metrics("run"), &Value::Object(seconds))?;
     let text = report::run(&dir, &settings)?;

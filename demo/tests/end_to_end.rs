@@ -110,25 +110,10 @@ fn demo_runs_end_to_end_and_learns() {
     let before = num(&metrics, &["answers", "before", "accuracy"]);
     let after = num(&metrics, &["answers", "after", "accuracy"]);
     assert!(after >= before, "answer accuracy {before} -> {after}");
-    // `demo generator` (not part of `run`) on the same directory, then the report again: every
-    // caption's candidates drawn before and after Diffusion-DPO (the small preset's 4 captions
-    // x 10, same seeds), measured under the world's pixel truth, and a pair judged from each
-    // caption's candidates. (What it learns at the full preset's sizes: README.)
-    for step in ["generator", "report"] {
-        let output = Command::new(demo)
-            .args([step, "--out"])
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "demo {step} failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let metrics: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report/metrics.json")).unwrap())
-            .unwrap();
+    // `demo generator` (step 5c of the run): every caption's candidates drawn before and
+    // after Diffusion-DPO (the small preset's 4 captions x 10, same seeds), measured under the
+    // world's pixel truth, and a pair judged from each caption's candidates. (What it learns
+    // at the full preset's sizes: README.)
     let gen = &metrics["generator"];
     for which in ["before", "after"] {
         assert_eq!(gen[which]["images"], 40, "{which}: {gen}");

@@ -280,7 +280,8 @@ struct DpoArgs {
     /// Label smoothing of the sigmoid loss.
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
-    /// Weight of an SFT term on the chosen answers (mean NLL per token).
+    /// Weight of an SFT term on the chosen: vlm, the answers' mean NLL per token; diffusion,
+    /// the chosen image's denoising loss (train.py: 0).
     #[arg(long, default_value_t = 0.0)]
     sft_weight: f64,
     /// vlm: the reference's log-probs precomputed (default) or a frozen copy run per batch.
@@ -502,6 +503,12 @@ fn run_reward(args: RewardArgs) -> Result<()> {
 }
 
 fn run_dpo(args: DpoArgs) -> Result<()> {
+    if !(args.sft_weight >= 0.0 && args.sft_weight.is_finite()) {
+        anyhow::bail!(
+            "--sft-weight must be a finite number of at least 0, got {}",
+            args.sft_weight
+        );
+    }
     if let Kind::Diffusion = args.kind {
         return run_diffusion_dpo(args);
     }
@@ -526,12 +533,6 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
     params
         .validate()
         .context("invalid --beta, --loss or --label-smoothing")?;
-    if !(args.sft_weight >= 0.0 && args.sft_weight.is_finite()) {
-        anyhow::bail!(
-            "--sft-weight must be a finite number of at least 0, got {}",
-            args.sft_weight
-        );
-    }
     let cfg = c.loop_config(5e-7, 0.3);
     c.validate(&cfg)?;
     c.check_out()?;
@@ -716,7 +717,6 @@ fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
                 args.loss != DpoLossKind::Sigmoid,
             ),
             ("--label-smoothing", args.label_smoothing != 0.0),
-            ("--sft-weight", args.sft_weight != 0.0),
             (
                 "--ref precompute",
                 matches!(args.reference, Some(RefKind::Precompute)),
@@ -758,6 +758,7 @@ fn run_diffusion_dpo(args: DpoArgs) -> Result<()> {
         setup,
         reference,
         beta,
+        sft_weight: args.sft_weight,
     };
     let summary = train(&mut unet, &objective, &cfg)?;
     report(&summary, &c.out);

@@ -52,6 +52,9 @@ pub struct GeneratorSettings {
     pub dpo: TrainSettings,
     /// Diffusion-DPO's beta.
     pub beta: f64,
+    /// `trainer dpo --sft-weight`: the chosen images' denoising loss added to each pair's.
+    #[serde(default)]
+    pub sft_weight: f64,
 }
 
 fn gen_dir(dir: &RunDir) -> PathBuf {
@@ -341,6 +344,7 @@ pub fn run(dir: &RunDir, settings: &Settings, pretrain: bool) -> Result<()> {
         .map(String::from),
     );
     args.push(g.beta.to_string());
+    args.extend(["--sft-weight".to_string(), g.sft_weight.to_string()]);
     // The pairs name the candidates as `trainer sample` wrote them, relative to its directory.
     args.extend(["--media-root".to_string(), arg(&before)]);
     let dpo_s = run_trainer(dir, &args, "trainer-generator-dpo.log")?;

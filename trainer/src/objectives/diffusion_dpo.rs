@@ -26,7 +26,7 @@ use super::diffusion::{
     load_frozen_unet, noise_schedule, predict, DiffusionSetup, Draw, NoisedBatch,
 };
 use crate::data::diffusion_pairs::{Candidate, DiffusionPairs};
-use crate::loss::diffusion_dpo::{diffusion_dpo_loss, per_sample_mse, PairErrors};
+use crate::loss::diffusion_dpo::{diffusion_dpo_loss, per_sample_mse, with_chosen_sft, PairErrors};
 use crate::memory_estimate::StepShape;
 use crate::train_loop::{Forward, Objective, Prepared};
 use crate::{Error, Result};
@@ -39,6 +39,8 @@ pub struct DiffusionDpoObjective {
     pub setup: DiffusionSetup,
     pub reference: Denoiser,
     pub beta: f64,
+    /// `--sft-weight`: [`with_chosen_sft`].
+    pub sft_weight: f64,
 }
 
 /// One micro-batch: the chosen half first, then the rejected, sharing noise and timesteps.
@@ -156,8 +158,9 @@ impl Objective for DiffusionDpoObjective {
                 ref_rejected: &r.narrow(0, p, p)?,
             },
         )?;
+        let losses = with_chosen_sft(&out.losses, &m.narrow(0, 0, p)?, self.sft_weight)?;
         Ok(Forward {
-            loss_sum: (out.losses * &b.pair_weights)?.sum_all()?,
+            loss_sum: (losses * &b.pair_weights)?.sum_all()?,
             metric_sums: out.metric_sums,
         })
     }
