@@ -201,7 +201,8 @@ impl Settings {
                 // SFT term every setting traded the captions' colours for cleaner renderings
                 // (20 steps at 2e-5: grain 6.05 -> 3.06, colour shown 0.66 -> 0.53); with the
                 // chosen images' denoising loss at weight 300, 40 steps at 2e-5 on 40 captions
-                // took grain 5.86 -> 4.04, saturation 67 -> 84, colour shown 0.60 -> 0.62.
+                // took grain 5.86 -> 4.04, saturation 67 -> 84, colour shown 0.60 -> 0.62 on
+                // seed 0; on seed 1 grain 5.72 -> 3.92 but colour shown 0.56 -> 0.52.
                 dpo: TrainSettings {
                     steps: 40,
                     batch_size: 8,

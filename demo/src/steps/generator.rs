@@ -8,7 +8,9 @@
 //!    `--pretrain` runs it here.
 //! 2. `trainer sample` draws candidates for the fresh split's captions; `engine pairs` (the
 //!    trained judge, image generation) builds a chosen/rejected pair from each caption's.
-//! 3. `trainer dpo --kind diffusion` trains the pretrained UNet on those pairs.
+//! 3. `trainer dpo --kind diffusion` trains the pretrained UNet on those pairs, with the
+//!    chosen images' denoising loss added (`--sft-weight`): train.py's loss alone drifted every
+//!    sample away from the captions' colours (README, "The image generator").
 //! 4. `trainer sample` draws again, same captions, same seeds, with the aligned UNet.
 //!
 //! Both sample sets are measured under the world's ground truth (`generator::truth`), beside
