@@ -37,7 +37,8 @@ use crate::steps::answer_model::trainer_args;
 use crate::tools::{arg, run as run_tool, Tool};
 use crate::world::attributes::{Attributes, Medium};
 use crate::world::caption::caption;
-use crate::world::store::{load, Split};
+use crate::world::store::{load, Split, World};
+use crate::world::GenerationPrompt;
 
 /// What sizes the generator step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +58,14 @@ pub struct GeneratorSettings {
     /// `trainer dpo --sft-weight`: the chosen images' denoising loss added to each pair's.
     #[serde(default)]
     pub sft_weight: f64,
+}
+
+/// A split's still-image captions that are not control prompts: what the generator draws.
+fn image_prompts(world: &World) -> impl Iterator<Item = &GenerationPrompt> {
+    world
+        .generation
+        .iter()
+        .filter(|p| p.medium == Medium::Image && !p.control)
 }
 
 fn gen_dir(dir: &RunDir) -> PathBuf {
@@ -228,11 +237,7 @@ pub fn run(dir: &RunDir, settings: &Settings, pretrain: bool) -> Result<()> {
         let train = load(&dir.root, Split::JudgeTrain)?;
         let mut lines = Vec::new();
         let mut images = Vec::new();
-        for p in train
-            .generation
-            .iter()
-            .filter(|p| p.medium == Medium::Image && !p.control)
-        {
+        for p in image_prompts(&train) {
             for c in &p.candidates {
                 if lines.len() < g.pretrain_images {
                     let path = dir.root.join(&c.media);
@@ -261,10 +266,7 @@ pub fn run(dir: &RunDir, settings: &Settings, pretrain: bool) -> Result<()> {
 
     // 2. Candidates for fresh captions, judged into pairs.
     let fresh = load(&dir.root, Split::Fresh)?;
-    let targets: Vec<(String, Attributes)> = fresh
-        .generation
-        .iter()
-        .filter(|p| p.medium == Medium::Image && !p.control)
+    let targets: Vec<(String, Attributes)> = image_prompts(&fresh)
         .take(g.prompts)
         .map(|p| (p.id.clone(), p.target))
         .collect();
@@ -403,12 +405,7 @@ pub fn run(dir: &RunDir, settings: &Settings, pretrain: bool) -> Result<()> {
     // The world's own renderings of these captions, best and worst skill, as the VAE keeps them.
     let mut best = Vec::new();
     let mut worst = Vec::new();
-    for p in fresh
-        .generation
-        .iter()
-        .filter(|p| p.medium == Medium::Image && !p.control)
-        .take(g.prompts)
-    {
+    for p in image_prompts(&fresh).take(g.prompts) {
         for c in &p.candidates {
             let m = measure(
                 &as_the_vae_sees(&read_png(&dir.root.join(&c.media))?),
