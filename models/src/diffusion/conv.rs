@@ -17,6 +17,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, WithDType};
 use candle_nn::VarBuilder;
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 use crate::ops::{contiguous, for_each_row_mut, storage};
 
@@ -158,9 +159,19 @@ impl Geometry {
     }
 }
 
-fn parallelism() -> Parallelism {
+/// Multiply-adds below which one gemm runs on one thread. Splitting a gemm wakes rayon's
+/// workers for each call; the demo generator's UNet (16x16 latents, blocks 32/64) does gemms
+/// of about 2.4M multiply-adds per image, and `trainer sample` of 120 images there took 13.2 /
+/// 14.8 s with every gemm split over 2 threads against 9.1 / 9.2 s with rayon held to one
+/// thread (21% of the split run's time was the kernel waking threads; Dec 3 2026).
+const SPLIT_GEMM_MACS: usize = 8 << 20;
+
+/// Small gemms run whole on one thread (their images in parallel instead, where they are
+/// independent); large ones are split over rayon's threads.
+fn parallelism(macs: usize) -> Parallelism {
     match rayon::current_num_threads() {
         0 | 1 => Parallelism::None,
+        _ if macs < SPLIT_GEMM_MACS => Parallelism::None,
         n => Parallelism::Rayon(n),
     }
 }
@@ -177,6 +188,7 @@ unsafe fn matmul<T: WithDType>(
     accumulate: bool,
     lhs: (*const T, usize, usize),
     rhs: (*const T, usize, usize),
+    parallelism: Parallelism,
 ) {
     gemm::gemm(
         m,
@@ -197,7 +209,7 @@ unsafe fn matmul<T: WithDType>(
         false,
         false,
         false,
-        parallelism(),
+        parallelism,
     )
 }
 
@@ -272,39 +284,74 @@ fn forward<T: WithDType>(g: &Geometry, x: &[T], kernel: &[T]) -> Vec<T> {
     let cols = im2col(g, x);
     let (pixels, patch) = (g.pixels(), g.patch());
     let mut y = vec![T::zero(); g.b * g.c_out * pixels];
-    for b in 0..g.b {
-        // SAFETY: y[b] is c_out x pixels and the kernel c_out x patch, cols[b] patch x
-        // pixels, all row-major; the buffers are distinct.
-        unsafe {
-            matmul(
-                (g.c_out, pixels, patch),
-                (y[b * g.c_out * pixels..].as_mut_ptr(), pixels, 1),
-                false,
-                (kernel.as_ptr(), patch, 1),
-                (cols[b * patch * pixels..].as_ptr(), pixels, 1),
-            )
+    per_image(
+        &mut y,
+        g.c_out * pixels,
+        g.c_out * pixels * patch,
+        |b, y_b, par| {
+            // SAFETY: y[b] is c_out x pixels and the kernel c_out x patch, cols[b] patch x
+            // pixels, all row-major; the buffers are distinct.
+            unsafe {
+                matmul(
+                    (g.c_out, pixels, patch),
+                    (y_b.as_mut_ptr(), pixels, 1),
+                    false,
+                    (kernel.as_ptr(), patch, 1),
+                    (cols[b * patch * pixels..].as_ptr(), pixels, 1),
+                    par,
+                )
+            }
+        },
+    );
+    y
+}
+
+/// Calls `f(b, dst[b], parallelism)` for each image's `len`-long slice of `dst`, where each
+/// image is one gemm of `macs` multiply-adds: small gemms one per task across the images,
+/// large ones in turn, each split over the threads.
+fn per_image<T: WithDType>(
+    dst: &mut [T],
+    len: usize,
+    macs: usize,
+    f: impl Fn(usize, &mut [T], Parallelism) + Sync + Send,
+) {
+    match parallelism(macs) {
+        Parallelism::None => {
+            dst.par_chunks_mut(len)
+                .enumerate()
+                .for_each(|(b, d)| f(b, d, Parallelism::None));
+        }
+        split => {
+            for (b, d) in dst.chunks_mut(len).enumerate() {
+                f(b, d, split);
+            }
         }
     }
-    y
 }
 
 /// dL/dx: the patches' gradient Wᵀ · dy[b], folded back.
 fn input_grad<T: WithDType>(g: &Geometry, dy: &[T], kernel: &[T]) -> Vec<T> {
     let (pixels, patch) = (g.pixels(), g.patch());
     let mut dcols = vec![T::zero(); g.b * patch * pixels];
-    for b in 0..g.b {
-        // SAFETY: dcols[b] is patch x pixels, row-major; the kernel c_out x patch, read
-        // transposed; dy[b] c_out x pixels.
-        unsafe {
-            matmul(
-                (patch, pixels, g.c_out),
-                (dcols[b * patch * pixels..].as_mut_ptr(), pixels, 1),
-                false,
-                (kernel.as_ptr(), 1, patch),
-                (dy[b * g.c_out * pixels..].as_ptr(), pixels, 1),
-            )
-        }
-    }
+    per_image(
+        &mut dcols,
+        patch * pixels,
+        patch * pixels * g.c_out,
+        |b, dcols_b, par| {
+            // SAFETY: dcols[b] is patch x pixels, row-major; the kernel c_out x patch, read
+            // transposed; dy[b] c_out x pixels.
+            unsafe {
+                matmul(
+                    (patch, pixels, g.c_out),
+                    (dcols_b.as_mut_ptr(), pixels, 1),
+                    false,
+                    (kernel.as_ptr(), 1, patch),
+                    (dy[b * g.c_out * pixels..].as_ptr(), pixels, 1),
+                    par,
+                )
+            }
+        },
+    );
     col2im(g, &dcols)
 }
 
@@ -323,6 +370,7 @@ fn kernel_grad<T: WithDType>(g: &Geometry, x: &[T], dy: &[T]) -> Vec<T> {
                 b > 0,
                 (dy[b * g.c_out * pixels..].as_ptr(), pixels, 1),
                 (cols[b * patch * pixels..].as_ptr(), 1, pixels),
+                parallelism(g.c_out * patch * pixels),
             )
         }
     }
@@ -445,7 +493,7 @@ mod tests {
 
     /// Ours against candle's convolution and its backward, in f64: the same values and
     /// gradients, on square and oblong maps, strides 1 and 2, 1x1 and 3x3 kernels, padding
-    /// and none, odd sizes a stride-2 window does not cover.
+    /// and none, odd sizes a stride-2 window does not cover, small gemms and split ones.
     #[test]
     fn values_and_gradients_are_candles() -> Result<()> {
         let dev = Device::Cpu;
@@ -454,6 +502,9 @@ mod tests {
             (4, 4, 1, 0, 1, 5, 5),
             (2, 3, 3, 0, 2, 9, 7),
             (3, 2, 3, 1, 2, 8, 8),
+            // 21M multiply-adds an image: over `SPLIT_GEMM_MACS`, each gemm split over the
+            // threads (the cases above run one gemm per image, images in parallel).
+            (64, 64, 3, 1, 1, 24, 24),
         ] {
             let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, c_in, h, w), &dev)?)?;
             let wt = Var::from_tensor(&Tensor::randn(0f64, 0.3, (c_out, c_in, k, k), &dev)?)?;
