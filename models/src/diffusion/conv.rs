@@ -17,7 +17,6 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, WithDType};
 use candle_nn::VarBuilder;
 use gemm::Parallelism;
-use rayon::prelude::*;
 
 use crate::ops::{contiguous, for_each_row_mut, storage};
 
@@ -316,11 +315,7 @@ fn per_image<T: WithDType>(
     f: impl Fn(usize, &mut [T], Parallelism) + Sync + Send,
 ) {
     match parallelism(macs) {
-        Parallelism::None => {
-            dst.par_chunks_mut(len)
-                .enumerate()
-                .for_each(|(b, d)| f(b, d, Parallelism::None));
-        }
+        Parallelism::None => for_each_row_mut(dst, len, macs, |b, d| f(b, d, Parallelism::None)),
         split => {
             for (b, d) in dst.chunks_mut(len).enumerate() {
                 f(b, d, split);
