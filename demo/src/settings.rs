@@ -202,14 +202,14 @@ impl Settings {
                 prompts: 40,
                 candidates: 10,
                 sample_steps: 10,
-                // Measured from the shipped UNet (README, "The image generator"): without an
-                // SFT term every setting traded the captions' colours for cleaner renderings
-                // (20 steps at 2e-5: grain 6.05 -> 3.06, colour shown 0.66 -> 0.53); with the
-                // chosen images' denoising loss at weight 300, 40 steps at 2e-5 on 40 captions
-                // took grain 5.86 -> 4.04, saturation 67 -> 84, colour shown 0.60 -> 0.62 on
-                // seed 0 with the judge trained at 1e-3. With the 7e-4 judge (its chosen samples
-                // show the colour 0.825 of the time) grain 5.86 -> 3.97 but colour shown 0.60 ->
-                // 0.56; SFT alone on the chosen samples loses colour too (seed 1: 0.56 -> 0.50).
+                // Measured from the shipped UNet (README, "The image generator"), candidates
+                // drawn with per-prompt seeds (`trainer sample --seeds per-prompt`), judge at
+                // 7e-4: train.py's loss alone, 40 steps of 8 at 2e-5, took grain 5.52 -> 1.73
+                // (seed 0) and 5.42 -> 1.30 (seed 1) with colour and place right unchanged
+                // within 0.01. The chosen images' denoising loss at weight 300 held grain at
+                // 3.65 / 2.74 and gained nothing. (With every caption's candidates drawn from
+                // seeds 0..9 the judge rejected seed 7 in all 40 pairs, and DPO pulled the
+                // captions towards the chosen seeds' colours: shown 0.60 -> 0.56.)
                 dpo: TrainSettings {
                     steps: 40,
                     batch_size: 8,
@@ -218,7 +218,7 @@ impl Settings {
                     schedule: "constant".into(),
                 },
                 beta: 5000.0,
-                sft_weight: 300.0,
+                sft_weight: 0.0,
             },
         }
     }

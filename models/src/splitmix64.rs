@@ -14,6 +14,14 @@ pub fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// FNV-1a (64-bit) of a name's bytes: the seed a name stands for (synthetic weights' tensor
+/// names, `trainer sample`'s prompts).
+pub fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The sequential generator: the state advances by [`GAMMA`] before each output.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(pub u64);

@@ -39,6 +39,21 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The base seed the log gives for prompt `id` ("(id 3): 3 images (seeds 812..)").
+fn base_seed(log: &str, id: &str) -> Result<u64> {
+    let marker = format!("(id {id}): ");
+    let line = log
+        .lines()
+        .find(|l| l.contains(&marker))
+        .with_context(|| format!("no log line for id {id}: {log}"))?;
+    let from = line
+        .split("(seeds ")
+        .nth(1)
+        .and_then(|rest| rest.split("..").next())
+        .with_context(|| format!("no seeds in {line}"))?;
+    Ok(from.parse()?)
+}
+
 fn records(out: &Path) -> Result<Vec<PairsRequestRecord>> {
     let text = std::fs::read_to_string(out.join("candidates.jsonl"))?;
     text.lines()
@@ -167,12 +182,31 @@ fn a_seed_gives_the_same_images_and_a_second_run_resumes() -> Result<()> {
     }
     let bytes = |dir: &Path, c: &str| std::fs::read(dir.join(c));
     assert_ne!(bytes(&a, "images/1_0.png")?, bytes(&a, "images/1_1.png")?);
+
+    // Each prompt its own base seed b (the log says which), its candidate j from b + j: the
+    // shared seeds b, b + 1, ... draw the same images.
+    let bases: Vec<u64> = ["1", "3", "4"]
+        .iter()
+        .map(|id| base_seed(&stderr(&o), id))
+        .collect::<Result<_>>()?;
+    assert!(bases.iter().all(|&b| b <= 1_000_000), "{bases:?}");
+    assert!(
+        bases[0] != bases[1] && bases[1] != bases[2] && bases[0] != bases[2],
+        "{bases:?}"
+    );
     let c = s.root.join("c");
-    let o = sample(&s.model, &prompts, &c, &["--seed", "6"])?;
+    let shared_from = |b: u64| b.to_string();
+    let o = sample(
+        &s.model,
+        &prompts,
+        &c,
+        &["--seeds", "shared", "--seed", &shared_from(bases[0] + 1)],
+    )?;
     assert!(o.status.success(), "{}", stderr(&o));
-    // seed 6's candidate 0 is seed 5's candidate 1
     assert_eq!(bytes(&c, "images/1_0.png")?, bytes(&a, "images/1_1.png")?);
     assert_ne!(bytes(&c, "images/1_2.png")?, bytes(&a, "images/1_2.png")?);
+    // Shared: every prompt's candidate j from --seed + j.
+    assert_eq!(base_seed(&stderr(&o), "4")?, bases[0] + 1);
 
     // A second run over a finished directory redoes nothing.
     let before = std::fs::read_to_string(a.join("candidates.jsonl"))?;
@@ -235,6 +269,33 @@ fn a_seed_gives_the_same_images_and_a_second_run_resumes() -> Result<()> {
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("was sampled with other settings"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A directory drawn before --seeds existed was drawn with shared seeds: it resumes with
+    // them and refuses per-prompt ones.
+    let settings_path = c.join("sample_settings.json");
+    let mut old: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&settings_path)?)?;
+    assert_eq!(old["seeds"], "shared");
+    old.as_object_mut().context("settings")?.remove("seeds");
+    std::fs::write(&settings_path, serde_json::to_string(&old)?)?;
+    let seed = shared_from(bases[0] + 1);
+    let o = sample(
+        &s.model,
+        &prompts,
+        &c,
+        &["--seeds", "shared", "--seed", &seed],
+    )?;
+    assert!(
+        o.status.success() && stderr(&o).contains("0 prompts sampled, 3 already done"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sample(&s.model, &prompts, &c, &["--seed", &seed])?;
+    assert!(
+        !o.status.success() && stderr(&o).contains("was sampled with other settings"),
         "{}",
         stderr(&o)
     );

@@ -42,7 +42,8 @@ fn generator_rows(out: &mut String, g: &Value) {
         ));
     }
     out.push_str(&format!(
-        "  judge's chosen sample the cleaner (saturation - grain): {}\n",
+        "  judge's chosen sample the less grainy: {}; the cleaner (saturation - grain): {}\n",
+        num(&g["chosen_less_grainy"], 3),
         num(&g["chosen_cleaner"], 3)
     ));
 }

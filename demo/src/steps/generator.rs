@@ -6,11 +6,12 @@
 //!    web-scraped data set mixes good pictures and bad. The pretraining takes longer than the
 //!    demo's budget, so by default its UNet is the shipped one (`generator::pretrained`);
 //!    `--pretrain` runs it here.
-//! 2. `trainer sample` draws candidates for the fresh split's captions; `engine pairs` (the
-//!    trained judge, image generation) builds a chosen/rejected pair from each caption's.
-//! 3. `trainer dpo --kind diffusion` trains the pretrained UNet on those pairs, with the
-//!    chosen images' denoising loss added (`--sft-weight`): train.py's loss alone drifted every
-//!    sample away from the captions' colours (README, "The image generator").
+//! 2. `trainer sample` draws candidates for the fresh split's captions, each caption from its
+//!    own seeds as the reference's data generation draws them (drawn from seeds 0..9 for every
+//!    caption, the judge's pairs were one seed against another); `engine pairs` (the trained
+//!    judge, image generation) builds a chosen/rejected pair from each caption's.
+//! 3. `trainer dpo --kind diffusion` trains the pretrained UNet on those pairs with train.py's
+//!    loss (`--sft-weight` adds the chosen images' denoising loss; the preset's is 0).
 //! 4. `trainer sample` draws again, same captions, same seeds, with the aligned UNet.
 //!
 //! Both sample sets are measured under the world's ground truth (`generator::truth`), beside
@@ -379,7 +380,7 @@ pub fn run(dir: &RunDir, settings: &Settings, pretrain: bool) -> Result<()> {
         .iter()
         .map(|(_, rel, m)| (rel.clone(), *m))
         .collect();
-    let (mut cleaner, mut n_pairs) = (0usize, 0usize);
+    let (mut cleaner, mut less_grainy, mut n_pairs) = (0usize, 0usize, 0usize);
     let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
     for r in &records {
         if let Record::Answer {
@@ -397,6 +398,9 @@ pub fn run(dir: &RunDir, settings: &Settings, pretrain: bool) -> Result<()> {
                 rejected.push(*j);
                 if c.saturation - c.grain > j.saturation - j.grain {
                     cleaner += 1;
+                }
+                if c.grain < j.grain {
+                    less_grainy += 1;
                 }
             }
         }
@@ -424,11 +428,8 @@ pub fn run(dir: &RunDir, settings: &Settings, pretrain: bool) -> Result<()> {
         world_best: summarise(&best),
         world_worst: summarise(&worst),
         pairs: n_pairs,
-        chosen_cleaner: if n_pairs > 0 {
-            Some(cleaner as f64 / n_pairs as f64)
-        } else {
-            None
-        },
+        chosen_cleaner: (n_pairs > 0).then(|| cleaner as f64 / n_pairs as f64),
+        chosen_less_grainy: (n_pairs > 0).then(|| less_grainy as f64 / n_pairs as f64),
         chosen: summarise(&chosen),
         rejected: summarise(&rejected),
         seconds: json!({
@@ -459,6 +460,9 @@ pub struct GeneratorFigures {
     pub pairs: usize,
     /// Share of the judge's pairs whose chosen sample has the larger saturation − grain.
     pub chosen_cleaner: Option<f64>,
+    /// Share of the judge's pairs whose chosen sample has the smaller grain.
+    #[serde(default)]
+    pub chosen_less_grainy: Option<f64>,
     /// The judge's chosen and rejected samples under the same measures (what DPO is shown).
     #[serde(default)]
     pub chosen: Summary,

@@ -16,15 +16,9 @@ use serde::Deserialize;
 
 use crate::splitmix64;
 
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// The n values u_i of `name`, in [-1, 1).
 pub fn counter_uniform(name: &str, n: usize) -> Vec<f64> {
-    let seed = fnv1a(name);
+    let seed = splitmix64::fnv1a(name);
     (1..=n as u64)
         .map(|i| {
             let z = splitmix64::mix(seed.wrapping_add(i.wrapping_mul(splitmix64::GAMMA)));
