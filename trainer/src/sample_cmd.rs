@@ -63,10 +63,7 @@ pub struct SampleArgs {
     /// The seed the prompts' base seeds are drawn from (`--seeds`).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// per-prompt: candidate j of a prompt is drawn from b + j, b the prompt's own base seed
-    /// in [0, 1000000] (SplitMix64 of --seed + FNV-1a of its file-name id), as UnifiedReward's
-    /// DiffusionDPO/data_generation.py draws a random base per prompt. shared: candidate j of
-    /// every prompt from --seed + j.
+    /// Where each prompt's candidates' seeds start.
     #[arg(long, value_enum, default_value_t = Seeds::PerPrompt)]
     seeds: Seeds,
     /// Image height in pixels, a multiple of 8 [default: the model's].
@@ -114,11 +111,15 @@ impl SampleDtype {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Debug)]
 #[serde(rename_all = "kebab-case")]
 enum Seeds {
-    /// Each prompt its own base: with one base for all, candidate j of every prompt starts
-    /// from the same noise, and a small generator's seed decides much of what it draws (the
-    /// demo's judge chose seeds 8, 2 and 6 over seed 7 in all 40 pairs, and Diffusion-DPO
-    /// then pulled every caption towards those seeds' colours).
+    // With one base for all, candidate j of every prompt starts from the same noise, and a
+    // small generator's seed decides much of what it draws: the demo's judge chose seeds 8, 2
+    // and 6 over seed 7 in all 40 pairs, and Diffusion-DPO then pulled every caption towards
+    // those seeds' colours (benches/RESULTS.md, 2026-12-03).
+    /// Candidate j of a prompt from b + j, b the prompt's own base seed in [0, 1000000]
+    /// (SplitMix64 of --seed + FNV-1a of its file-name id), as UnifiedReward's
+    /// DiffusionDPO/data_generation.py draws a random base per prompt.
     PerPrompt,
+    /// Candidate j of every prompt from --seed + j.
     Shared,
 }
 
