@@ -3,8 +3,8 @@
 //!
 //! Output in `--out DIR`:
 //! - `images/<id>_<j>.png`, candidate `j` of prompt `<id>` (sampled from seed `b + j`, the
-//!   prompt's base seed `b` as `--seeds` says; the id made file-name safe: characters other than ASCII letters, digits, `-`, `_`, `.`
-//!   become `_`);
+//!   prompt's base seed `b` as `--seeds` says; the id made file-name safe: characters other
+//!   than ASCII letters, digits, `-`, `_`, `.` become `_`);
 //! - `candidates.jsonl`, one [`PairsRequestRecord`] a prompt (`task` image_generation,
 //!   candidates relative to DIR, which `engine pairs` resolves from the file's directory),
 //!   written after the prompt's images, flushed and synced;

@@ -195,12 +195,12 @@ fn a_seed_gives_the_same_images_and_a_second_run_resumes() -> Result<()> {
         "{bases:?}"
     );
     let c = s.root.join("c");
-    let shared_from = |b: u64| b.to_string();
+    let shared_seed = (bases[0] + 1).to_string();
     let o = sample(
         &s.model,
         &prompts,
         &c,
-        &["--seeds", "shared", "--seed", &shared_from(bases[0] + 1)],
+        &["--seeds", "shared", "--seed", &shared_seed],
     )?;
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(bytes(&c, "images/1_0.png")?, bytes(&a, "images/1_1.png")?);
@@ -281,19 +281,18 @@ fn a_seed_gives_the_same_images_and_a_second_run_resumes() -> Result<()> {
     assert_eq!(old["seeds"], "shared");
     old.as_object_mut().context("settings")?.remove("seeds");
     std::fs::write(&settings_path, serde_json::to_string(&old)?)?;
-    let seed = shared_from(bases[0] + 1);
     let o = sample(
         &s.model,
         &prompts,
         &c,
-        &["--seeds", "shared", "--seed", &seed],
+        &["--seeds", "shared", "--seed", &shared_seed],
     )?;
     assert!(
         o.status.success() && stderr(&o).contains("0 prompts sampled, 3 already done"),
         "{}",
         stderr(&o)
     );
-    let o = sample(&s.model, &prompts, &c, &["--seed", &seed])?;
+    let o = sample(&s.model, &prompts, &c, &["--seed", &shared_seed])?;
     assert!(
         !o.status.success() && stderr(&o).contains("was sampled with other settings"),
         "{}",
