@@ -196,12 +196,11 @@ fn a_seed_gives_the_same_images_and_a_second_run_resumes() -> Result<()> {
     );
     let c = s.root.join("c");
     let shared_seed = (bases[0] + 1).to_string();
-    let o = sample(
-        &s.model,
-        &prompts,
-        &c,
-        &["--seeds", "shared", "--seed", &shared_seed],
-    )?;
+    let sample_shared = || {
+        let seeds = ["--seeds", "shared", "--seed", shared_seed.as_str()];
+        sample(&s.model, &prompts, &c, &seeds)
+    };
+    let o = sample_shared()?;
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(bytes(&c, "images/1_0.png")?, bytes(&a, "images/1_1.png")?);
     assert_ne!(bytes(&c, "images/1_2.png")?, bytes(&a, "images/1_2.png")?);
@@ -281,12 +280,7 @@ fn a_seed_gives_the_same_images_and_a_second_run_resumes() -> Result<()> {
     assert_eq!(old["seeds"], "shared");
     old.as_object_mut().context("settings")?.remove("seeds");
     std::fs::write(&settings_path, serde_json::to_string(&old)?)?;
-    let o = sample(
-        &s.model,
-        &prompts,
-        &c,
-        &["--seeds", "shared", "--seed", &shared_seed],
-    )?;
+    let o = sample_shared()?;
     assert!(
         o.status.success() && stderr(&o).contains("0 prompts sampled, 3 already done"),
         "{}",
