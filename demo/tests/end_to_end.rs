@@ -121,6 +121,11 @@ fn demo_runs_end_to_end_and_learns() {
         assert!(grain.is_finite() && grain >= 0.0, "{which}: {gen}");
     }
     assert_eq!(gen["pairs"], 4, "{gen}");
+    // Shares of the judge's pairs, each over the 4 pairs.
+    for share in ["chosen_less_grainy", "chosen_cleaner"] {
+        let x = num(gen, &[share]) * 4.0;
+        assert!((0.0..=4.0).contains(&x) && x == x.round(), "{share}: {gen}");
+    }
     // The judge's chosen and rejected samples, one of each per pair, measured alike.
     for which in ["chosen", "rejected"] {
         assert_eq!(gen[which]["images"], 4, "{which}: {gen}");
